@@ -1,0 +1,130 @@
+"""Finding the files to check and reading them into text."""
+
+from __future__ import annotations
+
+import codecs
+import fnmatch
+import io
+import os
+import tokenize
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
+
+PYTHON_SUFFIXES = (".py", ".pyi")
+
+
+@dataclass(frozen=True)
+class Source:
+    """A decoded source file and how to write it back byte-identically."""
+
+    text: str
+    encoding: str  # codec name, e.g. "utf-8"
+    bom: bool
+
+
+class ReadError(Exception):
+    """A file that cannot be read or decoded; reported with exit code 2."""
+
+
+def decode(data: bytes) -> Source:
+    bom = data.startswith(codecs.BOM_UTF8)
+    try:
+        encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
+    except SyntaxError as exc:
+        raise ReadError(f"cannot decode: {exc.msg if hasattr(exc, 'msg') else exc}") from None
+    if encoding == "utf-8-sig":
+        encoding = "utf-8"
+    body = data[len(codecs.BOM_UTF8):] if bom else data
+    try:
+        text = body.decode(encoding)
+    except (UnicodeDecodeError, LookupError) as exc:
+        reason = exc.reason if isinstance(exc, UnicodeDecodeError) else str(exc)
+        raise ReadError(f"cannot decode as {encoding}: {reason}") from None
+    return Source(text, encoding, bom)
+
+
+def read_source(path: Path) -> Source:
+    try:
+        data = path.read_bytes()
+    except IsADirectoryError:
+        raise ReadError("is a directory") from None
+    except OSError as exc:
+        raise ReadError(exc.strerror or str(exc)) from None
+    return decode(data)
+
+
+def display_path(path: Path) -> str:
+    text = str(path)
+    if path.is_absolute():
+        try:
+            text = os.path.relpath(path)
+        except ValueError:
+            return text
+        if text.startswith(".." + os.sep):
+            return str(path)
+    return text
+
+
+def _matches(patterns: Sequence[str], path: Path, root: Path) -> bool:
+    name = path.name
+    try:
+        rel = path.resolve().relative_to(root).as_posix()
+    except (ValueError, OSError):
+        rel = path.as_posix()
+    for pattern in patterns:
+        if "/" in pattern:
+            pat = pattern.rstrip("/")
+            if fnmatch.fnmatch(rel, pat) or fnmatch.fnmatch(rel, pat + "/*"):
+                return True
+        elif fnmatch.fnmatch(name, pattern):
+            return True
+    return False
+
+
+def is_excluded(path: Path, excludes: Sequence[str], root: Path) -> bool:
+    return _matches(excludes, path, root)
+
+
+def discover(
+    paths: Sequence[Path], excludes: Sequence[str], root: Path
+) -> Tuple[List[Path], List[Tuple[str, str]]]:
+    """Files to check, sorted and de-duplicated, and (path, error) for paths that
+    could not be used. Files given explicitly are always checked; directories are
+    searched for ``*.py``/``*.pyi`` outside excluded folders."""
+    found: List[Path] = []
+    errors: List[Tuple[str, str]] = []
+    seen = set()
+
+    def add(p: Path) -> None:
+        key = os.path.normcase(os.path.abspath(p))
+        if key not in seen:
+            seen.add(key)
+            found.append(p)
+
+    for given in paths:
+        if given.is_dir():
+            for file in _walk(given, excludes, root, errors):
+                add(file)
+        elif given.exists() or given.is_symlink():
+            add(given)
+        else:
+            errors.append((str(given), "no such file or directory"))
+    found.sort(key=lambda p: p.as_posix())
+    return found, errors
+
+
+def _walk(top: Path, excludes: Sequence[str], root: Path, errors: List[Tuple[str, str]]) -> Iterator[Path]:
+    def onerror(exc: OSError) -> None:
+        errors.append((exc.filename or str(top), exc.strerror or str(exc)))
+
+    for dirpath, dirnames, filenames in os.walk(top, onerror=onerror):
+        base = Path(dirpath)
+        dirnames[:] = sorted(
+            d for d in dirnames if not is_excluded(base / d, excludes, root)
+        )
+        for name in sorted(filenames):
+            if name.endswith(PYTHON_SUFFIXES):
+                path = base / name
+                if not is_excluded(path, excludes, root):
+                    yield path

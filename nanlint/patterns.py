@@ -1,0 +1,339 @@
+"""Small, cheap expression predicates shared by rules.
+
+Everything here looks at one expression (and, where a ``Bindings`` is given,
+at the names assigned earlier in the same function); nothing walks the whole
+file.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, FrozenSet, List, Optional, Tuple
+
+import libcst as cst
+
+from .rule import Context
+
+# -- literals ---------------------------------------------------------------
+
+
+def number(node: cst.BaseExpression) -> Optional[float]:
+    """The value of a numeric literal (``1e-12``, ``-5``, ``2 ** 30``,
+    ``float('inf')``, ``-math.inf``), else None."""
+    if isinstance(node, cst.Float):
+        try:
+            return float(node.value.replace("_", ""))
+        except ValueError:
+            return None
+    if isinstance(node, cst.Integer):
+        try:
+            return float(int(node.value.replace("_", ""), 0))
+        except (ValueError, OverflowError):
+            return None
+    if isinstance(node, cst.UnaryOperation):
+        inner = number(node.expression)
+        if inner is None:
+            return None
+        if isinstance(node.operator, cst.Minus):
+            return -inner
+        if isinstance(node.operator, cst.Plus):
+            return inner
+        return None
+    if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.Power):
+        base, exp = number(node.left), number(node.right)
+        if base is None or exp is None:
+            return None
+        try:
+            return float(base ** exp)
+        except (OverflowError, ZeroDivisionError, ValueError):
+            return math.inf
+    if isinstance(node, cst.Call) and isinstance(node.func, cst.Name) and node.func.value == "float":
+        if len(node.args) == 1 and isinstance(node.args[0].value, cst.SimpleString):
+            text = node.args[0].value.evaluated_value
+            if isinstance(text, str):
+                text = text.strip().lower()
+                if text in ("inf", "+inf", "infinity", "+infinity"):
+                    return math.inf
+                if text in ("-inf", "-infinity"):
+                    return -math.inf
+        return None
+    if isinstance(node, (cst.Attribute, cst.Name)):
+        name = _dotted(node)
+        if name is not None and name.split(".")[-1] == "inf" and "." in name:
+            head = name.split(".")[0]
+            if head in ("math", "torch", "np", "numpy"):
+                return math.inf
+    return None
+
+
+def _dotted(node: cst.BaseExpression) -> Optional[str]:
+    parts = []
+    while isinstance(node, cst.Attribute):
+        parts.append(node.attr.value)
+        node = node.value
+    if isinstance(node, cst.Name):
+        parts.append(node.value)
+        return ".".join(reversed(parts))
+    return None
+
+
+# -- calls ------------------------------------------------------------------
+
+TORCH_NAMESPACES = ("torch", "torch.special", "torch.nn.functional", "torch.linalg", "torch.Tensor")
+
+
+def torch_op(ctx: Context, call: cst.Call) -> Optional[str]:
+    """The short name of a torch operation, whatever the spelling:
+    ``torch.exp(x)``, ``T.exp(x)``, ``exp(x)`` (from torch import exp),
+    ``F.softmax(x)``, ``x.exp()`` -> "exp" / "softmax". Method calls count when
+    the receiver is not an imported module (``np.exp`` and ``math.exp`` are not
+    torch). Returns None otherwise."""
+    qualified, method = ctx.callee(call)
+    if qualified is not None:
+        module, _, short = qualified.rpartition(".")
+        if module in TORCH_NAMESPACES:
+            return short
+        return None
+    return method
+
+
+def is_method_call(ctx: Context, call: cst.Call) -> bool:
+    qualified, method = ctx.callee(call)
+    return qualified is None and method is not None
+
+
+def arg(call: cst.Call, position: Optional[int], keyword: Optional[str] = None) -> Optional[cst.Arg]:
+    """The argument at ``position`` (counting positional arguments only) or
+    passed as ``keyword``."""
+    if keyword is not None:
+        for a in call.args:
+            if a.keyword is not None and a.keyword.value == keyword:
+                return a
+    if position is not None:
+        index = 0
+        for a in call.args:
+            if a.keyword is None and not a.star:
+                if index == position:
+                    return a
+                index += 1
+    return None
+
+
+def subject(ctx: Context, call: cst.Call) -> Optional[cst.BaseExpression]:
+    """The tensor an op applies to: the receiver of a method call, else the
+    first positional argument."""
+    if is_method_call(ctx, call):
+        assert isinstance(call.func, cst.Attribute)
+        return call.func.value
+    first = arg(call, 0)
+    return first.value if first is not None else None
+
+
+# -- bindings -----------------------------------------------------------------
+
+
+class Bindings:
+    """Names assigned so far in the current function (and at module level),
+    for rules that follow ``m = x.max(); exp(x - m)``."""
+
+    def __init__(self) -> None:
+        self.scopes: List[Dict[str, cst.BaseExpression]] = [{}]
+
+    def push(self) -> None:
+        self.scopes.append({})
+
+    def pop(self) -> None:
+        if len(self.scopes) > 1:
+            self.scopes.pop()
+
+    def assign(self, node: cst.Assign) -> None:
+        if len(node.targets) == 1 and isinstance(node.targets[0].target, cst.Name):
+            self.scopes[-1][node.targets[0].target.value] = node.value
+
+    def lookup(self, name: str) -> Optional[cst.BaseExpression]:
+        value = self.scopes[-1].get(name)
+        if value is None and len(self.scopes) > 1:
+            value = self.scopes[0].get(name)
+        return value
+
+
+# -- value ranges -------------------------------------------------------------
+
+NONNEG = "nonneg"  # >= 0
+NONPOS = "nonpos"  # <= 0
+UPPER = "upper"  # bounded above by a constant
+LOWER = "lower"  # bounded below by a constant
+MAXLIKE = "maxlike"  # a max/logsumexp of its operand: x - it is <= 0
+
+Facts = FrozenSet[str]
+_NONE: Facts = frozenset()
+
+_NONNEG_OPS = frozenset(
+    {
+        "abs", "square", "relu", "relu6", "softplus", "exp", "sigmoid", "softmax",
+        "norm", "vector_norm", "matrix_norm", "cdist", "sqrt", "rsqrt", "arange",
+        "numel", "var", "std", "rand", "ones", "ones_like",
+        "zeros", "zeros_like", "pdist", "cosh",
+    }
+)
+_BOUNDED_BOTH = frozenset(
+    {"tanh", "sigmoid", "sin", "cos", "erf", "softsign", "hardtanh", "cosine_similarity", "rand", "rand_like"}
+)
+_NONPOS_OPS = frozenset({"logsigmoid", "log_softmax"})
+_MAX_OPS = frozenset({"max", "amax", "logsumexp", "cummax"})
+
+
+def value_facts(
+    ctx: Context, node: cst.BaseExpression, bindings: Optional[Bindings] = None, depth: int = 0
+) -> Facts:
+    """What can be proved about the sign/bounds of an expression's values."""
+    if depth > 12:
+        return _NONE
+    value = number(node)
+    if value is not None:
+        facts = {UPPER, LOWER}
+        if value >= 0:
+            facts.add(NONNEG)
+        if value <= 0:
+            facts.add(NONPOS)
+        return frozenset(facts)
+    rec = lambda n: value_facts(ctx, n, bindings, depth + 1)  # noqa: E731
+    if isinstance(node, cst.Name):
+        if bindings is not None:
+            bound = bindings.lookup(node.value)
+            if bound is not None and bound is not node:
+                return rec(bound)
+        if node.value.isupper() and len(node.value) > 1:
+            return frozenset({UPPER, LOWER})  # a module constant
+        return _NONE
+    if isinstance(node, cst.Attribute):
+        if node.attr.value == "values" and isinstance(node.value, cst.Call):
+            return rec(node.value)  # x.max(dim).values
+        qualified = ctx.resolve(node)
+        if qualified is not None and qualified.startswith("math."):
+            return frozenset({UPPER, LOWER, NONNEG})  # math.pi, math.e, math.inf excluded below
+        return _NONE
+    if isinstance(node, cst.UnaryOperation) and isinstance(node.operator, cst.Minus):
+        inner = rec(node.expression)
+        out = set()
+        if NONNEG in inner:
+            out |= {NONPOS, UPPER}
+        if NONPOS in inner:
+            out |= {NONNEG, LOWER}
+        if LOWER in inner:
+            out.add(UPPER)
+        if UPPER in inner:
+            out.add(LOWER)
+        return frozenset(out)
+    if isinstance(node, cst.BinaryOperation):
+        return _binary_facts(ctx, node, rec)
+    if isinstance(node, cst.Subscript):
+        # x.max(dim)[0] is the max values; indexing keeps a tensor's bounds
+        base = node.value
+        if isinstance(base, cst.Call):
+            return rec(base)
+        return _NONE
+    if isinstance(node, cst.Call):
+        qualified, method = ctx.callee(node)
+        if qualified is not None and qualified.startswith("math."):
+            return frozenset({UPPER, LOWER}) | (
+                {NONNEG} if qualified in ("math.sqrt", "math.exp") else set()
+            )
+        op = torch_op(ctx, node)
+        if op is None:
+            return _NONE
+        out = set()
+        if op in _NONNEG_OPS:
+            out.add(NONNEG)
+            out.add(LOWER)
+        if op in _BOUNDED_BOTH:
+            out |= {UPPER, LOWER}
+        if op in _NONPOS_OPS:
+            out |= {NONPOS, UPPER}
+        if op in _MAX_OPS:
+            out.add(MAXLIKE)
+        if op in ("clamp", "clip"):
+            has_max = arg(node, None, "max") is not None or (
+                arg(node, 1 if is_method_call(ctx, node) else 2) is not None
+            )
+            has_min = arg(node, None, "min") is not None or (
+                arg(node, 0 if is_method_call(ctx, node) else 1) is not None
+            )
+            if has_max:
+                out.add(UPPER)
+            if has_min:
+                out.add(LOWER)
+        if op in ("clamp_max", "minimum", "fmin"):
+            out.add(UPPER)
+        if op in ("clamp_min", "maximum", "fmax"):
+            out.add(LOWER)
+        if op == "min" and (len(node.args) >= (1 if is_method_call(ctx, node) else 2)):
+            second = arg(node, 0 if is_method_call(ctx, node) else 1)
+            if second is not None and number(second.value) is not None:
+                out.add(UPPER)
+        if op in ("pow", "float_power") and len(node.args) >= 1:
+            exponent = arg(node, 0 if is_method_call(ctx, node) else 1, "exponent")
+            if exponent is not None:
+                e = number(exponent.value)
+                if e is not None and e == int(e) and int(e) % 2 == 0:
+                    out |= {NONNEG, LOWER}
+        if op in ("sum", "mean", "cumsum") and is_method_call(ctx, node):
+            inner = rec(node.func.value)  # type: ignore[union-attr]
+            out |= inner & {NONNEG, NONPOS}
+        if op in ("to", "float", "half", "double", "type_as", "detach", "contiguous", "squeeze", "unsqueeze", "view", "reshape", "transpose", "permute", "flatten", "expand", "expand_as", "clone") and is_method_call(ctx, node):
+            out |= rec(node.func.value)  # type: ignore[union-attr]
+        return frozenset(out)
+    return _NONE
+
+
+def _binary_facts(ctx: Context, node: cst.BinaryOperation, rec) -> Facts:
+    op = node.operator
+    left, right = rec(node.left), rec(node.right)
+    out = set()
+    if isinstance(op, cst.Power):
+        e = number(node.right)
+        if e is not None and e == int(e) and int(e) % 2 == 0:
+            out |= {NONNEG, LOWER}
+        if NONNEG in left:
+            out.add(NONNEG)
+        return frozenset(out)
+    if isinstance(op, (cst.Multiply, cst.Divide, cst.FloorDivide)):
+        if (NONNEG in left and NONNEG in right) or (NONPOS in left and NONPOS in right):
+            out.add(NONNEG)
+        if (NONNEG in left and NONPOS in right) or (NONPOS in left and NONNEG in right):
+            out.add(NONPOS)
+        if isinstance(op, cst.Multiply) and UPPER in left and LOWER in left and UPPER in right and LOWER in right:
+            out |= {UPPER, LOWER}
+        if NONPOS in out:
+            out.add(UPPER)
+        if NONNEG in out:
+            out.add(LOWER)
+        return frozenset(out)
+    if isinstance(op, cst.Add):
+        if NONNEG in left and NONNEG in right:
+            out |= {NONNEG, LOWER}
+        if NONPOS in left and NONPOS in right:
+            out |= {NONPOS, UPPER}
+        if UPPER in left and UPPER in right:
+            out.add(UPPER)
+        if LOWER in left and LOWER in right:
+            out.add(LOWER)
+        return frozenset(out)
+    if isinstance(op, cst.Subtract):
+        if MAXLIKE in right:
+            out |= {NONPOS, UPPER}
+        if NONPOS in left and NONNEG in right:
+            out |= {NONPOS, UPPER}
+        if NONNEG in left and NONPOS in right:
+            out |= {NONNEG, LOWER}
+        if UPPER in left and LOWER in right:
+            out.add(UPPER)
+        if LOWER in left and UPPER in right:
+            out.add(LOWER)
+        return frozenset(out)
+    return frozenset(out)
+
+
+def bounded_above(ctx: Context, node: cst.BaseExpression, bindings: Optional[Bindings] = None) -> bool:
+    facts = value_facts(ctx, node, bindings)
+    return UPPER in facts or NONPOS in facts

@@ -1,0 +1,134 @@
+"""Positions for the few nodes that need one.
+
+libcst's ``PositionProvider`` records a range for every node of the file, which
+costs about four times the parse. nanlint needs positions only for the nodes a
+rule reports or edits, so this runs libcst's own code generator with a state
+that watches just those nodes, and stops as soon as the last one has been
+generated. Ranges are computed from token counts at the end, so the per-token
+cost is a list append, as in plain code generation.
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_right
+from contextlib import contextmanager
+from itertools import accumulate
+from typing import Dict, Iterable, Iterator, List, Optional, Set, Tuple
+
+import libcst as cst
+from libcst._nodes.internal import CodegenState
+
+NEWLINE_RE = re.compile(r"\r\n?|\n")
+
+# (line, column): 1-based line, 0-based column, as libcst counts them.
+Pos = Tuple[int, int]
+
+
+class Range:
+    __slots__ = ("start", "end", "inner_start", "inner_end")
+
+    def __init__(self, start: Pos, end: Pos, inner_start: Pos, inner_end: Pos) -> None:
+        #: whitespace-inclusive range: everything the node generates (parentheses included)
+        self.start = start
+        self.end = end
+        #: syntactic range: without owned leading blank lines/indentation and
+        #: without the node's own parentheses (what a user calls "the expression")
+        self.inner_start = inner_start
+        self.inner_end = inner_end
+
+
+class _Done(Exception):
+    pass
+
+
+class _WatchingState(CodegenState):
+    """A code generator state that records token indices for watched nodes only."""
+
+    def __init__(self, module: cst.Module, watched: Set[cst.CSTNode]) -> None:
+        super().__init__(
+            default_indent=module.default_indent, default_newline=module.default_newline
+        )
+        self.watched = watched
+        self.remaining = len(watched)
+        self.opened: Dict[cst.CSTNode, int] = {}
+        self.outer: Dict[cst.CSTNode, Tuple[int, int]] = {}
+        self.inner: Dict[cst.CSTNode, Tuple[int, int]] = {}
+        self.helpers: Set[cst.CSTNode] = set()
+
+    def before_codegen(self, node: cst.CSTNode) -> None:
+        if node in self.watched or node in self.helpers:
+            self.opened[node] = len(self.tokens)
+
+    def after_codegen(self, node: cst.CSTNode) -> None:
+        if node in self.watched:
+            self.outer[node] = (self.opened.pop(node), len(self.tokens))
+            self.remaining -= 1
+            if self.remaining == 0:
+                raise _Done
+        elif node in self.helpers:
+            self.outer[node] = (self.opened.pop(node), len(self.tokens))
+
+    @contextmanager
+    def record_syntactic_position(
+        self,
+        node: cst.CSTNode,
+        *,
+        start_node: Optional[cst.CSTNode] = None,
+        end_node: Optional[cst.CSTNode] = None,
+    ) -> Iterator[None]:
+        if node not in self.watched:
+            yield
+            return
+        for extra in (start_node, end_node):
+            if extra is not None:
+                self.helpers.add(extra)
+        start = len(self.tokens)
+        yield
+        end = len(self.tokens)
+        if start_node is not None and start_node in self.outer:
+            start = self.outer[start_node][0]
+        if end_node is not None and end_node in self.outer:
+            end = self.outer[end_node][1]
+        self.inner[node] = (start, end)
+
+
+def line_starts(source: str) -> List[int]:
+    starts = [0]
+    starts.extend(m.end() for m in NEWLINE_RE.finditer(source))
+    return starts
+
+
+def offset_to_pos(starts: List[int], offset: int) -> Pos:
+    line = bisect_right(starts, offset)
+    return line, offset - starts[line - 1]
+
+
+def compute_ranges(
+    module: cst.Module, nodes: Iterable[cst.CSTNode], starts: Optional[List[int]] = None
+) -> Dict[cst.CSTNode, Range]:
+    """Ranges for ``nodes`` (which must belong to ``module``)."""
+    watched = set(nodes)
+    if not watched:
+        return {}
+    state = _WatchingState(module, watched)
+    try:
+        module._codegen(state)
+    except _Done:
+        pass
+    offsets = [0]
+    offsets.extend(accumulate(map(len, state.tokens)))
+    if starts is None:
+        starts = line_starts("".join(state.tokens))
+    result: Dict[cst.CSTNode, Range] = {}
+    for node, (a, b) in state.outer.items():
+        if node not in watched:
+            continue
+        ia, ib = state.inner.get(node, (a, b))
+        result[node] = Range(
+            offset_to_pos(starts, offsets[a]),
+            offset_to_pos(starts, offsets[b]),
+            offset_to_pos(starts, offsets[ia]),
+            offset_to_pos(starts, offsets[ib]),
+        )
+    return result

@@ -1,0 +1,16 @@
+"""Output formats. Each reporter turns findings into text; none computes findings."""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Sequence
+
+from ..finding import Finding
+from . import json as json_report
+from . import text as text_report
+
+Reporter = Callable[[Sequence[Finding]], str]
+
+FORMATS: Dict[str, Reporter] = {
+    "text": text_report.render,
+    "json": json_report.render,
+}

@@ -1,0 +1,48 @@
+"""ruff-like text: ``path:line:col: CODE [name] message`` and a summary."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Sequence
+
+from ..finding import SAFE, Finding
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def summary(findings: Sequence[Finding]) -> str:
+    if not findings:
+        return "All checks passed!\n"
+    safe = sum(1 for f in findings if f.fix is not None and f.fix.applicability == SAFE)
+    unsafe = sum(1 for f in findings if f.fix is not None and f.fix.applicability != SAFE)
+    line = f"Found {_plural(len(findings), 'finding')}."
+    hints = []
+    if safe:
+        hints.append(f"{safe} fixable with `nanlint fix`")
+    if unsafe:
+        more = "more " if safe else ""
+        hints.append(f"{unsafe} {more}with `nanlint fix --unsafe-fixes`")
+    if hints:
+        line += " " + "; ".join(hints) + "."
+    return line + "\n"
+
+
+def render(findings: Sequence[Finding]) -> str:
+    lines = [
+        f"{f.path}:{f.line}:{f.column}: {f.code} [{f.name}] {f.message}" for f in findings
+    ]
+    body = "\n".join(lines) + ("\n" if lines else "")
+    return body + summary(findings)
+
+
+def render_statistics(findings: Sequence[Finding]) -> str:
+    counts = Counter((f.code, f.name) for f in findings)
+    fixable = Counter(f.code for f in findings if f.fix is not None)
+    width = max((len(str(n)) for n in counts.values()), default=1)
+    rows = []
+    for (code, name), n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        mark = "[*]" if fixable[code] else "[ ]"
+        rows.append(f"{n:>{width}}\t{code}\t{mark} {name}")
+    return "\n".join(rows) + ("\n" if rows else "") + summary(findings)

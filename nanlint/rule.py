@@ -1,0 +1,192 @@
+"""What a rule is, and what it may ask of the file it looks at.
+
+A rule is a subclass of :class:`Rule` in its own file under ``rules/``. Its class
+attributes are its metadata, its docstring is its documentation (in the shape
+*What it does / Why is this bad? / Example / Use instead / Fix safety*), its
+``valid``/``invalid`` examples are run by the test-suite, and its
+``visit_<Node>``/``leave_<Node>`` methods (libcst node class names) are called
+by the engine during the single traversal of each file. A rule reports with
+``self.report(node, message, fix=...)``; it never reads files, parses, prints
+or decides exit codes.
+
+The traversal visits nodes in source order but skips whitespace, comments,
+parentheses and operator tokens: inspect those through their parent node.
+"""
+
+from __future__ import annotations
+
+import inspect
+import textwrap
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Union
+
+import libcst as cst
+
+from .dtypes import DtypeFacts
+from .finding import APPLICABILITIES
+from .resolve import Names
+
+
+@dataclass(frozen=True)
+class Valid:
+    """Code the rule must not report."""
+
+    code: str
+
+    def source(self) -> str:
+        return textwrap.dedent(self.code).lstrip("\n")
+
+
+@dataclass(frozen=True)
+class Invalid:
+    """Code the rule must report (``count`` times), and its text once every fix
+    of the rule, safe and unsafe, is applied (``fixed``; None when the rule
+    offers no fix for it)."""
+
+    code: str
+    fixed: Optional[str] = None
+    count: int = 1
+
+    def source(self) -> str:
+        return textwrap.dedent(self.code).lstrip("\n")
+
+    def fixed_source(self) -> Optional[str]:
+        if self.fixed is None:
+            return None
+        return textwrap.dedent(self.fixed).lstrip("\n")
+
+
+Replacement = Union[cst.CSTNode, str]
+
+
+@dataclass
+class FixSpec:
+    """A fix as a rule describes it, in terms of nodes; the engine turns it
+    into text edits once it knows where the nodes are.
+
+    - ``replace``: (node, new node or code) -- the node's text, without its own
+      parentheses, becomes the new code.
+    - ``insert_before`` / ``insert_after``: (statement, code) -- new statement
+      lines at the statement's indentation. The statement must start its line.
+    - ``imports``: modules the new code needs (``"math"``, ``"torch"``); an
+      ``import X`` is added unless the file already binds X.
+    """
+
+    applicability: str
+    message: str
+    replace: List[Tuple[cst.CSTNode, Replacement]] = field(default_factory=list)
+    insert_before: List[Tuple[cst.CSTNode, str]] = field(default_factory=list)
+    insert_after: List[Tuple[cst.CSTNode, str]] = field(default_factory=list)
+    imports: Tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.applicability not in APPLICABILITIES:
+            raise ValueError(f"applicability must be one of {APPLICABILITIES}")
+
+
+@dataclass
+class Report:
+    rule: "Rule"
+    node: cst.CSTNode
+    message: str
+    fix: Optional[FixSpec]
+
+
+class Context:
+    """Everything a rule may know about the file being checked."""
+
+    def __init__(
+        self,
+        path: str,
+        source: str,
+        module: cst.Module,
+        names: Names,
+        dtypes: Sequence[DtypeFacts],
+    ) -> None:
+        self.path = path
+        self.source = source
+        self.module = module
+        self.names = names
+        #: the target dtypes from the configuration (float16 first when present)
+        self.dtypes: Tuple[DtypeFacts, ...] = tuple(dtypes)
+        self.reports: List[Report] = []
+
+    # -- names ------------------------------------------------------------
+    def resolve(self, node: cst.BaseExpression) -> Optional[str]:
+        """``torch.exp`` for ``T.exp`` after ``import torch as T``; None when the
+        head of the chain is not an imported name."""
+        return self.names.resolve(node)
+
+    def callee(self, call: cst.Call) -> Tuple[Optional[str], Optional[str]]:
+        """(qualified name, method name) of a call.
+
+        ``torch.exp(x)`` -> ("torch.exp", None); ``x.exp()`` -> (None, "exp") when
+        ``x`` is not an imported name; ``exp(x)`` after ``from torch import exp``
+        -> ("torch.exp", None); an unknown plain function -> (None, None).
+        """
+        func = call.func
+        qualified = self.names.resolve(func)
+        if qualified is not None:
+            return qualified, None
+        if isinstance(func, cst.Attribute):
+            return None, func.attr.value
+        return None, None
+
+    def torch_name(self) -> str:
+        """The local name to write ``torch`` as in new code (``T`` after
+        ``import torch as T``); list ``"torch"`` in the fix's imports."""
+        return self.names.alias_for("torch") or "torch"
+
+    def module_name(self, module: str) -> str:
+        return self.names.alias_for(module) or module
+
+    def code(self, node: cst.CSTNode) -> str:
+        """The source text of a node, as written."""
+        return self.module.code_for_node(node)
+
+    @property
+    def dtype(self) -> DtypeFacts:
+        """The most fragile target dtype (the first one configured)."""
+        return self.dtypes[0]
+
+
+class Rule:
+    """Base class of every rule. See the module docstring."""
+
+    #: "NL001"
+    code: ClassVar[str] = ""
+    #: "tiny-epsilon"
+    name: ClassVar[str] = ""
+    #: one line, shown by ``nanlint rule --all``
+    summary: ClassVar[str] = ""
+    #: in the default selection?
+    default_enabled: ClassVar[bool] = True
+    #: the most permissive applicability of the rule's fixes: "safe", "unsafe" or None
+    fix_applicability: ClassVar[Optional[str]] = None
+    #: cheap text triggers: a file containing none of these cannot produce a finding
+    triggers: ClassVar[Tuple[str, ...]] = ()
+    #: per-rule options (``[tool.nanlint.NL001] threshold = 1e-5``) and their defaults
+    options: ClassVar[Dict[str, Any]] = {}
+    #: executable documentation
+    valid: ClassVar[Sequence[Valid]] = ()
+    invalid: ClassVar[Sequence[Invalid]] = ()
+
+    def __init__(self, ctx: Context, options: Optional[Dict[str, Any]] = None) -> None:
+        self.ctx = ctx
+        self.opts: Dict[str, Any] = dict(self.options)
+        if options:
+            self.opts.update(options)
+
+    def report(
+        self, node: cst.CSTNode, message: str, fix: Optional[FixSpec] = None
+    ) -> None:
+        self.ctx.reports.append(Report(self, node, message, fix))
+
+    @classmethod
+    def documentation(cls) -> str:
+        return inspect.cleandoc(cls.__doc__ or "")
+
+    @classmethod
+    def active(cls, dtypes: Sequence[DtypeFacts]) -> bool:
+        """Whether the rule can report anything for these target dtypes."""
+        return True
