@@ -176,8 +176,13 @@ def parse(source: str) -> cst.Module:
 
 
 def syntax_error_finding(path: str, exc: Exception, source: str) -> Finding:
-    if isinstance(exc, cst.ParserSyntaxError):
-        message = exc.message.strip().splitlines()[0] if exc.message.strip() else "invalid syntax"
+    precise = _python_syntax_error(source)
+    if precise is not None:
+        message, line, column = precise
+    elif isinstance(exc, cst.ParserSyntaxError):
+        # Python accepts it but libcst does not (syntax newer than libcst knows)
+        text = exc.message.strip().splitlines()[0] if exc.message.strip() else "invalid syntax"
+        message = f"syntax not supported by the parser ({text})"
         line, column = exc.raw_line, exc.raw_column + 1
     elif isinstance(exc, RecursionError):
         message = "the file is too deeply nested to parse"
@@ -196,6 +201,20 @@ def syntax_error_finding(path: str, exc: Exception, source: str) -> Finding:
         end_column=column,
         fix=None,
     )
+
+
+def _python_syntax_error(source: str) -> Optional[Tuple[str, int, int]]:
+    """Python's own message and position for a syntax error: libcst's native
+    parser reports where it gave up, often a line later than the mistake."""
+    import ast
+
+    try:
+        ast.parse(source)
+    except SyntaxError as err:
+        return err.msg or "invalid syntax", err.lineno or 1, max(err.offset or 1, 1)
+    except (ValueError, RecursionError, MemoryError) as err:  # null bytes, deep nesting
+        return str(err) or type(err).__name__, 1, 1
+    return None
 
 
 def lint_source(

@@ -31,8 +31,11 @@ def decode(data: bytes) -> Source:
     bom = data.startswith(codecs.BOM_UTF8)
     try:
         encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
-    except SyntaxError as exc:
-        raise ReadError(f"cannot decode: {exc.msg if hasattr(exc, 'msg') else exc}") from None
+    except SyntaxError:
+        # no usable coding declaration and the bytes are not UTF-8
+        raise ReadError(
+            "cannot decode as utf-8 (and no valid `# -*- coding: ... -*-` declaration)"
+        ) from None
     if encoding == "utf-8-sig":
         encoding = "utf-8"
     body = data[len(codecs.BOM_UTF8):] if bom else data

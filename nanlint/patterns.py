@@ -8,6 +8,7 @@ file.
 from __future__ import annotations
 
 import math
+import re
 from typing import Dict, FrozenSet, List, Optional, Tuple
 
 import libcst as cst
@@ -79,6 +80,12 @@ def _dotted(node: cst.BaseExpression) -> Optional[str]:
 
 # -- calls ------------------------------------------------------------------
 
+# Names that are conventionally other math libraries even when their import
+# cannot be seen (``from triton.language import math``): never torch tensors.
+NON_TORCH_MODULES = frozenset(
+    {"math", "cmath", "np", "numpy", "jnp", "jax", "tl", "triton", "sympy", "sp", "mpmath", "scipy", "tf", "random"}
+)
+
 TORCH_NAMESPACES = ("torch", "torch.special", "torch.nn.functional", "torch.linalg", "torch.Tensor")
 
 
@@ -94,6 +101,12 @@ def torch_op(ctx: Context, call: cst.Call) -> Optional[str]:
         if module in TORCH_NAMESPACES:
             return short
         return None
+    if method is not None:
+        receiver = call.func.value  # type: ignore[union-attr]
+        while isinstance(receiver, cst.Attribute):
+            receiver = receiver.value
+        if isinstance(receiver, cst.Name) and receiver.value in NON_TORCH_MODULES:
+            return None
     return method
 
 
@@ -183,6 +196,21 @@ _NONPOS_OPS = frozenset({"logsigmoid", "log_softmax"})
 _MAX_OPS = frozenset({"max", "amax", "logsumexp", "cummax"})
 
 
+_MAX_NAME = re.compile(r"(^|_)(max|maxes|amax|lse|logsumexp)(_|$)|^m?max|max$", re.IGNORECASE)
+_LOGPROB_NAME = re.compile(r"^(log_?probs?|logp|log_?p_\w+|log_?likelihoods?)$", re.IGNORECASE)
+
+
+def name_facts(name: str) -> Facts:
+    """What a variable's name tells, where code shows nothing else: a running
+    max / logsumexp (``max_``, ``row_max``, ``maxes``, ``lse``) or a
+    log-probability (``log_probs``, ``logp``), which is <= 0."""
+    if _MAX_NAME.search(name):
+        return frozenset({MAXLIKE})
+    if _LOGPROB_NAME.match(name):
+        return frozenset({NONPOS, UPPER})
+    return _NONE
+
+
 def value_facts(
     ctx: Context, node: cst.BaseExpression, bindings: Optional[Bindings] = None, depth: int = 0
 ) -> Facts:
@@ -205,7 +233,7 @@ def value_facts(
                 return rec(bound)
         if node.value.isupper() and len(node.value) > 1:
             return frozenset({UPPER, LOWER})  # a module constant
-        return _NONE
+        return name_facts(node.value)
     if isinstance(node, cst.Attribute):
         if node.attr.value == "values" and isinstance(node.value, cst.Call):
             return rec(node.value)  # x.max(dim).values
@@ -236,9 +264,17 @@ def value_facts(
     if isinstance(node, cst.Call):
         qualified, method = ctx.callee(node)
         if qualified is not None and qualified.startswith("math."):
-            return frozenset({UPPER, LOWER}) | (
-                {NONNEG} if qualified in ("math.sqrt", "math.exp") else set()
-            )
+            facts = {UPPER, LOWER}
+            first = node.args[0].value if node.args else None
+            if qualified in ("math.sqrt", "math.exp") or (
+                # the log of a literal >= 1, or of a config value (a period, a
+                # base, a size), which is taken to be >= 1
+                qualified in ("math.log", "math.log2", "math.log10")
+                and first is not None
+                and (number(first) is None or number(first) >= 1)
+            ):
+                facts.add(NONNEG)
+            return frozenset(facts)
         op = torch_op(ctx, node)
         if op is None:
             return _NONE
@@ -277,9 +313,14 @@ def value_facts(
                 e = number(exponent.value)
                 if e is not None and e == int(e) and int(e) % 2 == 0:
                     out |= {NONNEG, LOWER}
-        if op in ("sum", "mean", "cumsum") and is_method_call(ctx, node):
-            inner = rec(node.func.value)  # type: ignore[union-attr]
-            out |= inner & {NONNEG, NONPOS}
+        if op in ("sum", "mean", "cumsum", "nansum"):
+            operand = subject(ctx, node)
+            if operand is not None:
+                out |= rec(operand) & {NONNEG, NONPOS}
+                if NONPOS in out:
+                    out.add(UPPER)
+        if op in ("uniform_", "uniform", "rand", "rand_like") and is_method_call(ctx, node) and node.args:
+            out |= {UPPER, LOWER}  # uniform_(a, b) draws from [a, b]
         if op in ("to", "float", "half", "double", "type_as", "detach", "contiguous", "squeeze", "unsqueeze", "view", "reshape", "transpose", "permute", "flatten", "expand", "expand_as", "clone") and is_method_call(ctx, node):
             out |= rec(node.func.value)  # type: ignore[union-attr]
         return frozenset(out)
@@ -298,6 +339,12 @@ def _binary_facts(ctx: Context, node: cst.BinaryOperation, rec) -> Facts:
             out.add(NONNEG)
         return frozenset(out)
     if isinstance(op, (cst.Multiply, cst.Divide, cst.FloorDivide)):
+        # In scalar arithmetic such as `-math.log(10000.0) / dim`, a bare name
+        # next to a proven-signed factor is taken to be a positive size.
+        if not left and (NONNEG in right or NONPOS in right):
+            left = _assumed_scalar_sign(node.left)
+        if not right and (NONNEG in left or NONPOS in left):
+            right = _assumed_scalar_sign(node.right)
         if (NONNEG in left and NONNEG in right) or (NONPOS in left and NONPOS in right):
             out.add(NONNEG)
         if (NONNEG in left and NONPOS in right) or (NONPOS in left and NONNEG in right):
@@ -332,6 +379,31 @@ def _binary_facts(ctx: Context, node: cst.BinaryOperation, rec) -> Facts:
             out.add(LOWER)
         return frozenset(out)
     return frozenset(out)
+
+
+def _assumed_scalar_sign(node: cst.BaseExpression) -> Facts:
+    if _scalar_like(node):
+        return frozenset({NONNEG})
+    if (
+        isinstance(node, cst.UnaryOperation)
+        and isinstance(node.operator, cst.Minus)
+        and _scalar_like(node.expression)
+    ):
+        return frozenset({NONPOS})
+    return _NONE
+
+
+def _scalar_like(node: cst.BaseExpression) -> bool:
+    """A bare name/attribute or scalar arithmetic of them (``dim``, ``self.d - 1``)."""
+    if isinstance(node, (cst.Name, cst.Attribute)):
+        return True
+    if isinstance(node, cst.BinaryOperation) and isinstance(
+        node.operator, (cst.Add, cst.Multiply, cst.Subtract)
+    ):
+        return all(_scalar_like(n) or number(n) is not None for n in (node.left, node.right))
+    if isinstance(node, cst.Call) and isinstance(node.func, cst.Name) and node.func.value in ("float", "int"):
+        return True
+    return False
 
 
 def bounded_above(ctx: Context, node: cst.BaseExpression, bindings: Optional[Bindings] = None) -> bool:

@@ -35,8 +35,16 @@ class UnclampedExp(Rule):
     (`x - x.max(...)`, `x - x.amax(...)`, `x - torch.logsumexp(...)`, or
     `x - m` with `m` assigned such a max), provably <= 0 (`-x**2`,
     `-x.pow(2)`, `-abs(x)`, `-relu(x)`, `-softplus(x)`, `log_softmax`,
-    `logsigmoid`, a non-negative `arange` times a negative constant), a
-    bounded function (`tanh`, `sigmoid`, `sin`, `cos`) or a literal.
+    `logsigmoid`, a non-negative `arange` times a negative constant, a
+    cumulative sum of such values), a bounded function (`tanh`, `sigmoid`,
+    `sin`, `cos`, `uniform_(a, b)`) or a literal. Variable names help where the
+    code shows nothing else: a subtrahend named like a running max (`max_`,
+    `row_max`, `lse`) stabilises, a `log_probs` is <= 0.
+
+    Not flagged either: an argument explicitly upcast (`x.float().exp()`,
+    `x.to(torch.float32)`), since exp then runs in float32, and a module
+    attribute (`self.logit_scale.exp()`), a learned log-scale parameter that
+    would need a value above 11.09 (a scale above 65504) to overflow.
     `math.exp` and `np.exp` are not torch and are never flagged.
 
     ## Example
@@ -77,6 +85,9 @@ class UnclampedExp(Rule):
             "div = torch.exp(torch.arange(0, d, 2) * (-math.log(10000.0) / d))\n"
         ),
         Valid("import torch.nn.functional as F\nimport torch\np = torch.exp(F.log_softmax(x, -1))\n"),
+        Valid("import torch\nscale = self.logit_scale.exp()\n"),
+        Valid("import torch\nA = -torch.exp(A_log.float())\n"),
+        Valid("import torch\nA = -torch.exp(A_log.float())\nL = torch.exp(torch.cumsum(A, dim=-1))\n"),
     ]
     invalid = [
         Invalid(
@@ -87,10 +98,10 @@ class UnclampedExp(Rule):
             ),
         ),
         Invalid(
-            "import torch as T\nimport math\ny = self.scale.exp()\n",
+            "import torch as T\nimport math\ny = out.scale.exp()\n",
             fixed=(
                 "import torch as T\nimport math\n"
-                "y = self.scale.clamp(max=math.log(T.finfo(self.scale.dtype).max) - 0.01).exp()\n"
+                "y = out.scale.clamp(max=math.log(T.finfo(out.scale.dtype).max) - 0.01).exp()\n"
             ),
         ),
         Invalid("from torch import exp\ny = exp(a @ b)\n"),
@@ -122,6 +133,8 @@ class UnclampedExp(Rule):
         x = subject(self.ctx, node)
         if x is None or bounded_above(self.ctx, x, self.bindings):
             return
+        if _upcast(self.ctx, x) or _module_attribute(self.ctx, x):
+            return
         limit = EXP2_OVERFLOW if op.startswith("exp2") else FLOAT16.exp_overflow
         spelled = f"{op}" if op.startswith("exp") else op
         self.report(
@@ -150,6 +163,52 @@ class UnclampedExp(Rule):
             replace=[(target, new)],
             imports=("math", "torch"),
         )
+
+
+_SHAPE_METHODS = frozenset(
+    {"to", "view", "reshape", "unsqueeze", "squeeze", "transpose", "permute", "expand",
+     "expand_as", "contiguous", "flatten", "detach", "clone", "t"}
+)
+
+
+def _strip_shape_calls(ctx, node: cst.BaseExpression) -> cst.BaseExpression:
+    while (
+        isinstance(node, cst.Call)
+        and isinstance(node.func, cst.Attribute)
+        and node.func.attr.value in _SHAPE_METHODS
+        and ctx.resolve(node.func) is None
+    ):
+        node = node.func.value
+    return node
+
+
+def _upcast(ctx, node: cst.BaseExpression) -> bool:
+    """``x.float()``, ``x.double()``, ``x.to(torch.float32)``: exp runs in float32 or wider."""
+    if not (isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute)):
+        return False
+    method = node.func.attr.value
+    if method in ("float", "double") and not node.args:
+        return True
+    if method in ("to", "type"):
+        for a in node.args:
+            name = ctx.resolve(a.value)
+            if name in ("torch.float32", "torch.float", "torch.float64", "torch.double"):
+                return True
+    return False
+
+
+def _module_attribute(ctx, node: cst.BaseExpression) -> bool:
+    """``self.logit_scale`` (possibly ``.to(device)``): a module's learned
+    log-scale parameter, which would need a value above 11.09 (a scale above
+    65504) to overflow."""
+    node = _strip_shape_calls(ctx, node)
+    if isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute) and node.func.attr.value in ("float", "double"):
+        return False
+    if not isinstance(node, cst.Attribute):
+        return False
+    while isinstance(node, cst.Attribute):
+        node = node.value
+    return isinstance(node, cst.Name) and node.value == "self"
 
 
 def _pure(node: cst.BaseExpression) -> bool:

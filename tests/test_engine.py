@@ -1,0 +1,151 @@
+"""The engine's contracts: alias resolution, positions, noqa, syntax errors,
+one traversal, and rules that never see files."""
+
+from __future__ import annotations
+
+import libcst as cst
+import pytest
+
+from nanlint.engine import lint_source, noqa_codes, walk
+from nanlint.dtypes import FLOAT16
+from nanlint.fix import OverlapError, apply_edits
+from nanlint.finding import Edit
+from nanlint.positions import compute_ranges
+from nanlint.resolve import Names
+from nanlint.rule import Rule
+
+from helpers import lint
+
+
+@pytest.mark.parametrize(
+    "imports, expr, expected",
+    [
+        ("import torch as T", "T.exp", "torch.exp"),
+        ("from torch import exp", "exp", "torch.exp"),
+        ("import torch.nn.functional as F", "F.softmax", "torch.nn.functional.softmax"),
+        ("from torch.nn import functional", "functional.normalize", "torch.nn.functional.normalize"),
+        ("from torch.nn import functional as fn", "fn.normalize", "torch.nn.functional.normalize"),
+        ("import torch.nn.functional", "torch.nn.functional.gelu", "torch.nn.functional.gelu"),
+        ("import numpy as np", "np.exp", "numpy.exp"),
+        ("import torch", "x.exp", None),
+        ("from . import functional as F", "F.softmax", None),
+    ],
+)
+def test_alias_resolution(imports, expr, expected):
+    names = Names()
+    names.scan(cst.parse_module(imports + "\n").body)
+    assert names.resolve(cst.parse_expression(expr)) == expected
+
+
+def test_alias_for_prefers_the_module_binding():
+    names = Names()
+    names.scan(cst.parse_module("import torch as T\nfrom torch import nn\n").body)
+    assert names.alias_for("torch") == "T"
+    assert names.alias_for("math") is None
+
+
+def test_imports_inside_functions_and_try_blocks_count():
+    source = (
+        "try:\n    import torch as T\nexcept ImportError:\n    T = None\n"
+        "def f(x):\n    import torch.nn.functional as G\n    return T.exp(x) + G.softmax(x, -1)\n"
+    )
+    found = lint(source, ["NL002"])
+    assert [(f.line, f.column) for f in found] == [(7, 12)]
+
+
+def test_positions_are_one_based_and_exclude_parentheses():
+    source = "import torch\ny = 1 + (torch.exp(\n    x))\n"
+    (finding,) = lint(source, ["NL002"])
+    assert (finding.line, finding.column, finding.end_line, finding.end_column) == (2, 10, 3, 7)
+
+
+def test_compute_ranges_only_for_requested_nodes():
+    module = cst.parse_module("a = 1\nb = f(2)\n")
+    call = module.body[1].body[0].value
+    ranges = compute_ranges(module, [call])
+    assert list(ranges) == [call]
+    assert ranges[call].inner_start == (2, 4) and ranges[call].inner_end == (2, 8)
+
+
+@pytest.mark.parametrize(
+    "comment, suppressed",
+    [
+        ("# noqa", True),
+        ("# noqa: NL002", True),
+        ("# noqa: NL001, NL002", True),
+        ("# NOQA:NL002", True),
+        ("# noqa: NL003", False),
+        ("# noqa: E501", False),
+        ("# some comment", False),
+    ],
+)
+def test_noqa(comment, suppressed):
+    source = f"import torch\ny = torch.exp(x)  {comment}\n"
+    assert (lint(source, ["NL002"]) == []) is suppressed
+
+
+def test_noqa_on_first_line_of_multiline_expression():
+    source = "import torch\ny = torch.exp(  # noqa: NL002\n    x\n)\n"
+    assert lint(source, ["NL002"]) == []
+    source = "import torch\ny = torch.exp(\n    x  # noqa: NL002\n)\n"
+    assert len(lint(source, ["NL002"])) == 1
+
+
+def test_noqa_codes_parsing():
+    assert noqa_codes("x  # noqa") == frozenset()
+    assert noqa_codes("x  # noqa: NL001,NL002") == {"NL001", "NL002"}
+    assert noqa_codes("x") is None
+
+
+def test_syntax_error_is_nl000_with_pythons_position():
+    result = lint_source("x = (1,\ny = 2\n", "a.py", [], [FLOAT16])
+    (finding,) = result.findings
+    assert (finding.code, finding.name, finding.line, finding.column) == ("NL000", "syntax-error", 1, 5)
+    assert "never closed" in finding.message
+
+
+def test_rule_crash_is_an_error_not_an_exception():
+    class Broken(Rule):
+        code = "NL999"
+        name = "broken"
+
+        def visit_Call(self, node):
+            raise ValueError("boom")
+
+    result = lint_source("f()\n", "a.py", [Broken], [FLOAT16])
+    assert result.findings == []
+    assert result.errors == ["a.py: internal error while checking: ValueError: boom"]
+
+
+def test_single_traversal_visits_in_source_order():
+    seen = []
+    module = cst.parse_module("@dec()\ndef f(a=g()):\n    return h(x() if c() else y())\n")
+    walk(module, {cst.Call: [lambda n: seen.append(cst.Module([]).code_for_node(n.func))],
+                  cst.Name: [lambda n: None]}, {})
+    # decorators before defaults before the body; an IfExp's body before its test
+    assert seen == ["dec", "g", "h", "x", "c", "y"]
+
+
+def test_deep_nesting_does_not_recurse_in_the_walker():
+    module = cst.parse_module("x = " + "(" * 200 + "1" + ")" * 200 + "\n")
+    count = []
+    walk(module, {cst.Integer: [count.append]}, {})
+    assert len(count) == 1
+
+
+def test_apply_edits_and_overlap():
+    text = "abc\ndef\n"
+    assert apply_edits(text, [Edit(2, 1, 2, 2, "X"), Edit(1, 4, 1, 4, "!")]) == "abc!\nXef\n"
+    with pytest.raises(OverlapError):
+        apply_edits(text, [Edit(1, 1, 1, 3, "x"), Edit(1, 2, 1, 4, "y")])
+
+
+def test_import_added_once_after_existing_imports_keeping_crlf():
+    from helpers import fix_all
+
+    source = '"""Doc."""\r\nimport torch\r\n\r\na = torch.exp(p)\r\nb = torch.exp(q)\r\n'
+    fixed = fix_all(source, ["NL002"])
+    assert fixed.count("import math") == 1
+    assert fixed.startswith('"""Doc."""\r\nimport torch\r\nimport math\r\n\r\n')
+    assert "\n" not in fixed.replace("\r\n", "")
+    compile(fixed, "x", "exec")
