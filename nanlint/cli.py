@@ -81,45 +81,91 @@ def main() -> None:
     """nanlint: find the numerical hazards that turn float16 PyTorch code into NaN/Inf."""
 
 
+def output_options(func):
+    options = [
+        click.option("--output-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+                     help="How findings are printed."),
+        click.option("--statistics", is_flag=True, help="Print the number of findings per rule instead of each finding."),
+        click.option("--exit-zero", is_flag=True, help="Exit 0 even when findings are reported (errors still exit 2)."),
+        click.option("--stdin-filename", metavar="PATH",
+                     help="The name of the file read from stdin (`-`), for messages and per-file-ignores."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def fix_options(func):
+    options = [
+        click.option("--unsafe-fixes", is_flag=True,
+                     help="Also apply fixes marked unsafe (they may change behaviour; see `nanlint rule CODE`)."),
+        click.option("--diff", is_flag=True,
+                     help="Print a unified diff of the fixes and write nothing; exit 1 if there is something to fix."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+FIX_EXIT_HELP = EXIT_CODES_HELP.replace(
+    "1  findings were reported", "1  findings remain after fixing (with --diff: there is something to fix)"
+)
+
+
 @main.command(epilog=EXIT_CODES_HELP)
 @click.argument("paths", nargs=-1, type=click.Path(path_type=str))
 @selection_options
-@click.option("--output-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              help="How findings are printed.")
-@click.option("--statistics", is_flag=True, help="Print the number of findings per rule instead of each finding.")
-@click.option("--exit-zero", is_flag=True, help="Exit 0 even when findings are reported (errors still exit 2).")
-@click.option("--stdin-filename", metavar="PATH", help="The name of the file read from stdin (`-`), for messages and per-file-ignores.")
-def check(
-    paths: Tuple[str, ...],
-    select: Tuple[str, ...],
-    extend_select: Tuple[str, ...],
-    ignore: Tuple[str, ...],
-    target_dtypes: Tuple[str, ...],
-    config: Optional[str],
-    output_format: str,
-    statistics: bool,
-    exit_zero: bool,
-    stdin_filename: Optional[str],
-) -> None:
+@output_options
+@click.option("--fix", "apply_fix", is_flag=True, help="Apply safe fixes in place (as `nanlint fix`).")
+@fix_options
+def check(paths, select, extend_select, ignore, target_dtypes, config, output_format, statistics,
+          exit_zero, stdin_filename, apply_fix, unsafe_fixes, diff) -> None:
     """Check PATHS (files or directories; default: .) for numerical hazards.
 
     `-` reads the source from stdin.
     """
+    if apply_fix or diff:
+        _run_fix(paths, select, extend_select, ignore, target_dtypes, config, output_format,
+                 exit_zero, stdin_filename, unsafe_fixes, diff)
+    else:
+        _run_check(paths, select, extend_select, ignore, target_dtypes, config, output_format,
+                   statistics, exit_zero, stdin_filename)
+
+
+@main.command(epilog=FIX_EXIT_HELP)
+@click.argument("paths", nargs=-1, type=click.Path(path_type=str))
+@selection_options
+@output_options
+@fix_options
+def fix(paths, select, extend_select, ignore, target_dtypes, config, output_format, statistics,
+        exit_zero, stdin_filename, unsafe_fixes, diff) -> None:
+    """Apply fixes to PATHS in place (default: .), then report what remains.
+
+    Only safe fixes unless --unsafe-fixes. Files are re-parsed before they are
+    written and replaced atomically; a fix whose result would not parse is
+    dropped and reported. `-` reads stdin and prints the fixed source.
+    """
+    _run_fix(paths, select, extend_select, ignore, target_dtypes, config, output_format,
+             exit_zero, stdin_filename, unsafe_fixes, diff)
+
+
+def _first_path(path_list: Sequence[str], stdin_filename: Optional[str]) -> Optional[Path]:
+    for p in path_list:
+        if p != "-":
+            return Path(p)
+    return Path(stdin_filename) if stdin_filename else None
+
+
+def _run_check(paths, select, extend_select, ignore, target_dtypes, config, output_format,
+               statistics, exit_zero, stdin_filename) -> None:
     from .files import ReadError, decode
     from .report import FORMATS
     from .report.text import render_statistics
     from .runner import check_paths, check_text
 
-    path_list = [p for p in paths] or ["."]
-    first = None
-    for p in path_list:
-        if p != "-":
-            first = Path(p)
-            break
-    if first is None and stdin_filename:
-        first = Path(stdin_filename)
-    selection = _load_selection(config, first, select, extend_select, ignore, target_dtypes)
-
+    path_list = list(paths) or ["."]
+    selection = _load_selection(config, _first_path(path_list, stdin_filename), select,
+                                extend_select, ignore, target_dtypes)
     findings = []
     errors: List[str] = []
     if "-" in path_list:
@@ -149,6 +195,100 @@ def check(
     if errors:
         sys.exit(EXIT_ERROR)
     if findings and not exit_zero:
+        sys.exit(EXIT_FINDINGS)
+    sys.exit(EXIT_CLEAN)
+
+
+def _run_fix(paths, select, extend_select, ignore, target_dtypes, config, output_format,
+             exit_zero, stdin_filename, unsafe, diff) -> None:
+    from collections import Counter
+
+    from .files import ReadError, decode
+    from .fix import fix_text, unified_diff, wanted
+    from .report import FORMATS
+    from .report.text import render_lines
+    from .runner import check_text, fix_paths
+
+    path_list = list(paths) or ["."]
+    selection = _load_selection(config, _first_path(path_list, stdin_filename), select,
+                                extend_select, ignore, target_dtypes)
+    errors: List[str] = []
+    warnings: List[str] = []
+    remaining = []
+    applied: Counter = Counter()
+    changed_files = 0
+    diffs: List[str] = []
+    stdin_output: Optional[str] = None
+
+    if "-" in path_list:
+        name = stdin_filename or "-"
+        try:
+            source = decode(sys.stdin.buffer.read())
+            outcome = fix_text(source.text, lambda t: check_text(t, name, Path(name), selection), unsafe)
+            applied.update(outcome.applied)
+            remaining.extend(outcome.remaining)
+            warnings.extend(outcome.dropped)
+            errors.extend(outcome.errors)
+            if diff:
+                diffs.append(unified_diff(name, source.text, outcome.text))
+            else:
+                stdin_output = outcome.text
+            changed_files += outcome.text != source.text
+        except ReadError as exc:
+            errors.append(f"{name}: {exc}")
+    file_paths = [Path(p) for p in path_list if p != "-"]
+    if file_paths:
+        results, problems = fix_paths(file_paths, selection, unsafe, write=not diff)
+        errors.extend(problems)
+        for result in results:
+            errors.extend(result.errors)
+            if result.outcome is None:
+                continue
+            warnings.extend(result.outcome.dropped)
+            remaining.extend(result.outcome.remaining)
+            if result.changed:
+                if diff:
+                    diffs.append(result.diff)
+                    applied.update(result.outcome.applied)
+                    changed_files += 1
+                elif not any(e.startswith(f"{result.path}:") for e in result.errors):
+                    applied.update(result.outcome.applied)
+                    changed_files += 1
+    remaining.sort(key=lambda f: f.sort_key())
+
+    for message in errors:
+        _error(message)
+    for message in warnings:
+        click.echo(f"warning: {message}", err=True)
+    total = sum(applied.values())
+    by_code = ", ".join(f"{n} {code}" for code, n in sorted(applied.items()))
+    verb = "Would fix" if diff else "Fixed"
+    fixed_line = (f"{verb} {total} finding{'s' if total != 1 else ''} in {changed_files} "
+                  f"file{'s' if changed_files != 1 else ''}" + (f" ({by_code})." if total else "."))
+    hidden = sum(1 for f in remaining if f.fix is not None and not wanted(f, unsafe))
+    hint = (f"{hidden} more fix{'es' if hidden != 1 else ''} available with `--unsafe-fixes`."
+            if hidden else "")
+
+    if diff:
+        click.echo("".join(diffs), nl=False)
+        click.echo(fixed_line, err=True)
+        if hint:
+            click.echo(hint, err=True)
+        sys.exit(EXIT_ERROR if errors else (EXIT_FINDINGS if diffs else EXIT_CLEAN))
+    if stdin_output is not None:
+        click.echo(stdin_output, nl=False)
+        out_err = True
+    else:
+        out_err = False
+    if output_format == "text":
+        click.echo(render_lines(remaining), nl=False, err=out_err)
+        left = f" {len(remaining)} remaining." if remaining else ""
+        click.echo(fixed_line + left + (" " + hint if hint else ""), err=out_err)
+    else:
+        click.echo(FORMATS[output_format](remaining), nl=False, err=out_err)
+    if errors:
+        sys.exit(EXIT_ERROR)
+    if remaining and not exit_zero:
         sys.exit(EXIT_FINDINGS)
     sys.exit(EXIT_CLEAN)
 

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Iterable, List, Sequence
+import os
+import stat
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, List, Sequence, Tuple
 
-from .finding import Edit, Fix
+from .finding import SAFE, Edit, Finding, Fix
 from .positions import line_starts
 
 
@@ -37,15 +43,153 @@ def apply_edits(source: str, edits: Iterable[Edit]) -> str:
     return "".join(out)
 
 
-def apply_fixes(source: str, fixes: Sequence[Fix]) -> str:
-    """Apply whole fixes in order, skipping any that overlaps one already taken
-    (the caller re-lints and repeats to reach a fixed point)."""
-    taken: List[Edit] = []
+def take_fixes(source: str, fixes: Sequence[Fix]) -> List[Fix]:
+    """The fixes, in order, that can be applied together: a fix that overlaps
+    one already taken waits for the next round."""
+    taken: List[Fix] = []
+    edits: List[Edit] = []
     for fix in fixes:
-        candidate = taken + [e for e in fix.edits if e not in taken]
+        candidate = edits + [e for e in fix.edits if e not in edits]
         try:
             apply_edits(source, candidate)
         except OverlapError:
             continue
-        taken = candidate
-    return apply_edits(source, taken)
+        taken.append(fix)
+        edits = candidate
+    return taken
+
+
+def apply_fixes(source: str, fixes: Sequence[Fix]) -> str:
+    """Apply the fixes that do not overlap (see ``take_fixes``); identical
+    edits (the same import added by two fixes) are applied once."""
+    edits: List[Edit] = []
+    for fix in take_fixes(source, fixes):
+        edits.extend(e for e in fix.edits if e not in edits)
+    return apply_edits(source, edits)
+
+
+# -- fixing a unit of source ------------------------------------------------------
+
+MAX_ROUNDS = 10
+
+
+@dataclass
+class FixOutcome:
+    text: str
+    #: code -> number of fixes applied
+    applied: Counter
+    #: messages about fixes that were dropped because their result did not parse
+    dropped: List[str]
+    #: findings left in the fixed text
+    remaining: List[Finding]
+    errors: List[str]
+
+
+def _parses(text: str) -> bool:
+    import ast
+
+    import libcst as cst
+
+    try:
+        ast.parse(text)
+        cst.parse_module(text)
+    except Exception:  # any failure to parse means: do not write this
+        return False
+    return True
+
+
+def wanted(finding: Finding, unsafe: bool) -> bool:
+    return finding.fix is not None and (unsafe or finding.fix.applicability == SAFE)
+
+
+def fix_text(
+    text: str,
+    lint: Callable[[str], Tuple[List[Finding], List[str]]],
+    unsafe: bool = False,
+) -> FixOutcome:
+    """Apply fixes to a fixed point (bounded): lint, apply every non-overlapping
+    fix, re-lint, repeat. A round whose result does not parse is retried fix by
+    fix, and a fix that breaks the file is dropped and reported, never kept."""
+    applied: Counter = Counter()
+    dropped: List[str] = []
+    banned: set = set()
+    findings, errors = lint(text)
+    for _ in range(MAX_ROUNDS):
+        todo = [
+            f for f in findings
+            if wanted(f, unsafe) and (f.code, f.message, f.fix) not in banned
+        ]
+        if not todo:
+            break
+        accepted = take_fixes(text, [f.fix for f in todo])  # type: ignore[misc]
+        taken = [f for f in todo if f.fix in accepted]
+        candidate = apply_fixes(text, [f.fix for f in taken])  # type: ignore[misc]
+        if not _parses(candidate):
+            # find the culprits one by one; keep the first fix that is sound
+            candidate, taken = text, []
+            for finding in todo:
+                attempt = apply_fixes(text, [finding.fix])  # type: ignore[list-item]
+                if attempt != text and _parses(attempt):
+                    candidate, taken = attempt, [finding]
+                    break
+                banned.add((finding.code, finding.message, finding.fix))
+                dropped.append(
+                    f"{finding.path}:{finding.line}:{finding.column}: {finding.code}: "
+                    "fix dropped, its result would not parse"
+                )
+        if candidate == text:
+            break
+        applied.update(f.code for f in taken)
+        text = candidate
+        findings, errors = lint(text)
+    return FixOutcome(text, applied, dropped, findings, errors)
+
+
+def unified_diff(path: str, old: str, new: str) -> str:
+    import difflib
+
+    lines = difflib.unified_diff(
+        old.splitlines(keepends=True), new.splitlines(keepends=True),
+        fromfile=path if os.path.isabs(path) else f"a/{path}",
+        tofile=path if os.path.isabs(path) else f"b/{path}",
+    )
+    out = []
+    for line in lines:
+        out.append(line if line.endswith(("\n", "\r")) else line + "\n\\ No newline at end of file\n")
+    return "".join(out)
+
+
+class WriteError(Exception):
+    pass
+
+
+def write_atomic(path: Path, data: bytes, expected_old: bytes) -> None:
+    """Replace ``path``'s content with ``data`` atomically (a temp file in the
+    same directory, then rename), keeping its permissions, writing through
+    symlinks, and refusing when the file changed since it was read."""
+    real = Path(os.path.realpath(path))
+    try:
+        current = real.read_bytes()
+    except OSError as exc:
+        raise WriteError(f"cannot re-read before writing: {exc.strerror or exc}") from None
+    if current != expected_old:
+        raise WriteError("changed on disk while nanlint was fixing it; left untouched")
+    if not os.access(real, os.W_OK):
+        raise WriteError("is read-only; left untouched")
+    mode = stat.S_IMODE(real.stat().st_mode)
+    fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".nanlint-tmp", dir=real.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, real)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise WriteError(f"cannot write: {exc.strerror or exc}") from None
+        raise

@@ -12,6 +12,7 @@ from .dtypes import DTYPES, DtypeFacts
 from .engine import lint_source
 from .files import ReadError, Source, discover, display_path, read_source
 from .finding import Finding
+from .fix import FixOutcome, write_atomic
 from .registry import select_rules
 from .rule import Rule
 
@@ -98,3 +99,57 @@ def check_paths(paths: Sequence[Path], selection: Selection) -> Tuple[List[FileR
     errors = [f"{p}: {why}" for p, why in problems]
     results = [check_file(f, selection) for f in files]
     return results, errors
+
+
+@dataclass
+class FixResult:
+    path: str
+    changed: bool
+    outcome: Optional["FixOutcome"]
+    errors: List[str]
+    diff: str = ""
+
+
+def encode(source: Source, text: str) -> bytes:
+    data = text.encode(source.encoding)
+    return (b"\xef\xbb\xbf" + data) if source.bom else data
+
+
+def fix_file(path: Path, selection: Selection, unsafe: bool, write: bool) -> FixResult:
+    """Fix one file; write it (atomically) only when ``write`` and it changed."""
+    from .fix import WriteError, fix_text, unified_diff
+
+    display = display_path(path)
+    try:
+        original = path.read_bytes()
+    except IsADirectoryError:
+        return FixResult(display, False, None, [f"{display}: is a directory"])
+    except OSError as exc:
+        return FixResult(display, False, None, [f"{display}: {exc.strerror or exc}"])
+    try:
+        from .files import decode
+
+        source = decode(original)
+    except ReadError as exc:
+        return FixResult(display, False, None, [f"{display}: {exc}"])
+    outcome = fix_text(source.text, lambda t: check_text(t, display, path, selection), unsafe)
+    errors = list(outcome.errors)
+    changed = outcome.text != source.text
+    diff = unified_diff(display, source.text, outcome.text) if changed else ""
+    if changed and write:
+        try:
+            data = encode(source, outcome.text)
+        except UnicodeEncodeError:
+            return FixResult(display, False, outcome, errors + [
+                f"{display}: the fix needs characters that {source.encoding} cannot encode; left untouched"])
+        try:
+            write_atomic(path, data, original)
+        except WriteError as exc:
+            return FixResult(display, False, outcome, errors + [f"{display}: {exc}"])
+    return FixResult(display, changed, outcome, errors, diff)
+
+
+def fix_paths(paths: Sequence[Path], selection: Selection, unsafe: bool, write: bool) -> Tuple[List[FixResult], List[str]]:
+    files, problems = discover(paths, selection.settings.excludes, selection.settings.root)
+    errors = [f"{p}: {why}" for p, why in problems]
+    return [fix_file(f, selection, unsafe, write) for f in files], errors

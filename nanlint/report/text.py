@@ -29,12 +29,14 @@ def summary(findings: Sequence[Finding]) -> str:
     return line + "\n"
 
 
+def render_lines(findings: Sequence[Finding]) -> str:
+    return "".join(
+        f"{f.path}:{f.line}:{f.column}: {f.code} [{f.name}] {f.message}\n" for f in findings
+    )
+
+
 def render(findings: Sequence[Finding]) -> str:
-    lines = [
-        f"{f.path}:{f.line}:{f.column}: {f.code} [{f.name}] {f.message}" for f in findings
-    ]
-    body = "\n".join(lines) + ("\n" if lines else "")
-    return body + summary(findings)
+    return render_lines(findings) + summary(findings)
 
 
 def render_statistics(findings: Sequence[Finding]) -> str:

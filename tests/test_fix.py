@@ -1,0 +1,176 @@
+"""`nanlint fix` / `check --fix`: applies fixes without ever corrupting a file."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nanlint.dtypes import FLOAT16
+from nanlint.engine import lint_source
+from nanlint.finding import UNSAFE
+from nanlint.fix import WriteError, fix_text, write_atomic
+from nanlint.rule import FixSpec, Rule
+
+HAZARD = "import torch\n\n\ndef f(logvar):\n    return torch.exp(logvar)  # a comment\n"
+FIXED = (
+    "import torch\nimport math\n\n\ndef f(logvar):\n"
+    "    return torch.exp(logvar.clamp(max=math.log(torch.finfo(logvar.dtype).max) - 0.01))  # a comment\n"
+)
+
+
+def run(*args, cwd=None, stdin=None):
+    return subprocess.run([sys.executable, "-m", "nanlint", *args], cwd=cwd, input=stdin,
+                          capture_output=True, text=True)
+
+
+def test_safe_only_by_default_then_unsafe(tmp_path):
+    target = tmp_path / "m.py"
+    target.write_text(HAZARD)
+    proc = run("fix", "m.py", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert target.read_text() == HAZARD
+    assert "1 more fix available with `--unsafe-fixes`" in proc.stdout
+    proc = run("fix", "--unsafe-fixes", "m.py", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert target.read_text() == FIXED
+    assert "Fixed 1 finding in 1 file (1 NL002)." in proc.stdout
+    # idempotent: a second run changes nothing
+    proc = run("fix", "--unsafe-fixes", "m.py", cwd=tmp_path)
+    assert proc.returncode == 0 and target.read_text() == FIXED
+    assert "Fixed 0 findings" in proc.stdout
+    compile(target.read_text(), "m.py", "exec")
+    assert run("check", "m.py", cwd=tmp_path).returncode == 0
+
+
+def test_check_fix_is_the_same_command(tmp_path):
+    target = tmp_path / "m.py"
+    target.write_text(HAZARD)
+    proc = run("check", "--fix", "--unsafe-fixes", "m.py", cwd=tmp_path)
+    assert proc.returncode == 0 and target.read_text() == FIXED
+
+
+def test_diff_writes_nothing_and_exits_1(tmp_path):
+    target = tmp_path / "m.py"
+    target.write_text(HAZARD)
+    proc = run("fix", "--unsafe-fixes", "--diff", "m.py", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert target.read_text() == HAZARD
+    assert proc.stdout.startswith("--- a/m.py\n+++ b/m.py\n")
+    assert "+import math" in proc.stdout
+    assert "Would fix 1 finding" in proc.stderr
+    clean = tmp_path / "c.py"
+    clean.write_text("x = 1\n")
+    assert run("fix", "--diff", "c.py", cwd=tmp_path).returncode == 0
+
+
+def test_stdin_prints_fixed_source(tmp_path):
+    proc = run("fix", "--unsafe-fixes", "-", stdin=HAZARD, cwd=tmp_path)
+    assert proc.returncode == 0
+    assert proc.stdout == FIXED
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        HAZARD.replace("\n", "\r\n").encode(),
+        b"\xef\xbb\xbf" + HAZARD.encode(),
+        ("# -*- coding: latin-1 -*-\n# caf\xe9\n" + HAZARD).encode("latin-1"),
+        HAZARD.replace("    return", "\treturn").encode(),
+    ],
+    ids=["crlf", "bom", "latin1", "tabs"],
+)
+def test_encoding_bom_and_line_endings_are_preserved(tmp_path, raw):
+    target = tmp_path / "m.py"
+    target.write_bytes(raw)
+    proc = run("fix", "--unsafe-fixes", "m.py", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    new = target.read_bytes()
+    assert new.startswith(b"\xef\xbb\xbf") == raw.startswith(b"\xef\xbb\xbf")
+    if b"\r\n" in raw:
+        assert new.count(b"\r\n") == new.count(b"\n")
+    if b"latin-1" in raw:
+        assert "caf\xe9".encode("latin-1") in new
+    assert b"import math" in new and b".clamp(max=math.log(" in new
+    # nothing but the edits changed
+    assert new.replace(b"import math" + (b"\r\n" if b"\r\n" in raw else b"\n"), b"", 1).replace(
+        b".clamp(max=math.log(torch.finfo(logvar.dtype).max) - 0.01)", b"") == raw
+
+
+def test_permissions_kept_and_symlink_written_through(tmp_path):
+    real = tmp_path / "real.py"
+    real.write_text(HAZARD)
+    os.chmod(real, 0o640)
+    link = tmp_path / "link.py"
+    link.symlink_to(real)
+    proc = run("fix", "--unsafe-fixes", "link.py", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert link.is_symlink()
+    assert real.read_text() == FIXED
+    assert stat.S_IMODE(real.stat().st_mode) == 0o640
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".nanlint-tmp")]
+
+
+@pytest.mark.skipif(os.geteuid() == 0 if hasattr(os, "geteuid") else False,
+                    reason="root can write read-only files; covered by the os.access check below")
+def test_read_only_file_reported(tmp_path):
+    target = tmp_path / "m.py"
+    target.write_text(HAZARD)
+    os.chmod(target, 0o444)
+    proc = run("fix", "--unsafe-fixes", "m.py", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "read-only" in proc.stderr
+    assert target.read_text() == HAZARD
+
+
+def test_read_only_check_in_writer(tmp_path, monkeypatch):
+    target = tmp_path / "m.py"
+    target.write_text("a\n")
+    monkeypatch.setattr(os, "access", lambda *a, **k: False)
+    with pytest.raises(WriteError, match="read-only"):
+        write_atomic(target, b"b\n", b"a\n")
+    assert target.read_text() == "a\n"
+
+
+def test_file_changed_on_disk_is_not_overwritten(tmp_path):
+    target = tmp_path / "m.py"
+    target.write_text("edited by the user\n")
+    with pytest.raises(WriteError, match="changed on disk"):
+        write_atomic(target, b"ours\n", b"what we read\n")
+    assert target.read_text() == "edited by the user\n"
+
+
+class _BreaksTheFile(Rule):
+    code = "NL998"
+    name = "breaks-the-file"
+
+    def visit_Call(self, node):
+        self.report(node, "bad fix", FixSpec(UNSAFE, "breaks", replace=[(node, "f(")]))
+
+
+def test_fix_that_would_not_parse_is_dropped_and_reported():
+    source = "f()\ng = 1\n"
+
+    def lint(text):
+        result = lint_source(text, "m.py", [_BreaksTheFile], [FLOAT16])
+        return result.findings, result.errors
+
+    outcome = fix_text(source, lint, unsafe=True)
+    assert outcome.text == source
+    assert outcome.dropped and "would not parse" in outcome.dropped[0]
+    assert sum(outcome.applied.values()) == 0
+
+
+def test_fix_reports_unreadable_and_missing_paths_and_continues(tmp_path):
+    target = tmp_path / "m.py"
+    target.write_text(HAZARD)
+    (tmp_path / "bad.py").write_bytes(b"x = '\xff'\n")
+    proc = run("fix", "--unsafe-fixes", "m.py", "bad.py", "missing.py", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "bad.py: cannot decode" in proc.stderr and "missing.py" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert target.read_text() == FIXED
