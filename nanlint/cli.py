@@ -89,6 +89,8 @@ def output_options(func):
         click.option("--exit-zero", is_flag=True, help="Exit 0 even when findings are reported (errors still exit 2)."),
         click.option("--stdin-filename", metavar="PATH",
                      help="The name of the file read from stdin (`-`), for messages and per-file-ignores."),
+        click.option("-j", "--jobs", type=click.IntRange(min=1), default=None, metavar="N",
+                     help="Worker processes (default: every available core). Output is the same for any N."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -119,17 +121,17 @@ FIX_EXIT_HELP = EXIT_CODES_HELP.replace(
 @click.option("--fix", "apply_fix", is_flag=True, help="Apply safe fixes in place (as `nanlint fix`).")
 @fix_options
 def check(paths, select, extend_select, ignore, target_dtypes, config, output_format, statistics,
-          exit_zero, stdin_filename, apply_fix, unsafe_fixes, diff) -> None:
+          exit_zero, stdin_filename, jobs, apply_fix, unsafe_fixes, diff) -> None:
     """Check PATHS (files or directories; default: .) for numerical hazards.
 
     `-` reads the source from stdin.
     """
     if apply_fix or diff:
         _run_fix(paths, select, extend_select, ignore, target_dtypes, config, output_format,
-                 exit_zero, stdin_filename, unsafe_fixes, diff)
+                 exit_zero, stdin_filename, jobs, unsafe_fixes, diff)
     else:
         _run_check(paths, select, extend_select, ignore, target_dtypes, config, output_format,
-                   statistics, exit_zero, stdin_filename)
+                   statistics, exit_zero, stdin_filename, jobs)
 
 
 @main.command(epilog=FIX_EXIT_HELP)
@@ -138,7 +140,7 @@ def check(paths, select, extend_select, ignore, target_dtypes, config, output_fo
 @output_options
 @fix_options
 def fix(paths, select, extend_select, ignore, target_dtypes, config, output_format, statistics,
-        exit_zero, stdin_filename, unsafe_fixes, diff) -> None:
+        exit_zero, stdin_filename, jobs, unsafe_fixes, diff) -> None:
     """Apply fixes to PATHS in place (default: .), then report what remains.
 
     Only safe fixes unless --unsafe-fixes. Files are re-parsed before they are
@@ -146,7 +148,7 @@ def fix(paths, select, extend_select, ignore, target_dtypes, config, output_form
     dropped and reported. `-` reads stdin and prints the fixed source.
     """
     _run_fix(paths, select, extend_select, ignore, target_dtypes, config, output_format,
-             exit_zero, stdin_filename, unsafe_fixes, diff)
+             exit_zero, stdin_filename, jobs, unsafe_fixes, diff)
 
 
 def _first_path(path_list: Sequence[str], stdin_filename: Optional[str]) -> Optional[Path]:
@@ -157,11 +159,11 @@ def _first_path(path_list: Sequence[str], stdin_filename: Optional[str]) -> Opti
 
 
 def _run_check(paths, select, extend_select, ignore, target_dtypes, config, output_format,
-               statistics, exit_zero, stdin_filename) -> None:
+               statistics, exit_zero, stdin_filename, jobs) -> None:
     from .files import ReadError, decode
     from .report import FORMATS
     from .report.text import render_statistics
-    from .runner import check_paths, check_text
+    from .runner import check_paths, check_text, default_jobs
 
     path_list = list(paths) or ["."]
     selection = _load_selection(config, _first_path(path_list, stdin_filename), select,
@@ -179,7 +181,7 @@ def _run_check(paths, select, extend_select, ignore, target_dtypes, config, outp
             errors.append(f"{name}: {exc}")
     file_paths = [Path(p) for p in path_list if p != "-"]
     if file_paths:
-        results, problems = check_paths(file_paths, selection)
+        results, problems = check_paths(file_paths, selection, jobs or default_jobs())
         errors.extend(problems)
         for result in results:
             findings.extend(result.findings)
@@ -200,14 +202,14 @@ def _run_check(paths, select, extend_select, ignore, target_dtypes, config, outp
 
 
 def _run_fix(paths, select, extend_select, ignore, target_dtypes, config, output_format,
-             exit_zero, stdin_filename, unsafe, diff) -> None:
+             exit_zero, stdin_filename, jobs, unsafe, diff) -> None:
     from collections import Counter
 
     from .files import ReadError, decode
     from .fix import fix_text, unified_diff, wanted
     from .report import FORMATS
     from .report.text import render_lines
-    from .runner import check_text, fix_paths
+    from .runner import check_text, default_jobs, fix_paths
 
     path_list = list(paths) or ["."]
     selection = _load_selection(config, _first_path(path_list, stdin_filename), select,
@@ -238,7 +240,8 @@ def _run_fix(paths, select, extend_select, ignore, target_dtypes, config, output
             errors.append(f"{name}: {exc}")
     file_paths = [Path(p) for p in path_list if p != "-"]
     if file_paths:
-        results, problems = fix_paths(file_paths, selection, unsafe, write=not diff)
+        results, problems = fix_paths(file_paths, selection, unsafe, write=not diff,
+                                      jobs=jobs or default_jobs())
         errors.extend(problems)
         for result in results:
             errors.extend(result.errors)

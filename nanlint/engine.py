@@ -203,6 +203,15 @@ def syntax_error_finding(path: str, exc: Exception, source: str) -> Finding:
     )
 
 
+def may_trigger(rule: Type[Rule], source: str) -> bool:
+    """Whether the source contains one of the rule's text triggers (a rule that
+    declares none is always run)."""
+    triggers = rule.triggers
+    if not triggers:
+        return True
+    return any(t in source for t in triggers)
+
+
 def _python_syntax_error(source: str) -> Optional[Tuple[str, int, int]]:
     """Python's own message and position for a syntax error: libcst's native
     parser reports where it gave up, often a line later than the mistake."""
@@ -225,7 +234,19 @@ def lint_source(
     rule_options: Optional[Mapping[str, Mapping[str, Any]]] = None,
     module: Optional[cst.Module] = None,
 ) -> Result:
-    """Lint one unit of Python source with the given rule classes."""
+    """Lint one unit of Python source with the given rule classes.
+
+    A source that contains none of the selected rules' text triggers is not
+    parsed with libcst (no rule could report anything in it); Python's own
+    parser, about ten times faster, still checks its syntax so NL000 is
+    reported for every file.
+    """
+    rules = [r for r in rules if may_trigger(r, source)]
+    if not rules:
+        problem = _python_syntax_error(source)
+        if problem is None:
+            return Result([], [])
+        return Result([syntax_error_finding(path, SyntaxError(problem[0]), source)], [])
     if module is None:
         try:
             module = parse(source)

@@ -198,15 +198,17 @@ _MAX_OPS = frozenset({"max", "amax", "logsumexp", "cummax"})
 
 _MAX_NAME = re.compile(r"(^|_)(max|maxes|amax|lse|logsumexp)(_|$)|^m?max|max$", re.IGNORECASE)
 _LOGPROB_NAME = re.compile(r"^(log_?probs?|logp|log_?p_\w+|log_?likelihoods?)$", re.IGNORECASE)
+_DECAY_NAME = re.compile(r"(^|_)decays?$", re.IGNORECASE)
 
 
 def name_facts(name: str) -> Facts:
     """What a variable's name tells, where code shows nothing else: a running
-    max / logsumexp (``max_``, ``row_max``, ``maxes``, ``lse``) or a
-    log-probability (``log_probs``, ``logp``), which is <= 0."""
+    max / logsumexp (``max_``, ``row_max``, ``maxes``, ``lse``), or a
+    log-probability or log-space decay (``log_probs``, ``logp``,
+    ``cum_decay``), which is <= 0."""
     if _MAX_NAME.search(name):
         return frozenset({MAXLIKE})
-    if _LOGPROB_NAME.match(name):
+    if _LOGPROB_NAME.match(name) or _DECAY_NAME.search(name):
         return frozenset({NONPOS, UPPER})
     return _NONE
 
@@ -227,13 +229,14 @@ def value_facts(
         return frozenset(facts)
     rec = lambda n: value_facts(ctx, n, bindings, depth + 1)  # noqa: E731
     if isinstance(node, cst.Name):
+        if node.value.isupper() and len(node.value) > 1:
+            return frozenset({UPPER, LOWER})  # a module constant
+        facts = name_facts(node.value)
         if bindings is not None:
             bound = bindings.lookup(node.value)
             if bound is not None and bound is not node:
-                return rec(bound)
-        if node.value.isupper() and len(node.value) > 1:
-            return frozenset({UPPER, LOWER})  # a module constant
-        return name_facts(node.value)
+                facts = facts | rec(bound)
+        return facts
     if isinstance(node, cst.Attribute):
         if node.attr.value == "values" and isinstance(node.value, cst.Call):
             return rec(node.value)  # x.max(dim).values

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import fnmatch
+import os
+import signal
+import sys
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type
 
 from .config import Settings
 from .dtypes import DTYPES, DtypeFacts
@@ -94,10 +98,55 @@ def check_file(path: Path, selection: Selection) -> FileResult:
     return FileResult(display, findings, errors, source)
 
 
-def check_paths(paths: Sequence[Path], selection: Selection) -> Tuple[List[FileResult], List[str]]:
+def default_jobs() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))  # type: ignore[attr-defined]
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _init_worker() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+
+
+def _check_lean(path: Path, selection: Selection) -> FileResult:
+    result = check_file(path, selection)
+    result.source = None  # the caller only needs findings: keep results small
+    return result
+
+
+def _pool_context():
+    import multiprocessing
+
+    # fork shares the already imported libcst and rules with the workers; where
+    # it is unavailable or unsafe (macOS, Windows) spawn re-imports only nanlint.
+    if sys.platform.startswith("linux"):
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
+
+
+def map_files(func: Callable[[Path], Any], files: Sequence[Path], jobs: int) -> List[Any]:
+    """``func(path)`` for each file, results in file order, on up to ``jobs``
+    processes (``func`` must be picklable: a module-level function or a
+    ``functools.partial`` of one)."""
+    if jobs <= 1 or len(files) < 4:
+        return [func(f) for f in files]
+    from concurrent.futures import ProcessPoolExecutor
+
+    workers = min(jobs, len(files))
+    chunk = max(1, min(16, len(files) // (workers * 8)))
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=_pool_context(), initializer=_init_worker
+    ) as pool:
+        return list(pool.map(func, files, chunksize=chunk))
+
+
+def check_paths(
+    paths: Sequence[Path], selection: Selection, jobs: int = 1
+) -> Tuple[List[FileResult], List[str]]:
     files, problems = discover(paths, selection.settings.excludes, selection.settings.root)
     errors = [f"{p}: {why}" for p, why in problems]
-    results = [check_file(f, selection) for f in files]
+    results = map_files(partial(_check_lean, selection=selection), files, jobs)
     return results, errors
 
 
@@ -149,7 +198,10 @@ def fix_file(path: Path, selection: Selection, unsafe: bool, write: bool) -> Fix
     return FixResult(display, changed, outcome, errors, diff)
 
 
-def fix_paths(paths: Sequence[Path], selection: Selection, unsafe: bool, write: bool) -> Tuple[List[FixResult], List[str]]:
+def fix_paths(
+    paths: Sequence[Path], selection: Selection, unsafe: bool, write: bool, jobs: int = 1
+) -> Tuple[List[FixResult], List[str]]:
     files, problems = discover(paths, selection.settings.excludes, selection.settings.root)
     errors = [f"{p}: {why}" for p, why in problems]
-    return [fix_file(f, selection, unsafe, write) for f in files], errors
+    func = partial(fix_file, selection=selection, unsafe=unsafe, write=write)
+    return map_files(func, files, jobs), errors
