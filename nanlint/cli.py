@@ -89,6 +89,8 @@ def output_options(func):
         click.option("--exit-zero", is_flag=True, help="Exit 0 even when findings are reported (errors still exit 2)."),
         click.option("--stdin-filename", metavar="PATH",
                      help="The name of the file read from stdin (`-`), for messages and per-file-ignores."),
+        click.option("--no-cache", is_flag=True,
+                     help="Do not read or write cached results (default: .nanlint_cache/, or the `cache-dir` setting)."),
         click.option("-j", "--jobs", type=click.IntRange(min=1), default=None, metavar="N",
                      help="Worker processes (default: every available core). Output is the same for any N."),
     ]
@@ -121,7 +123,7 @@ FIX_EXIT_HELP = EXIT_CODES_HELP.replace(
 @click.option("--fix", "apply_fix", is_flag=True, help="Apply safe fixes in place (as `nanlint fix`).")
 @fix_options
 def check(paths, select, extend_select, ignore, target_dtypes, config, output_format, statistics,
-          exit_zero, stdin_filename, jobs, apply_fix, unsafe_fixes, diff) -> None:
+          exit_zero, stdin_filename, no_cache, jobs, apply_fix, unsafe_fixes, diff) -> None:
     """Check PATHS (files or directories; default: .) for numerical hazards.
 
     `-` reads the source from stdin.
@@ -131,7 +133,7 @@ def check(paths, select, extend_select, ignore, target_dtypes, config, output_fo
                  exit_zero, stdin_filename, jobs, unsafe_fixes, diff)
     else:
         _run_check(paths, select, extend_select, ignore, target_dtypes, config, output_format,
-                   statistics, exit_zero, stdin_filename, jobs)
+                   statistics, exit_zero, stdin_filename, jobs, no_cache)
 
 
 @main.command(epilog=FIX_EXIT_HELP)
@@ -140,7 +142,7 @@ def check(paths, select, extend_select, ignore, target_dtypes, config, output_fo
 @output_options
 @fix_options
 def fix(paths, select, extend_select, ignore, target_dtypes, config, output_format, statistics,
-        exit_zero, stdin_filename, jobs, unsafe_fixes, diff) -> None:
+        exit_zero, stdin_filename, no_cache, jobs, unsafe_fixes, diff) -> None:
     """Apply fixes to PATHS in place (default: .), then report what remains.
 
     Only safe fixes unless --unsafe-fixes. Files are re-parsed before they are
@@ -159,7 +161,7 @@ def _first_path(path_list: Sequence[str], stdin_filename: Optional[str]) -> Opti
 
 
 def _run_check(paths, select, extend_select, ignore, target_dtypes, config, output_format,
-               statistics, exit_zero, stdin_filename, jobs) -> None:
+               statistics, exit_zero, stdin_filename, jobs, no_cache=True) -> None:
     from .files import ReadError, decode
     from .report import FORMATS
     from .report.text import render_statistics
@@ -168,6 +170,8 @@ def _run_check(paths, select, extend_select, ignore, target_dtypes, config, outp
     path_list = list(paths) or ["."]
     selection = _load_selection(config, _first_path(path_list, stdin_filename), select,
                                 extend_select, ignore, target_dtypes)
+    if not no_cache:
+        selection.enable_cache()
     findings = []
     errors: List[str] = []
     if "-" in path_list:

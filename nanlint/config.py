@@ -42,6 +42,8 @@ class Settings:
     per_file_ignores: Dict[str, List[str]] = field(default_factory=dict)
     target_dtypes: List[str] = field(default_factory=lambda: ["float16"])
     rule_options: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    #: where cached findings live (relative to ``root``); default .nanlint_cache
+    cache_dir: Optional[str] = None
     #: the file the settings came from (None: defaults)
     source: Optional[Path] = None
     #: the directory that relative patterns are matched against
@@ -101,6 +103,10 @@ def parse_table(table: Mapping[str, Any], where: str, root: Path) -> Settings:
             settings.exclude = _string_list(key, value, where)
         elif key == "extend-exclude":
             settings.extend_exclude = _string_list(key, value, where)
+        elif key == "cache-dir":
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"{where}: `cache-dir` must be a non-empty string")
+            settings.cache_dir = value
         elif key == "target-dtypes":
             settings.target_dtypes = check_dtypes(_string_list(key, value, where), where)
         elif key == "per-file-ignores":

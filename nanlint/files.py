@@ -47,14 +47,17 @@ def decode(data: bytes) -> Source:
     return Source(text, encoding, bom)
 
 
-def read_source(path: Path) -> Source:
+def read_bytes(path: Path) -> bytes:
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except IsADirectoryError:
         raise ReadError("is a directory") from None
     except OSError as exc:
         raise ReadError(exc.strerror or str(exc)) from None
-    return decode(data)
+
+
+def read_source(path: Path) -> Source:
+    return decode(read_bytes(path))
 
 
 def display_path(path: Path) -> str:

@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import signal
 import sys
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Type
 
 from .config import Settings
 from .dtypes import DTYPES, DtypeFacts
 from .engine import lint_source
-from .files import ReadError, Source, discover, display_path, read_source
+from .files import ReadError, Source, decode, discover, display_path, read_bytes
 from .finding import Finding
 from .fix import FixOutcome, write_atomic
 from .registry import select_rules
 from .rule import Rule
+
+if TYPE_CHECKING:
+    from .cache import Cache
 
 
 @dataclass
@@ -28,7 +32,19 @@ class Selection:
     rules: List[Type[Rule]]
     dtypes: Tuple[DtypeFacts, ...]
     settings: Settings
-    _per_file: Dict[str, List[Type[Rule]]] = field(default_factory=dict)
+    cache: Optional["Cache"] = None
+
+    def enable_cache(self) -> None:
+        """Cache findings under the configured cache directory."""
+        from .cache import DEFAULT_DIR, Cache
+
+        directory = Path(self.settings.cache_dir or DEFAULT_DIR)
+        if not directory.is_absolute():
+            directory = self.settings.root / directory
+        fingerprint = json.dumps(
+            [[d.name for d in self.dtypes], self.settings.rule_options], sort_keys=True, default=str
+        )
+        self.cache = Cache(directory, fingerprint)
 
     @classmethod
     def build(
@@ -91,10 +107,22 @@ def check_text(text: str, display: str, path: Path, selection: Selection) -> Tup
 def check_file(path: Path, selection: Selection) -> FileResult:
     display = display_path(path)
     try:
-        source = read_source(path)
+        data = read_bytes(path)
+    except ReadError as exc:
+        return FileResult(display, [], [f"{display}: {exc}"])
+    cache, key = selection.cache, ""
+    if cache is not None:
+        key = cache.key(data, display, [r.code for r in selection.rules_for(path)])
+        hit = cache.get(key)
+        if hit is not None:
+            return FileResult(display, hit, [])
+    try:
+        source = decode(data)
     except ReadError as exc:
         return FileResult(display, [], [f"{display}: {exc}"])
     findings, errors = check_text(source.text, display, path, selection)
+    if cache is not None and not errors:
+        cache.put(key, findings)
     return FileResult(display, findings, errors, source)
 
 
