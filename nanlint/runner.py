@@ -174,8 +174,32 @@ def check_paths(
 ) -> Tuple[List[FileResult], List[str]]:
     files, problems = discover(paths, selection.settings.excludes, selection.settings.root)
     errors = [f"{p}: {why}" for p, why in problems]
-    results = map_files(partial(_check_lean, selection=selection), files, jobs)
-    return results, errors
+    done: Dict[Path, FileResult] = {}
+    todo = files
+    if selection.cache is not None:
+        # Cache hits are answered here: a warm run starts no worker at all.
+        todo = []
+        for f in files:
+            hit = _cached(f, selection)
+            if hit is None:
+                todo.append(f)
+            else:
+                done[f] = hit
+    for f, result in zip(todo, map_files(partial(_check_lean, selection=selection), todo, jobs)):
+        done[f] = result
+    return [done[f] for f in files], errors
+
+
+def _cached(path: Path, selection: Selection) -> Optional[FileResult]:
+    assert selection.cache is not None
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None  # the worker reports it
+    display = display_path(path)
+    key = selection.cache.key(data, display, [r.code for r in selection.rules_for(path)])
+    hit = selection.cache.get(key)
+    return None if hit is None else FileResult(display, hit, [])
 
 
 @dataclass
