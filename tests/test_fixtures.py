@@ -67,3 +67,25 @@ def test_fixture_fixes_compile_and_resolve(path):
     assert after == []
     if before:
         assert fixed != source
+
+
+PAIRS = sorted(p for p in FIXTURES.glob("NL*/*.fixed.py"))
+
+
+@pytest.mark.parametrize("expected", PAIRS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_fixed_fixture_pairs_match_exactly(expected):
+    source_path = expected.with_name(expected.name.replace(".fixed.py", ".py"))
+    code = expected.parent.name
+    fixed = fix_all(source_path.read_text(encoding="utf-8"), [code], path=source_path.name)
+    assert fixed == expected.read_text(encoding="utf-8")
+    compile(fixed, str(expected), "exec")
+    # nothing the fixes addressed is reported again
+    assert [f for f in lint(fixed, [code]) if f.fix is not None] == []
+
+
+def test_every_rule_with_a_fix_has_a_fixed_pair():
+    from nanlint.registry import all_rules
+
+    for rule in all_rules():
+        if rule.fix_applicability:
+            assert list((FIXTURES / rule.code).glob("*.fixed.py")), f"{rule.code} has no *.fixed.py pair"
