@@ -6,4 +6,13 @@ Importing this package is cheap and never imports torch; only ``nanlint.dynamic`
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "Target", "watch"]
+
+
+def __getattr__(name):
+    # The dynamic checker needs torch: import it only when asked for.
+    if name in ("Target", "watch", "NonFiniteError"):
+        from . import dynamic
+
+        return getattr(dynamic, name)
+    raise AttributeError(f"module 'nanlint' has no attribute {name!r}")

@@ -300,6 +300,44 @@ def _run_fix(paths, select, extend_select, ignore, target_dtypes, config, output
     sys.exit(EXIT_CLEAN)
 
 
+@main.command(epilog="""\b
+Exit codes:
+  0  nothing fired: no finding confirmed, no unflagged event
+  1  a finding was confirmed or a non-finite value appeared where no rule looked
+  2  error: the target cannot be imported, its factory raised or returned the
+     wrong type, the device is unavailable, an op is not implemented for the dtype
+""")
+@click.argument("target")
+@selection_options
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True,
+              help="auto: cuda, then mps, then cpu.")
+@click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32"]), default="float16", show_default=True)
+@click.option("--precision", type=click.Choice(["half", "autocast"]), default="half", show_default=True,
+              help="half: cast the model to --dtype; autocast: float32 weights under torch.autocast.")
+@click.option("--steps", type=click.IntRange(min=0), default=None,
+              help="Training steps when the target gives an optimizer or train_step (default 5).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--push-steps", type=click.IntRange(min=0), default=20, show_default=True,
+              help="Signed-gradient steps on the inputs per reached finding (0 turns the push off).")
+@click.option("--output-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--verbose", is_flag=True, help="Show the traceback behind an error.")
+def confirm(target, select, extend_select, ignore, target_dtypes, config, device, dtype, precision, steps,
+            seed, push_steps, output_format, verbose) -> None:
+    """Run TARGET in low precision and show which static findings actually fire.
+
+    TARGET is path/to/file.py:factory or package.module:factory; factory()
+    returns nanlint.Target(model=..., inputs=..., loss_fn=..., optimizer=...,
+    train_step=...) or a (model, inputs) tuple.
+    """
+    from .confirm_cli import run_confirm
+
+    where = target.rpartition(":")[0]
+    first = Path(where) if where.endswith(".py") else None
+    selection = _load_selection(config, first, select, extend_select, ignore, target_dtypes)
+    sys.exit(run_confirm(target, selection, device=device, dtype=dtype, precision=precision, steps=steps,
+                         seed=seed, push_steps=push_steps, output_format=output_format, verbose=verbose))
+
+
 @main.command()
 @click.argument("code", required=False)
 @click.option("--all", "show_all", is_flag=True, help="List every rule: code, name, default on/off, fix.")

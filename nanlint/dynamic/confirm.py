@@ -1,0 +1,497 @@
+"""`nanlint confirm`: run the user's model in low precision under the monitor,
+through several input regimes, and join what fired with the static findings."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+
+from ..finding import Finding
+from .monitor import Event, Loc, Monitor, Recorder, is_finite, user_location
+from .target import Target, TargetError
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+CONFIRMED = "confirmed"
+NOT_FIRED = "not_fired"
+NOT_REACHED = "not_reached"
+UNFLAGGED = "unflagged"
+
+
+class ConfirmError(Exception):
+    """A problem with the run itself (exit code 2)."""
+
+
+@dataclass
+class Options:
+    device: str = "auto"
+    dtype: str = "float16"
+    precision: str = "half"  # half | autocast
+    steps: Optional[int] = None
+    seed: int = 0
+    push_steps: int = 20
+    progress: Optional[Callable[[str], None]] = None
+
+
+@dataclass
+class Entry:
+    """One line of the report (and one JSON object)."""
+
+    status: str
+    code: Optional[str]
+    path: str
+    line: int
+    regime: Optional[str]
+    event: Optional[str]
+    op: Optional[str]
+    device: str
+    dtype: str
+    message: str
+    name: Optional[str] = None
+    reached: int = 0
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "status": self.status, "code": self.code, "path": self.path, "line": self.line,
+            "regime": self.regime, "event": self.event, "op": self.op, "device": self.device,
+            "dtype": self.dtype, "message": self.message,
+        }
+
+
+@dataclass
+class Report:
+    device: str
+    dtype: str
+    precision: str
+    regimes: List[str]
+    entries: List[Entry] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+
+
+# -- device and dtype -----------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    mps = getattr(torch.backends, "mps", None)
+    mps_ok = bool(mps is not None and mps.is_available())
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if mps_ok:
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfirmError("--device cuda: no CUDA device is available")
+    if name == "mps" and not mps_ok:
+        raise ConfirmError("--device mps: no MPS device is available")
+    if name not in ("cpu", "cuda", "mps"):
+        raise ConfirmError(f"unknown device {name!r} (expected auto, cpu, cuda or mps)")
+    return torch.device(name)
+
+
+def _map_tensors(value: Any, fn: Callable[[torch.Tensor, Optional[str]], torch.Tensor], key: Optional[str] = None) -> Any:
+    if isinstance(value, torch.Tensor):
+        return fn(value, key)
+    if isinstance(value, tuple):
+        return tuple(_map_tensors(v, fn, key) for v in value)
+    if isinstance(value, list):
+        return [_map_tensors(v, fn, key) for v in value]
+    if isinstance(value, dict):
+        return {k: _map_tensors(v, fn, str(k)) for k, v in value.items()}
+    return value
+
+
+def _floating_leaves(value: Any) -> List[torch.Tensor]:
+    out: List[torch.Tensor] = []
+    _map_tensors(value, lambda t, k: (out.append(t) if t.is_floating_point() else None) or t)
+    return out
+
+
+def prepare_inputs(inputs: Any, device: torch.device, dtype: Optional[torch.dtype]) -> Any:
+    """Move to the device; cast floating tensors (token ids and masks stay as they are)."""
+    def cast(t: torch.Tensor, _key: Optional[str]) -> torch.Tensor:
+        t = t.detach().to(device)
+        if dtype is not None and t.is_floating_point():
+            t = t.to(dtype)
+        return t
+
+    return _map_tensors(inputs, cast)
+
+
+def call_model(model: Any, inputs: Any) -> Any:
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def surrogate_loss(output: Any) -> Optional[torch.Tensor]:
+    """A float32 mean over every floating output that carries a gradient."""
+    parts = [t.float().mean() for t in _floating_leaves(output) if t.requires_grad]
+    if not parts:
+        return None
+    return torch.stack(parts).sum()
+
+
+# -- regimes ----------------------------------------------------------------------
+
+
+def input_regimes(inputs: Any, generator: torch.Generator) -> List[Tuple[str, Any]]:
+    """(name, inputs) for every regime that applies to these inputs."""
+    regimes: List[Tuple[str, Any]] = [("example", inputs)]
+    floats = _floating_leaves(inputs)
+    if floats:
+        regimes.append(("zeros", _map_tensors(inputs, lambda t, k: torch.zeros_like(t) if t.is_floating_point() else t)))
+        regimes.append(("near-zero", _map_tensors(
+            inputs, lambda t, k: (t.float() * 1e-4).to(t.dtype) if t.is_floating_point() else t)))
+        for factor in (10, 100, 1000):
+            regimes.append((f"scaled-x{factor}", _map_tensors(
+                inputs, lambda t, k, f=factor: (t.float() * f).to(t.dtype) if t.is_floating_point() else t)))
+
+    def fully_masked(value: bool):
+        def fn(t: torch.Tensor, key: Optional[str]) -> torch.Tensor:
+            is_mask = t.dtype == torch.bool or (
+                key is not None and "mask" in key.lower() and not t.is_floating_point() and t.dim() >= 1
+            )
+            if not is_mask or t.dim() == 0:
+                return t
+            t = t.clone()
+            if t.dtype == torch.bool:
+                t[0] = value
+            else:
+                t[0] = 1 if value else 0
+            return t
+        return fn
+
+    has_mask = []
+    _map_tensors(inputs, lambda t, k: (has_mask.append(1) if (t.dtype == torch.bool or (k and "mask" in k.lower())) else None) or t)
+    if has_mask:
+        # a row masked everywhere, in both conventions (True = masked out, 0 = masked out)
+        regimes.append(("masked-row", _map_tensors(inputs, fully_masked(True))))
+        regimes.append(("masked-row-inverse", _map_tensors(inputs, fully_masked(False))))
+    return regimes
+
+
+# -- running ------------------------------------------------------------------------
+
+
+class Runner:
+    def __init__(self, target: Target, options: Options) -> None:
+        self.target = target
+        self.options = options
+        self.device = resolve_device(options.device)
+        if options.dtype not in DTYPES:
+            raise ConfirmError(f"unknown dtype {options.dtype!r} (expected float16, bfloat16 or float32)")
+        if options.precision not in ("half", "autocast"):
+            raise ConfirmError(f"unknown precision {options.precision!r} (expected half or autocast)")
+        self.dtype = DTYPES[options.dtype]
+        self.recorder = Recorder()
+        self.monitor = Monitor(self.recorder)
+        model = target.model
+        if isinstance(model, torch.nn.Module):
+            model = model.to(self.device)
+            if options.precision == "half":
+                model = model.to(self.dtype)
+        self.model = model
+        input_dtype = self.dtype if options.precision == "half" else None
+        self.inputs = prepare_inputs(target.inputs, self.device, input_dtype)
+
+    # -- helpers -----------------------------------------------------------
+    def _autocast(self):
+        if self.options.precision == "autocast" and self.dtype != torch.float32:
+            return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def _progress(self, message: str) -> None:
+        if self.options.progress is not None:
+            self.options.progress(message)
+
+    def _loss(self, output: Any, inputs: Any) -> Optional[torch.Tensor]:
+        if self.target.loss_fn is not None:
+            return self.target.loss_fn(output, inputs)
+        return surrogate_loss(output)
+
+    def forward_backward(self, regime: str, inputs: Any) -> None:
+        self.recorder.regime = regime
+        if isinstance(self.model, torch.nn.Module):
+            self.model.zero_grad(set_to_none=True)
+        with self.monitor.active():
+            with self._autocast():
+                output = call_model(self.model, inputs)
+                loss = self._loss(output, inputs)
+            if loss is not None and loss.requires_grad:
+                loss.backward()
+
+    def train(self, steps: int) -> None:
+        if not isinstance(self.model, torch.nn.Module):
+            return
+        self.recorder.regime = "train"
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = self.target.optimizer(params) if self.target.optimizer is not None else None
+        if optimizer is not None:
+            self._watch_step(optimizer, params)
+        with self.monitor.active():
+            for step in range(steps):
+                self._progress(f"train step {step + 1}/{steps}")
+                if self.target.train_step is not None:
+                    with self._autocast():
+                        self.target.train_step(self.model, self.inputs, optimizer)
+                    continue
+                if optimizer is not None:
+                    optimizer.zero_grad(set_to_none=True)
+                with self._autocast():
+                    output = call_model(self.model, self.inputs)
+                    loss = self._loss(output, self.inputs)
+                if loss is None or not loss.requires_grad:
+                    return
+                loss.backward()
+                if optimizer is not None:
+                    optimizer.step()
+
+    def _watch_step(self, optimizer: Any, params: Sequence[torch.Tensor]) -> None:
+        original = optimizer.step
+        monitor = self.monitor
+
+        def step(*args: Any, **kwargs: Any) -> Any:
+            loc = user_location()
+            monitor.check_step(params, loc)
+            result = original(*args, **kwargs)
+            with torch._C.DisableTorchFunction():
+                bad = [p for p in params if not is_finite(p)]
+            if bad:
+                monitor.emit("new-nan", loc, "step",
+                             f"{len(bad)} parameter tensor(s) became non-finite in this optimizer step")
+            return result
+
+        optimizer.step = step
+
+    # -- gradient push ------------------------------------------------------
+    def push(self, findings: Sequence[Finding], abspaths: Dict[str, str]) -> None:
+        """GRIST-style: a few signed-gradient steps on the floating inputs that
+        drive each reached, unconfirmed finding's op toward its danger zone."""
+        if self.options.push_steps <= 0 or not _floating_leaves(self.inputs):
+            return
+        for finding in findings:
+            path = abspaths.get(finding.path)
+            if path is None or self._confirmed(path, finding):
+                continue
+            if not any(self.recorder.reached.get((path, l)) for l in range(finding.line, finding.end_line + 1)):
+                continue
+            self._progress(f"gradient push on {finding.code} line {finding.line}")
+            self._push_one(path, finding)
+
+    def _confirmed(self, path: str, finding: Finding) -> bool:
+        return bool(self.recorder.events_at(path, finding.line, finding.end_line))
+
+    def _push_one(self, path: str, finding: Finding) -> None:
+        lines = set(range(finding.line, finding.end_line + 1))
+        inputs = _map_tensors(self.inputs, lambda t, k: t.detach().clone())
+        leaves = _floating_leaves(inputs)
+        for step in range(1, self.options.push_steps + 1):
+            for leaf in leaves:
+                leaf.requires_grad_(True)
+                leaf.grad = None
+            captured: List[Tuple[str, torch.Tensor]] = []
+            capture = _Capture(path, lines, captured)
+            self.recorder.regime = "grad-push"
+            self.recorder.push_step = step  # type: ignore[attr-defined]
+            before = len(self.recorder.events)
+            try:
+                with self.monitor.active(), capture, self._autocast():
+                    output = call_model(self.model, inputs)
+            except RuntimeError:
+                return
+            fired = [e for e in self.recorder.events[before:] if e.path == path and e.line in lines]
+            if fired:
+                for event in fired:
+                    event.message += f" (after {step} gradient-push step{'s' if step != 1 else ''})"
+                return
+            objective = _objective(captured)
+            if objective is None or not objective.requires_grad:
+                return
+            objective.backward()
+            with torch.no_grad():
+                for leaf in leaves:
+                    if leaf.grad is None:
+                        continue
+                    scale = leaf.detach().float().abs().mean().item() + 1e-2
+                    leaf.add_((leaf.grad.sign() * 0.5 * scale).to(leaf.dtype))
+            del output
+
+
+class _Capture(torch.overrides.TorchFunctionMode):
+    """Keeps the operand that decides each hazard at the given lines."""
+
+    OPERAND = {
+        "exp": ("max", 0), "exp_": ("max", 0), "expm1": ("max", 0), "exp2": ("max", 0),
+        "div": ("min_abs", 1), "__truediv__": ("min_abs", 1), "true_divide": ("min_abs", 1),
+        "__rtruediv__": ("min_abs", 0), "reciprocal": ("min_abs", 0), "rsqrt": ("min_abs", 0),
+        "sqrt": ("min_abs", 0), "log": ("min_abs", 0), "log2": ("min_abs", 0), "log10": ("min_abs", 0),
+        "normalize": ("min_norm", 0), "acos": ("max_abs", 0), "asin": ("max_abs", 0),
+        "atanh": ("max_abs", 0), "tanh": ("min", 0),
+    }
+
+    def __init__(self, path: str, lines: set, out: List[Tuple[str, torch.Tensor]]) -> None:
+        super().__init__()
+        self.path, self.lines, self.out = path, lines, out
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        spec = self.OPERAND.get(name)
+        if spec is not None:
+            loc = user_location()
+            if loc is not None and loc[0] == self.path and loc[1] in self.lines:
+                kind, index = spec
+                if index < len(args) and isinstance(args[index], torch.Tensor):
+                    self.out.append((kind, args[index]))
+        return func(*args, **kwargs)
+
+
+def _objective(captured: Sequence[Tuple[str, torch.Tensor]]) -> Optional[torch.Tensor]:
+    """A scalar whose increase moves the captured operands toward danger."""
+    terms = []
+    for kind, t in captured:
+        if not t.requires_grad:
+            continue
+        t = t.float()
+        if kind == "max":
+            terms.append(t.max())
+        elif kind == "min_abs":
+            terms.append(-t.abs().min())
+        elif kind == "min_norm":
+            terms.append(-t.flatten(1).norm(dim=-1).min() if t.dim() > 1 else -t.norm())
+        elif kind == "max_abs":
+            terms.append(t.abs().max())
+        elif kind == "min":
+            terms.append(-t.min())
+    if not terms:
+        return None
+    return torch.stack(terms).sum()
+
+
+# -- joining ---------------------------------------------------------------------------
+
+
+def source_files(target: Target, factory_file: Optional[str]) -> List[str]:
+    """The files the model's classes (and the target's callables) are defined in."""
+    files: List[str] = []
+
+    def add(obj: Any) -> None:
+        try:
+            path = inspect.getsourcefile(obj)
+        except (TypeError, OSError):
+            return
+        if path and os.path.isfile(path):
+            real = os.path.realpath(path)
+            torch_dir = os.path.dirname(torch.__file__)
+            if not real.startswith(torch_dir + os.sep) and real not in files:
+                files.append(real)
+
+    if factory_file:
+        add_path = os.path.realpath(factory_file)
+        if os.path.isfile(add_path):
+            files.append(add_path)
+    model = target.model
+    if isinstance(model, torch.nn.Module):
+        for module in model.modules():
+            add(type(module))
+    else:
+        add(model)
+    for fn in (target.loss_fn, target.train_step):
+        if fn is not None:
+            add(fn)
+    return files
+
+
+def join(findings: Sequence[Finding], abspaths: Dict[str, str], recorder: Recorder,
+         device: str, dtype: str) -> List[Entry]:
+    entries: List[Entry] = []
+    explained: set = set()
+    for finding in findings:
+        path = abspaths.get(finding.path, finding.path)
+        events = recorder.events_at(path, finding.line, finding.end_line)
+        reached = sum(recorder.reached.get((path, l), 0) for l in range(finding.line, finding.end_line + 1))
+        if events:
+            first = events[0]
+            for e in events:
+                explained.add((e.path, e.line))
+            entries.append(Entry(CONFIRMED, finding.code, finding.path, finding.line, first.regime, first.kind,
+                                 first.op, device, dtype, first.message, finding.name, reached))
+        elif reached:
+            entries.append(Entry(NOT_FIRED, finding.code, finding.path, finding.line, None, None, None, device, dtype,
+                                 f"reached {reached} time{'s' if reached != 1 else ''}, never fired",
+                                 finding.name, reached))
+        else:
+            entries.append(Entry(NOT_REACHED, finding.code, finding.path, finding.line, None, None, None, device,
+                                 dtype, "never reached", finding.name, 0))
+    seen: set = set()
+    display = {v: k for k, v in abspaths.items()}
+    for event in recorder.events:
+        if (event.path, event.line) in explained:
+            continue
+        key = (event.path, event.line, event.kind)
+        if key in seen:
+            continue
+        seen.add(key)
+        path = display.get(event.path) or _display(event.path)
+        entries.append(Entry(UNFLAGGED, None, path, event.line, event.regime, event.kind, event.op, device, dtype,
+                             event.message))
+    order = {CONFIRMED: 0, UNFLAGGED: 1, NOT_FIRED: 2, NOT_REACHED: 3}
+    entries.sort(key=lambda e: (order[e.status], e.path, e.line, e.code or ""))
+    return entries
+
+
+def _display(path: str) -> str:
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return path
+    return path if rel.startswith("..") else rel
+
+
+def run(target: Target, options: Options, findings: Sequence[Finding], abspaths: Dict[str, str]) -> Report:
+    torch.manual_seed(options.seed)
+    runner = Runner(target, options)
+    generator = torch.Generator().manual_seed(options.seed)
+    regimes = input_regimes(runner.inputs, generator)
+    names = []
+    for name, inputs in regimes:
+        runner._progress(f"regime {name}")
+        names.append(name)
+        try:
+            runner.forward_backward(name, inputs)
+        except RuntimeError as exc:
+            if "without overflow" in str(exc):
+                continue  # recorded as fill-overflow
+            if "not implemented for" in str(exc):
+                raise ConfirmError(f"an op is not implemented for {options.dtype} on {runner.device.type}: "
+                                   f"{str(exc).splitlines()[0]}") from exc
+            raise
+    has_training = target.optimizer is not None or target.train_step is not None
+    steps = options.steps if options.steps is not None else (5 if has_training else 0)
+    if steps > 0 and (target.loss_fn is not None or target.train_step is not None or has_training):
+        names.append("train")
+        try:
+            runner.train(steps)
+        except RuntimeError as exc:
+            if "without overflow" not in str(exc):
+                raise
+    if findings:
+        names.append("grad-push")
+        runner.push(findings, abspaths)
+    precision = "pure half (model cast)" if options.precision == "half" else f"autocast on {runner.device.type}"
+    report = Report(runner.device.type, options.dtype, precision, names)
+    report.entries = join(findings, abspaths, runner.recorder, runner.device.type, options.dtype)
+    if options.precision == "autocast" and runner.device.type == "cpu":
+        report.notes.append("CPU autocast keeps exp, log, softmax, layer_norm and sums in the low precision "
+                            "dtype; CUDA autocast runs them in float32, so CUDA may not fire what CPU does.")
+    return report
