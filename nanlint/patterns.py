@@ -281,6 +281,9 @@ def value_facts(
         op = torch_op(ctx, node)
         if op is None:
             return _NONE
+        if op in ("tensor", "as_tensor", "scalar_tensor") and not is_method_call(ctx, node):
+            first = arg(node, 0, "data")
+            return rec(first.value) if first is not None else _NONE
         out = set()
         if op in _NONNEG_OPS:
             out.add(NONNEG)
