@@ -1,0 +1,1013 @@
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from typing import Dict, Iterator, List, Optional, Sequence, Set, Tuple
+
+import libcst as cst
+
+from nanlint.dtypes import FLOAT16, fmt
+from nanlint.finding import UNSAFE
+from nanlint.patterns import arg, is_method_call, number, torch_op
+from nanlint.rule import FixSpec, Invalid, Rule, Valid
+
+# -- what the guards are ---------------------------------------------------------
+
+# Hazard classes. RECIP: the guard ends up in a reciprocal (a divisor, a clamped
+# divisor, the derivative of log, an optimizer's update): a subnormal guard keeps
+# the forward pass finite but 1/v overflows float16 for v < 1.53e-5. ROOT: the
+# guard sits under a square root (hand-written norms, distances) or is the lower
+# bound of a log argument: only a guard that rounds to 0 is a hazard (measured:
+# hand-written LayerNorm/RMSNorm with a subnormal eps such as 1e-7 or 1e-6 is
+# finite in forward and backward; `log(x.clamp_min(1e-6))` has a finite value
+# and a zero gradient where clamped).
+RECIP = "recip"
+ROOT = "root"
+# names of dtypes chosen for accumulation (`dtype=acc_type`)
+_ACC_NAME = re.compile(r"acc|fp32|float32|float64|compute|opmath|upcast", re.IGNORECASE)
+_MASK_NAME = re.compile(r"mask", re.IGNORECASE)
+
+# float16-safe replacement values for an ``eps=`` literal, per class
+SAFE_VALUE = {RECIP: "1e-4", ROOT: "1e-6"}
+
+LOG_OPS = frozenset({"log", "log2", "log10"})
+ROOT_OPS = frozenset({"sqrt", "rsqrt"})
+DIV_OPS = frozenset({"div", "div_", "true_divide", "true_divide_", "divide", "divide_"})
+RECIPROCAL_OPS = frozenset({"reciprocal", "reciprocal_"})
+CLAMP_OPS = frozenset({"clamp", "clamp_", "clip", "clip_"})
+CLAMP_MIN_OPS = frozenset({"clamp_min", "clamp_min_"})
+# calls that only reshape/cast: a guard under them is still the same guard
+PASS_THROUGH = frozenset(
+    {
+        "unsqueeze", "view", "reshape", "expand", "expand_as", "view_as", "reshape_as",
+        "to", "type_as", "detach", "contiguous", "squeeze", "flatten", "float", "half",
+        "transpose", "permute", "t",
+    }
+)
+
+# torch ops computing in the input dtype whose ``eps`` is a guard: qualified
+# name -> (positional index of eps, hazard class, extra condition)
+EPS_OPS: Dict[str, Tuple[Optional[int], str]] = {
+    "torch.nn.functional.normalize": (3, RECIP),
+    "torch.nn.functional.cosine_similarity": (3, RECIP),
+    "torch.cosine_similarity": (3, RECIP),
+    "torch.nn.CosineSimilarity": (1, RECIP),
+    "torch.nn.modules.distance.CosineSimilarity": (1, RECIP),
+    "torch.nn.functional.gaussian_nll_loss": (4, RECIP),
+    "torch.nn.GaussianNLLLoss": (None, RECIP),
+    "torch.logit": (1, RECIP),
+    "torch.special.logit": (1, RECIP),
+}
+# eps used only when log_input=False
+POISSON_OPS: Dict[str, Optional[int]] = {
+    "torch.nn.functional.poisson_nll_loss": 5,
+    "torch.nn.PoissonNLLLoss": 3,
+}
+
+# torch.optim optimizers: class name -> positional index of eps
+OPTIMIZERS: Dict[str, int] = {
+    "Adam": 3, "AdamW": 3, "Adamax": 3, "NAdam": 3, "RAdam": 3, "SparseAdam": 3,
+    "RMSprop": 3, "Adadelta": 3, "Adagrad": 5,
+}
+
+# calls whose arguments are tolerances, never guards
+TOLERANCE_CALLS = frozenset(
+    {
+        "allclose", "isclose", "assert_close", "assert_allclose", "assertAlmostEqual",
+        "assertNotAlmostEqual", "assertEqual", "assertNotEqual", "assertLess",
+        "assertLessEqual", "assertGreater", "assertGreaterEqual", "assertTrue",
+        "assertFalse", "approx", "assert_array_almost_equal", "assert_almost_equal",
+    }
+)
+
+# evidence that an arithmetic expression works on Python/NumPy numbers, not tensors
+NON_TENSOR_HEADS = frozenset(
+    {"math", "cmath", "np", "numpy", "jnp", "jax", "scipy", "random", "statistics", "sympy", "tl", "triton"}
+)
+NON_TENSOR_BUILTINS = frozenset({"len", "float", "int", "sum", "round", "abs", "min", "max", "range", "time", "perf_counter"})
+NON_TENSOR_METHODS = frozenset({"item", "numpy", "tolist", "total_seconds", "time", "perf_counter", "elapsed_time", "count"})
+
+FLOAT32_DTYPES = frozenset(
+    {"torch.float32", "torch.float", "torch.float64", "torch.double"}
+)
+HALF_DTYPES = frozenset({"torch.float16", "torch.half"})
+
+_SPACES = re.compile(r"\s+")
+
+DIV_ZERO = "so a zero divisor gives inf or NaN"
+LOG_ZERO = "so log(0) = -inf"
+ROOT_ZERO = {"sqrt": "so sqrt(0) has an infinite gradient", "rsqrt": "so rsqrt(0) = inf"}
+OPTIM_ZERO = "so once exp_avg_sq underflows the update divides by 0 and the parameters become inf/NaN in one step"
+
+
+def _strip(node: cst.BaseExpression, ctx) -> cst.BaseExpression:
+    """Look through reshapes, casts and indexing: ``(n + eps)[..., None]``,
+    ``(n + eps).unsqueeze(-1)`` guard like ``n + eps``."""
+    for _ in range(8):
+        if isinstance(node, cst.Subscript):
+            node = node.value
+            continue
+        if (
+            isinstance(node, cst.Call)
+            and isinstance(node.func, cst.Attribute)
+            and node.func.attr.value in PASS_THROUGH
+            and is_method_call(ctx, node)
+        ):
+            node = node.func.value
+            continue
+        break
+    return node
+
+
+def _additive_terms(node: cst.BaseExpression) -> Optional[List[cst.BaseExpression]]:
+    """The operands of an addition chain ``a + b + c`` (None when not an addition)."""
+    if not (isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.Add)):
+        return None
+    out: List[cst.BaseExpression] = []
+    stack = [node]
+    while stack:
+        cur = stack.pop()
+        if isinstance(cur, cst.BinaryOperation) and isinstance(cur.operator, cst.Add) and (
+            cur is node or not cur.lpar
+        ):
+            stack.append(cur.right)
+            stack.append(cur.left)
+        else:
+            out.append(cur)
+    return out
+
+
+def _pure(node: cst.BaseExpression) -> bool:
+    """A name or attribute chain: reading it again is harmless."""
+    while isinstance(node, cst.Attribute):
+        node = node.value
+    return isinstance(node, cst.Name)
+
+
+def _scalar_like(node: cst.BaseExpression) -> bool:
+    """Python arithmetic on names and an integer (``self.num_layers - 1``):
+    not a tensor."""
+    if not (isinstance(node, cst.BinaryOperation) and isinstance(node.right, cst.Integer)):
+        return False  # `1 - p` is a probability's complement, `n - 1` a count
+    return not any(isinstance(sub, (cst.Call, cst.Subscript)) for sub in _walk(node.left, 60))
+
+
+def _self_attr(node: cst.BaseExpression) -> Optional[str]:
+    if (
+        isinstance(node, cst.Attribute)
+        and isinstance(node.value, cst.Name)
+        and node.value.value == "self"
+    ):
+        return node.attr.value
+    return None
+
+
+def _walk(node: cst.CSTNode, limit: int = 400) -> Iterator[cst.CSTNode]:
+    stack = [node]
+    seen = 0
+    while stack and seen < limit:
+        cur = stack.pop()
+        seen += 1
+        yield cur
+        stack.extend(reversed(cur.children))
+
+
+# -- bookkeeping of names --------------------------------------------------------
+
+
+@dataclass
+class Source:
+    """Where a value may come from: a literal, a parameter, a module-level name,
+    a ``self.<attr>``, or several of these (``eps or 1e-8``)."""
+
+    kind: str  # "lit", "param", "module", "attr", "any"
+    node: Optional[cst.CSTNode] = None
+    scope: Optional["FuncScope"] = None
+    name: str = ""
+    klass: Optional["ClassInfo"] = None
+    parts: Tuple["Source", ...] = ()
+
+
+@dataclass
+class Binding:
+    value: Optional[cst.BaseExpression]
+    source: Optional[Source]
+
+
+@dataclass
+class FuncScope:
+    node: Optional[cst.FunctionDef]
+    klass: Optional["ClassInfo"]
+    params: Dict[str, Tuple[cst.Param, int]] = field(default_factory=dict)
+    assigns: Dict[str, List[Binding]] = field(default_factory=dict)
+    #: parameters used as a guard: name -> the use
+    guard_params: Dict[str, "Use"] = field(default_factory=dict)
+    #: decorated to compute in float32 (``@pw_cast_for_opmath``, ``cast_inputs=torch.float32``)
+    fp32: bool = False
+
+    def lookup(self, name: str) -> Optional[Binding]:
+        bindings = self.assigns.get(name)
+        if bindings:
+            return bindings[-1]
+        return None
+
+
+@dataclass
+class ClassInfo:
+    node: cst.ClassDef
+    #: self.<attr> and class-level assignments: attr -> sources
+    attrs: Dict[str, List[Optional[Source]]] = field(default_factory=dict)
+    init: Optional[FuncScope] = None
+
+
+@dataclass
+class Use:
+    """A place where a value acts as a guard."""
+
+    role: str  # "is added to the divisor in": completed by the quoted node
+    cls: str  # RECIP or ROOT
+    node: cst.CSTNode  # the guarding expression
+    zero: str  # what happens when the guard is 0
+    quote: bool = True  # quote the node after the role
+    fixable: bool = False  # the literal may be replaced by a safe value (eps= forms)
+    subject: Optional[cst.BaseExpression] = None  # for finfo(subject.dtype) fixes
+    finfo: str = ""  # "eps" or "tiny"
+    masked: bool = False  # the divisor counts a mask: no gradient, numerator 0 where it is 0
+
+    def but(self, **changes) -> "Use":
+        return replace(self, **changes)
+
+
+@dataclass
+class CallSite:
+    name: str
+    call: cst.Call
+    args: List[Tuple[cst.Arg, Optional[Source]]]
+
+
+class TinyEpsilon(Rule):
+    """
+    ## What it does
+    Flags a float literal `0 < v < 6.1e-5` (the smallest normal float16, option
+    `threshold`) that acts as a numerical guard: added to a divisor
+    (`a / (b + 1e-12)`), added inside `log`, `sqrt` or `rsqrt`, as the lower
+    bound of a clamp that guards a divisor or a log (`clamp(min=v)`,
+    `clamp_min(v)`, `max(x, v)`), as the `eps` of ops that compute in the input
+    dtype (`F.normalize`, `F.cosine_similarity`, `gaussian_nll_loss`, `logit`,
+    and functions and classes of the same file whose `eps` parameter ends up in
+    such a guard), or as the `eps` of a `torch.optim` optimizer in a file that
+    runs the model in half precision (`.half()`, `.to(torch.float16)`) without
+    AMP. A guard given through a name (`EPS = 1e-12` ... `x / (n + EPS)`, a
+    parameter default `eps=1e-8`, `self.eps = eps`) is reported on the binding.
+
+    Not flagged: the `eps` of the built-in `LayerNorm`/`GroupNorm`/`RMSNorm`
+    modules and functional forms (they accumulate in float32), learning rates,
+    tolerances (`allclose`, `assert`), values added to a tensor explicitly cast
+    to float32 first (`x.float()`, `.to(torch.float32)`), and any literal that
+    is not a guard. Active only when float16 is a target dtype.
+
+    ## Why is this bad?
+    float16 has no number below 5.96e-8: any literal under about 2.98e-8 rounds
+    to 0, so `n + 1e-12` *is* `n` and the guard does nothing: `x / (0 + 1e-12)`
+    is inf or NaN, `log(0 + 1e-8)` is -inf, `rsqrt(0 + 1e-12)` is inf, and
+    `F.normalize` (default eps 1e-12) returns NaN for a zero row. Between
+    5.96e-8 and 6.10e-5 the value is subnormal: the forward pass stays finite,
+    but `1/v` overflows float16 (max 65504) for every v < 1.53e-5, so the
+    quotient or the gradient at 0 is inf (measured: `F.normalize(eps=1e-6)` of
+    a zero row has an inf gradient, `eps=1e-4` does not). Under a square root
+    a subnormal guard is enough (`sqrt(1e-7)` = 3.4e-4), so `sqrt`/`rsqrt`
+    guards are reported only when they round to 0. Adam with `eps=1e-8` on
+    float16 parameters turns them inf/NaN in one step: `exp_avg_sq` underflows
+    to 0 and `eps` is 0 too.
+
+    ## Example
+    ```python
+    EPS = 1e-12
+    y = x / (x.norm(dim=-1, keepdim=True) + EPS)
+    h = (x - mu) / torch.sqrt(var + 1e-12)
+    z = F.normalize(x, dim=-1, eps=1e-12)
+    ```
+
+    ## Use instead
+    ```python
+    n = x.norm(dim=-1, keepdim=True)
+    y = x / (n + torch.finfo(n.dtype).eps)
+    h = (x - mu) / torch.sqrt(var + torch.finfo(var.dtype).eps)
+    z = F.normalize(x, dim=-1, eps=1e-4)
+    ```
+
+    ## Fix safety
+    Unsafe: every fix makes the guard larger, which changes results slightly
+    in float32 too. `b + <tiny>` becomes `b + torch.finfo(b.dtype).eps`
+    (9.77e-4 in float16) and `clamp(min=<tiny>)` becomes
+    `clamp(min=torch.finfo(b.dtype).tiny)` (6.10e-5 in float16), offered only
+    when `b` is a plain name or attribute. An `eps=` literal (an argument or a
+    parameter default) becomes `1e-4` where it ends in a reciprocal (a normal
+    float16 number whose reciprocal, 1e4, is finite) and `1e-6` under a square
+    root. A guard given through a module or local constant is reported without
+    a fix (the constant may have other uses).
+    """
+
+    code = "NL001"
+    name = "tiny-epsilon"
+    summary = "a stabilising epsilon below the smallest normal float16 (6.10e-5) rounds to 0 or overflows 1/eps"
+    fix_applicability = UNSAFE
+    triggers = ("e-", "E-", ".0000")
+    options = {"threshold": 6.1e-5}
+    valid = [
+        Valid("import torch.nn as nn\nnorm = nn.LayerNorm(768, eps=1e-12)\n"),
+        Valid("import torch.nn.functional as F\ny = F.layer_norm(x, (768,), eps=1e-12)\n"),
+        Valid("import torch\nopt = torch.optim.Adam(model.parameters(), lr=1e-5, eps=1e-8)\n"),
+        Valid("import torch\nassert torch.allclose(a, b, atol=1e-8)\n"),
+        Valid("import torch\ny = x / (n + 1e-4)\n"),
+        Valid("import torch\nv = x.float()\ny = x * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + 1e-12)\n"),
+        Valid("import torch\nh = (x - mu) / torch.sqrt(var + 1e-6)\n"),
+        Valid("import numpy as np\nratio = np.sum(a) / (np.sum(b) + 1e-12)\n"),
+        Valid(
+            "import torch.nn as nn\n"
+            "class Config:\n"
+            "    def __init__(self, layer_norm_eps=1e-12):\n"
+            "        self.layer_norm_eps = layer_norm_eps\n"
+            "class Block(nn.Module):\n"
+            "    def __init__(self, config):\n"
+            "        self.ln = nn.LayerNorm(768, eps=config.layer_norm_eps)\n"
+        ),
+    ]
+    invalid = [
+        Invalid(
+            "import torch\ny = x / (n + 1e-12)\n",
+            fixed="import torch\ny = x / (n + torch.finfo(n.dtype).eps)\n",
+        ),
+        Invalid(
+            "import torch\nh = (x - mu) / torch.sqrt(var + 1e-12)\n",
+            fixed="import torch\nh = (x - mu) / torch.sqrt(var + torch.finfo(var.dtype).eps)\n",
+        ),
+        Invalid(
+            "import torch\nloss = -torch.log(p + 1e-8).mean()\n",
+            fixed="import torch\nloss = -torch.log(p + torch.finfo(p.dtype).eps).mean()\n",
+        ),
+        Invalid(
+            "import torch\ny = v / n.clamp_min(1e-12)\n",
+            fixed="import torch\ny = v / n.clamp_min(torch.finfo(n.dtype).tiny)\n",
+        ),
+        Invalid(
+            "import torch.nn.functional as F\nz = F.normalize(x, dim=-1, eps=1e-12)\n",
+            fixed="import torch.nn.functional as F\nz = F.normalize(x, dim=-1, eps=1e-4)\n",
+        ),
+        Invalid("EPS = 1e-12\n\ndef unit(x):\n    return x / (x.norm(dim=-1, keepdim=True) + EPS)\n"),
+        Invalid(
+            "import torch\n\ndef rms(x, eps=1e-12):\n    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)\n",
+            fixed="import torch\n\ndef rms(x, eps=1e-6):\n    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)\n",
+        ),
+        Invalid(
+            "import torch\nimport torch.nn as nn\n\n"
+            "class RMSNorm(nn.Module):\n"
+            "    def __init__(self, dim, eps=1e-6):\n"
+            "        super().__init__()\n"
+            "        self.eps = eps\n\n"
+            "    def forward(self, x):\n"
+            "        return x / (x.pow(2).mean(-1, keepdim=True).sqrt() + self.eps)\n\n"
+            "norm = RMSNorm(512, eps=1e-8)\n",
+            fixed="import torch\nimport torch.nn as nn\n\n"
+            "class RMSNorm(nn.Module):\n"
+            "    def __init__(self, dim, eps=1e-4):\n"
+            "        super().__init__()\n"
+            "        self.eps = eps\n\n"
+            "    def forward(self, x):\n"
+            "        return x / (x.pow(2).mean(-1, keepdim=True).sqrt() + self.eps)\n\n"
+            "norm = RMSNorm(512, eps=1e-4)\n",
+            count=2,
+        ),
+        Invalid(
+            "import torch\nmodel = Net().half()\nopt = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-8)\n",
+            fixed="import torch\nmodel = Net().half()\nopt = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-4)\n",
+        ),
+    ]
+
+    @classmethod
+    def active(cls, dtypes) -> bool:
+        return any(d.name == FLOAT16.name for d in dtypes)
+
+    def __init__(self, ctx, options=None) -> None:
+        super().__init__(ctx, options)
+        self.threshold = float(self.opts.get("threshold", 6.1e-5))
+        self.module_scope = FuncScope(None, None)
+        self.scopes: List[FuncScope] = [self.module_scope]
+        self.classes: List[ClassInfo] = []
+        self.module_funcs: Dict[str, List[FuncScope]] = {}
+        self.module_classes: Dict[str, List[ClassInfo]] = {}
+        self.class_uses: List[Tuple[ClassInfo, str, Use, Optional[str]]] = []
+        self.module_uses: List[Tuple[str, Use, Optional[str]]] = []
+        self.call_sites: List[CallSite] = []
+        self.optimizer_uses: List[Tuple[Optional[Source], Use, Optional[str]]] = []
+        self.quiet = 0  # inside assert / tolerance calls
+        self.quiet_calls: Set[int] = set()
+        self.half = False
+        self.amp = False
+        self.reported: Set[int] = set()
+        self.capped: Set[int] = set()
+        self.pending: List[Tuple[cst.CSTNode, str, Optional[FixSpec], cst.CSTNode]] = []
+        self.stack_kinds: List[str] = ["module"]  # module / class / function
+
+    # -- scopes ------------------------------------------------------------------
+    @property
+    def scope(self) -> FuncScope:
+        return self.scopes[-1]
+
+    def visit_ClassDef(self, node: cst.ClassDef) -> None:
+        info = ClassInfo(node)
+        if self.stack_kinds[-1] == "module":
+            self.module_classes.setdefault(node.name.value, []).append(info)
+        self.classes.append(info)
+        self.stack_kinds.append("class")
+        # the class body's own names (`eps = 1e-12`) are class attributes
+        for stmt in node.body.body if isinstance(node.body, cst.IndentedBlock) else ():
+            if isinstance(stmt, cst.SimpleStatementLine):
+                for small in stmt.body:
+                    target, value = None, None
+                    if isinstance(small, cst.Assign) and len(small.targets) == 1:
+                        target, value = small.targets[0].target, small.value
+                    elif isinstance(small, cst.AnnAssign) and small.value is not None:
+                        target, value = small.target, small.value
+                    if isinstance(target, cst.Name) and value is not None:
+                        info.attrs.setdefault(target.value, []).append(self._source(value))
+
+    def leave_ClassDef(self, node: cst.ClassDef) -> None:
+        self.classes.pop()
+        self.stack_kinds.pop()
+
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
+        klass = self.classes[-1] if self.stack_kinds[-1] == "class" else None
+        scope = FuncScope(node, klass)
+        scope.fp32 = self.scope.fp32 or any(
+            re.search(r"opmath|upcast|float32|float64|cast_inputs", self.ctx.code(d.decorator))
+            for d in node.decorators
+        )
+        index = 0
+        for param in list(node.params.posonly_params) + list(node.params.params):
+            scope.params[param.name.value] = (param, index)
+            index += 1
+        for param in node.params.kwonly_params:
+            scope.params[param.name.value] = (param, -1)
+        if self.stack_kinds[-1] == "module":
+            self.module_funcs.setdefault(node.name.value, []).append(scope)
+        if klass is not None and node.name.value == "__init__":
+            klass.init = scope
+        self.scopes.append(scope)
+        self.stack_kinds.append("function")
+
+    def leave_FunctionDef(self, node: cst.FunctionDef) -> None:
+        self.scopes.pop()
+        self.stack_kinds.pop()
+
+    # -- bindings ----------------------------------------------------------------
+    def visit_Assign(self, node: cst.Assign) -> None:
+        for target in node.targets:
+            t, v = target.target, node.value
+            if (
+                len(node.targets) == 1
+                and isinstance(t, (cst.Tuple, cst.List))
+                and isinstance(v, (cst.Tuple, cst.List))
+                and len(t.elements) == len(v.elements)
+                and not any(isinstance(e, cst.StarredElement) for e in (*t.elements, *v.elements))
+            ):
+                for te, ve in zip(t.elements, v.elements):  # a, b = x.double(), y.double()
+                    self._bind(te.value, ve.value)
+                continue
+            self._bind(t, v if len(node.targets) == 1 else None)
+
+    def visit_AnnAssign(self, node: cst.AnnAssign) -> None:
+        if node.value is not None:
+            self._bind(node.target, node.value)
+
+    def visit_AugAssign(self, node: cst.AugAssign) -> None:
+        if isinstance(node.operator, cst.DivideAssign):
+            self._divisor(node.value, node)
+        self._bind(node.target, None)
+
+    def visit_For(self, node: cst.For) -> None:
+        self._bind(node.target, None)
+
+    def visit_NamedExpr(self, node: cst.NamedExpr) -> None:
+        self._bind(node.target, node.value)
+
+    def _bind(self, target: cst.BaseExpression, value: Optional[cst.BaseExpression]) -> None:
+        if self.stack_kinds[-1] == "class":
+            return  # handled in visit_ClassDef
+        if isinstance(target, cst.Name):
+            source = self._source(value) if value is not None else None
+            self.scope.assigns.setdefault(target.value, []).append(Binding(value, source))
+        elif isinstance(target, (cst.Tuple, cst.List)):
+            for element in target.elements:
+                self._bind(element.value, None)
+        elif isinstance(target, cst.StarredElement):
+            self._bind(target.value, None)
+        else:
+            attr = _self_attr(target)
+            if attr is not None and self.scope.klass is not None:
+                source = self._source(value) if value is not None else None
+                self.scope.klass.attrs.setdefault(attr, []).append(source)
+
+    def _source(self, value: Optional[cst.BaseExpression], depth: int = 0) -> Optional[Source]:
+        """Where a value comes from, as far as cheap to tell."""
+        if value is None or depth > 4:
+            return None
+        if isinstance(value, cst.Float):
+            return Source("lit", node=value)
+        if isinstance(value, cst.Name):
+            name = value.value
+            for scope in reversed(self.scopes):
+                if scope is self.module_scope:
+                    break
+                binding = scope.lookup(name)
+                if binding is not None:
+                    return binding.source
+                if name in scope.params:
+                    return Source("param", scope=scope, name=name)
+            if self.scope is self.module_scope:
+                binding = self.module_scope.lookup(name)
+                return binding.source if binding is not None else None
+            return Source("module", name=name)
+        attr = _self_attr(value)
+        if attr is not None and self.scope.klass is not None:
+            return Source("attr", name=attr, klass=self.scope.klass)
+        if isinstance(value, cst.IfExp):
+            parts = tuple(s for s in (self._source(value.body, depth + 1), self._source(value.orelse, depth + 1)) if s)
+            return Source("any", parts=parts) if parts else None
+        if isinstance(value, cst.BooleanOperation) and isinstance(value.operator, cst.Or):
+            parts = tuple(s for s in (self._source(value.left, depth + 1), self._source(value.right, depth + 1)) if s)
+            return Source("any", parts=parts) if parts else None
+        return None
+
+    def _local_value(self, node: cst.BaseExpression) -> Optional[cst.BaseExpression]:
+        """The expression a local name was last assigned in this function."""
+        if isinstance(node, cst.Name):
+            binding = self.scope.lookup(node.value)
+            if binding is not None:
+                return binding.value
+        return None
+
+    # -- detection: calls --------------------------------------------------------
+    def visit_Call(self, node: cst.Call) -> None:
+        func = node.func
+        fname = func.attr.value if isinstance(func, cst.Attribute) else func.value if isinstance(func, cst.Name) else None
+        if fname in TOLERANCE_CALLS:
+            self.quiet += 1
+            self.quiet_calls.add(id(node))
+            return
+        qualified, method = self.ctx.callee(node)
+        if method in ("half",) and not node.args:
+            self.half = True
+        elif method == "to" and any(self._is_dtype(a.value, HALF_DTYPES) for a in node.args):
+            self.half = True
+        if (qualified or "").endswith(("GradScaler", "autocast")) or fname in ("GradScaler", "autocast"):
+            self.amp = True
+        if self.quiet:
+            return
+        op = torch_op(self.ctx, node)
+        self._note_cap(node, op)
+        if op in DIV_OPS:
+            divisor = arg(node, 0 if is_method_call(self.ctx, node) else 1, "other")
+            if divisor is not None:
+                self._divisor(divisor.value, node)
+        elif op in RECIPROCAL_OPS:
+            x = self._subject(node)
+            if x is not None:
+                self._divisor(x, node)
+        elif op in LOG_OPS or op in ROOT_OPS:
+            x = self._subject(node)
+            if x is not None:
+                self._under(x, node, op)
+        elif op in ("pow", "pow_"):
+            exponent = arg(node, 0 if is_method_call(self.ctx, node) else 1, "exponent")
+            if exponent is not None and number(exponent.value) in (0.5, -0.5):
+                x = self._subject(node)
+                if x is not None:
+                    self._under(x, node, "sqrt")
+        if qualified is not None:
+            self._eps_op(node, qualified)
+        elif isinstance(func, cst.Name):
+            args = [(a, self._source(a.value)) for a in node.args if not a.star]
+            if any(s is not None for _, s in args):
+                self.call_sites.append(CallSite(func.value, node, args))
+
+    def _note_cap(self, node: cst.Call, op: Optional[str]) -> None:
+        """``torch.clamp(q, max=1.0)``, ``q.clamp_max(c)``, ``min(q, 1.0)``: a
+        quotient capped from above cannot overflow (``max_norm / (norm + 1e-6)``
+        in gradient clipping)."""
+        method = is_method_call(self.ctx, node)
+        capped: List[cst.BaseExpression] = []
+        if op in CLAMP_OPS and arg(node, 1 if method else 2, "max") is not None:
+            capped.append(self._subject(node))  # type: ignore[arg-type]
+        elif op in ("clamp_max", "clamp_max_", "minimum", "fmin"):
+            capped.append(self._subject(node))  # type: ignore[arg-type]
+            if not method and len(node.args) > 1:
+                capped.append(node.args[1].value)
+        elif isinstance(node.func, cst.Name) and node.func.value == "min" and len(node.args) == 2:
+            capped.extend(a.value for a in node.args)
+        for value in capped:
+            if value is None:
+                continue
+            value = _strip(value, self.ctx)
+            candidates = [value]
+            if isinstance(value, cst.Name):
+                candidates = [b.value for b in self.scope.assigns.get(value.value, ()) if b.value is not None]
+            for cand in candidates:
+                if isinstance(cand, cst.BinaryOperation) and isinstance(cand.operator, cst.Divide):
+                    self.capped.add(id(cand))
+
+    def leave_Call(self, node: cst.Call) -> None:
+        if id(node) in self.quiet_calls:
+            self.quiet -= 1
+
+    def visit_Assert(self, node: cst.Assert) -> None:
+        self.quiet += 1
+
+    def leave_Assert(self, node: cst.Assert) -> None:
+        self.quiet -= 1
+
+    def _is_dtype(self, node: cst.BaseExpression, dtypes) -> bool:
+        return isinstance(node, (cst.Attribute, cst.Name)) and self.ctx.resolve(node) in dtypes
+
+    def _subject(self, call: cst.Call) -> Optional[cst.BaseExpression]:
+        if is_method_call(self.ctx, call):
+            return call.func.value  # type: ignore[union-attr]
+        first = arg(call, 0, "input")
+        return first.value if first is not None else None
+
+    # -- detection: operators ----------------------------------------------------
+    def visit_BinaryOperation(self, node: cst.BinaryOperation) -> None:
+        if self.quiet:
+            return
+        if isinstance(node.operator, cst.Divide):
+            if not self._non_tensor(node):
+                self._divisor(node.right, node)
+        elif isinstance(node.operator, cst.Power) and number(node.right) in (0.5, -0.5):
+            self._under(node.left, node, "sqrt")
+
+    def _non_tensor(self, node: cst.CSTNode) -> bool:
+        """The expression visibly computes on Python or NumPy numbers."""
+        for sub in _walk(node):
+            if isinstance(sub, cst.Call):
+                func = sub.func
+                if isinstance(func, cst.Name) and func.value in NON_TENSOR_BUILTINS:
+                    return True
+                if isinstance(func, cst.Attribute):
+                    head = func.value
+                    while isinstance(head, cst.Attribute):
+                        head = head.value
+                    if isinstance(head, cst.Name) and head.value in NON_TENSOR_HEADS:
+                        return True
+                    if func.attr.value in NON_TENSOR_METHODS:
+                        return True
+            elif isinstance(sub, cst.Attribute) and isinstance(sub.value, cst.Name) and sub.value.value in NON_TENSOR_HEADS:
+                return True
+        return False
+
+    def _divisor(self, divisor: cst.BaseExpression, where: cst.CSTNode, hop: bool = True) -> None:
+        d = _strip(divisor, self.ctx)
+        terms = _additive_terms(d)
+        if terms is not None:
+            self._terms(terms, Use("is added to the divisor in", RECIP, where, DIV_ZERO))
+            return
+        clamp = self._clamp_min(d)
+        if clamp is not None:
+            bound, subject = clamp
+            if subject is not None and self._upcast(subject):
+                return
+            masked = subject is not None and self._mentions_mask(subject)
+            self._term(bound, Use("is the lower bound of the divisor in", RECIP, where, DIV_ZERO, subject=subject, finfo="tiny", masked=masked))
+            return
+        if hop and isinstance(d, cst.Name):
+            value = self._local_value(d)
+            if value is not None and not self._non_tensor(value):
+                self._divisor(value, where, hop=False)
+
+    def _under(self, x: cst.BaseExpression, where: cst.CSTNode, op: str) -> None:
+        cls = RECIP if op in LOG_OPS else ROOT
+        name = op if op in LOG_OPS or op in ROOT_OPS else "sqrt"
+        x = _strip(x, self.ctx)
+        if isinstance(x, cst.Name):
+            value = self._local_value(x)
+            if value is None:
+                return
+            x = _strip(value, self.ctx)
+        zero = ROOT_ZERO.get(name, LOG_ZERO)
+        terms = _additive_terms(x)
+        if terms is not None:
+            self._terms(terms, Use(f"is added inside `{name}` in", cls, where, zero))
+            return
+        clamp = self._clamp_min(x)
+        if clamp is not None:
+            bound, subject = clamp
+            if subject is not None and self._upcast(subject):
+                return
+            # clamped points get a zero gradient: only a bound that rounds to 0 fails
+            self._term(bound, Use(f"is the lower bound of the `{name}` argument in", ROOT, where, zero, subject=subject, finfo="tiny"))
+
+    def _clamp_min(self, node: cst.BaseExpression) -> Optional[Tuple[cst.BaseExpression, Optional[cst.BaseExpression]]]:
+        """(lower bound, clamped tensor) of ``x.clamp(min=v)``, ``clamp_min``,
+        ``torch.clamp(x, v)``, ``max(x.norm(), v)``."""
+        if not isinstance(node, cst.Call):
+            return None
+        if isinstance(node.func, cst.Name) and node.func.value == "max" and self.ctx.resolve(node.func) is None:
+            if len(node.args) == 2 and not any(a.keyword or a.star for a in node.args):
+                a, b = node.args[0].value, node.args[1].value
+                if isinstance(b, cst.Float) and isinstance(a, cst.Call) and not self._non_tensor(a):
+                    return b, None
+                if isinstance(a, cst.Float) and isinstance(b, cst.Call) and not self._non_tensor(b):
+                    return a, None
+            return None
+        op = torch_op(self.ctx, node)
+        if op is None:
+            return None
+        method = is_method_call(self.ctx, node)
+        if op in CLAMP_OPS:
+            bound = arg(node, 0 if method else 1, "min")
+        elif op in CLAMP_MIN_OPS:
+            bound = arg(node, 0 if method else 1, "min")
+        else:
+            return None
+        if bound is None:
+            return None
+        return bound.value, self._subject(node)
+
+    # -- terms and their sources -------------------------------------------------
+    def _terms(self, terms: Sequence[cst.BaseExpression], use: Use) -> None:
+        for i, term in enumerate(terms):
+            others = [t for j, t in enumerate(terms) if j != i]
+            if not others or all(number(o) is not None for o in others):
+                continue
+            if isinstance(term, cst.Float) or isinstance(term, cst.Name) or _self_attr(term) is not None:
+                if any(self._upcast(o) for o in others) or all(_scalar_like(o) for o in others):
+                    return
+                subject = others[0] if len(others) == 1 else None
+                masked = use.cls == RECIP and any(self._mentions_mask(o) for o in others)
+                self._term(term, use.but(subject=subject, finfo="eps", masked=masked))
+
+    def _upcast(self, node: cst.BaseExpression, depth: int = 0) -> bool:
+        """The value was explicitly computed in float32/float64 (``x.float()``,
+        ``.to(torch.float32)``, ``dtype=torch.float32``, ``dtype=acc_type``,
+        ``torch.tensor(data)``, ``torch.from_numpy``), looking through the
+        local names it was computed from (any of their assignments)."""
+        if self.scope.fp32:
+            return True
+        return self._derived(node, self._upcast_here, depth, set())
+
+    def _mentions_mask(self, node: cst.BaseExpression) -> bool:
+        """The value is computed from a mask (``mask.sum()``,
+        ``embed_mask.cumsum(1)``): a count without a gradient."""
+        return self._derived(
+            node, lambda sub: isinstance(sub, cst.Name) and bool(_MASK_NAME.search(sub.value)), 0, set()
+        )
+
+    def _derived(self, node: cst.BaseExpression, test, depth: int, seen: Set[str]) -> bool:
+        """``test`` holds for a node of the expression or of what its local
+        names were assigned (any assignment, a few hops deep)."""
+        if depth > 4:
+            return False
+        for sub in _walk(node):
+            if test(sub):
+                return True
+            if isinstance(sub, cst.Name) and depth < 4 and sub.value not in seen:
+                seen.add(sub.value)
+                for binding in self.scope.assigns.get(sub.value, ()):
+                    value = binding.value
+                    if value is not None and value is not node and self._derived(value, test, depth + 1, seen):
+                        return True
+        return False
+
+    def _upcast_here(self, sub: cst.CSTNode) -> bool:
+        if not isinstance(sub, cst.Call):
+            return False
+        func = sub.func
+        if isinstance(func, cst.Attribute) and func.attr.value in ("float", "double") and not sub.args:
+            return True
+        qualified = self.ctx.resolve(func) if isinstance(func, (cst.Attribute, cst.Name)) else None
+        has_dtype = False
+        for a in sub.args:
+            if self._is_dtype(a.value, FLOAT32_DTYPES):
+                return True
+            if a.keyword is not None and a.keyword.value == "dtype":
+                has_dtype = True
+                if isinstance(a.value, (cst.Name, cst.Attribute)) and _ACC_NAME.search(self.ctx.code(a.value)):
+                    return True
+        if qualified in ("torch.from_numpy",):
+            return True
+        if qualified in ("torch.tensor", "torch.as_tensor") and not has_dtype:
+            return True  # Python data: the default dtype, float32
+        return False
+
+    def _term(self, term: cst.BaseExpression, use: Use) -> None:
+        if isinstance(term, cst.Float):
+            source: Optional[Source] = Source("lit", node=term)
+        else:
+            source = self._source(term)
+        if source is None:
+            return
+        if isinstance(term, cst.Float):
+            self._resolve(source, use)
+        else:
+            # no finfo fix through a name
+            label = term.value if isinstance(term, cst.Name) else self.ctx.code(term)
+            self._resolve(source, use.but(subject=None, finfo="", fixable=False), label)
+
+    def _resolve(self, source: Optional[Source], use: Use, label: Optional[str] = None, depth: int = 0) -> None:
+        """Report the tiny literals a source stands for (module names and
+        attributes are queued until the whole file has been seen). ``label``
+        names the binding the guard was reached through."""
+        if source is None or depth > 6:
+            return
+        if source.kind == "lit":
+            self._report_literal(source.node, use, label)  # type: ignore[arg-type]
+        elif source.kind == "param":
+            scope = source.scope
+            assert scope is not None
+            scope.guard_params.setdefault(source.name, use)
+            param = scope.params[source.name][0]
+            if isinstance(param.default, cst.Float):
+                self._report_literal(param.default, use.but(fixable=True), label or source.name)
+        elif source.kind == "module":
+            self.module_uses.append((source.name, use, label))
+        elif source.kind == "attr":
+            self.class_uses.append((source.klass, source.name, use, label))  # type: ignore[arg-type]
+        elif source.kind == "any":
+            for part in source.parts:
+                self._resolve(part, use, label, depth + 1)
+
+    # -- eps= of torch ops ---------------------------------------------------------
+    def _eps_op(self, node: cst.Call, qualified: str) -> None:
+        spec = EPS_OPS.get(qualified)
+        short = qualified.rsplit(".", 1)[-1]
+        if spec is not None:
+            index, cls = spec
+            eps = arg(node, index, "eps")
+            first = arg(node, 0, "input")
+            if eps is not None and not (first is not None and self._upcast(first.value)):
+                zero = "so a zero row gives NaN" if "normal" in short or "cosine" in short.lower() else LOG_ZERO
+                use = Use(f"is the `eps` of `{short}`, which computes in the input dtype", cls, node, zero, quote=False)
+                self._eps_arg(eps.value, use)
+            return
+        if qualified in POISSON_OPS:
+            log_input = arg(node, None, "log_input")
+            if log_input is not None and isinstance(log_input.value, cst.Name) and log_input.value.value == "False":
+                eps = arg(node, POISSON_OPS[qualified], "eps")
+                if eps is not None:
+                    use = Use(f"is the `eps` that `{short}` adds inside `log`", RECIP, node, LOG_ZERO, quote=False)
+                    self._eps_arg(eps.value, use)
+            return
+        module, _, name = qualified.rpartition(".")
+        if name in OPTIMIZERS and (module.startswith("torch.optim") or module in ("transformers", "transformers.optimization")):
+            eps = arg(node, OPTIMIZERS[name], "eps")
+            if eps is not None:
+                use = Use(
+                    f"is the `eps` of `{name}` in a file that runs the model in half precision (`.half()`/"
+                    "`.to(torch.float16)`, no AMP)",
+                    RECIP, node, OPTIM_ZERO, quote=False,
+                )
+                label = None if isinstance(eps.value, cst.Float) else self.ctx.code(eps.value)
+                self.optimizer_uses.append((self._source(eps.value), use, label))
+
+    def _eps_arg(self, value: cst.BaseExpression, use: Use) -> None:
+        if isinstance(value, cst.Float):
+            self._report_literal(value, use.but(fixable=True))
+        else:
+            self._term(value, use)
+
+    # -- end of file -----------------------------------------------------------------
+    def leave_Module(self, node: cst.Module) -> None:
+        # optimizers, when the model runs in float16 without AMP master weights
+        if self.half and not self.amp:
+            for source, use, label in self.optimizer_uses:
+                self._resolve(source, use.but(fixable=source is not None and source.kind == "lit"), label)
+        # calls to this file's own functions and classes whose eps is a guard
+        for site in self.call_sites:
+            self._call_site(site)
+        # module-level constants and self.<attr> used as guards (a resolution
+        # may queue more: `self.eps = EPS`)
+        done: Set[Tuple[int, str]] = set()
+        for _ in range(4):
+            if not self.module_uses and not self.class_uses:
+                break
+            module_uses, self.module_uses = self.module_uses, []
+            class_uses, self.class_uses = self.class_uses, []
+            for name, use, label in module_uses:
+                bindings = self.module_scope.assigns.get(name, [])
+                if len(bindings) == 1 and bindings[0].source is not None:
+                    self._resolve(bindings[0].source, use, label or name)
+            for klass, attr, use, label in class_uses:
+                if (id(klass), attr) in done:
+                    continue
+                done.add((id(klass), attr))
+                for source in klass.attrs.get(attr, []):
+                    self._resolve(source, use, label or f"self.{attr}")
+        for literal, message, fix, where in self.pending:
+            if id(where) not in self.capped:
+                self.report(literal, message, fix)
+
+    def _call_site(self, site: CallSite) -> None:
+        funcs = self.module_funcs.get(site.name, [])
+        classes = self.module_classes.get(site.name, [])
+        if len(funcs) + len(classes) != 1:
+            return
+        if funcs:
+            scope, offset = funcs[0], 0
+        else:
+            scope, offset = classes[0].init, 1  # type: ignore[assignment]
+            if scope is None:
+                return
+        # self.<attr> uses are resolved at the end: settle them for this class first
+        by_index = {index: name for name, (_, index) in scope.params.items() if index >= 0}
+        position = offset
+        for a, source in site.args:
+            if a.keyword is not None:
+                pname: Optional[str] = a.keyword.value
+            else:
+                pname = by_index.get(position)
+                position += 1
+            if source is None or pname is None:
+                continue
+            inner = self._guard_param(scope, pname)
+            if inner is None:
+                continue
+            role = f"is passed as `{pname}` to `{site.name}`, where it {inner.role}"
+            use = inner.but(role=role, subject=None, finfo="")
+            if source.kind == "lit":
+                self._report_literal(source.node, use.but(fixable=True))  # type: ignore[arg-type]
+            else:
+                self._resolve(source, use)
+
+    def _guard_param(self, scope: FuncScope, pname: str) -> Optional[Use]:
+        """How a parameter is used as a guard: directly, or (for ``__init__``)
+        through ``self.<attr> = <param>`` used as a guard elsewhere in the class."""
+        use = scope.guard_params.get(pname)
+        if use is not None or scope.klass is None:
+            return use
+        for klass, attr, attr_use, _ in self.class_uses:
+            if klass is scope.klass:
+                for source in klass.attrs.get(attr, []):
+                    if source is not None and source.kind == "param" and source.name == pname and source.scope is scope:
+                        return attr_use
+        return None
+
+    # -- reporting ---------------------------------------------------------------------
+    def _report_literal(self, literal: cst.CSTNode, use: Use, label: Optional[str] = None) -> None:
+        if not isinstance(literal, cst.Float) or id(literal) in self.reported:
+            return
+        value = number(literal)
+        if value is None or not 0 < value < self.threshold:
+            return
+        if (use.cls == ROOT or use.masked) and value >= FLOAT16.zero_below:
+            # a subnormal guard is enough under a square root, for a clamped log,
+            # and for a mask count (0 / eps = 0, no gradient through the mask)
+            return
+        self.reported.add(id(literal))
+        text = literal.value
+        role = use.role
+        if use.quote:
+            snippet = _SPACES.sub(" ", self.ctx.code(use.node).strip())
+            if len(snippet) > 70:
+                snippet = snippet[:67] + "..."
+            role = f"{role} `{snippet}`"
+        who = f"`{label}`" if label else "it"
+        if value < FLOAT16.zero_below:
+            message = (
+                f"`{text}` rounds to 0 in float16 (below {fmt(FLOAT16.zero_below)}), so the guard does "
+                f"nothing: {who} {role}, {use.zero}"
+            )
+        elif value < FLOAT16.recip_overflow:
+            message = (
+                f"`{text}` is subnormal in float16 (smallest normal {fmt(FLOAT16.tiny)}): {who} {role}; "
+                f"the forward pass stays finite, but 1/{text} = {fmt(1 / value)} overflows float16 "
+                f"(max {fmt(FLOAT16.max)}), so the reciprocal or its gradient at 0 is inf"
+            )
+        else:
+            message = (
+                f"`{text}` is subnormal in float16 (smallest normal {fmt(FLOAT16.tiny)}): {who} {role}; "
+                f"it loses precision, becomes 0 where subnormals are flushed to zero, and "
+                f"1/{text} = {fmt(1 / value)} leaves little headroom below {fmt(FLOAT16.max)}"
+            )
+        self.pending.append((literal, message, self._fix(literal, use), use.node))
+
+    def _fix(self, literal: cst.Float, use: Use) -> Optional[FixSpec]:
+        if use.fixable:
+            value = SAFE_VALUE[use.cls]
+            if float(value) < self.threshold and use.cls == RECIP:
+                return None
+            reason = (
+                f"a normal float16 number whose reciprocal ({fmt(1 / float(value))}) is finite"
+                if use.cls == RECIP
+                else "a float16 number that does not round to 0"
+            )
+            return FixSpec(UNSAFE, f"Use {value}: {reason}", replace=[(literal, value)])
+        if use.subject is not None and use.finfo and _pure(use.subject) and not use.subject.lpar:
+            torch = self.ctx.torch_name()
+            expr = f"{torch}.finfo({self.ctx.code(use.subject)}.dtype).{use.finfo}"
+            amount = fmt(FLOAT16.eps if use.finfo == "eps" else FLOAT16.tiny)
+            return FixSpec(
+                UNSAFE,
+                f"Use `{expr}` ({amount} in float16): a guard sized to the tensor's dtype",
+                replace=[(literal, expr)],
+                imports=("torch",),
+            )
+        return None
