@@ -33,6 +33,9 @@ def run_confirm(target_spec: str, selection: Selection, *, device: str, dtype: s
     from .dynamic import confirm as dyn
     from .dynamic.target import TargetError, load_target
 
+    import torch
+
+    torch.manual_seed(seed)  # the factory's own random init is part of the run
     try:
         target = load_target(target_spec)
     except TargetError as exc:
