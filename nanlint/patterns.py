@@ -147,7 +147,8 @@ def subject(ctx: Context, call: cst.Call) -> Optional[cst.BaseExpression]:
 
 class Bindings:
     """Names assigned so far in the current function (and at module level),
-    for rules that follow ``m = x.max(); exp(x - m)``."""
+    for rules that follow ``m = x.max(); exp(x - m)``. Call ``assign`` from
+    ``leave_Assign``: in ``x = f(x)`` the ``x`` inside is the previous one."""
 
     def __init__(self) -> None:
         self.scopes: List[Dict[str, cst.BaseExpression]] = [{}]

@@ -123,7 +123,9 @@ class UnclampedExp(Rule):
     def leave_FunctionDef(self, node: cst.FunctionDef) -> None:
         self.bindings.pop()
 
-    def visit_Assign(self, node: cst.Assign) -> None:
+    def leave_Assign(self, node: cst.Assign) -> None:
+        # bound after the value is visited: in `x = torch.exp(x)` the x inside
+        # is the previous x, not this assignment
         self.bindings.assign(node)
 
     def visit_Call(self, node: cst.Call) -> None:
