@@ -174,6 +174,7 @@ def _run_check(paths, select, extend_select, ignore, target_dtypes, config, outp
         selection.enable_cache()
     findings = []
     errors: List[str] = []
+    warnings: List[str] = []
     if "-" in path_list:
         name = stdin_filename or "-"
         try:
@@ -190,10 +191,13 @@ def _run_check(paths, select, extend_select, ignore, target_dtypes, config, outp
         for result in results:
             findings.extend(result.findings)
             errors.extend(result.errors)
+            warnings.extend(result.warnings)
     findings.sort(key=lambda f: f.sort_key())
 
     for message in errors:
         _error(message)
+    for message in warnings:
+        click.echo(f"warning: {message}", err=True)
     if statistics and output_format == "text":
         click.echo(render_statistics(findings), nl=False)
     else:
@@ -249,6 +253,7 @@ def _run_fix(paths, select, extend_select, ignore, target_dtypes, config, output
         errors.extend(problems)
         for result in results:
             errors.extend(result.errors)
+            warnings.extend(result.warnings)
             if result.outcome is None:
                 continue
             warnings.extend(result.outcome.dropped)

@@ -44,6 +44,8 @@ class Settings:
     rule_options: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     #: where cached findings live (relative to ``root``); default .nanlint_cache
     cache_dir: Optional[str] = None
+    #: larger files are skipped with a warning (0: no limit)
+    max_file_size: int = 1_048_576
     #: the file the settings came from (None: defaults)
     source: Optional[Path] = None
     #: the directory that relative patterns are matched against
@@ -107,6 +109,10 @@ def parse_table(table: Mapping[str, Any], where: str, root: Path) -> Settings:
             if not isinstance(value, str) or not value:
                 raise ConfigError(f"{where}: `cache-dir` must be a non-empty string")
             settings.cache_dir = value
+        elif key == "max-file-size":
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{where}: `max-file-size` must be a number of bytes (0: no limit)")
+            settings.max_file_size = value
         elif key == "target-dtypes":
             settings.target_dtypes = check_dtypes(_string_list(key, value, where), where)
         elif key == "per-file-ignores":

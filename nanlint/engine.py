@@ -203,13 +203,77 @@ def syntax_error_finding(path: str, exc: Exception, source: str) -> Finding:
     )
 
 
+#: files above this size get their large pure-data statements blanked before parsing
+DATA_BLANKING_MIN_BYTES = 200_000
+DATA_BLOCK_MIN_LINES = 100
+
+
+def blank_data_blocks(source: str) -> str:
+    """Replace large top-level statements that hold only literal data (a table
+    of numbers, a dict of names to strings) with empty lines.
+
+    libcst needs about a kilobyte of memory per byte of such a table (a 500 kB
+    generated table takes 690 MB), and no rule can report anything inside
+    literals without a call or an operation around them. Line numbers and the
+    text of every other statement are unchanged, so findings and fix
+    positions still refer to the real file.
+    """
+    if len(source) < DATA_BLANKING_MIN_BYTES:
+        return source
+    import ast
+
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return source  # the libcst parse reports the problem
+    lines = source.splitlines(keepends=True)
+    blanked = False
+    for stmt in tree.body:
+        first, last = stmt.lineno, stmt.end_lineno or stmt.lineno
+        if last - first + 1 < DATA_BLOCK_MIN_LINES or not _pure_data(stmt):
+            continue
+        if lines[last - 1][stmt.end_col_offset or 0:].strip():
+            continue  # shares its last line with other code
+        for index in range(first - 1, last):
+            text = lines[index]
+            ending = text[len(text.rstrip("\r\n")):]
+            lines[index] = ending
+        blanked = True
+    return "".join(lines) if blanked else source
+
+
+_DATA_NODES = None
+
+
+def _pure_data(stmt) -> bool:
+    import ast
+
+    global _DATA_NODES
+    if _DATA_NODES is None:
+        _DATA_NODES = (
+            ast.Assign, ast.AnnAssign, ast.Expr, ast.Name, ast.Attribute, ast.Constant,
+            ast.Tuple, ast.List, ast.Dict, ast.Set, ast.UnaryOp, ast.USub, ast.UAdd,
+            ast.Load, ast.Store, ast.Subscript,
+        )
+    for node in ast.walk(stmt):
+        if not isinstance(node, _DATA_NODES):
+            return False
+    return True
+
+
 def may_trigger(rule: Type[Rule], source: str) -> bool:
     """Whether the source contains one of the rule's text triggers (a rule that
     declares none is always run)."""
     triggers = rule.triggers
     if not triggers:
         return True
-    return any(t in source for t in triggers)
+    for trigger in triggers:
+        if isinstance(trigger, str):
+            if trigger in source:
+                return True
+        elif trigger.search(source):
+            return True
+    return False
 
 
 def _python_syntax_error(source: str) -> Optional[Tuple[str, int, int]]:
@@ -247,9 +311,11 @@ def lint_source(
         if problem is None:
             return Result([], [])
         return Result([syntax_error_finding(path, SyntaxError(problem[0]), source)], [])
+    parsed_text = source
     if module is None:
+        parsed_text = blank_data_blocks(source)
         try:
-            module = parse(source)
+            module = parse(parsed_text)
         except Exception as exc:  # libcst raises several kinds on bad input
             return Result([syntax_error_finding(path, exc, source)], [])
     names = Names()
@@ -274,10 +340,10 @@ def lint_source(
         return Result([], errors)
     if not ctx.reports:
         return Result([], errors)
-    return Result(_materialise(ctx, module, source, path), errors)
+    return Result(_materialise(ctx, module, source, path, parsed_text), errors)
 
 
-def _materialise(ctx: Context, module: cst.Module, source: str, path: str) -> List[Finding]:
+def _materialise(ctx: Context, module: cst.Module, source: str, path: str, parsed_text: str) -> List[Finding]:
     reports = ctx.reports
     anchor = _import_anchor(module) if any(r.fix and r.fix.imports for r in reports) else None
     wanted: List[cst.CSTNode] = []
@@ -291,7 +357,7 @@ def _materialise(ctx: Context, module: cst.Module, source: str, path: str) -> Li
         wanted.append(anchor)
     elif module.body and any(r.fix and r.fix.imports for r in reports):
         wanted.append(module.body[0])
-    starts = line_starts(source)
+    starts = line_starts(parsed_text)  # blanked data keeps lines, not offsets
     ranges = compute_ranges(module, wanted, starts)
     lines = source.splitlines()
     findings: Dict[Tuple[Any, ...], Finding] = {}

@@ -16,6 +16,7 @@ parentheses and operator tokens: inspect those through their parent node.
 from __future__ import annotations
 
 import inspect
+import re
 import textwrap
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Union
@@ -163,8 +164,9 @@ class Rule:
     default_enabled: ClassVar[bool] = True
     #: the most permissive applicability of the rule's fixes: "safe", "unsafe" or None
     fix_applicability: ClassVar[Optional[str]] = None
-    #: cheap text triggers: a file containing none of these cannot produce a finding
-    triggers: ClassVar[Tuple[str, ...]] = ()
+    #: cheap text triggers (substrings or compiled regular expressions): a file
+    #: matching none of them cannot produce a finding and is not parsed
+    triggers: ClassVar[Tuple[Union[str, "re.Pattern[str]"], ...]] = ()
     #: per-rule options (``[tool.nanlint.NL001] threshold = 1e-5``) and their defaults
     options: ClassVar[Dict[str, Any]] = {}
     #: executable documentation

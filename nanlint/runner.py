@@ -91,6 +91,15 @@ class FileResult:
     findings: List[Finding]
     errors: List[str]
     source: Optional[Source] = None
+    warnings: List[str] = field(default_factory=list)
+
+
+def too_large(data: bytes, display: str, selection: Selection) -> Optional[str]:
+    limit = selection.settings.max_file_size
+    if limit and len(data) > limit:
+        return (f"{display}: skipped, {len(data) / 1048576:.1f} MiB is over max-file-size "
+                f"({limit} bytes; raise it in [tool.nanlint])")
+    return None
 
 
 def check_text(text: str, display: str, path: Path, selection: Selection) -> Tuple[List[Finding], List[str]]:
@@ -110,6 +119,9 @@ def check_file(path: Path, selection: Selection) -> FileResult:
         data = read_bytes(path)
     except ReadError as exc:
         return FileResult(display, [], [f"{display}: {exc}"])
+    skipped = too_large(data, display, selection)
+    if skipped:
+        return FileResult(display, [], [], warnings=[skipped])
     cache, key = selection.cache, ""
     if cache is not None:
         key = cache.key(data, display, [r.code for r in selection.rules_for(path)])
@@ -209,6 +221,7 @@ class FixResult:
     outcome: Optional["FixOutcome"]
     errors: List[str]
     diff: str = ""
+    warnings: List[str] = field(default_factory=list)
 
 
 def encode(source: Source, text: str) -> bytes:
@@ -227,6 +240,9 @@ def fix_file(path: Path, selection: Selection, unsafe: bool, write: bool) -> Fix
         return FixResult(display, False, None, [f"{display}: is a directory"])
     except OSError as exc:
         return FixResult(display, False, None, [f"{display}: {exc.strerror or exc}"])
+    skipped = too_large(original, display, selection)
+    if skipped:
+        return FixResult(display, False, None, [], warnings=[skipped])
     try:
         from .files import decode
 

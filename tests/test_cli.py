@@ -191,3 +191,14 @@ def test_static_linting_never_imports_torch(project):
     proc = subprocess.run([sys.executable, "-c", code], cwd=project, capture_output=True, text=True)
     assert "exit 1" in proc.stdout, proc.stderr
     assert "NL002" in proc.stdout
+
+
+def test_files_over_max_file_size_are_skipped_with_a_warning(project):
+    (project / "pyproject.toml").write_text("[tool.nanlint]\nmax-file-size = 40\n")
+    proc = run("check", ".", cwd=project)
+    assert proc.returncode == 0, proc.stdout
+    assert "warning: bad.py: skipped" in proc.stderr and "max-file-size" in proc.stderr
+    (project / "pyproject.toml").write_text("[tool.nanlint]\nmax-file-size = 0\n")
+    assert run("check", ".", cwd=project).returncode == 1
+    (project / "pyproject.toml").write_text('[tool.nanlint]\nmax-file-size = "big"\n')
+    assert run("check", ".", cwd=project).returncode == 2

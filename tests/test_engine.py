@@ -149,3 +149,19 @@ def test_import_added_once_after_existing_imports_keeping_crlf():
     assert fixed.startswith('"""Doc."""\r\nimport torch\r\nimport math\r\n\r\n')
     assert "\n" not in fixed.replace("\r\n", "")
     compile(fixed, "x", "exec")
+
+
+def test_large_pure_data_statements_are_blanked_but_positions_kept():
+    from nanlint.engine import DATA_BLANKING_MIN_BYTES, blank_data_blocks
+
+    table = "TABLE = {\n" + "".join(f"    ({i}, {i + 1}): [{i}.5, -{i}e-3, 'x'],\n" for i in range(6000)) + "}\n"
+    assert len(table) > DATA_BLANKING_MIN_BYTES
+    source = "import torch\n" + table + "y = torch.exp(x)\nSMALL = {1: 2}\n"
+    blanked = blank_data_blocks(source)
+    assert blanked.count("\n") == source.count("\n")
+    assert "TABLE" not in blanked and "SMALL = {1: 2}" in blanked
+    (finding,) = lint(source, ["NL002"])
+    assert (finding.line, finding.column) == (source.count("\n") - 1, 5)
+    # a statement with calls is never blanked
+    calls = "OPS = [\n" + "".join(f"    f({i}),\n" for i in range(9000)) + "]\n"
+    assert blank_data_blocks(calls) == calls

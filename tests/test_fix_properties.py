@@ -88,3 +88,19 @@ def test_fix_of_real_files_parses_and_is_idempotent(path):
     if fixed != text:
         _parses(fixed)
     assert _fix(fixed) == fixed
+
+
+@pytest.mark.skipif(not CORPUS, reason="torch/transformers sources not installed")
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(CORPUS or [Path(__file__)]))
+def test_text_triggers_never_hide_a_finding(path):
+    """Skipping files by text triggers is only an optimisation: with triggers
+    switched off, a real file gets exactly the same findings."""
+    from nanlint.engine import lint_source as lint
+
+    text = path.read_bytes().decode("utf-8")
+    dtypes = [DTYPES["float16"]]
+    with_triggers = lint(text, "f.py", RULES, dtypes, {}).findings
+    untriggered = [type(r.__name__, (r,), {"triggers": ()}) for r in RULES]
+    without = lint(text, "f.py", untriggered, dtypes, {}).findings
+    assert with_triggers == without

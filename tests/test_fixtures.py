@@ -1,6 +1,7 @@
-"""fixtures/<CODE>/*.py: every line marked `# expect: CODE` is reported with
-that code, and nothing else is reported (negatives stay clean), with the
-configuration in fixtures/pyproject.toml (which opts into NL005)."""
+"""fixtures/<CODE>/*.py and fixtures/models/*.py: every line marked
+`# expect: CODE` is reported with that code, and nothing else is reported
+(negatives stay clean), with the configuration in fixtures/pyproject.toml
+(which opts into NL005)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ def test_fixture_markers_match_findings_exactly():
     for f in findings:
         got[f["path"].replace("\\", "/")].add((f["line"], f["code"]))
     expected = {}
-    for path in fixture_files():
+    # fixtures/models/: the `nanlint confirm` models (tests/test_confirm.py)
+    for path in fixture_files() + sorted(FIXTURES.glob("models/*.py")):
         rel = path.relative_to(ROOT).as_posix()
         expected[rel] = markers(path)
     files = set(expected) | set(got)
