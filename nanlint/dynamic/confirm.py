@@ -259,9 +259,12 @@ class Runner:
     def _watch_step(self, optimizer: Any, params: Sequence[torch.Tensor]) -> None:
         original = optimizer.step
         monitor = self.monitor
+        # nanlint's own loop (no train_step) has no user line: name the
+        # optimizer factory the target gave instead
+        fallback = _definition(self.target.optimizer)
 
         def step(*args: Any, **kwargs: Any) -> Any:
-            loc = user_location()
+            loc = user_location() or fallback
             monitor.check_step(params, loc)
             result = original(*args, **kwargs)
             with torch._C.DisableTorchFunction():
@@ -325,6 +328,13 @@ class Runner:
                     scale = leaf.detach().float().abs().mean().item() + 1e-2
                     leaf.add_((leaf.grad.sign() * 0.5 * scale).to(leaf.dtype))
             del output
+
+
+def _definition(fn: Any) -> Optional[Loc]:
+    code = getattr(fn, "__code__", None)
+    if code is None or code.co_filename.startswith("<"):
+        return None
+    return os.path.realpath(code.co_filename), code.co_firstlineno
 
 
 class _Capture(torch.overrides.TorchFunctionMode):
@@ -412,6 +422,9 @@ def source_files(target: Target, factory_file: Optional[str]) -> List[str]:
     return files
 
 
+_NONFINITE_KINDS = ("new-nan", "new-inf", "grad-nonfinite", "grad-overflow", "fill-overflow")
+
+
 def join(findings: Sequence[Finding], abspaths: Dict[str, str], recorder: Recorder,
          device: str, dtype: str) -> List[Entry]:
     entries: List[Entry] = []
@@ -420,8 +433,15 @@ def join(findings: Sequence[Finding], abspaths: Dict[str, str], recorder: Record
         path = abspaths.get(finding.path, finding.path)
         events = recorder.events_at(path, finding.line, finding.end_line)
         reached = sum(recorder.reached.get((path, l), 0) for l in range(finding.line, finding.end_line + 1))
+        # what this line's non-finite values caused elsewhere (the NaN a -inf
+        # fill makes in softmax) is the same hazard, not an unflagged one
+        for e in recorder.events:
+            if e.cause is not None and e.cause[0] == path and finding.line <= e.cause[1] <= finding.end_line:
+                explained.add((e.path, e.line))
         if events:
-            first = events[0]
+            # the strongest evidence: a value that actually went non-finite
+            # beats a guard that merely rounds away or a gate that closed
+            first = next((e for e in events if e.kind in _NONFINITE_KINDS), events[0])
             for e in events:
                 explained.add((e.path, e.line))
             entries.append(Entry(CONFIRMED, finding.code, finding.path, finding.line, first.regime, first.kind,

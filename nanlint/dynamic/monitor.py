@@ -3,11 +3,10 @@ often it ran and where non-finite values *originate*.
 
 Forward: a ``TorchFunctionMode`` sees every Python-level torch call, and the
 first stack frame outside torch and nanlint is the user's line. Backward:
-each forward output's ``grad_fn`` is tagged with that line, and a
-``TorchDispatchMode`` entered around ``torch.autograd.backward``/``grad`` reads
-the tag of the autograd node that is running. Checks use the sum trick: a
-float32 sum of the output is finite iff every element is, and only a
-non-finite sum pays for a closer look.
+each forward output's ``grad_fn`` is tagged with that line and gets a hook
+that compares the gradients the node receives with the ones it returns.
+Checks use the sum trick: a float32 sum of the output is finite iff every
+element is, and only a non-finite sum pays for a closer look.
 
 Events (``Event.kind``):
 
@@ -39,7 +38,6 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch.overrides import TorchFunctionMode
-from torch.utils._python_dispatch import TorchDispatchMode
 
 Loc = Tuple[str, int]
 
@@ -47,6 +45,11 @@ _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
 _NANLINT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 _SKIP_PREFIXES = (_TORCH_DIR, _NANLINT_DIR, "<frozen")
 
+# nanlint frames that only relay a call (stacked torch-function modes)
+_PASS_THROUGH = frozenset({"__torch_function__"})
+_INPLACE_DUNDERS = frozenset({"__setitem__", "__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__",
+                              "__imod__", "__ipow__", "__imatmul__", "__iand__", "__ior__", "__ixor__",
+                              "__ilshift__", "__irshift__"})
 _LOW = {torch.float16: "float16", torch.bfloat16: "bfloat16"}
 _FILL_OPS = frozenset({"masked_fill", "masked_fill_", "where", "full", "full_like", "fill_", "__setitem__", "index_fill", "index_fill_", "new_full"})
 _KEEP_TAINT_OPS = frozenset({"triu", "tril", "triu_", "tril_", "expand", "view", "reshape", "to", "unsqueeze",
@@ -105,10 +108,16 @@ class NonFiniteError(FloatingPointError):
 
 
 def user_location() -> Optional[Loc]:
+    """The innermost frame outside torch: the user's line. ``None`` when that
+    frame is nanlint's own code (its surrogate loss, its training loop), which
+    must not be blamed on whatever called nanlint (e.g. click)."""
     frame = sys._getframe(2)
     while frame is not None:
         filename = frame.f_code.co_filename
-        if not filename.startswith(_SKIP_PREFIXES):
+        if filename.startswith(_NANLINT_DIR):
+            if frame.f_code.co_name not in _PASS_THROUGH:
+                return None
+        elif not filename.startswith(_SKIP_PREFIXES):
             return os.path.realpath(filename) if not filename.startswith("<") else filename, frame.f_lineno
         frame = frame.f_back
     return None
@@ -120,6 +129,8 @@ def _op_name(func: Any) -> str:
 
 
 def _tensors(value: Any) -> List[torch.Tensor]:
+    """The tensors in an argument tuple or an output, looking one level into
+    nested lists/tuples (``torch.cat([a, b])``, ``torch.stack((a, b))``)."""
     if isinstance(value, torch.Tensor):
         return [value]
     if isinstance(value, (list, tuple)):
@@ -127,6 +138,8 @@ def _tensors(value: Any) -> List[torch.Tensor]:
         for item in value:
             if isinstance(item, torch.Tensor):
                 out.append(item)
+            elif isinstance(item, (list, tuple)):
+                out.extend(i for i in item if isinstance(i, torch.Tensor))
         return out
     return []
 
@@ -180,7 +193,9 @@ class _ForwardMode(TorchFunctionMode):
             rec.reached[loc] += 1
         inputs = _tensors(args) + [v for v in kwargs.values() if isinstance(v, torch.Tensor)]
         low = [t for t in inputs if t.dtype in _LOW]
-        inplace = name.endswith("_") or name in ("__setitem__", "__iadd__", "__isub__", "__imul__", "__itruediv__")
+        # `add_` is in-place; dunders such as `__rdiv__`, `__pow__`, `__rsub__`
+        # end in "_" too but return a new tensor
+        inplace = (name.endswith("_") and not name.startswith("__")) or name in _INPLACE_DUNDERS
         # inputs are inspected only when an output is non-finite; an in-place
         # op overwrites its input, so that one is looked at before the call
         pre: Optional[Tuple[bool, bool]] = None
@@ -235,12 +250,12 @@ class _ForwardMode(TorchFunctionMode):
         for t in outputs:
             if not t.is_floating_point():
                 continue
-            if t.requires_grad and t.grad_fn is not None and loc is not None:
-                try:
-                    t.grad_fn.metadata["nanlint"] = loc
-                except Exception:  # some nodes do not take metadata
-                    pass
-            if is_finite(t):
+            finite = is_finite(t)
+            if finite and t.requires_grad and t.grad_fn is not None and loc is not None:
+                # a node whose forward value is already non-finite only passes
+                # that on in backward: the forward event is the origin
+                m.tag_node(t.grad_fn, loc)
+            if finite:
                 continue
             if state is None:
                 state = input_state()
@@ -260,7 +275,7 @@ class _ForwardMode(TorchFunctionMode):
                 if cause is not None and cause != loc:
                     message += f"; the inf came from line {cause[1]}"
                 m.emit("new-nan", loc, name, message, cause=cause)
-                if cause is not None and cause != loc:
+                if cause is not None and cause != loc and loc is not None:
                     m.emit("new-nan", cause, name,
                            f"the inf/-inf from this line became NaN in {name} at line {loc[1] if loc else '?'}")
             elif cause is not None and name in _KEEP_TAINT_OPS:
@@ -268,37 +283,23 @@ class _ForwardMode(TorchFunctionMode):
         return out
 
 
-_SKIP_BACKWARD = ("detach", "ones_like", "zeros_like", "empty", "view", "alias", "as_strided", "expand", "t.default",
-                  "transpose", "permute", "unsqueeze", "squeeze", "slice", "select", "clone", "copy_", "new_empty",
-                  "new_zeros", "zero_", "fill_")
+def _grad_hook(monitor: "Monitor", loc: Loc, name: str):
+    # holds no reference to the node itself: a node -> hook -> node cycle
+    # would keep every graph alive
+    def hook(grad_inputs: Sequence[Optional[torch.Tensor]], grad_outputs: Sequence[Optional[torch.Tensor]]) -> None:
+        if not monitor._active:
+            return None
+        bad = [g for g in grad_inputs if isinstance(g, torch.Tensor) and g.is_floating_point() and not is_finite(g)]
+        if not bad:
+            return None
+        if all(is_finite(g) for g in grad_outputs if isinstance(g, torch.Tensor)):
+            nan = any(_has_nan(g) for g in bad)
+            monitor.emit("grad-nonfinite", loc, name,
+                         f"backward of this line ({name}) produced {'NaN' if nan else 'inf'} "
+                         f"gradients from finite ones", phase="backward")
+        return None
 
-
-class _BackwardMode(TorchDispatchMode):
-    def __init__(self, monitor: "Monitor") -> None:
-        super().__init__()
-        self.m = monitor
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        name = str(func)
-        if any(s in name for s in _SKIP_BACKWARD):
-            return out
-        node = torch._C._current_autograd_node()
-        if node is None:
-            return out
-        loc = node.metadata.get("nanlint") if hasattr(node, "metadata") else None
-        if loc is None:
-            return out
-        for t in _tensors(out):
-            if t.is_floating_point() and not is_finite(t):
-                inputs = _tensors(args)
-                if all(is_finite(i) for i in inputs):
-                    nan = _has_nan(t)
-                    self.m.emit("grad-nonfinite", loc, node.name(),
-                                f"backward of this line ({node.name()}) produced {'NaN' if nan else 'inf'} "
-                                f"gradients from finite ones", phase="backward")
-        return out
+    return hook
 
 
 class _IdMap:
@@ -333,6 +334,24 @@ class Monitor:
         self._tanh = _IdMap()
         self._taint = _IdMap()
         self._saved: Dict[str, Any] = {}
+        self._active = 0  # backward hooks report only while the monitor is active
+        self._node_key = ("nanlint-hooked", object())  # unique to this monitor
+
+    # -- backward ------------------------------------------------------------
+    def tag_node(self, node: Any, loc: Loc) -> None:
+        """Name the forward line of an autograd node and check its backward:
+        the hook sees the node's incoming gradients and the ones it produces,
+        so only what the whole node returns counts (backward formulas may make
+        NaN internally and mask it, e.g. the norm's ``0/0`` at a zero vector)."""
+        try:
+            meta = node.metadata
+            if self._node_key in meta:
+                return
+            meta[self._node_key] = True
+            meta["nanlint"] = loc
+            node.register_hook(_grad_hook(self, loc, node.name()))
+        except Exception:  # some nodes take neither metadata nor hooks
+            pass
 
     # -- bookkeeping -------------------------------------------------------
     def emit(self, kind: str, loc: Optional[Loc], op: str, message: str, phase: str = "forward",
@@ -361,25 +380,12 @@ class Monitor:
     # -- activation --------------------------------------------------------
     @contextmanager
     def active(self) -> Iterator["Monitor"]:
-        import torch.autograd as autograd
-
-        original_backward, original_grad = autograd.backward, autograd.grad
-        monitor = self
-
-        def backward(*args, **kwargs):
-            with _BackwardMode(monitor):
-                return original_backward(*args, **kwargs)
-
-        def grad(*args, **kwargs):
-            with _BackwardMode(monitor):
-                return original_grad(*args, **kwargs)
-
-        autograd.backward, autograd.grad = backward, grad
+        self._active += 1
         try:
             with _ForwardMode(self):
                 yield self
         finally:
-            autograd.backward, autograd.grad = original_backward, original_grad
+            self._active -= 1
 
     def check_step(self, parameters: Sequence[torch.Tensor], loc: Optional[Loc], op: str = "step") -> None:
         """Inspect the gradients an optimizer step is about to apply."""
