@@ -3,6 +3,7 @@
     python bench/bench.py                 # torch + transformers models, 3 runs each
     python bench/bench.py --quick         # a small smoke run (used by CI)
     python bench/bench.py --torchfix      # also time TorchFix (pip installs it)
+    python bench/bench.py --corpus DIR    # measure DIR instead (repeatable)
 
 Corpora: the Python sources of the installed `torch` package and of
 `transformers/models` (`pip install transformers`). For each corpus it prints
@@ -123,11 +124,21 @@ def skipped_files(files: Sequence[Path], select: str) -> int:
     return count
 
 
+def torchfix_binary() -> Path:
+    """TorchFix in a virtualenv of its own: it pins libcst < 1.6, which must not
+    replace the libcst nanlint runs with."""
+    venv = Path.home() / ".cache" / "nanlint-bench" / "torchfix-venv"
+    binary = venv / "bin" / "torchfix"
+    if not binary.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "torchfix"], check=True)
+    return binary
+
+
 def torchfix_time(corpus: Path, jobs: int) -> float:
-    if shutil.which("torchfix") is None:
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "torchfix"], check=True)
+    binary = torchfix_binary()
     start = time.perf_counter()
-    subprocess.run(["torchfix", "--select", "ALL", f"--n={jobs}", str(corpus)],
+    subprocess.run([str(binary), "--select", "ALL", f"--n={jobs}", str(corpus)],
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - start
 
@@ -189,17 +200,16 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="torch/optim only, one run")
     parser.add_argument("--torchfix", action="store_true", help="also time TorchFix")
-    parser.add_argument("--corpus", action="append", help="extra directories to measure")
+    parser.add_argument("--corpus", action="append", help="directories to measure instead of the default corpora")
     args = parser.parse_args()
 
-    torch_dir = package_dir("torch")
-    if args.quick:
-        corpora = [("torch/optim", torch_dir / "optim")]
+    if args.corpus:
+        corpora = [(c, Path(c)) for c in args.corpus]
+    elif args.quick:
+        corpora = [("torch/optim", package_dir("torch") / "optim")]
         args.runs = 1
     else:
-        corpora = [("torch", torch_dir), ("transformers/models", package_dir("transformers") / "models")]
-    for extra in args.corpus or []:
-        corpora.append((extra, Path(extra)))
+        corpora = [("torch", package_dir("torch")), ("transformers/models", package_dir("transformers") / "models")]
     for name, corpus in corpora:
         bench_corpus(name, corpus, args.jobs, args.runs, args.torchfix)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Type
 
 import libcst as cst
 
@@ -61,6 +61,29 @@ def _child_fields(cls: type) -> Tuple[str, ...]:
             )
         _FIELDS_CACHE[cls] = names
     return names
+
+
+def children(node: cst.CSTNode) -> List[cst.CSTNode]:
+    """The node's children in source order, without whitespace, comments,
+    parentheses and operator tokens (what the engine's traversal visits).
+    Several times cheaper than libcst's ``node.children``."""
+    out: List[cst.CSTNode] = []
+    for name in _FIELDS_CACHE.get(type(node)) or _child_fields(type(node)):
+        value = getattr(node, name)
+        if isinstance(value, cst.CSTNode):
+            out.append(value)
+        elif type(value) is tuple or type(value) is list:
+            out.extend(item for item in value if isinstance(item, cst.CSTNode))
+    return out
+
+
+def iter_tree(root: cst.CSTNode) -> Iterator[Tuple[cst.CSTNode, Optional[cst.CSTNode]]]:
+    """(node, parent) for every node under ``root`` in source order, without recursion."""
+    stack: List[Tuple[cst.CSTNode, Optional[cst.CSTNode]]] = [(root, None)]
+    while stack:
+        node, parent = stack.pop()
+        yield node, parent
+        stack.extend((child, node) for child in reversed(children(node)))
 
 
 Handler = Callable[[cst.CSTNode], Any]

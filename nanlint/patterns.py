@@ -13,6 +13,7 @@ from typing import Dict, FrozenSet, List, Optional, Tuple
 
 import libcst as cst
 
+from .resolve import dotted_name
 from .rule import Context
 
 # -- literals ---------------------------------------------------------------
@@ -59,22 +60,11 @@ def number(node: cst.BaseExpression) -> Optional[float]:
                     return -math.inf
         return None
     if isinstance(node, (cst.Attribute, cst.Name)):
-        name = _dotted(node)
+        name = dotted_name(node)
         if name is not None and name.split(".")[-1] == "inf" and "." in name:
             head = name.split(".")[0]
             if head in ("math", "torch", "np", "numpy"):
                 return math.inf
-    return None
-
-
-def _dotted(node: cst.BaseExpression) -> Optional[str]:
-    parts = []
-    while isinstance(node, cst.Attribute):
-        parts.append(node.attr.value)
-        node = node.value
-    if isinstance(node, cst.Name):
-        parts.append(node.value)
-        return ".".join(reversed(parts))
     return None
 
 

@@ -6,6 +6,8 @@ from typing import Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import libcst as cst
 
+from nanlint.engine import children
+
 from nanlint.dtypes import FLOAT16, fmt
 from nanlint.finding import UNSAFE
 from nanlint.patterns import arg, is_method_call, number, torch_op
@@ -169,7 +171,7 @@ def _walk(node: cst.CSTNode, limit: int = 400) -> Iterator[cst.CSTNode]:
         cur = stack.pop()
         seen += 1
         yield cur
-        stack.extend(reversed(cur.children))
+        stack.extend(reversed(children(cur)))
 
 
 # -- bookkeeping of names --------------------------------------------------------

@@ -7,6 +7,8 @@ from typing import Dict, Iterator, List, Optional, Set, Tuple
 
 import libcst as cst
 
+from nanlint.engine import iter_tree
+
 from nanlint.dtypes import FLOAT32_MAX, fmt
 from nanlint.finding import SAFE, UNSAFE
 from nanlint.patterns import arg, is_method_call, number, subject, torch_op
@@ -236,7 +238,7 @@ class NonfiniteMask(Rule):
         candidate finding."""
         if self._parent_map is None:
             self._parent_map = {}
-            for node, parent in _ordered(self.ctx.module):
+            for node, parent in iter_tree(self.ctx.module):
                 if parent is not None:
                     self._parent_map[id(node)] = parent
         return self._parent_map
@@ -291,7 +293,7 @@ class NonfiniteMask(Rule):
         uses = 0
         started = False
         reassigned: Optional[Set[int]] = None
-        for node, parent in _ordered(body):
+        for node, parent in iter_tree(body):
             if node is assign:
                 started = True
                 continue
@@ -328,7 +330,7 @@ class NonfiniteMask(Rule):
             return False
         name = func.name.value
         calls = 0
-        for node, _ in _ordered(self.ctx.module):
+        for node, _ in iter_tree(self.ctx.module):
             if isinstance(node, cst.Call):
                 callee = node.func
                 if (isinstance(callee, cst.Name) and callee.value == name) or (
@@ -703,15 +705,6 @@ def _side_effect_free(ctx, node: cst.BaseExpression) -> bool:
     return True
 
 
-def _ordered(root: cst.CSTNode) -> Iterator[Tuple[cst.CSTNode, Optional[cst.CSTNode]]]:
-    """(node, parent) in source order, without recursion."""
-    stack: List[Tuple[cst.CSTNode, Optional[cst.CSTNode]]] = [(root, None)]
-    while stack:
-        node, parent = stack.pop()
-        yield node, parent
-        stack.extend((child, node) for child in reversed(node.children))
-
-
 def _mentions_mask(node: Optional[cst.CSTNode]) -> bool:
     """Whether an expression names a mask (`valid_mask`, `self.attn_mask`, `pad_mask[...]`)."""
     if node is None:
@@ -723,8 +716,4 @@ def _mentions_mask(node: Optional[cst.CSTNode]) -> bool:
 
 
 def _walk(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
-    stack = [node]
-    while stack:
-        n = stack.pop()
-        yield n
-        stack.extend(n.children)
+    return (n for n, _ in iter_tree(node))

@@ -6,6 +6,8 @@ from typing import Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple
 
 import libcst as cst
 
+from nanlint.engine import children
+
 from nanlint.finding import UNSAFE
 from nanlint.dtypes import fmt
 from nanlint.patterns import arg
@@ -706,7 +708,7 @@ def _calls(node: cst.CSTNode) -> Iterator[cst.Call]:
         if isinstance(current, (cst.Lambda, cst.FunctionDef, cst.ClassDef)):
             continue
         stack.append((current, True))
-        for child in reversed(current.children):
+        for child in reversed(children(current)):
             if not isinstance(child, _LEAVES):
                 stack.append((child, False))
 

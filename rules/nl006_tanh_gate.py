@@ -5,6 +5,8 @@ from typing import Dict, Iterator, List, Optional, Set, Tuple
 
 import libcst as cst
 
+from nanlint.engine import children
+
 from nanlint.dtypes import DtypeFacts
 from nanlint.finding import UNSAFE
 from nanlint.patterns import number, torch_op
@@ -358,7 +360,7 @@ def _chains(node: cst.CSTNode) -> Iterator[cst.BaseExpression]:
             yield n
             if isinstance(n, cst.Attribute):
                 continue
-        stack.extend(n.children)
+        stack.extend(children(n))
 
 
 def _names_in(node: cst.CSTNode) -> Set[str]:
@@ -378,4 +380,4 @@ def _walk(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
     while stack:
         n = stack.pop()
         yield n
-        stack.extend(n.children)
+        stack.extend(children(n))
