@@ -314,7 +314,8 @@ class TinyEpsilon(Rule):
     name = "tiny-epsilon"
     summary = "a stabilising epsilon below the smallest normal float16 (6.10e-5) rounds to 0 or overflows 1/eps"
     fix_applicability = UNSAFE
-    triggers = ("e-", "E-", ".0000")
+    # a literal below 6.1e-5: `1e-12`, `1.E-8`, `0.00001`, `10 ** -8`
+    triggers = (re.compile(r"[\d.][eE]-\d|\.0000|\*\*\s*\(?-"),)
     options = {"threshold": 6.1e-5}
     valid = [
         Valid("import torch.nn as nn\nnorm = nn.LayerNorm(768, eps=1e-12)\n"),

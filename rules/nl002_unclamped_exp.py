@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 from typing import Optional
 
 import libcst as cst
@@ -71,7 +73,8 @@ class UnclampedExp(Rule):
     name = "unclamped-exp"
     summary = "exp of an argument not bounded above overflows float16 for x >= 11.09"
     fix_applicability = UNSAFE
-    triggers = ("exp",)
+    # exp, exp_, expm1, expm1_, exp2, exp2_ as a word (not `expand`, `expected`)
+    triggers = (re.compile(r"\bexp(?:m1|2)?_?\b"),)
     valid = [
         Valid("import torch\ny = torch.exp(x - x.max(dim=-1, keepdim=True).values)\n"),
         Valid("import torch\nm = x.amax(-1, keepdim=True)\ny = torch.exp(x - m)\n"),

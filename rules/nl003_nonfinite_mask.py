@@ -122,9 +122,12 @@ class NonfiniteMask(Rule):
     summary = "-inf mask fills give NaN rows after softmax; fills beyond 65504 overflow float16"
     fix_applicability = SAFE
     # every finding is in a masked_fill, a where, a subscript assignment, a product or an inf
-    # every hazard has an infinity (`inf`, `finfo`, `np.Inf`, an `INF` name) or a
-    # literal beyond 65504 (`1e9`, `1E+10`, five digits, `1_000_000`, `2 ** 30`, hex)
-    triggers = (re.compile(r"inf|Inf|INF|\d[eE]\+?\d|\d{5}|\d_\d{3}|\*\*|0[xX]"),)
+    # every hazard has an infinity (`-inf`, `math.inf`, `finfo`, `np.Inf`, an `INF`
+    # name) or a literal beyond 65504 (`1e9`, `1E+10`, five digits, `1_000_000`,
+    # `2 ** 30`, hex); `info`, `infer` and `**kwargs` do not count
+    triggers = (
+        re.compile(r"\binf\b|Inf\b|INF\b|finfo|[Ii]nfinity|\d[eE]\+?\d|\d{5}|\d_\d{3}|\d\s*\*\*\s*\(?\d|0[xX]"),
+    )
     valid = [
         Valid("import torch\ns = s.masked_fill(~m, torch.finfo(s.dtype).min)\n"),
         Valid("import torch\ns = s.masked_fill(~m, -1e4)\n"),
