@@ -138,9 +138,12 @@ def torchfix_binary() -> Path:
 def torchfix_time(corpus: Path, jobs: int) -> float:
     binary = torchfix_binary()
     start = time.perf_counter()
-    subprocess.run([str(binary), "--select", "ALL", f"--n={jobs}", str(corpus)],
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    proc = subprocess.run([str(binary), "--select", "ALL", f"--jobs={jobs}", str(corpus)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    elapsed = time.perf_counter() - start
+    if proc.returncode not in (0, 1):
+        raise SystemExit(f"torchfix exited {proc.returncode}: {proc.stderr[-2000:]}")
+    return elapsed
 
 
 def bench_corpus(name: str, corpus: Path, jobs: int, runs: int, with_torchfix: bool) -> Dict[str, float]:
