@@ -53,15 +53,18 @@ def run_tree(name: str, tree: Path, jobs: int) -> bool:
     lines = sum(b.count(b"\n") for b in before.values())
     print(f"\n== {name}: {len(before)} files, {lines} lines")
 
+    # run from the parent: with the tree itself as the working directory, `python -m`
+    # would import its modules (torch/random.py, torch/types.py) as the stdlib's
+    target = copy.name
     check, t_check = nanlint("check", "--no-cache", "--select", "ALL", "--exit-zero",
-                             "--output-format", "json", f"--jobs={jobs}", ".", cwd=copy)
+                             "--output-format", "json", f"--jobs={jobs}", target, cwd=work)
     findings = json.loads(check.stdout or "[]")
     per_rule = collections.Counter(f["code"] for f in findings)
     print(f"check: {t_check:.1f} s, exit {check.returncode}, findings {len(findings)}: "
           + ", ".join(f"{c} {n}" for c, n in sorted(per_rule.items())))
 
     fix, t_fix = nanlint("fix", "--no-cache", "--select", "ALL", "--unsafe-fixes", "--exit-zero",
-                         f"--jobs={jobs}", ".", cwd=copy)
+                         f"--jobs={jobs}", target, cwd=work)
     after = snapshot(copy)
     changed = [p for p in after if after[p] != before.get(p)]
     dropped = [l for l in fix.stderr.splitlines() if "fix dropped" in l]
@@ -72,12 +75,14 @@ def run_tree(name: str, tree: Path, jobs: int) -> bool:
         except SyntaxError as exc:
             broken.append(f"{path}: {exc}")
     again, _ = nanlint("fix", "--no-cache", "--select", "ALL", "--unsafe-fixes", "--diff",
-                       f"--jobs={jobs}", ".", cwd=copy)
+                       f"--jobs={jobs}", target, cwd=work)
     crashes = [s for s in (check.stderr, fix.stderr, again.stderr) if "Traceback" in s]
+    for text in crashes[:1]:
+        print(text[-1500:])
     print(f"fix: {t_fix:.1f} s, exit {fix.returncode}, files fixed {len(changed)}, "
           f"fixes dropped as unsafe to write {len(dropped)}")
     print(f"changed files that no longer parse: {len(broken)}")
-    print(f"second fix would change: {'nothing' if again.returncode == 0 else again.stdout.count('+++ ')} file(s)")
+    print(f"files a second fix would change: {again.stdout.count('+++ ')} (exit {again.returncode})")
     print(f"tracebacks: {len(crashes)}")
     for line in (broken + dropped)[:10]:
         print("  ", line)
