@@ -100,6 +100,12 @@ def torch_op(ctx: Context, call: cst.Call) -> Optional[str]:
     return method
 
 
+def is_reference(node: cst.BaseExpression) -> bool:
+    """A name or attribute chain (``x``, ``self.scale``): reading it twice in a
+    fix is harmless, unlike a call."""
+    return dotted_name(node) is not None
+
+
 def is_method_call(ctx: Context, call: cst.Call) -> bool:
     qualified, method = ctx.callee(call)
     return qualified is None and method is not None

@@ -10,7 +10,7 @@ from nanlint.engine import children
 
 from nanlint.dtypes import FLOAT16, fmt
 from nanlint.finding import UNSAFE
-from nanlint.patterns import arg, is_method_call, number, torch_op
+from nanlint.patterns import arg, is_method_call, is_reference, number, torch_op
 from nanlint.rule import FixSpec, Invalid, Rule, Valid
 
 # -- what the guards are ---------------------------------------------------------
@@ -139,11 +139,6 @@ def _additive_terms(node: cst.BaseExpression) -> Optional[List[cst.BaseExpressio
     return out
 
 
-def _pure(node: cst.BaseExpression) -> bool:
-    """A name or attribute chain: reading it again is harmless."""
-    while isinstance(node, cst.Attribute):
-        node = node.value
-    return isinstance(node, cst.Name)
 
 
 def _scalar_like(node: cst.BaseExpression) -> bool:
@@ -1003,7 +998,7 @@ class TinyEpsilon(Rule):
                 else "a float16 number that does not round to 0"
             )
             return FixSpec(UNSAFE, f"Use {value}: {reason}", replace=[(literal, value)])
-        if use.subject is not None and use.finfo and _pure(use.subject) and not use.subject.lpar:
+        if use.subject is not None and use.finfo and is_reference(use.subject) and not use.subject.lpar:
             torch = self.ctx.torch_name()
             expr = f"{torch}.finfo({self.ctx.code(use.subject)}.dtype).{use.finfo}"
             amount = fmt(FLOAT16.eps if use.finfo == "eps" else FLOAT16.tiny)

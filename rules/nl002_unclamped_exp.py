@@ -8,7 +8,7 @@ import libcst as cst
 
 from nanlint.dtypes import FLOAT16, fmt
 from nanlint.finding import UNSAFE
-from nanlint.patterns import Bindings, bounded_above, is_method_call, subject, torch_op
+from nanlint.patterns import Bindings, bounded_above, is_method_call, is_reference, subject, torch_op
 from nanlint.rule import FixSpec, Invalid, Rule, Valid
 
 EXP_OPS = {"exp": "exp", "exp_": "exp_", "expm1": "expm1", "expm1_": "expm1_", "exp2": "exp2", "exp2_": "exp2_"}
@@ -150,7 +150,7 @@ class UnclampedExp(Rule):
         )
 
     def _fix(self, call: cst.Call, x: cst.BaseExpression) -> Optional[FixSpec]:
-        if not _pure(x) or x.lpar:
+        if not is_reference(x) or x.lpar:
             return None
         text = self.ctx.code(x)
         torch = self.ctx.torch_name()
@@ -216,8 +216,3 @@ def _module_attribute(ctx, node: cst.BaseExpression) -> bool:
     return isinstance(node, cst.Name) and node.value == "self"
 
 
-def _pure(node: cst.BaseExpression) -> bool:
-    """A name or attribute chain: reading it twice is harmless."""
-    while isinstance(node, cst.Attribute):
-        node = node.value
-    return isinstance(node, cst.Name)

@@ -10,7 +10,7 @@ from nanlint.engine import children
 
 from nanlint.finding import UNSAFE
 from nanlint.dtypes import fmt
-from nanlint.patterns import arg
+from nanlint.patterns import arg, is_reference
 from nanlint.rule import FixSpec, Invalid, Rule, Valid
 
 # GradScaler's default init_scale (2**16): the factor the gradients carry.
@@ -295,14 +295,14 @@ class MissingGradClip(Rule):
         receiver = step.func.value
         if kind == "scaler":
             first = arg(step, 0, "optimizer")
-            if first is None or not _pure(receiver):
+            if first is None or not is_reference(receiver):
                 return None
             opt = first.value
         else:
             if state.scaled:
                 return None  # clipping scaled gradients would clip at max_norm / 65536
             opt = receiver
-        if not _pure(opt):
+        if not is_reference(opt):
             return None
         opt_text = self.ctx.code(opt)
         params = None
@@ -315,7 +315,7 @@ class MissingGradClip(Rule):
                 and not p.value.args
                 and isinstance(p.value.func, cst.Attribute)
                 and p.value.func.attr.value == "parameters"
-                and _pure(p.value.func.value)
+                and is_reference(p.value.func.value)
             ):
                 params = self.ctx.code(p.value)
         if params is None:
@@ -326,7 +326,7 @@ class MissingGradClip(Rule):
             # the framework may hold scaled gradients: clip through it, it unscales first
             assert isinstance(state.bw.func, cst.Attribute)
             owner = state.bw.func.value
-            if not _pure(owner):
+            if not is_reference(owner):
                 return None
             if state.via == "accelerate":
                 lines.append(f"{self.ctx.code(owner)}.clip_grad_norm_({params}, max_norm=1.0)")
@@ -460,7 +460,7 @@ class _Flow:
         return state
 
     def _bind(self, target: cst.BaseExpression, value: cst.BaseExpression) -> None:
-        if _pure(target):
+        if is_reference(target):
             self.bindings[self.ctx.code(target)] = value
 
     def events(self, node: cst.CSTNode, state: _State, line: Optional[cst.SimpleStatementLine]) -> _State:
@@ -481,7 +481,7 @@ class _Flow:
         method = call.func.attr.value
         if method == "unscale_" and state.bw is not None:
             first = arg(call, 0, "optimizer")
-            if first is not None and _pure(first.value):
+            if first is not None and is_reference(first.value):
                 return _State(state.bw, state.scaled, state.via, state.unscaled | {self.ctx.code(first.value)}, False)
             return state
         if method == "step" and state.bw is not None:
@@ -502,7 +502,7 @@ class _Flow:
         tokens = words.split("_")
         if any(t in ("sched", "scheduler", "schedulers", "lr") for t in tokens):
             return None
-        built = self.bindings.get(self.ctx.code(receiver)) if _pure(receiver) else None
+        built = self.bindings.get(self.ctx.code(receiver)) if is_reference(receiver) else None
         if any(t.endswith("scaler") for t in tokens) or _is_scaler_factory(self.ctx, built):
             return "scaler" if arg(call, 0, "optimizer") is not None else None
         if _OPT_RE.search(words) or _is_optimizer_factory(self.ctx, built):
@@ -666,11 +666,6 @@ def _self_clipping(ctx, value: Optional[cst.BaseExpression]) -> bool:
 # -- small helpers -----------------------------------------------------------------------
 
 
-def _pure(node: cst.BaseExpression) -> bool:
-    """A name or attribute chain: reading it twice is harmless."""
-    while isinstance(node, cst.Attribute):
-        node = node.value
-    return isinstance(node, cst.Name)
 
 
 def _is_whole(line: Optional[cst.SimpleStatementLine], call: cst.Call) -> bool:

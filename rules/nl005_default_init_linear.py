@@ -7,7 +7,7 @@ import libcst as cst
 
 from nanlint.dtypes import fmt
 from nanlint.finding import UNSAFE
-from nanlint.patterns import arg
+from nanlint.patterns import arg, is_reference
 from nanlint.rule import FixSpec, Invalid, Rule, Valid
 
 LINEAR_NAMES = frozenset({"torch.nn.Linear", "torch.nn.modules.Linear", "torch.nn.modules.linear.Linear"})
@@ -441,7 +441,7 @@ class DefaultInitLinear(Rule):
         if node is not None:
             chain = _chain(node)  # self.gates[g] -> "gates"
             owner = chain[-1] if chain and chain[-1] not in _NOT_OWNERS else None
-        if node is not None and _pure(node):
+        if node is not None and is_reference(node):
             if assign.value is call and self.line is not None and len(self.line.body) == 1:
                 target, stmt = self.ctx.code(node), self.line
         self.layers.append(_Layer(call, cls, owner, stmt, target))
@@ -516,10 +516,6 @@ def _last(node: cst.BaseExpression) -> Optional[str]:
     return None
 
 
-def _pure(node: cst.BaseExpression) -> bool:
-    while isinstance(node, cst.Attribute):
-        node = node.value
-    return isinstance(node, cst.Name)
 
 
 def _chain(node: cst.BaseExpression) -> List[str]:
