@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
-PYTHON_SUFFIXES = (".py", ".pyi")
+# Stubs (.pyi) have no code that runs, so no numerical hazard: directories are
+# searched for .py only (a .pyi named explicitly is still checked).
+PYTHON_SUFFIXES = (".py",)
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ def _matches(patterns: Sequence[str], path: Path, root: Path) -> bool:
     name = path.name
     try:
         rel = path.resolve().relative_to(root).as_posix()
-    except (ValueError, OSError):
+    except (ValueError, OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
         rel = path.as_posix()
     for pattern in patterns:
         if "/" in pattern:
@@ -97,7 +99,7 @@ def discover(
 ) -> Tuple[List[Path], List[Tuple[str, str]]]:
     """Files to check, sorted and de-duplicated, and (path, error) for paths that
     could not be used. Files given explicitly are always checked; directories are
-    searched for ``*.py``/``*.pyi`` outside excluded folders."""
+    searched for ``*.py`` outside excluded folders."""
     found: List[Path] = []
     errors: List[Tuple[str, str]] = []
     seen = set()

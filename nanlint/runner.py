@@ -72,7 +72,7 @@ class Selection:
             return self.rules
         try:
             rel = path.resolve().relative_to(self.settings.root).as_posix()
-        except (ValueError, OSError):
+        except (ValueError, OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
             rel = path.as_posix()
         dropped: List[str] = []
         for pattern, codes in ignores.items():
@@ -97,8 +97,8 @@ class FileResult:
 def too_large(data: bytes, display: str, selection: Selection) -> Optional[str]:
     limit = selection.settings.max_file_size
     if limit and len(data) > limit:
-        return (f"{display}: skipped, {len(data) / 1048576:.1f} MiB is over max-file-size "
-                f"({limit} bytes; raise it in [tool.nanlint])")
+        return (f"{display}: skipped, {len(data):,} bytes is over max-file-size "
+                f"({limit:,} bytes; raise it, or set 0 for no limit, in [tool.nanlint])")
     return None
 
 
@@ -127,7 +127,7 @@ def check_file(path: Path, selection: Selection) -> FileResult:
         key = cache.key(data, display, [r.code for r in selection.rules_for(path)])
         hit = cache.get(key)
         if hit is not None:
-            return FileResult(display, hit, [])
+            return FileResult(display, hit, [], warnings=_hit_warnings(data, display))
     try:
         source = decode(data)
     except ReadError as exc:
@@ -135,7 +135,14 @@ def check_file(path: Path, selection: Selection) -> FileResult:
     findings, errors = check_text(source.text, display, path, selection)
     if cache is not None and not errors:
         cache.put(key, findings)
-    return FileResult(display, findings, errors, source)
+    return FileResult(display, findings, errors, source, noqa_warnings(source.text, display))
+
+
+def noqa_warnings(text: str, display: str) -> List[str]:
+    from .engine import unknown_noqa_codes
+    from .registry import rules_by_code
+
+    return unknown_noqa_codes(text, display, rules_by_code())
 
 
 def default_jobs() -> int:
@@ -211,7 +218,17 @@ def _cached(path: Path, selection: Selection) -> Optional[FileResult]:
     display = display_path(path)
     key = selection.cache.key(data, display, [r.code for r in selection.rules_for(path)])
     hit = selection.cache.get(key)
-    return None if hit is None else FileResult(display, hit, [])
+    return None if hit is None else FileResult(display, hit, [], warnings=_hit_warnings(data, display))
+
+
+def _hit_warnings(data: bytes, display: str) -> List[str]:
+    """The `# noqa` warnings of a file answered from the cache (not cached themselves)."""
+    if b"noqa" not in data.lower():
+        return []
+    try:
+        return noqa_warnings(decode(data).text, display)
+    except ReadError:
+        return []
 
 
 @dataclass
@@ -263,7 +280,7 @@ def fix_file(path: Path, selection: Selection, unsafe: bool, write: bool) -> Fix
             write_atomic(path, data, original)
         except WriteError as exc:
             return FixResult(display, False, outcome, errors + [f"{display}: {exc}"])
-    return FixResult(display, changed, outcome, errors, diff)
+    return FixResult(display, changed, outcome, errors, diff, noqa_warnings(source.text, display))
 
 
 def fix_paths(

@@ -202,3 +202,9 @@ def test_files_over_max_file_size_are_skipped_with_a_warning(project):
     assert run("check", ".", cwd=project).returncode == 1
     (project / "pyproject.toml").write_text('[tool.nanlint]\nmax-file-size = "big"\n')
     assert run("check", ".", cwd=project).returncode == 2
+
+
+def test_directories_yield_py_files_not_stubs(project):
+    (project / "stub.pyi").write_text("def f(eps: float = 1e-12) -> None: ...\n")
+    proc = run("check", "--output-format", "json", ".", cwd=project)
+    assert {f["path"] for f in json.loads(proc.stdout)} == {"bad.py"}
