@@ -310,7 +310,8 @@ Exit codes:
   0  nothing fired: no finding confirmed, no unflagged event
   1  a finding was confirmed or a non-finite value appeared where no rule looked
   2  error: the target cannot be imported, its factory raised or returned the
-     wrong type, the device is unavailable, an op is not implemented for the dtype
+     wrong type, the device is unavailable or out of memory, an op is not
+     implemented for the dtype, the run exceeded --timeout
 """)
 @click.argument("target")
 @selection_options
@@ -325,9 +326,11 @@ Exit codes:
 @click.option("--push-steps", type=click.IntRange(min=0), default=20, show_default=True,
               help="Signed-gradient steps on the inputs per reached finding (0 turns the push off).")
 @click.option("--output-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--timeout", type=click.FloatRange(min=0), default=600, show_default=True, metavar="SECONDS",
+              help="Stop a target that runs longer than this (import, factory and run; 0: no limit); exit 2.")
 @click.option("--verbose", is_flag=True, help="Show the traceback behind an error.")
 def confirm(target, select, extend_select, ignore, target_dtypes, config, device, dtype, precision, steps,
-            seed, push_steps, output_format, verbose) -> None:
+            seed, push_steps, output_format, timeout, verbose) -> None:
     """Run TARGET in low precision and show which static findings actually fire.
 
     TARGET is path/to/file.py:factory or package.module:factory; factory()
@@ -340,7 +343,8 @@ def confirm(target, select, extend_select, ignore, target_dtypes, config, device
     first = Path(where) if where.endswith(".py") else None
     selection = _load_selection(config, first, select, extend_select, ignore, target_dtypes)
     sys.exit(run_confirm(target, selection, device=device, dtype=dtype, precision=precision, steps=steps,
-                         seed=seed, push_steps=push_steps, output_format=output_format, verbose=verbose))
+                         seed=seed, push_steps=push_steps, output_format=output_format, verbose=verbose,
+                         timeout=timeout))
 
 
 @main.command()

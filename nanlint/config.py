@@ -6,6 +6,7 @@ ignored.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,8 +190,8 @@ def find_config(start: Path) -> Optional[Path]:
     only when it has a [tool.nanlint] table)."""
     try:
         here = start.resolve()
-    except OSError:
-        return None
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
+        here = Path(os.path.abspath(start))
     if not here.is_dir():
         here = here.parent
     for directory in (here, *here.parents):

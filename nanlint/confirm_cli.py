@@ -3,11 +3,14 @@ run the dynamic checker, print the report. torch is imported only from here on."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import traceback
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import click
 
@@ -16,14 +19,86 @@ from .runner import Selection, check_file
 
 
 def _fail(message: str, verbose: bool) -> int:
-    click.echo(f"error: {message}", err=True)
+    lines = [line for line in message.splitlines() if line.strip()]
+    click.echo(f"error: {lines[0] if lines else message}", err=True)  # one line, always
     if verbose:
         traceback.print_exc()
     return 2
 
 
+class _Timeout(BaseException):
+    """Raised in the main thread when --timeout expires. A BaseException, so that
+    the user's own ``except Exception`` blocks do not swallow it."""
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Raise ``_Timeout`` in the main thread after ``seconds`` (0: no limit).
+
+    POSIX: SIGALRM via ``setitimer``. Elsewhere (Windows), or off the main
+    thread: a timer thread interrupts the main thread (``_thread.interrupt_main``)
+    and the resulting KeyboardInterrupt is turned into ``_Timeout``. Both take
+    effect between Python bytecodes: a single long-running native op (one huge
+    matmul) finishes before the target is stopped.
+    """
+    if not seconds or seconds <= 0:
+        yield
+        return
+    main = threading.current_thread() is threading.main_thread()
+    if main and hasattr(signal, "SIGALRM") and hasattr(signal, "setitimer"):
+        def on_alarm(signum, frame):
+            raise _Timeout()
+
+        previous = signal.signal(signal.SIGALRM, on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+        try:
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+        return
+    import _thread
+
+    fired = threading.Event()
+
+    def interrupt() -> None:
+        fired.set()
+        _thread.interrupt_main()
+
+    timer = threading.Timer(seconds, interrupt)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    except KeyboardInterrupt:
+        if fired.is_set():
+            raise _Timeout() from None
+        raise
+    finally:
+        timer.cancel()
+
+
+def _dtype_unsupported(text: str) -> bool:
+    if "not implemented for" in text:
+        return True
+    lowered = text.lower()
+    return "not supported" in lowered and any(w in text for w in ("Half", "BFloat16", "dtype"))
+
+
 def run_confirm(target_spec: str, selection: Selection, *, device: str, dtype: str, precision: str,
-                steps: Optional[int], seed: int, push_steps: int, output_format: str, verbose: bool) -> int:
+                steps: Optional[int], seed: int, push_steps: int, output_format: str, verbose: bool,
+                timeout: float = 0) -> int:
+    try:
+        with deadline(timeout):
+            return _run_confirm(target_spec, selection, device=device, dtype=dtype, precision=precision,
+                                steps=steps, seed=seed, push_steps=push_steps, output_format=output_format,
+                                verbose=verbose)
+    except _Timeout:
+        return _fail(f"the target did not finish within --timeout {timeout:g} s; stopped", verbose)
+
+
+def _run_confirm(target_spec: str, selection: Selection, *, device: str, dtype: str, precision: str,
+                 steps: Optional[int], seed: int, push_steps: int, output_format: str, verbose: bool) -> int:
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -65,7 +140,7 @@ def run_confirm(target_spec: str, selection: Selection, *, device: str, dtype: s
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if "out of memory" in text.lower():
             return _fail(f"the device ran out of memory: {text}", verbose)
-        if "not implemented for" in text:
+        if _dtype_unsupported(text):
             return _fail(f"an op is not implemented for {dtype} on this device: {text}", verbose)
         return _fail(f"the model raised RuntimeError: {text}", verbose)
     except Exception as exc:  # the user's model code failed

@@ -177,6 +177,37 @@ def noqa_codes(line_text: str) -> Optional[frozenset]:
     return frozenset(c.upper() for c in _CODE_RE.findall(codes))
 
 
+_LINE_SPLIT_RE = re.compile(r"\r\n|\r|\n")
+_LINE_KEEP_RE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")
+
+
+def physical_lines(source: str, keepends: bool = False) -> List[str]:
+    """The source's lines as Python counts them: only \\n, \\r\\n and \\r end a
+    line (``str.splitlines`` also splits at form feeds, \\x1c-\\x1e, \\x85 and
+    \\u2028, which would shift every later line number)."""
+    if keepends:
+        return _LINE_KEEP_RE.findall(source)
+    return _LINE_SPLIT_RE.split(source)
+
+
+def unknown_noqa_codes(source: str, path: str, known: Iterable[str]) -> List[str]:
+    """Warnings for ``# noqa: NLxxx`` comments naming a code that is not a
+    nanlint rule (codes of other tools, e.g. ``E501``, are left alone)."""
+    if "noqa" not in source and "NOQA" not in source.upper():
+        return []
+    known_set = set(known) | {SYNTAX_ERROR_CODE}
+    warnings: List[str] = []
+    for number, line in enumerate(physical_lines(source), start=1):
+        if "#" not in line:
+            continue
+        codes = noqa_codes(line)
+        if not codes:
+            continue
+        for code in sorted(c for c in codes if c.startswith("NL") and c not in known_set):
+            warnings.append(f"{path}:{number}: unknown rule code `{code}` in `# noqa` (see `nanlint rule --all`)")
+    return warnings
+
+
 def is_suppressed(line_text: str, code: str) -> bool:
     codes = noqa_codes(line_text)
     if codes is None:
@@ -249,7 +280,7 @@ def blank_data_blocks(source: str) -> str:
         tree = ast.parse(source)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return source  # the libcst parse reports the problem
-    lines = source.splitlines(keepends=True)
+    lines = physical_lines(source, keepends=True)
     blanked = False
     for stmt in tree.body:
         first, last = stmt.lineno, stmt.end_lineno or stmt.lineno
@@ -363,7 +394,11 @@ def lint_source(
         return Result([], errors)
     if not ctx.reports:
         return Result([], errors)
-    return Result(_materialise(ctx, module, source, path, parsed_text), errors)
+    try:
+        return Result(_materialise(ctx, module, source, path, parsed_text), errors)
+    except RecursionError:  # libcst's code generation recurses (a 5000-term `+` chain)
+        errors.append(f"{path}: too deeply nested for the rules; not checked")
+        return Result([], errors)
 
 
 def _materialise(ctx: Context, module: cst.Module, source: str, path: str, parsed_text: str) -> List[Finding]:
@@ -382,7 +417,7 @@ def _materialise(ctx: Context, module: cst.Module, source: str, path: str, parse
         wanted.append(module.body[0])
     starts = line_starts(parsed_text)  # blanked data keeps lines, not offsets
     ranges = compute_ranges(module, wanted, starts)
-    lines = source.splitlines()
+    lines = physical_lines(source)
     findings: Dict[Tuple[Any, ...], Finding] = {}
     for report in reports:
         rng = ranges.get(report.node)

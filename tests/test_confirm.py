@@ -103,6 +103,75 @@ def _commands(tmp: Path) -> dict:
                                   loss_fn=lambda out, inputs: ((out.float() - y.to(out.device)) ** 2).mean(),
                                   optimizer=lambda params: torch.optim.SGD(params, lr=3.0))
         """), "--device", "cpu", "--output-format", "json"]
+    cmds["err-timeout"] = ["confirm", _bad_target(tmp, "hangs", """
+        import torch
+
+
+        class Hangs(torch.nn.Module):
+            def forward(self, x):
+                while True:
+                    try:
+                        x = x + 1
+                    except Exception:  # the timeout must get through this
+                        pass
+
+
+        def make():
+            return Hangs(), torch.ones(2)
+        """), "--device", "cpu", "--timeout", "2"]
+    cmds["err-oom"] = ["confirm", _bad_target(tmp, "oom", """
+        import torch
+
+
+        class Oom(torch.nn.Module):
+            def forward(self, x):
+                raise torch.OutOfMemoryError(
+                    "CUDA out of memory. Tried to allocate 20.00 GiB\\nsecond line of the message")
+
+
+        def make():
+            return Oom(), torch.ones(2)
+        """), "--device", "cpu"]
+    cmds["err-oom-runtime"] = ["confirm", _bad_target(tmp, "oom_runtime", """
+        import torch
+
+
+        class Oom(torch.nn.Module):
+            def forward(self, x):
+                raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 MiB")
+
+
+        def make():
+            return Oom(), torch.ones(2)
+        """), "--device", "cpu"]
+    cmds["err-half-cdist"] = ["confirm", _bad_target(tmp, "half_cdist", """
+        import torch
+
+
+        class Dist(torch.nn.Module):
+            def forward(self, x):
+                return torch.cdist(x, x)
+
+
+        def make():
+            return Dist(), torch.randn(4, 3)
+        """), "--device", "cpu", "--dtype", "float16"]
+    cmds["err-half-inv"] = ["confirm", _bad_target(tmp, "half_inv", """
+        import torch
+
+
+        class Inv(torch.nn.Module):
+            def forward(self, x):
+                return torch.linalg.inv(x)
+
+
+        def make():
+            return Inv(), torch.eye(3) * 2
+        """), "--device", "cpu", "--dtype", "float16"]
+    cmds["err-multiline"] = ["confirm", _bad_target(tmp, "multiline", """
+        def make():
+            raise ValueError("first line\\nsecond line")
+        """), "--device", "cpu"]
     if not HAS_CUDA:
         cmds["err-cuda"] = ["confirm", f"{MODELS}/contrastive.py:make", "--device", "cuda"]
     for device, present in (("cuda", HAS_CUDA), ("mps", HAS_MPS)):
@@ -252,6 +321,12 @@ def test_nanlints_own_training_loop_names_the_optimizer_factory(runs):
     ("err-attr", "has no attribute 'no_such_factory'"),
     ("err-raises", "the factory raised ValueError: no checkpoint here"),
     ("err-type", "must return nanlint.Target"),
+    ("err-timeout", "did not finish within --timeout 2 s"),
+    ("err-oom", "ran out of memory: CUDA out of memory"),
+    ("err-oom-runtime", "ran out of memory: CUDA out of memory"),
+    ("err-half-cdist", "not implemented for float16"),
+    ("err-half-inv", "not implemented for float16"),
+    ("err-multiline", "the factory raised ValueError: first line"),
     pytest.param("err-cuda", "no CUDA device", marks=pytest.mark.skipif(HAS_CUDA, reason="CUDA is available")),
 ])
 def test_errors_exit_2_with_one_line(runs, key, fragment):
