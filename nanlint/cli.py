@@ -113,7 +113,7 @@ def fix_options(func):
 
 FIX_EXIT_HELP = EXIT_CODES_HELP.replace(
     "1  findings were reported", "1  findings remain after fixing (with --diff: there is something to fix)"
-)
+) + "  130  interrupted (SIGINT/SIGTERM): each file is either unchanged or fully fixed\n"
 
 
 @main.command(epilog=EXIT_CODES_HELP)
@@ -209,8 +209,30 @@ def _run_check(paths, select, extend_select, ignore, target_dtypes, config, outp
     sys.exit(EXIT_CLEAN)
 
 
-def _run_fix(paths, select, extend_select, ignore, target_dtypes, config, output_format,
-             exit_zero, stdin_filename, jobs, unsafe, diff) -> None:
+EXIT_INTERRUPTED = 130
+
+
+def _run_fix(*args) -> None:
+    """Fix, turning SIGTERM into the same clean stop as Ctrl-C: the write in
+    progress either completes its rename or removes its temp file, so every
+    file is left fully old or fully new."""
+    import signal
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        _fix_paths_and_report(*args)
+    except KeyboardInterrupt:
+        _error("interrupted: every file is either unchanged or completely fixed")
+        sys.exit(EXIT_INTERRUPTED)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _fix_paths_and_report(paths, select, extend_select, ignore, target_dtypes, config, output_format,
+                          exit_zero, stdin_filename, jobs, unsafe, diff) -> None:
     from collections import Counter
 
     from .files import ReadError, decode

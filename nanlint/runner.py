@@ -182,10 +182,15 @@ def map_files(func: Callable[[Path], Any], files: Sequence[Path], jobs: int) -> 
 
     workers = min(jobs, len(files))
     chunk = max(1, min(16, len(files) // (workers * 8)))
-    with ProcessPoolExecutor(
-        max_workers=workers, mp_context=_pool_context(), initializer=_init_worker
-    ) as pool:
-        return list(pool.map(func, files, chunksize=chunk))
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(), initializer=_init_worker)
+    try:
+        results = list(pool.map(func, files, chunksize=chunk))
+    except BaseException:
+        # interrupted: let running chunks finish their (atomic) writes, start no more
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return results
 
 
 def check_paths(

@@ -174,3 +174,40 @@ def test_fix_reports_unreadable_and_missing_paths_and_continues(tmp_path):
     assert "bad.py: cannot decode" in proc.stderr and "missing.py" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert target.read_text() == FIXED
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_sigterm_mid_fix_leaves_every_file_old_or_new(tmp_path, jobs):
+    import signal
+    import time
+
+    (tmp_path / "one.py").write_text(HAZARD)
+    assert run("fix", "--unsafe-fixes", "one.py", cwd=tmp_path).returncode == 0
+    fixed = (tmp_path / "one.py").read_text()
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    padding = "".join(f"def helper_{i}(x):\n    return x * {i}\n\n\n" for i in range(300))
+    for i in range(120):
+        (tree / f"m{i:03d}.py").write_text(HAZARD + padding)
+    proc = subprocess.Popen([sys.executable, "-m", "nanlint", "fix", "--unsafe-fixes", "--no-cache",
+                             f"--jobs={jobs}", "tree"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline:  # wait until fixing is under way
+        if any("import math" in p.read_text() for p in tree.glob("m*.py")):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert "Traceback" not in err
+    assert proc.returncode in (0, 130), err
+    states = set()
+    for path in tree.glob("m*.py"):
+        text = path.read_text()
+        body = text[: len(text) - len(padding)]
+        assert text.endswith(padding)
+        assert body in (HAZARD, fixed.replace(padding, "")), path
+        states.add(body == HAZARD)
+    assert not list(tree.glob("*.nanlint-tmp"))
+    if proc.returncode == 130:
+        assert "interrupted" in err
