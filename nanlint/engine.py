@@ -177,6 +177,7 @@ def noqa_codes(line_text: str) -> Optional[frozenset]:
     return frozenset(c.upper() for c in _CODE_RE.findall(codes))
 
 
+_NOQA_WORD = re.compile("noqa", re.IGNORECASE)
 _LINE_SPLIT_RE = re.compile(r"\r\n|\r|\n")
 _LINE_KEEP_RE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")
 
@@ -193,7 +194,7 @@ def physical_lines(source: str, keepends: bool = False) -> List[str]:
 def unknown_noqa_codes(source: str, path: str, known: Iterable[str]) -> List[str]:
     """Warnings for ``# noqa: NLxxx`` comments naming a code that is not a
     nanlint rule (codes of other tools, e.g. ``E501``, are left alone)."""
-    if "noqa" not in source and "NOQA" not in source.upper():
+    if not _NOQA_WORD.search(source):  # no copy of the text for the common case
         return []
     known_set = set(known) | {SYNTAX_ERROR_CODE}
     warnings: List[str] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import re
 import signal
 import sys
 from dataclasses import dataclass, field
@@ -226,9 +227,12 @@ def _cached(path: Path, selection: Selection) -> Optional[FileResult]:
     return None if hit is None else FileResult(display, hit, [], warnings=_hit_warnings(data, display))
 
 
+_NOQA_BYTES = re.compile(rb"noqa", re.IGNORECASE)
+
+
 def _hit_warnings(data: bytes, display: str) -> List[str]:
     """The `# noqa` warnings of a file answered from the cache (not cached themselves)."""
-    if b"noqa" not in data.lower():
+    if not _NOQA_BYTES.search(data):  # no lowered copy of every cached file
         return []
     try:
         return noqa_warnings(decode(data).text, display)
