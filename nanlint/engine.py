@@ -473,6 +473,18 @@ def _import_anchor(module: cst.Module) -> Optional[cst.CSTNode]:
     return anchor
 
 
+def _statement_start(
+    node: cst.CSTNode, ranges: Mapping[cst.CSTNode, Range], lines: Sequence[str]
+) -> Optional[Tuple[Range, str]]:
+    """The statement's range and indentation, or None when it is unknown or the
+    statement does not start its line (nothing can be inserted beside it)."""
+    rng = ranges.get(node)
+    if rng is None:
+        return None
+    indent = _indent_of(lines, rng.inner_start)
+    return None if indent is None else (rng, indent)
+
+
 def _indent_of(lines: Sequence[str], pos: Tuple[int, int]) -> Optional[str]:
     line, col = pos
     if line - 1 >= len(lines):
@@ -501,22 +513,18 @@ def _edits_for(
         (l1, c1), (l2, c2) = rng.inner_start, rng.inner_end
         edits.append(Edit(l1, c1 + 1, l2, c2 + 1, content))
     for node, code in spec.insert_before:
-        rng = ranges.get(node)
-        if rng is None:
+        anchor_at = _statement_start(node, ranges, lines)
+        if anchor_at is None:
             return None
-        indent = _indent_of(lines, rng.inner_start)
-        if indent is None:
-            return None
+        rng, indent = anchor_at
         text = "".join(part + newline + indent for part in code.splitlines())
         l1, c1 = rng.inner_start
         edits.append(Edit(l1, c1 + 1, l1, c1 + 1, text))
     for node, code in spec.insert_after:
-        rng = ranges.get(node)
-        if rng is None:
+        anchor_at = _statement_start(node, ranges, lines)
+        if anchor_at is None:
             return None
-        indent = _indent_of(lines, rng.inner_start)
-        if indent is None:
-            return None
+        rng, indent = anchor_at
         l2, c2 = rng.end
         body = "".join(indent + part + newline for part in code.splitlines())
         if c2 != 0:  # the statement ends the file without a newline

@@ -123,19 +123,16 @@ def check_file(path: Path, selection: Selection) -> FileResult:
     skipped = too_large(data, display, selection)
     if skipped:
         return FileResult(display, [], [], warnings=[skipped])
-    cache, key = selection.cache, ""
-    if cache is not None:
-        key = cache.key(data, display, [r.code for r in selection.rules_for(path)])
-        hit = cache.get(key)
-        if hit is not None:
-            return FileResult(display, hit, [], warnings=_hit_warnings(data, display))
+    key, hit = _cache_lookup(data, display, path, selection)
+    if hit is not None:
+        return hit
     try:
         source = decode(data)
     except ReadError as exc:
         return FileResult(display, [], [f"{display}: {exc}"])
     findings, errors = check_text(source.text, display, path, selection)
-    if cache is not None and not errors:
-        cache.put(key, findings)
+    if selection.cache is not None and not errors:
+        selection.cache.put(key, findings)
     return FileResult(display, findings, errors, source, noqa_warnings(source.text, display))
 
 
@@ -215,16 +212,23 @@ def check_paths(
     return [done[f] for f in files], errors
 
 
+def _cache_lookup(data: bytes, display: str, path: Path, selection: Selection) -> Tuple[str, Optional[FileResult]]:
+    """(cache key, the cached result or None); ("", None) without a cache."""
+    if selection.cache is None:
+        return "", None
+    key = selection.cache.key(data, display, [r.code for r in selection.rules_for(path)])
+    hit = selection.cache.get(key)
+    if hit is None:
+        return key, None
+    return key, FileResult(display, hit, [], warnings=_hit_warnings(data, display))
+
+
 def _cached(path: Path, selection: Selection) -> Optional[FileResult]:
-    assert selection.cache is not None
     try:
         data = path.read_bytes()
     except OSError:
         return None  # the worker reports it
-    display = display_path(path)
-    key = selection.cache.key(data, display, [r.code for r in selection.rules_for(path)])
-    hit = selection.cache.get(key)
-    return None if hit is None else FileResult(display, hit, [], warnings=_hit_warnings(data, display))
+    return _cache_lookup(data, display_path(path), path, selection)[1]
 
 
 _NOQA_BYTES = re.compile(rb"noqa", re.IGNORECASE)
@@ -261,17 +265,13 @@ def fix_file(path: Path, selection: Selection, unsafe: bool, write: bool) -> Fix
 
     display = display_path(path)
     try:
-        original = path.read_bytes()
-    except IsADirectoryError:
-        return FixResult(display, False, None, [f"{display}: is a directory"])
-    except OSError as exc:
-        return FixResult(display, False, None, [f"{display}: {exc.strerror or exc}"])
+        original = read_bytes(path)
+    except ReadError as exc:
+        return FixResult(display, False, None, [f"{display}: {exc}"])
     skipped = too_large(original, display, selection)
     if skipped:
         return FixResult(display, False, None, [], warnings=[skipped])
     try:
-        from .files import decode
-
         source = decode(original)
     except ReadError as exc:
         return FixResult(display, False, None, [f"{display}: {exc}"])
