@@ -47,6 +47,7 @@ def _finding_from_dict(d: Dict[str, Any]) -> Finding:
         fix=None if fix is None else Fix(
             fix["applicability"], fix["message"], tuple(Edit(**e) for e in fix["edits"])
         ),
+        cell=d.get("cell"),
     )
 
 

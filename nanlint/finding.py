@@ -3,6 +3,10 @@
 Lines and columns are 1-based; ``end_line``/``end_column`` point just past the
 last character (exclusive), like ruff's ``end_location``. The JSON output is
 ``Finding.to_dict()`` for each finding and is a stable public interface.
+
+In a notebook, ``cell`` is the 1-based index of the cell in the notebook's
+``cells`` array and lines count from the top of that cell; it is None in a
+``.py`` file.
 """
 
 from __future__ import annotations
@@ -60,9 +64,16 @@ class Finding:
     end_line: int
     end_column: int
     fix: Optional[Fix] = None
+    cell: Optional[int] = None
 
-    def sort_key(self) -> Tuple[str, int, int, str, str]:
-        return (self.path, self.line, self.column, self.code, self.message)
+    def sort_key(self) -> Tuple[str, int, int, int, str, str]:
+        return (self.path, self.cell or 0, self.line, self.column, self.code, self.message)
+
+    @property
+    def location(self) -> str:
+        """``path:line:col``, or ``path:cell N:line:col`` in a notebook."""
+        cell = f"cell {self.cell}:" if self.cell is not None else ""
+        return f"{self.path}:{cell}{self.line}:{self.column}"
 
     def to_dict(self) -> Dict[str, Any]:
         return {
@@ -75,4 +86,5 @@ class Finding:
             "end_line": self.end_line,
             "end_column": self.end_column,
             "fix": self.fix.to_dict() if self.fix is not None else None,
+            "cell": self.cell,
         }

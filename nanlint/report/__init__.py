@@ -5,7 +5,10 @@ from __future__ import annotations
 from typing import Callable, Dict, Sequence
 
 from ..finding import Finding
+from . import github as github_report
 from . import json as json_report
+from . import junit as junit_report
+from . import sarif as sarif_report
 from . import text as text_report
 
 Reporter = Callable[[Sequence[Finding]], str]
@@ -13,4 +16,7 @@ Reporter = Callable[[Sequence[Finding]], str]
 FORMATS: Dict[str, Reporter] = {
     "text": text_report.render,
     "json": json_report.render,
+    "github": github_report.render,
+    "sarif": sarif_report.render,
+    "junit": junit_report.render,
 }

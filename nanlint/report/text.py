@@ -31,7 +31,7 @@ def summary(findings: Sequence[Finding]) -> str:
 
 def render_lines(findings: Sequence[Finding]) -> str:
     return "".join(
-        f"{f.path}:{f.line}:{f.column}: {f.code} [{f.name}] {f.message}\n" for f in findings
+        f"{f.location}: {f.code} [{f.name}] {f.message}\n" for f in findings
     )
 
 
