@@ -47,10 +47,16 @@ class Settings:
     cache_dir: Optional[str] = None
     #: larger files are skipped with a warning (0: no limit)
     max_file_size: int = 1_048_576
+    #: skip what git ignores when searching directories
+    respect_gitignore: bool = True
+    #: apply exclude/extend-exclude/.gitignore to files named on the command line too
+    force_exclude: bool = False
     #: the file the settings came from (None: defaults)
     source: Optional[Path] = None
     #: the directory that relative patterns are matched against
     root: Path = field(default_factory=Path.cwd)
+    #: where each non-default value came from: key -> "config" or "command line"
+    origins: Dict[str, str] = field(default_factory=dict)
 
     @property
     def excludes(self) -> Tuple[str, ...]:
@@ -96,6 +102,7 @@ def parse_table(table: Mapping[str, Any], where: str, root: Path) -> Settings:
     settings = Settings(root=root)
     rules = rules_by_code()
     for key, value in table.items():
+        settings.origins[key] = "config"
         if key == "select":
             settings.select = check_selectors(_string_list(key, value, where), where)
         elif key == "extend-select":
@@ -114,6 +121,10 @@ def parse_table(table: Mapping[str, Any], where: str, root: Path) -> Settings:
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"{where}: `max-file-size` must be a number of bytes (0: no limit)")
             settings.max_file_size = value
+        elif key in ("respect-gitignore", "force-exclude"):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where}: `{key}` must be true or false")
+            setattr(settings, key.replace("-", "_"), value)
         elif key == "target-dtypes":
             settings.target_dtypes = check_dtypes(_string_list(key, value, where), where)
         elif key == "per-file-ignores":

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
 # Stubs (.pyi) have no code that runs, so no numerical hazard: directories are
-# searched for .py only (a .pyi named explicitly is still checked).
-PYTHON_SUFFIXES = (".py",)
+# searched for .py and Jupyter notebooks only (a .pyi named explicitly is still checked).
+PYTHON_SUFFIXES = (".py", ".ipynb")
 
 
 @dataclass(frozen=True)
@@ -95,14 +95,23 @@ def is_excluded(path: Path, excludes: Sequence[str], root: Path) -> bool:
 
 
 def discover(
-    paths: Sequence[Path], excludes: Sequence[str], root: Path
+    paths: Sequence[Path], excludes: Sequence[str], root: Path,
+    respect_gitignore: bool = True, force_exclude: bool = False,
 ) -> Tuple[List[Path], List[Tuple[str, str]]]:
     """Files to check, sorted and de-duplicated, and (path, error) for paths that
-    could not be used. Files given explicitly are always checked; directories are
-    searched for ``*.py`` outside excluded folders."""
+    could not be used. Directories are searched for ``*.py`` and ``*.ipynb``
+    outside excluded folders (and, with ``respect_gitignore``, outside what git
+    ignores). Files given explicitly are always checked, unless
+    ``force_exclude`` (for pre-commit, which passes every changed file)."""
+    from .gitignore import GitIgnore
+
     found: List[Path] = []
     errors: List[Tuple[str, str]] = []
     seen = set()
+    ignore = GitIgnore() if respect_gitignore else None
+
+    def skipped(p: Path, is_dir: bool) -> bool:
+        return is_excluded(p, excludes, root) or (ignore is not None and ignore.ignored(p, is_dir))
 
     def add(p: Path) -> None:
         key = os.path.normcase(os.path.abspath(p))
@@ -112,9 +121,13 @@ def discover(
 
     for given in paths:
         if given.is_dir():
-            for file in _walk(given, excludes, root, errors):
+            if force_exclude and skipped(given, True):
+                continue
+            for file in _walk(given, skipped, errors):
                 add(file)
         elif given.exists() or given.is_symlink():
+            if force_exclude and skipped(given, False):
+                continue
             add(given)
         else:
             errors.append((str(given), "no such file or directory"))
@@ -122,17 +135,15 @@ def discover(
     return found, errors
 
 
-def _walk(top: Path, excludes: Sequence[str], root: Path, errors: List[Tuple[str, str]]) -> Iterator[Path]:
+def _walk(top: Path, skipped, errors: List[Tuple[str, str]]) -> Iterator[Path]:
     def onerror(exc: OSError) -> None:
         errors.append((exc.filename or str(top), exc.strerror or str(exc)))
 
     for dirpath, dirnames, filenames in os.walk(top, onerror=onerror):
         base = Path(dirpath)
-        dirnames[:] = sorted(
-            d for d in dirnames if not is_excluded(base / d, excludes, root)
-        )
+        dirnames[:] = sorted(d for d in dirnames if not skipped(base / d, True))
         for name in sorted(filenames):
             if name.endswith(PYTHON_SUFFIXES):
                 path = base / name
-                if not is_excluded(path, excludes, root):
+                if not skipped(path, False):
                     yield path
