@@ -40,17 +40,34 @@ def _load_selection(
     extend_select: Sequence[str],
     ignore: Sequence[str],
     target_dtypes: Sequence[str],
+    **overrides,
 ):
     from .config import ConfigError, check_dtypes, check_selectors, resolve_settings
     from .runner import Selection
 
     try:
         settings = resolve_settings(Path(config) if config else None, first_path)
+        for key, value in overrides.items():
+            if value is not None:  # a flag given on the command line beats the config
+                setattr(settings, key, value)
+                settings.origins[key.replace("_", "-")] = "command line"
         sel = check_selectors(_split(select), "--select") if select else None
         ext = check_selectors(_split(extend_select), "--extend-select")
         ign = check_selectors(_split(ignore), "--ignore")
         dts = check_dtypes(_split(target_dtypes), "--target-dtype") if target_dtypes else None
-        return Selection.build(settings, sel, ext, ign, dts)
+        # the command line joins the configuration: --select and --target-dtype
+        # replace it, --extend-select and --ignore add to it
+        for key, given in (("select", sel), ("extend-select", ext), ("ignore", ign), ("target-dtypes", dts)):
+            if given:
+                extends = key in ("extend-select", "ignore") and key in settings.origins
+                settings.origins[key] = "config + command line" if extends else "command line"
+        if sel:
+            settings.select = sel
+        if dts:
+            settings.target_dtypes = dts
+        settings.extend_select = list(settings.extend_select) + ext
+        settings.ignore = list(settings.ignore) + ign
+        return Selection.build(settings)
     except ConfigError as exc:
         _error(str(exc))
         sys.exit(EXIT_ERROR)
@@ -83,8 +100,10 @@ def main() -> None:
 
 def output_options(func):
     options = [
-        click.option("--output-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
-                     help="How findings are printed."),
+        click.option("--output-format", type=click.Choice(["text", "json", "github", "sarif", "junit"]),
+                     default="text", show_default=True,
+                     help="How findings are printed: text, json, github (Actions annotations), "
+                          "sarif (2.1.0, for code scanning) or junit (XML)."),
         click.option("--statistics", is_flag=True, help="Print the number of findings per rule instead of each finding."),
         click.option("--exit-zero", is_flag=True, help="Exit 0 even when findings are reported (errors still exit 2)."),
         click.option("--stdin-filename", metavar="PATH",
@@ -93,6 +112,20 @@ def output_options(func):
                      help="Do not read or write cached results (default: .nanlint_cache/, or the `cache-dir` setting)."),
         click.option("-j", "--jobs", type=click.IntRange(min=1), default=None, metavar="N",
                      help="Worker processes (default: every available core). Output is the same for any N."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def discovery_options(func):
+    options = [
+        click.option("--respect-gitignore/--no-respect-gitignore", "respect_gitignore", default=None,
+                     help="Skip files and folders that git ignores when searching directories "
+                          "(default: on, or the `respect-gitignore` setting)."),
+        click.option("--force-exclude", is_flag=True, default=None,
+                     help="Apply exclude, extend-exclude and .gitignore to files named on the command "
+                          "line too (pre-commit passes every changed file)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -120,29 +153,40 @@ FIX_EXIT_HELP = EXIT_CODES_HELP.replace(
 @click.argument("paths", nargs=-1, type=click.Path(path_type=str))
 @selection_options
 @output_options
+@discovery_options
 @click.option("--fix", "apply_fix", is_flag=True, help="Apply safe fixes in place (as `nanlint fix`).")
 @fix_options
+@click.option("--show-settings", is_flag=True,
+              help="Print the resolved settings, the file they came from and the rules in force, then exit.")
+@click.option("--show-files", is_flag=True, help="Print the files that would be checked, then exit.")
 def check(paths, select, extend_select, ignore, target_dtypes, config, output_format, statistics,
-          exit_zero, stdin_filename, no_cache, jobs, apply_fix, unsafe_fixes, diff) -> None:
-    """Check PATHS (files or directories; default: .) for numerical hazards.
+          exit_zero, stdin_filename, no_cache, jobs, respect_gitignore, force_exclude, apply_fix,
+          unsafe_fixes, diff, show_settings, show_files) -> None:
+    """Check PATHS (files, directories or notebooks; default: .) for numerical hazards.
 
     `-` reads the source from stdin.
     """
-    if apply_fix or diff:
+    discovery = dict(respect_gitignore=respect_gitignore, force_exclude=force_exclude)
+    if show_settings or show_files:
+        _show(paths, select, extend_select, ignore, target_dtypes, config, stdin_filename,
+              show_settings, show_files, discovery)
+    elif apply_fix or diff:
         _run_fix(paths, select, extend_select, ignore, target_dtypes, config, output_format,
-                 exit_zero, stdin_filename, jobs, unsafe_fixes, diff)
+                 exit_zero, stdin_filename, jobs, unsafe_fixes, diff, discovery)
     else:
         _run_check(paths, select, extend_select, ignore, target_dtypes, config, output_format,
-                   statistics, exit_zero, stdin_filename, jobs, no_cache)
+                   statistics, exit_zero, stdin_filename, jobs, no_cache, discovery)
 
 
 @main.command(epilog=FIX_EXIT_HELP)
 @click.argument("paths", nargs=-1, type=click.Path(path_type=str))
 @selection_options
 @output_options
+@discovery_options
 @fix_options
 def fix(paths, select, extend_select, ignore, target_dtypes, config, output_format, statistics,
-        exit_zero, stdin_filename, no_cache, jobs, unsafe_fixes, diff) -> None:
+        exit_zero, stdin_filename, no_cache, jobs, respect_gitignore, force_exclude, unsafe_fixes,
+        diff) -> None:
     """Apply fixes to PATHS in place (default: .), then report what remains.
 
     Only safe fixes unless --unsafe-fixes. Files are re-parsed before they are
@@ -150,7 +194,29 @@ def fix(paths, select, extend_select, ignore, target_dtypes, config, output_form
     dropped and reported. `-` reads stdin and prints the fixed source.
     """
     _run_fix(paths, select, extend_select, ignore, target_dtypes, config, output_format,
-             exit_zero, stdin_filename, jobs, unsafe_fixes, diff)
+             exit_zero, stdin_filename, jobs, unsafe_fixes, diff,
+             dict(respect_gitignore=respect_gitignore, force_exclude=force_exclude))
+
+
+def _show(paths, select, extend_select, ignore, target_dtypes, config, stdin_filename,
+          show_settings, show_files, discovery) -> None:
+    from .runner import discover_files
+    from .settings_view import render_settings
+
+    path_list = list(paths) or ["."]
+    selection = _load_selection(config, _first_path(path_list, stdin_filename), select,
+                                extend_select, ignore, target_dtypes, **discovery)
+    if show_settings:
+        click.echo(render_settings(selection), nl=False)
+    if show_files:
+        files, problems = discover_files([Path(p) for p in path_list if p != "-"], selection.settings)
+        for f in files:
+            click.echo(str(f))
+        for p, why in problems:
+            _error(f"{p}: {why}")
+        if problems:
+            sys.exit(EXIT_ERROR)
+    sys.exit(EXIT_CLEAN)
 
 
 def _first_path(path_list: Sequence[str], stdin_filename: Optional[str]) -> Optional[Path]:
@@ -161,15 +227,15 @@ def _first_path(path_list: Sequence[str], stdin_filename: Optional[str]) -> Opti
 
 
 def _run_check(paths, select, extend_select, ignore, target_dtypes, config, output_format,
-               statistics, exit_zero, stdin_filename, jobs, no_cache=True) -> None:
+               statistics, exit_zero, stdin_filename, jobs, no_cache=True, discovery=None) -> None:
     from .files import ReadError, decode
     from .report import FORMATS
     from .report.text import render_statistics
-    from .runner import check_paths, check_text, default_jobs
+    from .runner import check_notebook_text, check_paths, check_text, decode_notebook, default_jobs, is_notebook
 
     path_list = list(paths) or ["."]
     selection = _load_selection(config, _first_path(path_list, stdin_filename), select,
-                                extend_select, ignore, target_dtypes)
+                                extend_select, ignore, target_dtypes, **(discovery or {}))
     if not no_cache:
         selection.enable_cache()
     findings = []
@@ -178,8 +244,11 @@ def _run_check(paths, select, extend_select, ignore, target_dtypes, config, outp
     if "-" in path_list:
         name = stdin_filename or "-"
         try:
-            source = decode(sys.stdin.buffer.read())
-            f, e = check_text(source.text, name, Path(name), selection)
+            data = sys.stdin.buffer.read()
+            if is_notebook(Path(name)):
+                f, e = check_notebook_text(decode_notebook(data), name, Path(name), selection)
+            else:
+                f, e = check_text(decode(data).text, name, Path(name), selection)
             findings.extend(f)
             errors.extend(e)
         except ReadError as exc:
@@ -232,18 +301,18 @@ def _run_fix(*args) -> None:
 
 
 def _fix_paths_and_report(paths, select, extend_select, ignore, target_dtypes, config, output_format,
-                          exit_zero, stdin_filename, jobs, unsafe, diff) -> None:
+                          exit_zero, stdin_filename, jobs, unsafe, diff, discovery=None) -> None:
     from collections import Counter
 
     from .files import ReadError, decode
     from .fix import fix_text, unified_diff, wanted
     from .report import FORMATS
     from .report.text import render_lines
-    from .runner import check_text, default_jobs, fix_paths
+    from .runner import check_text, decode_notebook, default_jobs, fix_notebook_text, fix_paths, is_notebook
 
     path_list = list(paths) or ["."]
     selection = _load_selection(config, _first_path(path_list, stdin_filename), select,
-                                extend_select, ignore, target_dtypes)
+                                extend_select, ignore, target_dtypes, **(discovery or {}))
     errors: List[str] = []
     warnings: List[str] = []
     remaining = []
@@ -255,17 +324,24 @@ def _fix_paths_and_report(paths, select, extend_select, ignore, target_dtypes, c
     if "-" in path_list:
         name = stdin_filename or "-"
         try:
-            source = decode(sys.stdin.buffer.read())
-            outcome = fix_text(source.text, lambda t: check_text(t, name, Path(name), selection), unsafe)
+            data = sys.stdin.buffer.read()
+            if is_notebook(Path(name)):
+                original = decode_notebook(data)
+                outcome, cell_diff = fix_notebook_text(original, name, Path(name), selection, unsafe)
+            else:
+                original = decode(data).text
+                outcome = fix_text(original, lambda t: check_text(t, name, Path(name), selection), unsafe)
+                cell_diff = unified_diff(name, original, outcome.text)
             applied.update(outcome.applied)
             remaining.extend(outcome.remaining)
             warnings.extend(outcome.dropped)
             errors.extend(outcome.errors)
             if diff:
-                diffs.append(unified_diff(name, source.text, outcome.text))
+                if cell_diff:
+                    diffs.append(cell_diff)
             else:
                 stdin_output = outcome.text
-            changed_files += outcome.text != source.text
+            changed_files += outcome.text != original
         except ReadError as exc:
             errors.append(f"{name}: {exc}")
     file_paths = [Path(p) for p in path_list if p != "-"]

@@ -114,12 +114,63 @@ def check_text(text: str, display: str, path: Path, selection: Selection) -> Tup
     return result.findings, result.errors
 
 
+def is_notebook(path: Path) -> bool:
+    return path.suffix.lower() == ".ipynb"
+
+
+def decode_notebook(data: bytes) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ReadError(f"cannot decode notebook as utf-8: {exc.reason}") from None
+
+
+def check_notebook_text(raw: str, display: str, path: Path, selection: Selection) -> Tuple[List[Finding], List[str]]:
+    """Findings of a notebook's code cells, each with its cell."""
+    from .notebook import load, map_findings
+
+    nb = load(raw, display)
+    virtual = nb.virtual_source()
+    findings, errors = check_text(virtual, display, path, selection)
+    return map_findings(nb, virtual, findings), errors
+
+
+def check_any_text(text: str, display: str, path: Path, selection: Selection) -> Tuple[List[Finding], List[str]]:
+    """A .py source or a notebook's JSON text, by the file name."""
+    if is_notebook(path):
+        return check_notebook_text(text, display, path, selection)
+    return check_text(text, display, path, selection)
+
+
+def _check_notebook_file(data: bytes, display: str, path: Path, selection: Selection) -> FileResult:
+    from .notebook import load
+
+    try:
+        raw = decode_notebook(data)
+        nb = load(raw, display)
+    except ReadError as exc:
+        return FileResult(display, [], [f"{display}: {exc}"])
+    # outputs (images) can make a notebook large: the limit is on its code
+    skipped = too_large(nb.virtual_source().encode("utf-8"), display, selection)
+    if skipped:
+        return FileResult(display, [], [], warnings=[skipped])
+    key, hit = _cache_lookup(data, display, path, selection)
+    if hit is not None:
+        return hit
+    findings, errors = check_notebook_text(raw, display, path, selection)
+    if selection.cache is not None and not errors:
+        selection.cache.put(key, findings)
+    return FileResult(display, findings, errors)
+
+
 def check_file(path: Path, selection: Selection) -> FileResult:
     display = display_path(path)
     try:
         data = read_bytes(path)
     except ReadError as exc:
         return FileResult(display, [], [f"{display}: {exc}"])
+    if is_notebook(path):
+        return _check_notebook_file(data, display, path, selection)
     skipped = too_large(data, display, selection)
     if skipped:
         return FileResult(display, [], [], warnings=[skipped])
@@ -191,10 +242,14 @@ def map_files(func: Callable[[Path], Any], files: Sequence[Path], jobs: int) -> 
     return results
 
 
+def discover_files(paths: Sequence[Path], settings: Settings):
+    return discover(paths, settings.excludes, settings.root, settings.respect_gitignore, settings.force_exclude)
+
+
 def check_paths(
     paths: Sequence[Path], selection: Selection, jobs: int = 1
 ) -> Tuple[List[FileResult], List[str]]:
-    files, problems = discover(paths, selection.settings.excludes, selection.settings.root)
+    files, problems = discover_files(paths, selection.settings)
     errors = [f"{p}: {why}" for p, why in problems]
     done: Dict[Path, FileResult] = {}
     todo = files
@@ -259,6 +314,42 @@ def encode(source: Source, text: str) -> bytes:
     return (b"\xef\xbb\xbf" + data) if source.bom else data
 
 
+def fix_notebook_text(raw: str, display: str, path: Path, selection: Selection, unsafe: bool
+                      ) -> Tuple[FixOutcome, str]:
+    """(outcome whose ``text`` is the new notebook JSON and whose findings are
+    per cell, diff of the changed cells)."""
+    from .fix import fix_text, unified_diff
+    from .notebook import load, map_findings, rebuild
+
+    nb = load(raw, display)
+    outcome = fix_text(nb.virtual_source(), lambda t: check_text(t, display, path, selection), unsafe)
+    new_raw, changes = rebuild(nb, outcome.text)
+    outcome.remaining = map_findings(nb, outcome.text, outcome.remaining)
+    outcome.text = new_raw
+    diff = "".join(unified_diff(f"{display}:cell {index}", old, new) for index, old, new in changes)
+    return outcome, diff
+
+
+def _fix_notebook_file(path: Path, display: str, original: bytes, selection: Selection, unsafe: bool,
+                       write: bool) -> FixResult:
+    from .fix import WriteError
+
+    try:
+        raw = decode_notebook(original)
+        outcome, diff = fix_notebook_text(raw, display, path, selection, unsafe)
+    except ReadError as exc:
+        return FixResult(display, False, None, [f"{display}: {exc}"])
+    changed = outcome.text != raw
+    errors = list(outcome.errors)
+    if changed and write:
+        bom = b"\xef\xbb\xbf" if original.startswith(b"\xef\xbb\xbf") else b""
+        try:
+            write_atomic(path, bom + outcome.text.encode("utf-8"), original)
+        except WriteError as exc:
+            return FixResult(display, False, outcome, errors + [f"{display}: {exc}"])
+    return FixResult(display, changed, outcome, errors, diff)
+
+
 def fix_file(path: Path, selection: Selection, unsafe: bool, write: bool) -> FixResult:
     """Fix one file; write it (atomically) only when ``write`` and it changed."""
     from .fix import WriteError, fix_text, unified_diff
@@ -268,6 +359,8 @@ def fix_file(path: Path, selection: Selection, unsafe: bool, write: bool) -> Fix
         original = read_bytes(path)
     except ReadError as exc:
         return FixResult(display, False, None, [f"{display}: {exc}"])
+    if is_notebook(path):
+        return _fix_notebook_file(path, display, original, selection, unsafe, write)
     skipped = too_large(original, display, selection)
     if skipped:
         return FixResult(display, False, None, [], warnings=[skipped])
@@ -295,7 +388,7 @@ def fix_file(path: Path, selection: Selection, unsafe: bool, write: bool) -> Fix
 def fix_paths(
     paths: Sequence[Path], selection: Selection, unsafe: bool, write: bool, jobs: int = 1
 ) -> Tuple[List[FixResult], List[str]]:
-    files, problems = discover(paths, selection.settings.excludes, selection.settings.root)
+    files, problems = discover_files(paths, selection.settings)
     errors = [f"{p}: {why}" for p, why in problems]
     func = partial(fix_file, selection=selection, unsafe=unsafe, write=write)
     return map_files(func, files, jobs), errors
