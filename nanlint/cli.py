@@ -448,10 +448,29 @@ def confirm(target, select, extend_select, ignore, target_dtypes, config, device
 @main.command()
 @click.argument("code", required=False)
 @click.option("--all", "show_all", is_flag=True, help="List every rule: code, name, default on/off, fix.")
-def rule(code: Optional[str], show_all: bool) -> None:
+@click.option("--output-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json: code, name, summary, default, fix and documentation of each rule shown.")
+def rule(code: Optional[str], show_all: bool, output_format: str) -> None:
     """Show the documentation of rule CODE (e.g. NL002), or list all rules."""
+    import json
+
     from .registry import all_rules, rules_by_code
 
+    def as_dict(r) -> dict:
+        return {"code": r.code, "name": r.name, "summary": r.summary, "default": bool(r.default_enabled),
+                "fix": r.fix_applicability, "documentation": r.documentation()}
+
+    if output_format == "json":
+        if show_all or code is None:
+            chosen = list(all_rules())
+        else:
+            found = rules_by_code().get(code.upper())
+            if found is None:
+                _error(f"unknown rule `{code}` (see `nanlint rule --all`)")
+                sys.exit(EXIT_ERROR)
+            chosen = [found]
+        click.echo(json.dumps([as_dict(r) for r in chosen], indent=2, ensure_ascii=False))
+        return
     if show_all or code is None:
         rows = [("code", "name", "default", "fix", "summary")]
         for r in all_rules():

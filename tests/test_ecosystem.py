@@ -106,8 +106,10 @@ def test_sarif_of_a_clean_run_and_of_a_notebook_validate(project):
     assert clean["runs"][0]["results"] == []
     nb = json.loads(run("check", "--output-format", "sarif", str(NOTEBOOK), cwd=project).stdout)
     _validate_sarif(nb)
-    cells = {r["properties"]["cell"] for r in nb["runs"][0]["results"]}
-    assert cells == {3, 5}
+    results = nb["runs"][0]["results"]
+    assert [(r["properties"]["cell"], r["properties"]["line"]) for r in results] == [(3, 2), (3, 6), (5, 3)]
+    assert all("region" not in r["locations"][0]["physicalLocation"] and "fixes" not in r for r in results)
+    assert results[0]["message"]["text"].startswith("cell 3:2:11: ")
 
 
 # -- JUnit ------------------------------------------------------------------------------

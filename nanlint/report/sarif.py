@@ -2,7 +2,10 @@
 
 One run; ``tool.driver.rules`` holds every rule's metadata (summary, full
 documentation as help text, default on/off); each finding is a result with its
-location and, when the rule has one, its fix as text replacements. Columns
+location and, when the rule has one, its fix as text replacements. A notebook
+finding names its cell, line and column in its text and properties and points
+at the notebook file without a region (cell lines are not lines of the JSON
+file), and carries no replacements (`nanlint fix` applies them). Columns
 count Unicode code points, as nanlint's do (declared in ``columnKind``).
 """
 
@@ -61,13 +64,13 @@ def _rules() -> List[Dict[str, Any]]:
 
 
 def _result(f: Finding, index: Dict[str, int]) -> Dict[str, Any]:
-    text = f.message if f.cell is None else f"cell {f.cell}: {f.message}"
-    location: Dict[str, Any] = {
-        "physicalLocation": {
-            "artifactLocation": _artifact(f.path),
-            "region": _region(f.line, f.column, f.end_line, f.end_column),
-        }
-    }
+    text = f.message if f.cell is None else f"cell {f.cell}:{f.line}:{f.column}: {f.message}"
+    physical: Dict[str, Any] = {"artifactLocation": _artifact(f.path)}
+    if f.cell is None:
+        # a notebook's cell lines are not lines of the .ipynb file: such a
+        # result points at the file, and names the cell in its text and properties
+        physical["region"] = _region(f.line, f.column, f.end_line, f.end_column)
+    location: Dict[str, Any] = {"physicalLocation": physical}
     result: Dict[str, Any] = {
         "ruleId": f.code,
         "level": "error",
@@ -77,8 +80,9 @@ def _result(f: Finding, index: Dict[str, int]) -> Dict[str, Any]:
     if f.code in index:
         result["ruleIndex"] = index[f.code]
     if f.cell is not None:
-        result["properties"] = {"cell": f.cell}
-    if f.fix is not None and f.fix.edits:
+        result["properties"] = {"cell": f.cell, "line": f.line, "column": f.column,
+                                "endLine": f.end_line, "endColumn": f.end_column}
+    if f.fix is not None and f.fix.edits and f.cell is None:
         result["fixes"] = [{
             "description": {"text": f"{f.fix.message} ({f.fix.applicability})"},
             "artifactChanges": [{
