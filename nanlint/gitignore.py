@@ -115,6 +115,7 @@ class GitIgnore:
     def __init__(self) -> None:
         self._rules: Dict[Path, List[Tuple[Path, List[Rule]]]] = {}
         self._roots: Dict[Path, Optional[Path]] = {}
+        self._by_spelling: Dict[Path, List[Tuple[Path, List[Rule]]]] = {}
 
     def _chain(self, directory: Path) -> List[Tuple[Path, List[Rule]]]:
         """(base, rules) for every ignore file that applies inside ``directory``,
@@ -146,13 +147,27 @@ class GitIgnore:
             self._roots[directory] = work_tree_root(directory)
         return self._roots[directory]
 
+    def _chain_of(self, directory: Path) -> List[Tuple[Path, List[Rule]]]:
+        """The chain for a directory as the walk spells it (resolved once)."""
+        chain = self._by_spelling.get(directory)
+        if chain is None:
+            try:
+                chain = self._chain(directory.resolve())
+            except (OSError, RuntimeError):
+                chain = []
+            self._by_spelling[directory] = chain
+        return chain
+
     def ignored(self, path: Path, is_dir: bool) -> bool:
+        chain = self._chain_of(path.parent)
+        if not chain:  # outside a work tree, or no ignore file applies: no syscall per file
+            return False
         try:
-            path = path.resolve()
+            path = path.parent.resolve() / path.name
         except (OSError, RuntimeError):
             return False
         verdict = False
-        for base, rules in self._chain(path.parent):
+        for base, rules in chain:
             try:
                 rel = path.relative_to(base).as_posix()
             except ValueError:
