@@ -3,7 +3,8 @@
 The code cells are joined into one *virtual* Python source, each preceded by a
 separator comment, so that an ``import torch`` in the first cell resolves
 ``torch.log`` in the fifth, as the kernel would. IPython syntax is replaced by
-placeholder statements that keep every line where it was: line magics
+placeholder comments (``pass`` statements inside indented blocks) that keep every
+line where it was: line magics
 (``%time``, ``x = %env``), shell escapes (``!pip``, ``files = !ls``), help
 (``obj?``) and whole cell magics (``%%bash``); the bodies of ``%%time``,
 ``%%timeit``, ``%%capture`` and ``%%prun`` are Python and are checked. A cell
@@ -35,7 +36,7 @@ from .finding import Edit, Finding, Fix
 PYTHON_CELL_MAGICS = frozenset({"time", "timeit", "capture", "prun"})
 
 _SEPARATOR = re.compile(r"^# nanlint-cell (\d+) ([0-9a-f]+)$")
-_PLACEHOLDER = re.compile(r"^([ \t]*)pass  # nanlint-ipython ([0-9a-f]+) (\d+)$")
+_PLACEHOLDER = re.compile(r"^([ \t]*)(?:pass  )?# nanlint-ipython ([0-9a-f]+) (\d+)$")
 _ASSIGNED_MAGIC = re.compile(r"^[ \t]*[\w.,\[\]() \t]+=[ \t]*[!%]")
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _SCALAR = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?|true|false|null")
@@ -162,7 +163,11 @@ def _virtualise(text: str, token: str) -> Tuple[str, Dict[int, str]]:
     def placeholder(indent: str, original: str) -> str:
         n = len(originals)
         originals[n] = original
-        return f"{indent}pass  # nanlint-ipython {token} {n}"
+        if not indent:
+            # a comment, not a statement: fixes never anchor an insertion (an
+            # added import) to it, so nothing lands in a `%%bash` cell
+            return f"# nanlint-ipython {token} {n}"
+        return f"{indent}pass  # nanlint-ipython {token} {n}"  # keeps an indented block non-empty
 
     first = next((l.strip() for l in lines if l.strip()), "")
     whole_cell = first.startswith("%%")

@@ -337,3 +337,18 @@ def test_confirm_progress_only_on_a_terminal(tmp_path):
     piped = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
     assert piped.stdout == proc.stdout.read().decode()
     assert "regime" not in piped.stderr
+
+
+def test_notebook_fix_never_puts_an_added_import_into_a_shell_cell(tmp_path):
+    nb = {"cells": [
+        {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None, "source": "%%bash\necho hi"},
+        {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
+         "source": "%matplotlib inline\nfrom torch import tanh\nh = x * (1 + tanh(s))"},
+    ], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    (tmp_path / "n.ipynb").write_text(json.dumps(nb))
+    proc = run("fix", "--unsafe-fixes", "n.ipynb", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    cells = json.loads((tmp_path / "n.ipynb").read_text())["cells"]
+    assert cells[0]["source"] == "%%bash\necho hi"
+    assert cells[1]["source"] == ("%matplotlib inline\nfrom torch import tanh\nimport torch\n"
+                                  "h = x * (torch.sigmoid(s) + 0.5)")
