@@ -1,0 +1,448 @@
+from __future__ import annotations
+
+import re
+from typing import Dict, List, Optional, Set
+
+import libcst as cst
+
+from nanlint.dtypes import fmt
+from nanlint.engine import children
+from nanlint.finding import UNSAFE
+from nanlint.patterns import is_method_call, is_reference, number, torch_op
+from nanlint.rule import FixSpec, Invalid, Rule, Valid
+from nanlint.probabilities import (
+    LocalValues,
+    TracksLocals,
+    classify,
+    is_one,
+    log_call_operand,
+    prob_call,
+    underflow,
+)
+
+LOG_OPS = ("log", "log2", "log10")
+# a guard anywhere in the operand: the log belongs to NL001 (a tiny eps) or is fine
+GUARD_OPS = frozenset(
+    {"clamp", "clamp_", "clamp_min", "clamp_min_", "clip", "clip_", "maximum", "fmax", "nan_to_num",
+     "nan_to_num_", "where", "masked_fill", "masked_fill_", "log1p", "softplus", "exp", "max"}
+)
+# ops after which a -inf from the log is replaced (the gradient may still be NaN: NL109's business)
+SANITIZERS = frozenset({"where", "masked_fill", "masked_fill_", "nan_to_num", "nan_to_num_", "masked_scatter"})
+# calls that only reshape, cast or select: a zero stays a zero
+PASS_THROUGH = frozenset(
+    {"unsqueeze", "view", "reshape", "expand", "expand_as", "view_as", "reshape_as", "to", "type_as",
+     "detach", "contiguous", "squeeze", "flatten", "float", "half", "double", "bfloat16", "transpose",
+     "permute", "t", "gather", "index_select", "masked_select", "take_along_dim", "clone"}
+)
+COUNT_OPS = frozenset({"bincount", "histc", "histogram", "count_nonzero"})
+COMPARE_OPS = frozenset({"eq", "ne", "gt", "lt", "ge", "le", "isclose", "logical_and", "logical_or", "logical_not"})
+
+_PROB_NAME = re.compile(
+    r"^(p|pt|p_t|probs?|probas?|probabilit(y|ies)|\w+_probs?|\w+_probas?|probs?_\w+|\w+_probabilit(y|ies))$",
+    re.IGNORECASE,
+)
+_COUNT_NAME = re.compile(
+    r"^(counts?|\w+_counts?|counts?_\w+|freqs?|frequenc(y|ies)|\w+_freqs?|hist|histogram|hits|num_\w+|n_\w+)$",
+    re.IGNORECASE,
+)
+_MASK_NAME = re.compile(r"mask|correct|hit", re.IGNORECASE)
+_TARGET_NAME = re.compile(
+    r"^(y|y_?true|targets?|labels?|gt|gts|ground_?truths?|one_?hot|\w+_targets?|\w+_labels?|\w+_one_?hot|"
+    r"targets?_\w+|labels?_\w+|t_onehot)$",
+    re.IGNORECASE,
+)
+
+
+def _name_of(node: cst.BaseExpression) -> Optional[str]:
+    if isinstance(node, cst.Name):
+        return node.value
+    if isinstance(node, cst.Attribute):
+        return node.attr.value
+    return None
+
+
+class UnguardedLog(TracksLocals, Rule):
+    """
+    ## What it does
+    Flags `torch.log`, `torch.log2`, `torch.log10` and `.log()` of a value
+    that can be exactly 0, with no guard at all:
+
+    - a softmax or sigmoid output, under `log2`/`log10` or reached through
+      an index of a variable (the plain `log(softmax(x))` is NL101's);
+    - `1 - p` where p is a probability (a sigmoid/softmax output, or a
+      variable named `p`, `probs`, `*_prob`...);
+    - a ratio whose numerator is a count or a probability (`bincount`,
+      `histc`, a sum of a mask or of a comparison, a `counts` variable);
+    - the log in a hand-written cross-entropy, BCE or entropy:
+      `-(y * torch.log(p) + (1 - y) * torch.log(1 - p))`,
+      `-(target * torch.log(pred)).sum(1)`, `-(p * torch.log(p)).sum()`.
+
+    ## Why is this bad?
+    `log(0)` is `-inf` in every dtype, and its gradient `1/0` is inf, which
+    becomes NaN in the chain rule. Low precision makes the 0 common: in
+    float16 softmax is 0 for a logit 17.34 below the row max, `sigmoid(x)`
+    for x <= -17.34, and p rounds to exactly 1 (so `1 - p` is 0) once
+    `1 - p` < 2.44e-4 (bfloat16: 1.95e-3); a count is 0 in any dtype. In a
+    hand-written cross-entropy the -inf meets a zero target: `0 * -inf` is
+    NaN, where `F.cross_entropy` and `F.binary_cross_entropy_with_logits`
+    stay finite. `nanlint confirm` proves it with a new-inf event (the log
+    turns a finite 0 into `-inf`) or a new-nan event (`0 * -inf`) at the
+    line.
+
+    Not flagged: any log whose operand has a guard, however small (`p + eps`,
+    `clamp`, `clamp_min`, `torch.maximum`, `log1p`; whether the eps survives
+    float16 is NL001's business); a log inside a `torch.where` branch,
+    `masked_fill` or `nan_to_num` (a guarded-branch gradient is NL109's); a
+    log NL101 reports (`log(softmax(x))`, `log(sigmoid(x))`).
+
+    ## Example
+    ```python
+    bce = -(y * torch.log(p) + (1 - y) * torch.log(1 - p))
+    entropy = -(probs * torch.log(probs)).sum(-1)
+    ```
+
+    ## Use instead
+    ```python
+    bce = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
+    entropy = -(probs * torch.log(probs.clamp_min(torch.finfo(probs.dtype).tiny))).sum(-1)
+    ```
+
+    ## Fix safety
+    Unsafe: the fix clamps the operand at `torch.finfo(p.dtype).tiny`
+    (6.10e-5 in float16, whose log is -9.70; 1.18e-38 in bfloat16 and
+    float32, log -87.3), which changes the value wherever p was below it and
+    zeroes the gradient there. It is offered only when the operand is a
+    plain name or attribute (read twice by the fix); the better repair, a
+    library loss on the logits, needs the logits and is left to you.
+    """
+
+    code = "NL102"
+    name = "unguarded-log"
+    summary = "log of a value that can be exactly 0 (probability, 1 - p, count ratio, hand-written cross-entropy) is -inf"
+    fix_applicability = UNSAFE
+    triggers = (re.compile(r"\blog(?:2|10)?\b"),)
+    valid = [
+        Valid("import torch\ny = torch.log(p + 1e-6)\n"),
+        Valid("import torch\ny = -(t * torch.log(p.clamp(min=1e-4))).sum()\n"),
+        Valid("import torch\ny = torch.log(torch.softmax(x, -1))\n"),
+        Valid("import torch\ny = torch.where(p > 0, p * torch.log(p), 0)\n"),
+        Valid("import torch\ny = torch.log1p(-p)\n"),
+        Valid("import torch\ny = torch.log(x)\n"),
+        Valid("import torch\ny = torch.log(a / b)\n"),
+        Valid("import math\ny = -(t * math.log(p))\n"),
+        Valid("import torch\ny = torch.log(torch.exp(x) * w)\n"),
+        Valid("import torch\nh = torch.nan_to_num(-(p * torch.log(p)))\n"),
+    ]
+    invalid = [
+        Invalid(
+            "import torch\nloss = -(y * torch.log(p) + (1 - y) * torch.log(1 - p))\n",
+            fixed="import torch\nloss = -(y * torch.log(p.clamp_min(torch.finfo(p.dtype).tiny)) + (1 - y) * torch.log(1 - p))\n",
+            count=2,
+        ),
+        Invalid(
+            "import torch\nent = -(probs * probs.log()).sum(-1)\n",
+            fixed="import torch\nent = -(probs * probs.clamp_min(torch.finfo(probs.dtype).tiny).log()).sum(-1)\n",
+        ),
+        Invalid("import torch\nbits = -torch.log2(torch.softmax(x, -1))\n"),
+        Invalid("import torch\nc = torch.bincount(ids, minlength=n)\nw = -torch.log(c / c.sum())\n"),
+        Invalid("import torch\nq = torch.log(1 - pred_probs)\n"),
+        Invalid("import torch\nacc = torch.log((pred == y).float().sum() / n)\n"),
+        Invalid("import torch\np = torch.softmax(x, -1)\ny = torch.log(p[..., 0] / p[..., 1])\n"),
+    ]
+
+    def __init__(self, ctx, options=None) -> None:
+        super().__init__(ctx, options)
+        self.values = LocalValues()
+        self.quiet: Set[int] = set()
+        # log calls that are a factor of a cross-entropy/entropy product -> what the other factor is
+        self.products: Dict[int, str] = {}
+        # per function: findings waiting for the end of the function, with the
+        # names their statement assigns, and the names later sanitised
+        # (`h.masked_fill(...)`, `torch.nan_to_num(h)`, `torch.where(.., h, ..)`, `h[m] = 0`)
+        self.pending: List[List[tuple]] = [[]]
+        self.sanitized: List[Set[str]] = [set()]
+        self.targets: List[List[str]] = []
+
+    # -- deferral ------------------------------------------------------------------
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
+        super().visit_FunctionDef(node)
+        self.pending.append([])
+        self.sanitized.append(set())
+
+    def leave_FunctionDef(self, node: cst.FunctionDef) -> None:
+        super().leave_FunctionDef(node)
+        self._flush()
+
+    def leave_Module(self, node: cst.Module) -> None:
+        while self.pending:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self.pending:
+            return
+        pending, sanitized = self.pending.pop(), self.sanitized.pop()
+        for node, message, fix, names in pending:
+            if not any(n in sanitized for n in names):
+                self.report(node, message, fix)
+
+    def visit_Assign(self, node: cst.Assign) -> None:
+        names: List[str] = []
+        for target in node.targets:
+            t = target.target
+            if isinstance(t, cst.Name):
+                names.append(t.value)
+            elif isinstance(t, cst.Subscript) and isinstance(t.value, cst.Name):
+                self.sanitized[-1].add(t.value.value)
+        self.targets.append(names)
+
+    def leave_Assign(self, node: cst.Assign) -> None:
+        super().leave_Assign(node)
+        self.targets.pop()
+
+    def visit_AugAssign(self, node: cst.AugAssign) -> None:
+        self.targets.append([node.target.value] if isinstance(node.target, cst.Name) else [])
+
+    def leave_AugAssign(self, node: cst.AugAssign) -> None:
+        super().leave_AugAssign(node)
+        self.targets.pop()
+
+    # -- context -------------------------------------------------------------------
+    def visit_BinaryOperation(self, node: cst.BinaryOperation) -> None:
+        if not isinstance(node.operator, cst.Multiply):
+            return
+        for a, b in ((node.left, node.right), (node.right, node.left)):
+            call = _unwrap_log(self.ctx, a)
+            if call is None:
+                continue
+            operand = log_call_operand(self.ctx, call, LOG_OPS)
+            if operand is None:
+                continue
+            if _same(self.ctx, operand, b):
+                self.products[id(call)] = "entropy"
+            elif self._target_like(b):
+                self.products[id(call)] = "cross-entropy"
+
+    def _target_like(self, node: cst.BaseExpression) -> bool:
+        node = _strip(self.ctx, node)
+        if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.Subtract) and is_one(node.left):
+            node = _strip(self.ctx, node.right)
+        name = _name_of(node)
+        return name is not None and bool(_TARGET_NAME.match(name))
+
+    # -- the log -------------------------------------------------------------------
+    def visit_Call(self, node: cst.Call) -> None:
+        self.values.call(node)
+        op = torch_op(self.ctx, node)
+        if op in SANITIZERS:
+            for sub in _walk(node.args if not is_method_call(self.ctx, node) else [node.func]):
+                if isinstance(sub, cst.Call):
+                    self.quiet.add(id(sub))
+                elif isinstance(sub, cst.Name):
+                    self.sanitized[-1].add(sub.value)
+            if op == "where":
+                return
+        if id(node) in self.quiet or op not in LOG_OPS:
+            return
+        operand = log_call_operand(self.ctx, node, LOG_OPS)
+        if operand is None:
+            return
+        if op == "log" and classify(self.ctx, node, self.values) is not None:
+            return  # NL101's
+        if self._guarded(operand):
+            return
+        reason = self._zero_reason(operand)
+        product = self.products.get(id(node))
+        if reason is None and product is not None and not self._positive(operand):
+            reason = "its operand is a predicted probability, which is exactly 0 once it underflows"
+        if reason is None:
+            return
+        names = self.targets[-1] if self.targets else []
+        self.pending[-1].append((node, self._message(op, reason, product), self._fix(node, operand), names))
+
+    def _message(self, op: str, reason: str, product: Optional[str]) -> str:
+        text = f"`{op}` of a value that can be exactly 0 with no guard: {reason}; {op}(0) = -inf and its gradient is inf"
+        if product == "entropy":
+            text += ", and p * log(p) is 0 * -inf = NaN where p == 0 (clamp p, or use torch.special.entr / xlogy)"
+        elif product == "cross-entropy":
+            text += (
+                ", and a hand-written cross-entropy gives 0 * -inf = NaN for a zero target "
+                "(use F.cross_entropy / F.binary_cross_entropy_with_logits on the logits)"
+            )
+        return text
+
+    def _fix(self, call: cst.Call, operand: cst.BaseExpression) -> Optional[FixSpec]:
+        if not is_reference(operand) or operand.lpar:
+            return None
+        torch = self.ctx.torch_name()
+        text = self.ctx.code(operand)
+        new = cst.parse_expression(f"{text}.clamp_min({torch}.finfo({text}.dtype).tiny)")
+        tiny = self.ctx.dtype.tiny
+        import math
+
+        return FixSpec(
+            UNSAFE,
+            f"Clamp the operand at finfo(dtype).tiny ({fmt(tiny)} in {self.ctx.dtype.name}, log = {fmt(math.log(tiny))})",
+            replace=[(operand, new)],
+            imports=("torch",),
+        )
+
+    # -- analysis ------------------------------------------------------------------
+    def _resolve(self, node: cst.BaseExpression, seen: int = 0) -> cst.BaseExpression:
+        """Follow a local name to the value it was assigned (two hops at most)."""
+        while isinstance(node, cst.Name) and seen < 2:
+            bound = self.values.lookup(node.value)
+            if bound is None:
+                break
+            node, seen = bound, seen + 1
+        return node
+
+    def _guarded(self, node: cst.BaseExpression, depth: int = 0) -> bool:
+        """An additive term, a clamp or another guard anywhere in the operand
+        (or in what its local names were assigned)."""
+        if depth > 2:
+            return False
+        for sub in _walk([node]):
+            if isinstance(sub, cst.BinaryOperation) and isinstance(sub.operator, cst.Add):
+                return True
+            if isinstance(sub, cst.Call):
+                op = torch_op(self.ctx, sub)
+                if op in GUARD_OPS and not (op == "max" and len(sub.args) < (1 if is_method_call(self.ctx, sub) else 2)):
+                    return True
+                if op in ("add", "add_"):
+                    return True
+            if isinstance(sub, cst.Name) and depth < 2:
+                bound = self.values.lookup(sub.value)
+                if bound is not None and bound is not node and self._guarded(bound, depth + 1):
+                    return True
+        return False
+
+    def _positive(self, node: cst.BaseExpression) -> bool:
+        node = _strip(self.ctx, self._resolve(node))
+        if number(node) is not None:
+            return True
+        if isinstance(node, cst.Call):
+            return torch_op(self.ctx, node) in ("exp", "softplus", "rsqrt", "cosh")
+        return False
+
+    def _prob(self, node: cst.BaseExpression) -> Optional[str]:
+        """"softmax"/"sigmoid" when the (stripped) value is such an output, directly or through names."""
+        node = _strip(self.ctx, node)
+        for _ in range(3):
+            if not isinstance(node, cst.Name):
+                break
+            bound = self.values.lookup(node.value)
+            if bound is None:
+                return None
+            node = _strip(self.ctx, bound)
+        return prob_call(self.ctx, node, self.values)
+
+    def _zero_reason(self, operand: cst.BaseExpression) -> Optional[str]:
+        dtype = self.ctx.dtype
+        gap, low, _ = underflow(dtype)
+        prob = self._prob(operand)
+        if prob == "softmax":
+            return f"a softmax output is exactly 0 in {dtype.name} for logits {fmt(gap)} below the row max"
+        if prob == "sigmoid":
+            return f"sigmoid(x) is exactly 0 in {dtype.name} for x <= {fmt(low)}"
+        node = _strip(self.ctx, self._resolve(operand))
+        if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.Subtract) and is_one(node.left):
+            p = _strip(self.ctx, node.right)
+            name = _name_of(p)
+            if self._prob(p) is not None or (name is not None and _PROB_NAME.match(name)):
+                return (
+                    f"`1 - p` of a probability is 0 once p rounds to 1, which in {dtype.name} happens "
+                    f"for 1 - p < {fmt(dtype.eps / 4)}"
+                )
+            return None
+        num = None
+        if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.Divide):
+            num = node.left
+        elif isinstance(node, cst.Call) and torch_op(self.ctx, node) in ("div", "true_divide", "divide"):
+            if is_method_call(self.ctx, node):
+                num = node.func.value  # type: ignore[union-attr]
+            elif node.args:
+                num = node.args[0].value
+        if num is not None:
+            if self._prob(num) is not None:
+                return "the numerator of the ratio is a probability, which underflows to 0"
+            if self._count(num):
+                return "the numerator of the ratio is a count, which can be 0"
+            return None
+        if isinstance(node, cst.Call) and torch_op(self.ctx, node) in COUNT_OPS:
+            return "a count can be 0"
+        return None
+
+    def _count(self, node: cst.BaseExpression) -> bool:
+        node = _strip(self.ctx, node)
+        name = _name_of(node)
+        if isinstance(node, cst.Name):
+            if _COUNT_NAME.match(node.value):
+                return True
+            bound = self.values.lookup(node.value)
+            if bound is None:
+                return False
+            node = _strip(self.ctx, bound)
+        elif name is not None:
+            return bool(_COUNT_NAME.match(name))
+        if isinstance(node, cst.Call):
+            op = torch_op(self.ctx, node)
+            if op in COUNT_OPS:
+                return True
+            if op in ("sum", "cumsum", "nansum"):
+                inner = node.func.value if is_method_call(self.ctx, node) else (node.args[0].value if node.args else None)  # type: ignore[union-attr]
+                if inner is None:
+                    return False
+                inner = _strip(self.ctx, inner)
+                if isinstance(inner, cst.Comparison):
+                    return True
+                if isinstance(inner, cst.Call) and torch_op(self.ctx, inner) in COMPARE_OPS:
+                    return True
+                inner_name = _name_of(inner)
+                return inner_name is not None and bool(_MASK_NAME.search(inner_name))
+        return False
+
+
+def _strip(ctx, node: cst.BaseExpression) -> cst.BaseExpression:
+    """Look through reshapes, casts, indexing and selections: a zero stays a zero."""
+    for _ in range(8):
+        if isinstance(node, cst.Subscript):
+            node = node.value
+            continue
+        if (
+            isinstance(node, cst.Call)
+            and isinstance(node.func, cst.Attribute)
+            and node.func.attr.value in PASS_THROUGH
+            and is_method_call(ctx, node)
+        ):
+            node = node.func.value
+            continue
+        break
+    return node
+
+
+def _same(ctx, a: cst.BaseExpression, b: cst.BaseExpression) -> bool:
+    a, b = _strip(ctx, a), _strip(ctx, b)
+    if isinstance(a, (cst.Name, cst.Attribute)) and isinstance(b, (cst.Name, cst.Attribute)):
+        return ctx.code(a.with_changes(lpar=[], rpar=[])) == ctx.code(b.with_changes(lpar=[], rpar=[]))
+    return False
+
+
+def _unwrap_log(ctx, node: cst.BaseExpression) -> Optional[cst.Call]:
+    """The log call of a factor ``torch.log(p)``, ``-torch.log(p)``."""
+    while isinstance(node, cst.UnaryOperation) and isinstance(node.operator, cst.Minus):
+        node = node.expression
+    if isinstance(node, cst.Call) and torch_op(ctx, node) in LOG_OPS:
+        return node
+    return None
+
+
+def _walk(roots) -> List[cst.CSTNode]:
+    out: List[cst.CSTNode] = []
+    stack = list(roots)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (cst.Lambda, cst.FunctionDef)):
+            continue
+        out.append(node)
+        stack.extend(children(node))
+    return out

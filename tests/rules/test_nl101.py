@@ -1,0 +1,53 @@
+"""NL101 beyond its documented examples."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from helpers import lint  # noqa: E402
+
+
+def test_underflow_thresholds_match_measurements():
+    import torch
+
+    from nanlint.probabilities import UNDERFLOW
+
+    for name, dtype in (("float16", torch.float16), ("bfloat16", torch.bfloat16)):
+        gap, low, high = UNDERFLOW[name]
+        row = torch.tensor([0.0, -(gap + 0.05)]).to(dtype)
+        assert torch.softmax(row, -1)[1] == 0
+        assert torch.softmax(torch.tensor([0.0, -(gap - 0.5)]).to(dtype), -1)[1] > 0
+        assert torch.sigmoid(torch.tensor(low - 0.05).to(dtype)) == 0
+        assert torch.sigmoid(torch.tensor(low + 0.5).to(dtype)) > 0
+        assert 1 - torch.sigmoid(torch.tensor(high + 0.05).to(dtype)) == 0
+        assert 1 - torch.sigmoid(torch.tensor(high - 0.5).to(dtype)) > 0
+
+
+def test_message_uses_target_dtype():
+    [f] = lint("import torch\ny = torch.log(torch.sigmoid(x))\n", ["NL101"], dtypes=("bfloat16",))
+    assert "bfloat16" in f.message and "-88.75" in f.message
+
+
+def test_nl102_stays_quiet_where_nl101_reports():
+    sources = [
+        "import torch\ny = torch.log(torch.softmax(x, -1))\n",
+        "import torch\np = torch.sigmoid(x)\ny = -(t * torch.log(p) + (1 - t) * torch.log(1 - p))\n",
+        "import torch\np = x.softmax(-1)\ny = -(p * p.log()).sum(-1)\n",
+    ]
+    for src in sources:
+        codes = {f.code for f in lint(src, ["NL101", "NL102"])}
+        assert codes == {"NL101"}, src
+
+
+def test_variable_and_module_forms_have_no_fix():
+    src = "import torch\np = torch.softmax(x, -1)\ny = torch.log(p)\n"
+    [f] = lint(src, ["NL101"])
+    assert f.fix is None
+
+
+def test_rebinding_in_a_branch_is_followed_conservatively():
+    src = "import torch\ndef f(x, c):\n    p = torch.sigmoid(x)\n    if c:\n        p = p * 0.9 + 0.05\n    return torch.log(p)\n"
+    assert lint(src, ["NL101"]) == []

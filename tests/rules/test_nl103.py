@@ -1,0 +1,40 @@
+"""NL103 beyond its documented examples."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from helpers import fix_all, lint  # noqa: E402
+
+
+def test_bfloat16_threshold_in_message():
+    [f] = lint("import torch\np = torch.exp(x) / torch.exp(x).sum(-1, keepdim=True)\n", ["NL103"], dtypes=("bfloat16",))
+    assert "bfloat16" in f.message and "88.7" in f.message
+
+
+def test_no_fix_without_keepdim_or_with_a_tuple_dim():
+    for den in ("sum(-1)", "sum((1, 2), keepdim=True)", "sum(-1, keepdim=True, dtype=torch.float32)"):
+        src = f"import torch\np = torch.exp(x) / torch.exp(x).{den}\n"
+        [f] = lint(src, ["NL103"])
+        assert f.fix is None, den
+
+
+def test_different_exp_arguments_are_not_a_softmax():
+    assert lint("import torch\np = torch.exp(a) / torch.exp(b).sum(-1, keepdim=True)\n", ["NL103"]) == []
+
+
+def test_fix_keeps_keyword_dim():
+    src = "import torch\np = torch.exp(s * t) / torch.exp(s * t).sum(dim=2, keepdim=True)\n"
+    assert fix_all(src, ["NL103"]) == "import torch\np = torch.softmax(s * t, dim=2)\n"
+
+
+def test_softmax_fix_is_numerically_the_softmax():
+    import torch
+
+    x = torch.randn(4, 7, dtype=torch.float64)
+    manual = torch.exp(x) / torch.exp(x).sum(dim=-1, keepdim=True)
+    assert torch.allclose(manual, torch.softmax(x, dim=-1))
+    assert torch.allclose(torch.log(torch.exp(x).sum(dim=1)), torch.logsumexp(x, dim=1))
