@@ -1,0 +1,58 @@
+"""NL105 beyond its documented examples."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from helpers import fix_all, lint  # noqa: E402
+
+
+def test_margin_depends_on_the_target_dtype():
+    src = "import torch\ny = torch.acos(x.clamp(-0.999, 0.999))\n"
+    assert lint(src, ["NL105"], dtypes=("float16",)) == []
+    [f] = lint(src, ["NL105"], dtypes=("bfloat16",))
+    assert "bfloat16" in f.message
+
+
+def test_named_margin_and_reassigned_clamp_are_quiet():
+    src = (
+        "import torch\n"
+        "def f(cos, eps):\n"
+        "    return torch.acos(torch.clamp(cos, -1 + eps, 1 - eps))\n"
+        "def g(dot):\n"
+        "    dot = dot.clamp(-1 + 1e-3, 1 - 1e-3)\n"
+        "    return dot.acos()\n"
+    )
+    assert lint(src, ["NL105"]) == []
+
+
+def test_fix_keeps_cosine_of_identical_vectors_finite():
+    torch = pytest.importorskip("torch")
+    src = (
+        "import torch\nimport torch.nn.functional as F\n"
+        "def angle(a, b):\n"
+        "    cos = F.cosine_similarity(a, b, dim=-1)\n"
+        "    return torch.acos(cos)\n"
+    )
+    fixed = fix_all(src, ["NL105"])
+    assert fixed != src and lint(fixed, ["NL105"]) == []
+    before, after = {}, {}
+    exec(compile(src, "<before>", "exec"), before)
+    exec(compile(fixed, "<after>", "exec"), after)
+    torch.manual_seed(0)
+    for dtype in (torch.float16, torch.float32):
+        a = torch.randn(256, 16, dtype=dtype)
+        results = []
+        for ns in (before, after):
+            x = a.clone().requires_grad_(True)
+            y = ns["angle"](x, a)
+            y.sum().backward()
+            results.append((y, x.grad))
+        (y0, g0), (y1, g1) = results
+        assert not (torch.isfinite(y0).all() and torch.isfinite(g0).all())
+        assert torch.isfinite(y1).all() and torch.isfinite(g1).all()

@@ -1,0 +1,88 @@
+"""NL109 beyond its documented examples: the double-where fix really gives
+finite gradients (measured with torch when it is installed)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from helpers import fix_all, lint  # noqa: E402
+
+# (source defining f(x), inputs including the masked singular points)
+GRAD_CASES = [
+    ("import torch\ndef f(x):\n    return torch.where(x > 0, torch.sqrt(x), 0)\n", [0.0, -1.0, 4.0, 0.25]),
+    ("import torch\ndef f(x):\n    return torch.where(x > 0, x * x.log(), 0.0)\n", [0.0, 0.5, 2.0]),
+    ("import torch\ndef f(x):\n    return torch.where(x == 0, torch.ones_like(x), torch.sin(x) / x)\n", [0.0, 1.0, -2.0]),
+    ("import torch\ndef f(c):\n    return torch.where(c.abs() < 1, torch.acos(c), torch.zeros_like(c))\n", [1.0, -1.0, 0.5, 1.5]),
+    ("import torch\ndef f(v):\n    return torch.where(v <= 0, torch.zeros_like(v), torch.rsqrt(v))\n", [0.0, -3.0, 4.0]),
+    ("import torch\ndef f(t):\n    return torch.where(t > 0, t ** 0.5, 0)\n", [0.0, 9.0]),
+]
+
+
+@pytest.mark.parametrize("source, values", GRAD_CASES)
+@pytest.mark.parametrize("dtype_name", ["float16", "float32"])
+def test_double_where_fix_has_finite_gradients(source, values, dtype_name):
+    torch = pytest.importorskip("torch")
+    dtype = getattr(torch, dtype_name)
+    [finding] = lint(source, ["NL109"])
+    assert finding.fix is not None and finding.fix.applicability == "safe"
+    fixed = fix_all(source, ["NL109"])
+    assert fixed != source and lint(fixed, ["NL109"]) == []
+    before, after = {}, {}
+    exec(compile(source, "<before>", "exec"), before)
+    exec(compile(fixed, "<after>", "exec"), after)
+
+    def run(ns):
+        x = torch.tensor(values, dtype=dtype, requires_grad=True)
+        y = ns["f"](x)
+        y.sum().backward()
+        return y.detach(), x.grad
+
+    y0, g0 = run(before)
+    y1, g1 = run(after)
+    assert torch.equal(y0, y1)  # the forward value is unchanged
+    assert not torch.isfinite(g0).all()  # the hazard is real
+    assert torch.isfinite(g1).all()  # and the fix removes it
+    finite = torch.isfinite(g0)
+    assert torch.equal(g0[finite], g1[finite])  # selected lanes keep their gradient
+
+
+def test_cond_that_does_not_guard_the_singular_point_is_quiet():
+    src = (
+        "import torch\n"
+        "def sample(u, eps):\n"
+        "    return torch.where(u >= 1.0 - eps, -eps, torch.log(u))\n"
+        "def smooth_l1(loss, beta):\n"
+        "    return torch.where(loss < beta, 0.5 * loss ** 2 / beta, loss - 0.5 * beta)\n"
+    )
+    assert lint(src, ["NL109"]) == []
+
+
+def test_counts_without_gradient_are_quiet():
+    src = (
+        "import torch\n"
+        "def stability(logits, d):\n"
+        "    area_i = torch.sum(logits > d, dim=-1).float()\n"
+        "    area_u = torch.sum(logits > -d, dim=-1).float()\n"
+        "    return torch.where(area_u > 0, area_i / area_u, 1.0)\n"
+    )
+    assert lint(src, ["NL109"]) == []
+
+
+def test_no_fix_when_the_condition_has_side_effects_or_no_line():
+    [f] = lint("import torch\ny = torch.where((x > 0) & self.valid(x), torch.log(x), 0)\n", ["NL109"])
+    assert f.fix is None  # the condition would be evaluated twice
+    [f] = lint("import torch\ny = torch.where(x > 0, torch.log(x), 0); z = 1\n", ["NL109"])
+    assert f.fix is None
+    [f] = lint("import torch\ny = torch.where(self.f(x) > 0, torch.log(self.f(x)), 0)\n", ["NL109"])
+    assert f.fix is None  # the operand is a call
+
+
+def test_fix_name_does_not_collide():
+    src = "import torch\nx_safe = 3\ny = torch.where(x > 0, x.log(), 0)\n"
+    fixed = fix_all(src, ["NL109"])
+    assert "x_safe2 = torch.where(x > 0, x, 1)" in fixed
