@@ -1,0 +1,460 @@
+from __future__ import annotations
+
+import math
+import re
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import libcst as cst
+
+from nanlint.dtypes import FLOAT32_MAX, DtypeFacts, fmt
+from nanlint.engine import children
+from nanlint.finding import SAFE
+from nanlint.patterns import arg, is_reference, torch_op
+from nanlint.rule import FixSpec, Invalid, Rule, Valid
+from nanlint.resolve import dotted_name
+
+_BCE_FUNCTIONS = frozenset({"torch.nn.functional.binary_cross_entropy"})
+_BCE_MODULES = frozenset({"torch.nn.BCELoss", "torch.nn.modules.loss.BCELoss", "torch.nn.modules.BCELoss"})
+_SIGMOID_MODULES = frozenset({"torch.nn.Sigmoid", "torch.nn.modules.activation.Sigmoid", "torch.nn.modules.Sigmoid"})
+_SIGMOID_OPS = frozenset({"sigmoid", "expit"})
+# methods that commute with an elementwise sigmoid: BCE-with-logits of x.squeeze(1) is
+# BCE of sigmoid(x).squeeze(1)
+_SHAPE_METHODS = frozenset(
+    {"squeeze", "unsqueeze", "view", "reshape", "flatten", "contiguous", "float", "double",
+     "type_as", "view_as", "reshape_as", "permute", "transpose", "t"}
+)
+# float32 computes sigmoid through exp, which overflows above log(FLOAT32_MAX) = 88.72
+_FLOAT32_EXP_OVERFLOW = math.log(FLOAT32_MAX)
+
+
+def saturation(dtype: DtypeFacts) -> Tuple[float, float]:
+    """(x above which sigmoid(x) rounds to exactly 1, x below which it is exactly 0).
+
+    1 - sigmoid(x) ~ exp(-x) falls under half the spacing below 1 (eps / 4); exp(x)
+    falls under the smallest subnormal's half, or exp(-x) overflows float32, where
+    the op computes. Measured on torch 2.13 CPU: float16 8.317 / -17.336, bfloat16
+    6.235 / -88.75."""
+    return math.log(4 / dtype.eps), max(math.log(dtype.zero_below), -_FLOAT32_EXP_OVERFLOW)
+
+
+class BceOnSigmoid(Rule):
+    """
+    ## What it does
+    Flags binary cross-entropy computed on a sigmoid:
+    `F.binary_cross_entropy(torch.sigmoid(x), y)`, `nn.BCELoss()(x.sigmoid(), y)`,
+    a `BCELoss` bound to a name (`loss_fn = nn.BCELoss()`, module level or in
+    the function) or to an attribute in the same class (`self.criterion =
+    nn.BCELoss()`) and called on a sigmoid, and a probability computed first
+    (`p = torch.sigmoid(logits)`) and passed to one of these later in the same
+    function. Every spelling of the sigmoid counts (`torch.sigmoid`,
+    `F.sigmoid`, `x.sigmoid()`, `torch.special.expit`, `nn.Sigmoid()(x)`, an
+    `nn.Sigmoid()` attribute of the class), also followed by a shape change
+    (`sigmoid(x).squeeze(-1)`). A clamped probability
+    (`sigmoid(x).clamp(eps, 1 - eps)`) is left alone.
+
+    ## Why is this bad?
+    The sigmoid rounds to exactly 1 for every x >= 8.32 in float16 (6.24 in
+    bfloat16, 16.64 in float32) and to exactly 0 for x <= -17.3 in float16.
+    There `binary_cross_entropy` clamps its log at -100, so a confidently
+    wrong prediction costs 100 whatever its logit, and its gradient is 0:
+    the model cannot learn its way out (measured: `F.binary_cross_entropy(
+    sigmoid(20), 0)` is 100 with gradient 0 in float32). In float16 on CPU the
+    backward is even NaN at saturation, right or wrong (its `1e-12` guard is 0
+    in float16), and CUDA autocast refuses `binary_cross_entropy` altogether.
+    `binary_cross_entropy_with_logits` computes the same loss from the logits
+    with the log-sum-exp trick: finite, exact (20 for a logit of 20) and with
+    gradient sigmoid(x) - y. `nanlint confirm` reports a bce-saturated event
+    where the probability is exactly 0 or 1.
+
+    ## Example
+    ```python
+    loss = F.binary_cross_entropy(torch.sigmoid(logits), targets, reduction="sum")
+    criterion = nn.BCELoss()
+    loss = criterion(torch.sigmoid(logits), targets)
+    ```
+
+    ## Use instead
+    ```python
+    loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="sum")
+    criterion = nn.BCEWithLogitsLoss()
+    loss = criterion(logits, targets)
+    ```
+
+    ## Fix safety
+    Safe: the loss becomes `binary_cross_entropy_with_logits(x, ...)`
+    (`nn.BCEWithLogitsLoss(...)`) of the sigmoid's argument, keeping every
+    other argument (`weight`, `reduction` and the deprecated `size_average`/
+    `reduce` have the same positions and meaning). The value is the same
+    wherever the probability form is finite and unclamped; only the
+    saturated region changes, to the exact loss and a nonzero gradient.
+    The sigmoid's argument is still evaluated once. For a loss module bound
+    to a name or attribute the fix is offered only when that module is used
+    exactly once (this call), since the rewritten module takes logits. For a
+    probability bound to a name (`p = torch.sigmoid(x)`) the fix passes `x`
+    instead of `p` (leaving `p` for its other uses), offered only when `x`
+    is a plain name or attribute not reassigned or modified in place since.
+    """
+
+    code = "NL107"
+    name = "bce-on-sigmoid"
+    summary = "binary_cross_entropy of a sigmoid saturates (loss clamped at 100, zero gradient): use the logits form"
+    fix_applicability = SAFE
+    triggers = (re.compile(r"binary_cross_entropy\b|BCELoss"),)
+    valid = [
+        Valid("import torch.nn.functional as F\nloss = F.binary_cross_entropy_with_logits(logits, y)\n"),
+        Valid("import torch.nn.functional as F\nloss = F.binary_cross_entropy(probs, y)\n"),
+        Valid("import torch, torch.nn.functional as F\nloss = F.binary_cross_entropy(torch.sigmoid(x).clamp(1e-6, 1 - 1e-6), y)\n"),
+        Valid("import torch\nfrom torch import nn\nloss = nn.BCELoss()(torch.softmax(x, -1)[:, 1], y)\n"),
+        Valid(
+            "import torch, torch.nn.functional as F\n"
+            "def f(x, y):\n"
+            "    p = torch.sigmoid(x)\n"
+            "    p = p * mask\n"
+            "    return F.binary_cross_entropy(p, y)\n"
+        ),
+    ]
+    invalid = [
+        Invalid(
+            "import torch\nimport torch.nn.functional as F\n"
+            "loss = F.binary_cross_entropy(torch.sigmoid(logits), y, weight=w, reduction='sum')\n",
+            fixed="import torch\nimport torch.nn.functional as F\n"
+            "loss = F.binary_cross_entropy_with_logits(logits, y, weight=w, reduction='sum')\n",
+        ),
+        Invalid(
+            "import torch\nfrom torch import nn\nloss = nn.BCELoss(reduction='none')(self.head(h).sigmoid().squeeze(-1), y)\n",
+            fixed="import torch\nfrom torch import nn\nloss = nn.BCEWithLogitsLoss(reduction='none')(self.head(h).squeeze(-1), y)\n",
+        ),
+        Invalid(
+            "import torch\nfrom torch import nn\n"
+            "def train(model, x, y):\n"
+            "    criterion = nn.BCELoss()\n"
+            "    return criterion(torch.sigmoid(model(x)), y)\n",
+            fixed="import torch\nfrom torch import nn\n"
+            "def train(model, x, y):\n"
+            "    criterion = nn.BCEWithLogitsLoss()\n"
+            "    return criterion(model(x), y)\n",
+        ),
+        Invalid(
+            "import torch\nfrom torch.nn.functional import binary_cross_entropy\n"
+            "def loss(logits, y):\n"
+            "    probs = torch.sigmoid(logits)\n"
+            "    acc = ((probs > 0.5) == y).float().mean()\n"
+            "    return binary_cross_entropy(probs, y), acc\n",
+            fixed="import torch\nfrom torch.nn.functional import binary_cross_entropy\n"
+            "def loss(logits, y):\n"
+            "    probs = torch.sigmoid(logits)\n"
+            "    acc = ((probs > 0.5) == y).float().mean()\n"
+            "    return torch.nn.functional.binary_cross_entropy_with_logits(logits, y), acc\n",
+        ),
+        Invalid(
+            "import torch\nfrom torch import nn\n"
+            "class Disc(nn.Module):\n"
+            "    def __init__(self):\n"
+            "        super().__init__()\n"
+            "        self.loss = nn.BCELoss()\n"
+            "    def forward(self, x, y):\n"
+            "        return self.loss(torch.sigmoid(x), y)\n"
+            "    def other(self, p, y):\n"
+            "        return self.loss(p, y)\n",
+        ),
+    ]
+
+    def __init__(self, ctx, options=None) -> None:
+        super().__init__(ctx, options)
+        # per function (index 0: module level): name -> (value, sequence number of the binding)
+        self.scopes: List[Dict[str, Tuple[Optional[cst.BaseExpression], int]]] = [{}]
+        # per function: name or attribute text -> sequence number of its last write
+        self.writes: List[Dict[str, int]] = [{}]
+        self.functions: List[cst.CSTNode] = []
+        # per class: attribute -> value of `self.attr = ...` (None: assigned several times)
+        self.classes: List[Dict[str, Optional[cst.BaseExpression]]] = []
+        self.seq = 0
+        self._counts: Optional[Dict[str, int]] = None
+
+    # -- scopes ---------------------------------------------------------------------
+    def visit_ClassDef(self, node: cst.ClassDef) -> None:
+        attrs: Dict[str, Optional[cst.BaseExpression]] = {}
+        for n in _walk(node):
+            if isinstance(n, cst.Assign):
+                for t in n.targets:
+                    name = _self_attr(t.target)
+                    if name is not None:
+                        attrs[name] = None if name in attrs else n.value
+        self.classes.append(attrs)
+
+    def leave_ClassDef(self, node: cst.ClassDef) -> None:
+        self.classes.pop()
+
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
+        params = node.params
+        scope: Dict[str, Tuple[Optional[cst.BaseExpression], int]] = {}
+        for p in (*params.posonly_params, *params.params, *params.kwonly_params):
+            scope[p.name.value] = (None, self._tick())
+        self.scopes.append(scope)
+        self.writes.append({})
+        self.functions.append(node)
+
+    def leave_FunctionDef(self, node: cst.FunctionDef) -> None:
+        self.scopes.pop()
+        self.writes.pop()
+        self.functions.pop()
+
+    def _tick(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def leave_Assign(self, node: cst.Assign) -> None:
+        for target in node.targets:
+            self._bind(target.target, node.value)
+
+    def leave_AnnAssign(self, node: cst.AnnAssign) -> None:
+        self._bind(node.target, node.value)
+
+    def leave_AugAssign(self, node: cst.AugAssign) -> None:
+        self._bind(node.target, None)
+
+    def visit_For(self, node: cst.For) -> None:
+        self._bind(node.target, None)
+
+    def _bind(self, target: cst.BaseExpression, value: Optional[cst.BaseExpression]) -> None:
+        if isinstance(target, (cst.Tuple, cst.List)):
+            for element in target.elements:
+                self._bind(element.value, None)
+            return
+        if isinstance(target, cst.StarredElement):
+            self._bind(target.value, None)
+            return
+        text = dotted_name(target)
+        if text is None:
+            return
+        stamp = self._tick()
+        self.writes[-1][text] = stamp
+        if isinstance(target, cst.Name):
+            self.scopes[-1][text] = (value, stamp)
+
+    def _lookup(self, name: str) -> Optional[Tuple[Optional[cst.BaseExpression], int]]:
+        if name in self.scopes[-1]:
+            return self.scopes[-1][name]
+        return self.scopes[0].get(name)
+
+    # -- detection ----------------------------------------------------------------------
+    def visit_Call(self, node: cst.Call) -> None:
+        func = node.func
+        # in-place methods write their receiver (`p.clamp_(...)`, `x.mul_(2)`)
+        if isinstance(func, cst.Attribute) and func.attr.value.endswith("_") and not func.attr.value.startswith("_"):
+            text = dotted_name(func.value)
+            if text is not None:
+                self.writes[-1][text] = self._tick()
+        loss = self._loss(node)
+        if loss is None:
+            return
+        kind, module_call, via = loss
+        first = arg(node, 0, "input")
+        if first is None:
+            return
+        prob = self._probability(first.value)
+        if prob is None:
+            return
+        sigmoid, logits, through, bound_value = prob
+        dtype = self.ctx.dtype
+        one, zero = saturation(dtype)
+        what = "`binary_cross_entropy`" if kind == "function" else f"`BCELoss`{f' (`{via}`)' if via else ''}"
+        of = f"`{through}` (= sigmoid)" if through else "a sigmoid"
+        message = (
+            f"{what} of {of}: the probability is exactly 1 for logits >= {fmt(round(one, 2))} and exactly 0 "
+            f"for logits <= {fmt(round(zero, 2))} in {dtype.name}, where the loss is clamped at 100 and its "
+            f"gradient is 0{' (NaN in float16 on CPU)' if any(d.name == 'float16' for d in self.ctx.dtypes) else ''}; "
+            f"use `binary_cross_entropy_with_logits` on the logits"
+        )
+        self.report(node, message, self._fix(node, kind, module_call, via, sigmoid, logits, through, bound_value))
+
+    def _loss(self, call: cst.Call) -> Optional[Tuple[str, Optional[cst.Call], Optional[str]]]:
+        """("function", None, None) for F.binary_cross_entropy; ("module", the BCELoss(...)
+        constructor call, the name/attribute it is bound to or None)."""
+        func = call.func
+        qualified = self.ctx.resolve(func)
+        if qualified in _BCE_FUNCTIONS:
+            return "function", None, None
+        if isinstance(func, cst.Call) and self.ctx.resolve(func.func) in _BCE_MODULES:
+            return "module", func, None
+        if isinstance(func, cst.Name) and qualified is None:
+            bound = self._lookup(func.value)
+            if bound is not None and self._is_bce_module(bound[0]):
+                return "module", bound[0], func.value  # type: ignore[return-value]
+        attr = _self_attr(func)
+        if attr is not None and self.classes:
+            value = self.classes[-1].get(attr)
+            if self._is_bce_module(value):
+                return "module", value, f"self.{attr}"  # type: ignore[return-value]
+        return None
+
+    def _is_bce_module(self, value: Optional[cst.BaseExpression]) -> bool:
+        return isinstance(value, cst.Call) and self.ctx.resolve(value.func) in _BCE_MODULES
+
+    def _probability(
+        self, expr: cst.BaseExpression
+    ) -> Optional[Tuple[cst.Call, cst.BaseExpression, Optional[str], Optional[cst.BaseExpression]]]:
+        """(sigmoid call, its argument, the name the probability went through, that name's
+        value) when expr is a sigmoid, possibly reshaped, directly or through a local name."""
+        found = self._sigmoid_in(expr)
+        if found is not None:
+            return found[0], found[1], None, None
+        if isinstance(expr, cst.Name) and self.functions:
+            bound = self.scopes[-1].get(expr.value)
+            if bound is None or bound[0] is None:
+                return None
+            value, stamp = bound
+            if self.writes[-1].get(expr.value, stamp) > stamp:
+                return None  # modified in place since
+            found = self._sigmoid_in(value)
+            if found is not None:
+                return found[0], found[1], expr.value, value
+        return None
+
+    def _sigmoid_in(self, expr: cst.BaseExpression) -> Optional[Tuple[cst.Call, cst.BaseExpression]]:
+        node = expr
+        for _ in range(8):
+            if isinstance(node, cst.Subscript):
+                node = node.value
+                continue
+            if (
+                isinstance(node, cst.Call)
+                and isinstance(node.func, cst.Attribute)
+                and node.func.attr.value in _SHAPE_METHODS
+                and self.ctx.resolve(node.func) is None
+            ):
+                node = node.func.value
+                continue
+            break
+        if not isinstance(node, cst.Call):
+            return None
+        logits = self._sigmoid_argument(node)
+        return (node, logits) if logits is not None else None
+
+    def _sigmoid_argument(self, call: cst.Call) -> Optional[cst.BaseExpression]:
+        func = call.func
+        qualified = self.ctx.resolve(func)
+        if qualified is not None:
+            if torch_op(self.ctx, call) in _SIGMOID_OPS:
+                return _only_argument(call)
+            return None
+        if isinstance(func, cst.Call) and self.ctx.resolve(func.func) in _SIGMOID_MODULES and not func.args:
+            return _only_argument(call)  # nn.Sigmoid()(x)
+        if isinstance(func, cst.Attribute):
+            attr = _self_attr(func)
+            if attr is not None and self.classes:
+                value = self.classes[-1].get(attr)
+                if isinstance(value, cst.Call) and self.ctx.resolve(value.func) in _SIGMOID_MODULES:
+                    return _only_argument(call)  # self.sigmoid = nn.Sigmoid()
+            if func.attr.value == "sigmoid" and not call.args and dotted_name(func.value) not in _NON_TORCH:
+                if isinstance(func.value, cst.Name) and self.ctx.resolve(func.value) is not None:
+                    return None
+                return func.value  # x.sigmoid()
+        return None
+
+    # -- fix ------------------------------------------------------------------------------
+    def _fix(self, call: cst.Call, kind: str, module_call: Optional[cst.Call], via: Optional[str],
+             sigmoid: cst.Call, logits: cst.BaseExpression, through: Optional[str],
+             bound_value: Optional[cst.BaseExpression]) -> Optional[FixSpec]:
+        replace: List[Tuple[cst.CSTNode, str]] = []
+        imports: Tuple[str, ...] = ()
+        # the loss
+        if kind == "function":
+            new, imports = self._renamed(call.func, "binary_cross_entropy_with_logits", "torch.nn.functional")
+            replace.append((call.func, new))
+        else:
+            assert module_call is not None
+            if via is not None and not self._used_once(via):
+                return None
+            new, imports = self._renamed(module_call.func, "BCEWithLogitsLoss", "torch.nn")
+            replace.append((module_call.func, new))
+        # the probability
+        if through is None:
+            text = self.ctx.code(logits).strip()
+            if sigmoid is not _arg_value(call) and not _atomic(logits):
+                text = f"({text})"
+            replace.append((sigmoid, text))
+        else:
+            assert bound_value is not None
+            if not is_reference(logits) or logits.lpar:
+                return None
+            text = self.ctx.code(logits).strip()
+            writes = self.writes[-1]
+            stamp = self.scopes[-1][through][1]
+            head = text.split(".")[0]
+            if any(writes.get(t, 0) >= stamp for t in _prefixes(text)) or writes.get(head, 0) >= stamp:
+                return None  # the logits changed since the probability was computed
+            new_value = bound_value.deep_replace(sigmoid, logits)
+            first = arg(call, 0, "input")
+            assert first is not None
+            replace.append((first.value, self.ctx.code(new_value).strip()))
+        return FixSpec(
+            SAFE,
+            "Compute the loss from the logits with binary_cross_entropy_with_logits",
+            replace=replace,
+            imports=imports,
+        )
+
+    def _renamed(self, func: cst.BaseExpression, new_name: str, module: str) -> Tuple[str, Tuple[str, ...]]:
+        if isinstance(func, cst.Attribute):
+            return f"{self.ctx.code(func.value).strip()}.{new_name}", ()
+        alias = self.ctx.names.alias_for(module)
+        if alias is not None:
+            return f"{alias}.{new_name}", ()
+        return f"{self.ctx.torch_name()}{module[len('torch'):]}.{new_name}", ("torch",)
+
+    def _used_once(self, via: str) -> bool:
+        """The loss module bound to `via` (a name or `self.attr`) is read once in the file."""
+        if self._counts is None:
+            counts: Dict[str, int] = {}
+            for n in _walk(self.ctx.module):
+                if isinstance(n, cst.Name):
+                    counts[n.value] = counts.get(n.value, 0) + 1
+                elif isinstance(n, cst.Attribute):
+                    key = "." + n.attr.value
+                    counts[key] = counts.get(key, 0) + 1
+            self._counts = counts
+        if via.startswith("self."):
+            return self._counts.get(via[4:], 0) == 2  # the assignment and this call
+        return self._counts.get(via, 0) == 2
+
+
+_NON_TORCH = frozenset({"np", "numpy", "math", "jax", "jnp", "tf", "scipy", "special"})
+
+
+def _only_argument(call: cst.Call) -> Optional[cst.BaseExpression]:
+    if len(call.args) != 1:
+        return None
+    a = call.args[0]
+    if a.star or (a.keyword is not None and a.keyword.value != "input"):
+        return None
+    return a.value
+
+
+def _arg_value(call: cst.Call) -> Optional[cst.BaseExpression]:
+    first = arg(call, 0, "input")
+    return first.value if first is not None else None
+
+
+def _atomic(node: cst.BaseExpression) -> bool:
+    return bool(node.lpar) or isinstance(node, (cst.Name, cst.Attribute, cst.Call, cst.Subscript))
+
+
+def _self_attr(node: cst.BaseExpression) -> Optional[str]:
+    if isinstance(node, cst.Attribute) and isinstance(node.value, cst.Name) and node.value.value == "self":
+        return node.attr.value
+    return None
+
+
+def _prefixes(text: str) -> Iterator[str]:
+    parts = text.split(".")
+    for i in range(1, len(parts) + 1):
+        yield ".".join(parts[:i])
+
+
+def _walk(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        yield n
+        stack.extend(children(n))

@@ -1,0 +1,53 @@
+"""NL108 beyond its documented examples."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from helpers import lint  # noqa: E402
+
+from nanlint.rules.nl108_fp16_overflow_literal import ROUNDS_TO_INF, TINY_DIVISOR  # noqa: E402
+
+
+def test_thresholds_match_measurements():
+    # measured with torch 2.13: 65519 -> 65504, 65520 -> inf in float16; 1/65504 = 1.527e-5
+    assert 65519 < ROUNDS_TO_INF <= 65520
+    assert 1.52e-5 < TINY_DIVISOR < 1.53e-5
+
+
+def test_inactive_for_bfloat16_only():
+    src = "import torch\ny = torch.softmax(x, -1) * 1e5\n"
+    assert lint(src, ["NL108"], dtypes=("bfloat16",)) == []
+    assert len(lint(src, ["NL108"])) == 1
+
+
+def test_quiet_where_nl003_reports():
+    src = (
+        "import torch\n"
+        "def f(scores, mask):\n"
+        "    a = scores.masked_fill(mask, 1e9)\n"
+        "    b = torch.where(mask, scores, -1e9)\n"
+        "    scores[mask] = -1e9\n"
+        "    return a + b + (1 - mask.float()) * -1e9\n"
+    )
+    assert lint(src, ["NL108"]) == []
+    assert len(lint(src, ["NL003"])) == 4
+
+
+def test_integer_literal_needs_a_floating_tensor():
+    assert lint("import torch\ndef f(ids: torch.Tensor):\n    return ids * 1000003\n", ["NL108"]) == []
+    assert len(lint("import torch\ndef f(x):\n    return torch.sigmoid(x) * 100000\n", ["NL108"])) == 1
+
+
+def test_list_of_mixed_dtype_state_is_unknown():
+    src = (
+        "import torch\n"
+        "def f(h):\n"
+        "    state = [torch.zeros(3, dtype=h.dtype if i <= 1 else torch.float32) for i in range(5)]\n"
+        "    state[4] -= 1e30\n"
+        "    return torch.cat(state)\n"
+    )
+    assert lint(src, ["NL108"]) == []
