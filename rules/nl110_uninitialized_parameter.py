@@ -39,7 +39,9 @@ _ITERATORS = frozenset(
     {"modules", "named_modules", "children", "named_children", "parameters", "named_parameters"}
 )
 #: in-place methods that do not set values
-_NOT_INIT = frozenset({"requires_grad_", "share_memory_", "retain_grad_", "register_hook_", "pin_memory_"})
+_NOT_INIT = frozenset({"requires_grad_", "share_memory_", "retain_grad_", "register_hook_", "pin_memory_",
+                       # in-place on the gradients, not the values
+                       "clip_grad_norm_", "clip_grad_value_", "clip_grads_with_norm_"})
 #: methods on an allocation that neither read nor write its values
 _PASS_THROUGH = frozenset(
     {"to", "cuda", "cpu", "float", "half", "double", "bfloat16", "type", "contiguous",
@@ -272,6 +274,19 @@ class UninitializedParameter(Rule):
         ),
     ]
     invalid = [
+        # clipping gradients touches .grad, not the values: no initialisation
+        Invalid(
+            """
+            import torch
+            import torch.nn as nn
+            class Emb(nn.Module):
+                def __init__(self, n, d):
+                    super().__init__()
+                    self.pos = nn.Parameter(torch.empty(n, d))
+            def train(model):
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            """
+        ),
         Invalid(
             """
             import torch
