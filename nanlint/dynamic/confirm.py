@@ -192,9 +192,12 @@ class Runner:
             raise ConfirmError(f"unknown precision {options.precision!r} (expected half or autocast)")
         self.dtype = DTYPES[options.dtype]
         self.recorder = Recorder()
-        self.monitor = Monitor(self.recorder)
+        # uninitialised memory is NaN while the model runs (as while it was
+        # built, see target.load_target): a parameter never initialised shows
+        self.monitor = Monitor(self.recorder, fill_uninitialized=True)
         model = target.model
         if isinstance(model, torch.nn.Module):
+            self.monitor.adopt_parameters(model, getattr(target, "_allocations", None))
             model = model.to(self.device)
             if options.precision == "half":
                 model = model.to(self.dtype)

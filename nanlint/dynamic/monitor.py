@@ -18,8 +18,46 @@ Events (``Event.kind``):
   silently stores inf);
 - ``grad-nonfinite``: a backward op turned finite gradients non-finite (the
   forward line of its autograd node is reported), or the gradients reaching
-  an optimizer step are non-finite;
-- ``grad-overflow``: the total gradient norm at a step exceeds the dtype's max.
+  an optimizer step are non-finite. Not reported inside the backward of a
+  ``GradScaler``-scaled loss: overflowing scaled gradients are what the
+  scaler checks for (it skips that step and lowers the scale);
+- ``grad-overflow``: the total gradient norm at a step exceeds the dtype's max;
+- ``clip-before-unscale``: ``clip_grad_norm_`` / ``clip_grad_value_`` on
+  gradients that came from a ``GradScaler``-scaled loss (``scaler.scale(loss)``
+  whose backward ran) before ``scaler.unscale_(optimizer)`` covered those
+  parameters: the clip threshold is applied to gradients multiplied by the
+  scale (65536 by default), so it is effectively divided by it. Reported at
+  the clip's line. While the monitor is active, ``torch.amp.GradScaler``'s
+  ``scale`` / ``unscale_`` / ``update`` (which ``torch.cuda.amp.GradScaler``
+  inherits) and ``torch.nn.utils.clip_grad_norm_`` / ``clip_grad_value_`` are
+  wrapped (and restored afterwards). A disabled scaler (``enabled=False``, or
+  a CUDA scaler without CUDA) returns the loss unchanged: nothing is scaled,
+  so there is no hazard and no event. The clip functions are wrapped in
+  ``torch.nn.utils`` and ``torch.nn.utils.clip_grad``, and in every loaded
+  module outside torch that imported one by name (``from torch.nn.utils
+  import clip_grad_norm_``); a reference kept elsewhere (a dict, a default
+  argument) is not seen;
+- ``bce-saturated``: ``binary_cross_entropy`` (``F.binary_cross_entropy`` or
+  ``nn.BCELoss``) whose input probability is exactly 0 where the target is
+  above 0, or exactly 1 where it is below 1: its log is clamped at -100, and
+  the gradient through the sigmoid that made it is 0 (in float16 the
+  gradient with respect to the probability is inf). Reported at the line of
+  the loss call, where NL107 reports; when the probability is a ``sigmoid``
+  output from another line, that line gets the event too (with the loss line
+  as its cause);
+- ``uninitialized``: a tensor allocated without a value (``torch.empty``,
+  ``empty_like``, ``new_empty``, ``empty_strided``, ``torch.Tensor(n, m)``;
+  also ``skip_init`` and ``module.to_empty()``, which use ``empty_like``) that
+  is still NaN, and was never written in place since, when an op uses it,
+  reported at the line that allocated it. It needs ``fill_uninitialized=True`` (``nanlint confirm`` sets it, also
+  while it builds the target): ``torch.use_deterministic_algorithms(True,
+  warn_only=True)`` with ``torch.utils.deterministic.fill_uninitialized_memory``
+  makes uninitialised memory NaN (the previous settings are restored
+  afterwards). ``torch.Tensor(n, m)`` does not reach a ``TorchFunctionMode``;
+  ``Tensor.__new__`` is wrapped while the monitor is active to see it. The
+  legacy ``torch.FloatTensor(n, m)`` / ``HalfTensor`` constructors are seen by
+  neither: their NaN is then propagated, never reported. Memory the op itself
+  allocates is never reported as ``new-nan``.
 
 Deliberate ``-inf`` fills are not events by themselves; what they cause is,
 and the NaN they cause names the fill's line as its cause.
@@ -30,6 +68,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import sysconfig
 import weakref
 from collections import Counter
 from contextlib import contextmanager
@@ -46,7 +85,7 @@ _NANLINT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.
 _SKIP_PREFIXES = (_TORCH_DIR, _NANLINT_DIR, "<frozen")
 
 # nanlint frames that only relay a call (stacked torch-function modes)
-_PASS_THROUGH = frozenset({"__torch_function__"})
+_PASS_THROUGH = frozenset({"__torch_function__", "_relay"})
 _INPLACE_DUNDERS = frozenset({"__setitem__", "__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__",
                               "__imod__", "__ipow__", "__imatmul__", "__iand__", "__ior__", "__ixor__",
                               "__ilshift__", "__irshift__"})
@@ -55,9 +94,16 @@ _FILL_OPS = frozenset({"masked_fill", "masked_fill_", "where", "full", "full_lik
 _KEEP_TAINT_OPS = frozenset({"triu", "tril", "triu_", "tril_", "expand", "view", "reshape", "to", "unsqueeze",
                              "squeeze", "transpose", "permute", "contiguous", "clone", "__getitem__", "add", "__add__",
                              "__radd__", "__iadd__", "add_", "type_as", "repeat", "expand_as", "masked_fill",
-                             "masked_fill_", "where", "float", "half", "bfloat16", "flatten"})
+                             "masked_fill_", "where", "float", "half", "bfloat16", "flatten",
+                             # an inf that is only carried along (picked, scaled, negated)
+                             "gather", "index_select", "take_along_dim", "mul", "__mul__", "__rmul__",
+                             "neg", "__neg__", "select", "narrow", "chunk", "split"})
 _GATE_OPS = frozenset({"add", "__add__", "__radd__", "sub", "__sub__", "__rsub__", "rsub"})
 _EPS_OPS = frozenset({"add", "__add__", "__radd__", "add_", "__iadd__", "clamp", "clamp_min", "clamp_", "clamp_min_", "clip"})
+_EMPTY_OPS = frozenset({"empty", "empty_like", "new_empty", "empty_strided", "new_empty_strided"})
+# ops with a post-call check of their own: one dict lookup per op
+_SPECIAL = {"tanh": "tanh", "sigmoid": "sigmoid", "expit": "sigmoid", "binary_cross_entropy": "bce",
+            **{n: "gate" for n in _GATE_OPS}}
 _VIEW_LIKE = frozenset({"__get__", "size", "dim", "numel", "is_floating_point", "__len__", "__repr__", "__format__",
                         "data_ptr", "element_size", "is_contiguous", "stride", "storage_offset"})
 
@@ -151,14 +197,20 @@ def is_finite(t: torch.Tensor) -> bool:
         return True
     with torch._C.DisableTorchFunction():
         s = t.detach().sum(dtype=torch.float32 if t.is_floating_point() else None)
-        if bool(torch.isfinite(s).all()):
+        try:
+            if bool(torch.isfinite(s).all()):
+                return True
+        except (RuntimeError, NotImplementedError):  # no values to read: meta / fake tensors
             return True
         return bool(torch.isfinite(t.detach()).all())
 
 
 def _has_nan(t: torch.Tensor) -> bool:
     with torch._C.DisableTorchFunction():
-        return bool(torch.isnan(t.detach()).any())
+        try:
+            return bool(torch.isnan(t.detach()).any())
+        except (RuntimeError, NotImplementedError):
+            return False
 
 
 def _scalars(args: Sequence[Any], kwargs: Dict[str, Any]) -> List[Tuple[str, float]]:
@@ -227,16 +279,22 @@ class _ForwardMode(TorchFunctionMode):
         outputs = _tensors(out)
         if inplace and inputs:
             outputs = [inputs[0]]
-        if name == "tanh" and outputs:
-            m.remember_tanh(outputs[0])
-        if name in _GATE_OPS and outputs and any(m.is_tanh(t) for t in inputs):
-            one = any(isinstance(a, (int, float)) and not isinstance(a, bool) and a == 1 for a in args)
-            if one and outputs[0].is_floating_point():
-                with torch._C.DisableTorchFunction():
-                    zeros = int((outputs[0] == 0).sum())
-                if zeros:
-                    m.emit("gate-zero", loc, name,
-                           f"{zeros} gate factor(s) exactly 0: tanh saturated at -1 in {outputs[0].dtype}")
+        special = _SPECIAL.get(name)
+        if special is not None and outputs:
+            if special == "tanh":
+                m.remember_tanh(outputs[0])
+            elif special == "sigmoid":
+                m.remember_sigmoid(outputs[0], loc)
+            elif special == "bce":
+                m.check_bce(args, kwargs, loc)
+            elif any(m.is_tanh(t) for t in inputs):
+                one = any(isinstance(a, (int, float)) and not isinstance(a, bool) and a == 1 for a in args)
+                if one and outputs[0].is_floating_point():
+                    with torch._C.DisableTorchFunction():
+                        zeros = int((outputs[0] == 0).sum())
+                    if zeros:
+                        m.emit("gate-zero", loc, name,
+                               f"{zeros} gate factor(s) exactly 0: tanh saturated at -1 in {outputs[0].dtype}")
         state: Optional[Tuple[bool, bool, Optional[Loc]]] = None
 
         def input_state() -> Tuple[bool, bool, Optional[Loc]]:
@@ -257,9 +315,16 @@ class _ForwardMode(TorchFunctionMode):
                 m.tag_node(t.grad_fn, loc)
             if finite:
                 continue
+            if name in _EMPTY_OPS:
+                # uninitialised memory (NaN under fill_uninitialized) is not an
+                # origin of anything yet; what reads it while it is NaN is
+                m.remember_empty(t, loc, name)
+                continue
             if state is None:
                 state = input_state()
             inputs_finite, inputs_nan, cause = state
+            if inputs_nan:
+                m.check_uninitialized(inputs, loc, name)
             nan_out = _has_nan(t)
             deliberate = name in _FILL_OPS and not nan_out and inputs_finite
             if deliberate:
@@ -288,6 +353,10 @@ def _grad_hook(monitor: "Monitor", loc: Loc, name: str):
     # would keep every graph alive
     def hook(grad_inputs: Sequence[Optional[torch.Tensor]], grad_outputs: Sequence[Optional[torch.Tensor]]) -> None:
         if not monitor._active:
+            return None
+        if monitor._scaled_tasks and torch._C._current_graph_task_id() in monitor._scaled_tasks:
+            # the backward of a GradScaler-scaled loss: overflowing gradients
+            # are what the scaler checks for and skips the step on
             return None
         bad = [g for g in grad_inputs if isinstance(g, torch.Tensor) and g.is_floating_point() and not is_finite(g)]
         if not bad:
@@ -328,10 +397,20 @@ class Monitor:
     """Records events while active; use ``watch()`` rather than this directly."""
 
     def __init__(self, recorder: Optional[Recorder] = None, raise_on_event: bool = False,
-                 capture: Optional[set] = None) -> None:
+                 capture: Optional[set] = None, fill_uninitialized: bool = False) -> None:
         self.recorder = recorder or Recorder()
         self.raise_on_event = raise_on_event
+        self.fill_uninitialized = fill_uninitialized
         self._tanh = _IdMap()
+        self._sigmoid = _IdMap()
+        # uninitialised allocations: storage (shared by views and by an
+        # nn.Parameter made from the tensor) -> line; and parameters adopted
+        # from such storage before a dtype/device cast replaced it
+        self._empty = _IdMap()
+        self._uninit_params = _IdMap()
+        self._scalers = _IdMap()  # GradScaler -> _ScalerState
+        self._scaled_tasks: set = set()  # autograd graph tasks that started at a scaled loss
+        self._undo: List[Tuple[Any, str, Any, bool]] = []
         self._taint = _IdMap()
         self._saved: Dict[str, Any] = {}
         self._active = 0  # backward hooks report only while the monitor is active
@@ -366,6 +445,117 @@ class Monitor:
     def is_tanh(self, t: torch.Tensor) -> bool:
         return self._tanh.get(t) is not None
 
+    def remember_sigmoid(self, t: torch.Tensor, loc: Optional[Loc]) -> None:
+        if loc is not None:
+            self._sigmoid.put(t, loc)
+
+    def check_bce(self, args: Sequence[Any], kwargs: Dict[str, Any], loc: Optional[Loc]) -> None:
+        """``binary_cross_entropy(p, y)``: p exactly 0 where y > 0, or exactly 1
+        where y < 1, is the clamped -100 log with a dead sigmoid gradient."""
+        p = args[0] if len(args) > 0 else kwargs.get("input")
+        y = args[1] if len(args) > 1 else kwargs.get("target")
+        if not isinstance(p, torch.Tensor) or not isinstance(y, torch.Tensor) or not p.is_floating_point():
+            return
+        with torch._C.DisableTorchFunction():
+            pd, yd = p.detach(), y.detach()
+            saturated = int((((pd == 0) & (yd > 0)) | ((pd == 1) & (yd < 1))).sum())
+        if not saturated:
+            return
+        source = self._sigmoid.get(p)
+        message = (f"{saturated} probabilit{'y is' if saturated == 1 else 'ies are'} exactly 0 or 1 ({p.dtype}) "
+                   f"where the target differs: the log is clamped at -100 and the gradient through the "
+                   f"sigmoid is 0; use binary_cross_entropy_with_logits on the logits")
+        if source is not None and source != loc:
+            message += f" (the sigmoid at line {source[1]} saturated)"
+        self.emit("bce-saturated", loc, "binary_cross_entropy", message, cause=source if source != loc else None)
+        if source is not None and loc is not None and source != loc:
+            self.emit("bce-saturated", source, "sigmoid",
+                      f"this sigmoid saturated to exactly 0/1 in {p.dtype}; binary_cross_entropy at line "
+                      f"{loc[1]} clamps its log and gets no gradient", cause=loc)
+
+    # -- uninitialised memory -----------------------------------------------
+    def remember_empty(self, t: torch.Tensor, loc: Optional[Loc], op: str = "empty") -> None:
+        if loc is None or not t.is_floating_point():
+            return
+        try:
+            # the version counter (shared with views and with an nn.Parameter
+            # made from it) tells later whether anything wrote to it in place
+            self._empty.put(t.untyped_storage(), (loc, op, t._version))
+        except (RuntimeError, NotImplementedError):  # meta / fake tensors have no storage
+            pass
+
+    def adopt_parameters(self, model: Any, allocations: Optional["Monitor"] = None) -> None:
+        """Remember which of ``model``'s parameters sit in uninitialised
+        storage (recorded here or by ``allocations``, the monitor that watched
+        the model being built), before a cast gives them new storage."""
+        sources = [self] + ([allocations] if allocations is not None else [])
+        for p in model.parameters():
+            for source in sources:
+                entry = source._empty_entry(p)
+                if entry is not None:
+                    self._uninit_params.put(p, entry)
+                    break
+
+    def _empty_entry(self, t: torch.Tensor) -> Any:
+        """(line, op, version) of the allocation ``t`` still is, untouched."""
+        if not self._empty._data:
+            return None
+        try:
+            entry = self._empty.get(t.untyped_storage())
+        except (RuntimeError, NotImplementedError):
+            return None
+        return entry if entry is not None and entry[2] == t._version else None
+
+    def check_uninitialized(self, inputs: Sequence[torch.Tensor], loc: Optional[Loc], op: str) -> None:
+        """An op read NaN: if that NaN is memory that was allocated and never
+        written, the allocation line is where the bug is."""
+        if not self._empty._data and not self._uninit_params._data:
+            return
+        for t in inputs:
+            if not t.is_floating_point():
+                continue
+            entry = self._uninit_params.get(t)
+            if entry is not None and entry[2] != t._version:
+                entry = None  # written since (an initialiser, an optimizer step)
+            entry = entry or self._empty_entry(t)
+            if entry is None or not _has_nan(t):
+                continue
+            where, how, _ = entry
+            kind = "parameter" if isinstance(t, torch.nn.Parameter) else "tensor"
+            self.emit("uninitialized", where, how,
+                      f"this {kind} was allocated by {how} and never initialised: it is still NaN "
+                      f"(uninitialised memory) when {op} at line {loc[1] if loc else '?'} uses it",
+                      cause=None)
+
+    # -- GradScaler / clipping ------------------------------------------------
+    def _scaler_state(self, scaler: Any) -> "_ScalerState":
+        state = self._scalers.get(scaler)
+        if state is None:
+            state = _ScalerState()
+            self._scalers.put(scaler, state)
+        return state
+
+    def check_clip(self, params: Sequence[torch.Tensor], op: str, loc: Optional[Loc]) -> None:
+        with_grad = [p for p in params if isinstance(p, torch.Tensor) and p.grad is not None]
+        if not with_grad:
+            return
+        for ref, state in list(self._scalers._data.values()):
+            scaler = ref()
+            if scaler is None or not state.backward:
+                continue
+            scaled = [p for p in with_grad if id(p) not in state.unscaled]
+            if not scaled:
+                continue
+            try:
+                scale = float(scaler.get_scale())
+            except Exception:
+                scale = float("nan")
+            self.emit("clip-before-unscale", loc, op,
+                      f"{op} on {len(scaled)} gradient tensor(s) still multiplied by the GradScaler scale "
+                      f"({scale:g}): call scaler.unscale_(optimizer) first, else the clip threshold is "
+                      f"effectively divided by {scale:g}", phase="step")
+            return
+
     def taint(self, t: torch.Tensor, loc: Optional[Loc]) -> None:
         if loc is not None:
             self._taint.put(t, loc)
@@ -380,12 +570,75 @@ class Monitor:
     # -- activation --------------------------------------------------------
     @contextmanager
     def active(self) -> Iterator["Monitor"]:
+        outermost = self._active == 0
+        if outermost:
+            self._install()
         self._active += 1
         try:
             with _ForwardMode(self):
                 yield self
         finally:
             self._active -= 1
+            if outermost:
+                self._uninstall()
+
+    def _install(self) -> None:
+        """Wrap GradScaler, the clip functions and ``Tensor.__new__``, and turn
+        on NaN-filled uninitialised memory if asked: undone by ``_uninstall``."""
+        undo = self._undo = []
+        if self.fill_uninitialized:
+            # first: the call imports torch._dynamo, which registers a polyfill
+            # for Tensor.__new__ and must see the real one
+            self._deterministic = (torch.are_deterministic_algorithms_enabled(),
+                                   torch.is_deterministic_algorithms_warn_only_enabled(),
+                                   torch.utils.deterministic.fill_uninitialized_memory)
+            if not self._deterministic[0]:
+                torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.utils.deterministic.fill_uninitialized_memory = True
+
+        def patch(owner: Any, name: str, value: Any) -> None:
+            had = name in vars(owner)
+            undo.append((owner, name, vars(owner).get(name), had))
+            setattr(owner, name, value)
+
+        try:
+            from torch.amp.grad_scaler import GradScaler
+        except ImportError:  # pragma: no cover - very old torch
+            GradScaler = None
+        if GradScaler is not None:
+            for name in ("scale", "unscale_", "update"):
+                patch(GradScaler, name, _scaler_wrapper(self, name, getattr(GradScaler, name)))
+        import torch.nn.utils as nn_utils
+        import torch.nn.utils.clip_grad as clip_grad
+        for name in ("clip_grad_norm_", "clip_grad_value_"):
+            original = getattr(clip_grad, name, None)
+            if original is None:
+                continue
+            wrapped = _clip_wrapper(self, name, original)
+            # also the user's modules that imported the function by name
+            # (`from torch.nn.utils import clip_grad_norm_` before monitoring)
+            for owner in (clip_grad, nn_utils):
+                if getattr(owner, name, None) is original:
+                    patch(owner, name, wrapped)
+            for owner, attr in _bindings_of(original, name, exclude=(clip_grad, nn_utils)):
+                patch(owner, attr, wrapped)
+        if self.fill_uninitialized:
+            patch(torch.Tensor, "__new__", _tensor_new_wrapper(self))
+
+    def _uninstall(self) -> None:
+        for owner, name, value, had in reversed(self._undo):
+            if had:
+                setattr(owner, name, value)
+            else:
+                try:
+                    delattr(owner, name)
+                except AttributeError:
+                    pass
+        self._undo = []
+        if self.fill_uninitialized:
+            enabled, warn_only, fill = self._deterministic
+            torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+            torch.utils.deterministic.fill_uninitialized_memory = fill
 
     def check_step(self, parameters: Sequence[torch.Tensor], loc: Optional[Loc], op: str = "step") -> None:
         """Inspect the gradients an optimizer step is about to apply."""
@@ -405,8 +658,117 @@ class Monitor:
                       phase="step")
 
 
+@dataclass
+class _ScalerState:
+    backward: bool = False  # a scaled loss's backward ran since the last update()
+    unscaled: set = field(default_factory=set)  # ids of parameters unscale_() covered since
+
+
+def _scaler_wrapper(monitor: Monitor, name: str, original: Any):
+    def _relay(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = original(self, *args, **kwargs)
+        if not monitor._active:
+            return result
+        state = monitor._scaler_state(self)
+        if name == "scale":
+            outputs = args[0] if args else kwargs.get("outputs")
+            if result is not outputs:  # a disabled scaler returns the loss itself
+                state.unscaled.clear()
+
+                def seen(grad: torch.Tensor, state: _ScalerState = state) -> None:
+                    state.backward = True
+                    task = torch._C._current_graph_task_id()
+                    if task != -1:
+                        if len(monitor._scaled_tasks) > 64:
+                            monitor._scaled_tasks.clear()
+                        monitor._scaled_tasks.add(task)
+
+                for t in _tensors(result):
+                    if t.requires_grad:
+                        t.register_hook(seen)
+        elif name == "unscale_":
+            optimizer = args[0] if args else kwargs.get("optimizer")
+            for group in getattr(optimizer, "param_groups", ()):
+                state.unscaled.update(id(p) for p in group.get("params", ()))
+        else:  # update: the iteration is over
+            state.backward = False
+            state.unscaled.clear()
+        return result
+
+    _relay.__wrapped__ = original  # type: ignore[attr-defined]
+    return _relay
+
+
+def _clip_wrapper(monitor: Monitor, name: str, original: Any):
+    def _relay(parameters: Any, *args: Any, **kwargs: Any) -> Any:
+        if monitor._active and monitor._scalers._data:
+            parameters = [parameters] if isinstance(parameters, torch.Tensor) else list(parameters)
+            monitor.check_clip(parameters, name, user_location())
+        return original(parameters, *args, **kwargs)
+
+    _relay.__wrapped__ = original  # type: ignore[attr-defined]
+    _relay.__name__ = name
+    return _relay
+
+
+def _tensor_new_wrapper(monitor: Monitor):
+    """``torch.Tensor(n, m)`` allocates without a value and reaches no
+    ``TorchFunctionMode``: record it here."""
+    base = torch._C.TensorBase.__new__
+
+    def _relay(*args: Any, **kwargs: Any) -> Any:  # (cls, *sizes): a wildcard signature, as dynamo expects
+        t = base(*args, **kwargs)
+        args = args[1:]
+        if (args and all(isinstance(a, int) and not isinstance(a, bool) for a in args)
+                and t.is_floating_point() and t.numel()):
+            monitor.remember_empty(t, user_location(), "torch.Tensor")
+        return t
+
+    return staticmethod(_relay)
+
+
+_LIBRARY_DIRS = tuple(
+    os.path.realpath(p) + os.sep
+    for p in {sysconfig.get_paths().get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")} if p
+)
+
+
+def _bindings_of(func: Any, name: str, exclude: Sequence[Any]) -> List[Tuple[Any, str]]:
+    """(module, attribute) pairs outside torch that hold ``func``: the same name
+    in any module (``from torch.nn.utils import clip_grad_norm_``), any name in
+    the user's own modules (those outside the standard library and site-packages,
+    e.g. ``from torch.nn.utils import clip_grad_norm_ as clip``)."""
+    found = []
+    for module in list(sys.modules.values()):
+        if module is None or module in exclude:
+            continue
+        path = getattr(module, "__file__", None) or ""
+        if path.startswith(_TORCH_DIR):
+            continue
+        try:
+            namespace = vars(module)
+        except TypeError:
+            continue
+        if path and not os.path.realpath(path).startswith(_LIBRARY_DIRS):
+            found.extend((module, attr) for attr, value in list(namespace.items()) if value is func)
+        elif namespace.get(name) is func:
+            found.append((module, name))
+    return found
+
+
 @contextmanager
-def watch(raise_on_event: bool = False, regime: Optional[str] = None) -> Iterator[Recorder]:
+def building(fill_uninitialized: bool = True) -> Iterator[Monitor]:
+    """Watch a model being built (``make()``): uninitialised allocations are
+    NaN and their lines are recorded; nothing else is reported. Pass the
+    yielded monitor to ``Monitor.adopt_parameters``."""
+    monitor = Monitor(Recorder(), fill_uninitialized=fill_uninitialized)
+    with monitor.active():
+        yield monitor
+
+
+@contextmanager
+def watch(raise_on_event: bool = False, regime: Optional[str] = None,
+          fill_uninitialized: bool = False) -> Iterator[Recorder]:
     """Record non-finite origins (and the other events) while the block runs::
 
         with nanlint.watch() as seen:
@@ -416,9 +778,12 @@ def watch(raise_on_event: bool = False, regime: Optional[str] = None) -> Iterato
             print(event.path, event.line, event.kind, event.message)
 
     With ``raise_on_event=True`` the first event raises ``NonFiniteError``
-    naming its source line.
+    naming its source line. With ``fill_uninitialized=True`` uninitialised
+    memory is NaN inside the block (deterministic algorithms, warn-only, are
+    on until it ends), so parameters never initialised are reported
+    (``uninitialized``).
     """
     recorder = Recorder(regime=regime)
-    monitor = Monitor(recorder, raise_on_event=raise_on_event)
+    monitor = Monitor(recorder, raise_on_event=raise_on_event, fill_uninitialized=fill_uninitialized)
     with monitor.active():
         yield recorder

@@ -96,9 +96,17 @@ def normalise(result: Any) -> Target:
 
 
 def load_target(spec: str) -> Target:
+    """Call the factory with uninitialised memory filled with NaN (deterministic
+    mode, restored afterwards) and the lines of uninitialised allocations
+    recorded, for the ``uninitialized`` event."""
+    from .monitor import building
+
     factory = load_factory(spec)
     try:
-        result = factory()
+        with building() as allocations:
+            result = factory()
     except Exception as exc:
         raise TargetError(f"the factory raised {type(exc).__name__}: {exc}") from exc
-    return normalise(result)
+    target = normalise(result)
+    target._allocations = allocations  # type: ignore[attr-defined]
+    return target
