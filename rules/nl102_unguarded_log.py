@@ -120,7 +120,7 @@ class UnguardedLog(TracksLocals, Rule):
     name = "unguarded-log"
     summary = "log of a value that can be exactly 0 (probability, 1 - p, count ratio, hand-written cross-entropy) is -inf"
     fix_applicability = UNSAFE
-    triggers = (re.compile(r"\blog(?:2|10)?\b"),)
+    triggers = (re.compile(r"\blog(?:2|10)?_?\s*\("),)  # a call, not the word in a comment
     valid = [
         Valid("import torch\ny = torch.log(p + 1e-6)\n"),
         Valid("import torch\ny = -(t * torch.log(p.clamp(min=1e-4))).sum()\n"),

@@ -88,7 +88,7 @@ class WhereNanGrad(ScopeTracking, Rule):
     name = "where-nan-grad"
     summary = "torch.where(cond, f(x), other) still back-propagates f's inf/NaN derivative from masked lanes: 0 * inf = NaN"
     fix_applicability = SAFE
-    triggers = (re.compile(r"\bwhere\b"),)
+    triggers = (re.compile(r"\bwhere\s*\("),)  # a call, not the word in a docstring
     valid = [
         Valid("import torch\nsafe = torch.where(x > 0, x, 1)\ny = torch.where(x > 0, torch.sqrt(safe), 0)\n"),
         Valid("import torch\ny = torch.sqrt(torch.where(x > 0, x, 1))\n"),
