@@ -74,14 +74,20 @@ def display_path(path: Path) -> str:
     return text
 
 
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.resolve().relative_to(root).as_posix()
+    except (ValueError, OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
+        return path.as_posix()
+
+
 def _matches(patterns: Sequence[str], path: Path, root: Path) -> bool:
     name = path.name
-    try:
-        rel = path.resolve().relative_to(root).as_posix()
-    except (ValueError, OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
-        rel = path.as_posix()
+    rel = None  # resolved only when a pattern needs the path (name patterns do not)
     for pattern in patterns:
         if "/" in pattern:
+            if rel is None:
+                rel = _relative(path, root)
             pat = pattern.rstrip("/")
             if fnmatch.fnmatch(rel, pat) or fnmatch.fnmatch(rel, pat + "/*"):
                 return True

@@ -143,8 +143,15 @@ class GitIgnore:
         return chain
 
     def _root(self, directory: Path) -> Optional[Path]:
+        """``directory`` is resolved; one stat per directory, the rest is cached."""
         if directory not in self._roots:
-            self._roots[directory] = work_tree_root(directory)
+            if (directory / ".git").exists():
+                root: Optional[Path] = directory
+            elif directory.parent == directory:
+                root = None
+            else:
+                root = self._root(directory.parent)
+            self._roots[directory] = root
         return self._roots[directory]
 
     def _chain_of(self, directory: Path) -> List[Tuple[Path, List[Rule]]]:
