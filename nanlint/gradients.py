@@ -12,7 +12,7 @@ import libcst as cst
 
 from .engine import children
 from .finding import SAFE
-from .patterns import arg, is_method_call, is_reference, number, subject, torch_op
+from .patterns import look_through, arg, is_method_call, is_reference, number, subject, torch_op
 from .rule import Context
 
 # f -> the value that keeps f and its derivative finite in the masked lanes
@@ -77,17 +77,7 @@ def const(node: cst.BaseExpression) -> Optional[float]:
 
 def strip(ctx, node: cst.BaseExpression) -> cst.BaseExpression:
     """Look through reshapes and casts (``x.float()``, ``x.unsqueeze(-1)``)."""
-    for _ in range(8):
-        if (
-            isinstance(node, cst.Call)
-            and isinstance(node.func, cst.Attribute)
-            and node.func.attr.value in PASS_THROUGH
-            and is_method_call(ctx, node)
-        ):
-            node = node.func.value
-            continue
-        break
-    return node
+    return look_through(ctx, node, PASS_THROUGH, subscripts=False)
 
 
 def text(ctx, node: cst.BaseExpression) -> str:

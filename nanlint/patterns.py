@@ -138,6 +138,44 @@ def subject(ctx: Context, call: cst.Call) -> Optional[cst.BaseExpression]:
     return first.value if first is not None else None
 
 
+def look_through(ctx: Context, node: cst.BaseExpression, methods: FrozenSet[str],
+                 subscripts: bool = True) -> cst.BaseExpression:
+    """The tensor under reshapes, casts and selections that keep its values
+    (or its zeros): strips method calls named in ``methods`` (``x.float()``,
+    ``(n + eps).unsqueeze(-1)``) and, with ``subscripts``, indexing
+    (``x[..., None]``). At most 8 layers."""
+    for _ in range(8):
+        if subscripts and isinstance(node, cst.Subscript):
+            node = node.value
+            continue
+        if (
+            isinstance(node, cst.Call)
+            and isinstance(node.func, cst.Attribute)
+            and node.func.attr.value in methods
+            and is_method_call(ctx, node)
+        ):
+            node = node.func.value
+            continue
+        break
+    return node
+
+
+_WIDE_DTYPES = ("torch.float32", "torch.float", "torch.float64", "torch.double")
+
+
+def is_upcast(ctx: Context, node: cst.BaseExpression) -> bool:
+    """``x.float()``, ``x.double()``, ``x.to(torch.float32)``, ``x.type(torch.float64)``:
+    what follows runs in float32 or wider."""
+    if not (isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute)):
+        return False
+    method = node.func.attr.value
+    if method in ("float", "double") and not node.args:
+        return True
+    if method in ("to", "type"):
+        return any(ctx.resolve(a.value) in _WIDE_DTYPES for a in node.args)
+    return False
+
+
 # -- bindings -----------------------------------------------------------------
 
 

@@ -10,7 +10,7 @@ from nanlint.engine import children
 
 from nanlint.dtypes import FLOAT16, fmt
 from nanlint.finding import UNSAFE
-from nanlint.patterns import arg, is_method_call, is_reference, number, torch_op
+from nanlint.patterns import look_through, arg, is_method_call, is_reference, number, torch_op
 from nanlint.rule import FixSpec, Invalid, Rule, Valid
 
 # -- what the guards are ---------------------------------------------------------
@@ -105,20 +105,7 @@ OPTIM_ZERO = "so once exp_avg_sq underflows the update divides by 0 and the para
 def _strip(node: cst.BaseExpression, ctx) -> cst.BaseExpression:
     """Look through reshapes, casts and indexing: ``(n + eps)[..., None]``,
     ``(n + eps).unsqueeze(-1)`` guard like ``n + eps``."""
-    for _ in range(8):
-        if isinstance(node, cst.Subscript):
-            node = node.value
-            continue
-        if (
-            isinstance(node, cst.Call)
-            and isinstance(node.func, cst.Attribute)
-            and node.func.attr.value in PASS_THROUGH
-            and is_method_call(ctx, node)
-        ):
-            node = node.func.value
-            continue
-        break
-    return node
+    return look_through(ctx, node, PASS_THROUGH)
 
 
 def _additive_terms(node: cst.BaseExpression) -> Optional[List[cst.BaseExpression]]:

@@ -8,7 +8,7 @@ import libcst as cst
 
 from nanlint.dtypes import FLOAT16, fmt
 from nanlint.finding import UNSAFE
-from nanlint.patterns import Bindings, bounded_above, is_method_call, is_reference, subject, torch_op
+from nanlint.patterns import is_upcast, Bindings, bounded_above, is_method_call, is_reference, subject, torch_op
 from nanlint.rule import FixSpec, Invalid, Rule, Valid
 
 EXP_OPS = {"exp": "exp", "exp_": "exp_", "expm1": "expm1", "expm1_": "expm1_", "exp2": "exp2", "exp2_": "exp2_"}
@@ -138,7 +138,7 @@ class UnclampedExp(Rule):
         x = subject(self.ctx, node)
         if x is None or bounded_above(self.ctx, x, self.bindings):
             return
-        if _upcast(self.ctx, x) or _module_attribute(self.ctx, x):
+        if is_upcast(self.ctx, x) or _module_attribute(self.ctx, x):
             return
         limit = EXP2_OVERFLOW if op.startswith("exp2") else FLOAT16.exp_overflow
         spelled = f"{op}" if op.startswith("exp") else op
@@ -185,21 +185,6 @@ def _strip_shape_calls(ctx, node: cst.BaseExpression) -> cst.BaseExpression:
     ):
         node = node.func.value
     return node
-
-
-def _upcast(ctx, node: cst.BaseExpression) -> bool:
-    """``x.float()``, ``x.double()``, ``x.to(torch.float32)``: exp runs in float32 or wider."""
-    if not (isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute)):
-        return False
-    method = node.func.attr.value
-    if method in ("float", "double") and not node.args:
-        return True
-    if method in ("to", "type"):
-        for a in node.args:
-            name = ctx.resolve(a.value)
-            if name in ("torch.float32", "torch.float", "torch.float64", "torch.double"):
-                return True
-    return False
 
 
 def _module_attribute(ctx, node: cst.BaseExpression) -> bool:

@@ -8,7 +8,7 @@ import libcst as cst
 from nanlint.dtypes import fmt
 from nanlint.engine import children
 from nanlint.finding import UNSAFE
-from nanlint.patterns import is_method_call, is_reference, number, torch_op
+from nanlint.patterns import look_through, is_method_call, is_reference, number, torch_op
 from nanlint.rule import FixSpec, Invalid, Rule, Valid
 from nanlint.probabilities import (
     LocalValues,
@@ -404,20 +404,7 @@ class UnguardedLog(TracksLocals, Rule):
 
 def _strip(ctx, node: cst.BaseExpression) -> cst.BaseExpression:
     """Look through reshapes, casts, indexing and selections: a zero stays a zero."""
-    for _ in range(8):
-        if isinstance(node, cst.Subscript):
-            node = node.value
-            continue
-        if (
-            isinstance(node, cst.Call)
-            and isinstance(node.func, cst.Attribute)
-            and node.func.attr.value in PASS_THROUGH
-            and is_method_call(ctx, node)
-        ):
-            node = node.func.value
-            continue
-        break
-    return node
+    return look_through(ctx, node, PASS_THROUGH)
 
 
 def _same(ctx, a: cst.BaseExpression, b: cst.BaseExpression) -> bool:

@@ -7,7 +7,7 @@ import libcst as cst
 
 from nanlint.dtypes import fmt
 from nanlint.finding import SAFE
-from nanlint.patterns import arg, bounded_above, is_method_call, number, torch_op
+from nanlint.patterns import is_upcast, arg, bounded_above, is_method_call, number, torch_op
 from nanlint.rule import FixSpec, Invalid, Rule, Valid
 from nanlint.probabilities import LocalValues, TracksLocals, log_call_operand
 
@@ -37,20 +37,6 @@ def _exp_arg(ctx, node: cst.BaseExpression) -> Optional[cst.BaseExpression]:
     if len(node.args) != 1 or node.args[0].keyword is not None or node.args[0].star:
         return None
     return node.args[0].value
-
-
-def _upcast(ctx, node: cst.BaseExpression) -> bool:
-    """``x.float()``, ``x.double()``, ``x.to(torch.float32)``: exp runs in float32 or wider."""
-    if not (isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute)):
-        return False
-    method = node.func.attr.value
-    if method in ("float", "double") and not node.args:
-        return True
-    if method in ("to", "type"):
-        for a in node.args:
-            if ctx.resolve(a.value) in ("torch.float32", "torch.float", "torch.float64", "torch.double"):
-                return True
-    return False
 
 
 def _bounded(ctx, x: cst.BaseExpression, values: LocalValues) -> bool:
@@ -215,7 +201,7 @@ class ManualSoftmax(TracksLocals, Rule):
                 return None, None, False
             node, via = bound, True
         x = _exp_arg(self.ctx, node)
-        if x is None or _bounded(self.ctx, x, self.values) or _upcast(self.ctx, x):
+        if x is None or _bounded(self.ctx, x, self.values) or is_upcast(self.ctx, x):
             return None, None, False
         return node, x, via
 
