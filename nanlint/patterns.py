@@ -176,6 +176,43 @@ def is_upcast(ctx: Context, node: cst.BaseExpression) -> bool:
     return False
 
 
+def calls_in_order(node: cst.CSTNode):
+    """The calls in an expression or small statement in evaluation order
+    (arguments and receivers before the call), not looking into lambdas or
+    nested definitions. Iterative: deep expressions do not hit the recursion
+    limit."""
+    from .engine import children
+
+    stack: List[Tuple[cst.CSTNode, bool]] = [(node, False)]
+    while stack:
+        current, expanded = stack.pop()
+        if expanded:
+            if isinstance(current, cst.Call):
+                yield current
+            continue
+        if isinstance(current, (cst.Lambda, cst.FunctionDef, cst.ClassDef)):
+            continue
+        stack.append((current, True))
+        for child in reversed(children(current)):
+            if not isinstance(child, _LEAVES):
+                stack.append((child, False))
+
+
+# tokens, whitespace and literals: no call below them
+_LEAVES = (
+    cst.BaseParenthesizableWhitespace, cst.Comment, cst.Newline, cst.EmptyLine, cst.TrailingWhitespace,
+    cst.BaseBinaryOp, cst.BaseBooleanOp, cst.BaseUnaryOp, cst.BaseCompOp, cst.BaseAugOp,
+    cst.Comma, cst.Dot, cst.LeftParen, cst.RightParen, cst.LeftSquareBracket, cst.RightSquareBracket,
+    cst.LeftCurlyBrace, cst.RightCurlyBrace, cst.Colon, cst.AssignEqual, cst.Semicolon,
+    cst.SimpleString, cst.Integer, cst.Float, cst.Name,
+)
+
+
+def snake_words(name: str) -> str:
+    """``optimizerD`` -> ``optimizer_d``, ``gradScaler`` -> ``grad_scaler``: for word matching on names."""
+    return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
+
+
 # -- bindings -----------------------------------------------------------------
 
 

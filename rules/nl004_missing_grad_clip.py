@@ -10,7 +10,7 @@ from nanlint.engine import children
 
 from nanlint.finding import UNSAFE
 from nanlint.dtypes import fmt
-from nanlint.patterns import arg, is_reference
+from nanlint.patterns import calls_in_order, snake_words, arg, is_reference
 from nanlint.rule import FixSpec, Invalid, Rule, Valid
 
 # GradScaler's default init_scale (2**16): the factor the gradients carry.
@@ -464,7 +464,7 @@ class _Flow:
             self.bindings[self.ctx.code(target)] = value
 
     def events(self, node: cst.CSTNode, state: _State, line: Optional[cst.SimpleStatementLine]) -> _State:
-        for call in _calls(node):
+        for call in calls_in_order(node):
             state = self.call(call, state, line if _is_whole(line, call) else None)
         return state
 
@@ -498,7 +498,7 @@ class _Flow:
         name = _last_name(receiver)
         if name is None:
             return None
-        words = _words(name)
+        words = snake_words(name)
         tokens = words.split("_")
         if any(t in ("sched", "scheduler", "schedulers", "lr") for t in tokens):
             return None
@@ -515,11 +515,6 @@ class _Flow:
 # -- what a call is ------------------------------------------------------------------
 
 _OPT_RE = re.compile(r"(?:^|_)(?:opt|optim|optimizer|optimiser)s?(?:_|\d|$)")
-
-
-def _words(name: str) -> str:
-    """`optimizerD` -> `optimizer_d`, `gOpt` -> `g_opt`."""
-    return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
 
 
 def _last_name(node: cst.BaseExpression) -> Optional[str]:
@@ -562,11 +557,11 @@ def _backward(ctx, call: cst.Call) -> Optional[str]:
         isinstance(receiver, cst.Call)
         and isinstance(receiver.func, cst.Attribute)
         and receiver.func.attr.value == "scale"
-        and "scaler" in _words(_last_name(receiver.func.value) or "")
+        and "scaler" in snake_words(_last_name(receiver.func.value) or "")
     ):
         return "scaled"
     if call.args:
-        tokens = _words(_last_name(receiver) or "").split("_")
+        tokens = snake_words(_last_name(receiver) or "").split("_")
         if "accelerator" in tokens:
             return "accelerate"
         if "fabric" in tokens:
@@ -601,7 +596,7 @@ def _is_clip(call: cst.Call) -> bool:
             if lowered in _TENSOR_CLAMPS:
                 return True
             # p.grad.mul_(clip_coef): a hand-written norm clip
-            return any("clip" in _words(_last_name(a.value) or "") or "coef" in (_last_name(a.value) or "").lower()
+            return any("clip" in snake_words(_last_name(a.value) or "") or "coef" in (_last_name(a.value) or "").lower()
                        for a in call.args)
     return False
 
@@ -689,30 +684,3 @@ def _short(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _calls(node: cst.CSTNode) -> Iterator[cst.Call]:
-    """The calls in an expression or small statement in evaluation order
-    (arguments before the call), not looking into lambdas."""
-    # iterative post-order: deep expressions must not hit the recursion limit
-    stack: List[Tuple[cst.CSTNode, bool]] = [(node, False)]
-    while stack:
-        current, expanded = stack.pop()
-        if expanded:
-            if isinstance(current, cst.Call):
-                yield current
-            continue
-        if isinstance(current, (cst.Lambda, cst.FunctionDef, cst.ClassDef)):
-            continue
-        stack.append((current, True))
-        for child in reversed(children(current)):
-            if not isinstance(child, _LEAVES):
-                stack.append((child, False))
-
-
-# tokens and whitespace: nothing to find below them
-_LEAVES = (
-    cst.BaseParenthesizableWhitespace, cst.Comment, cst.Newline, cst.EmptyLine, cst.TrailingWhitespace,
-    cst.BaseBinaryOp, cst.BaseBooleanOp, cst.BaseUnaryOp, cst.BaseCompOp, cst.BaseAugOp,
-    cst.Comma, cst.Dot, cst.LeftParen, cst.RightParen, cst.LeftSquareBracket, cst.RightSquareBracket,
-    cst.LeftCurlyBrace, cst.RightCurlyBrace, cst.Colon, cst.AssignEqual, cst.Semicolon,
-    cst.SimpleString, cst.Integer, cst.Float, cst.Name,
-)

@@ -9,7 +9,7 @@ import libcst as cst
 from nanlint.dtypes import fmt
 from nanlint.engine import children
 from nanlint.finding import SAFE
-from nanlint.patterns import arg, is_reference, number
+from nanlint.patterns import calls_in_order, snake_words, arg, is_reference, number
 from nanlint.rule import FixSpec, Invalid, Rule, Valid
 
 # GradScaler's default init_scale (2**16): the factor the gradients carry after
@@ -284,7 +284,7 @@ class ClipBeforeUnscale(Rule):
             return False
         last = text.rsplit(".", 1)[-1]
         return (
-            "scaler" in _words(last)
+            "scaler" in snake_words(last)
             or text in frame.scalers
             or text in self.file_scalers
             or text in frame.steps
@@ -464,7 +464,7 @@ class _Flow:
 
     def events(self, node: cst.CSTNode, state: _State, own: Optional[cst.SimpleStatementLine],
                where: Tuple["_Level", ...] = ()) -> _State:
-        for call in _calls(node):
+        for call in calls_in_order(node):
             state = self.call(call, state, own, where)
         return state
 
@@ -537,11 +537,6 @@ def _callee_last(func: cst.BaseExpression, suffix: str) -> bool:
     return False
 
 
-def _words(name: str) -> str:
-    """`gradScaler` -> `grad_scaler`."""
-    return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
-
-
 @dataclass
 class _Level:
     stmts: Sequence[cst.CSTNode]
@@ -580,7 +575,7 @@ def _step_in(ctx, stmts: Sequence[cst.CSTNode], scaler: str) -> Optional[bool]:
         for small in stmt.body:
             if isinstance(small, _TERMINATORS):
                 return False
-        for call in _calls(stmt):
+        for call in calls_in_order(stmt):
             if isinstance(call.func, cst.Attribute) and call.func.attr.value in ("backward", "unscale_", "step"):
                 return False
     return None
@@ -596,19 +591,3 @@ def _contains(root: cst.CSTNode, target: cst.CSTNode) -> bool:
     return False
 
 
-def _calls(node: cst.CSTNode) -> Iterator[cst.Call]:
-    """The calls in an expression or small statement in evaluation order
-    (arguments and receivers before the call), not looking into lambdas or
-    nested definitions."""
-    stack: List[Tuple[cst.CSTNode, bool]] = [(node, False)]
-    while stack:
-        current, expanded = stack.pop()
-        if expanded:
-            if isinstance(current, cst.Call):
-                yield current
-            continue
-        if isinstance(current, (cst.Lambda, cst.FunctionDef, cst.ClassDef)):
-            continue
-        stack.append((current, True))
-        for child in reversed(children(current)):
-            stack.append((child, False))
