@@ -86,6 +86,18 @@ def iter_tree(root: cst.CSTNode) -> Iterator[Tuple[cst.CSTNode, Optional[cst.CST
         stack.extend((child, node) for child in reversed(children(node)))
 
 
+def subtree(root: cst.CSTNode, limit: Optional[int] = None) -> Iterator[cst.CSTNode]:
+    """``root`` and every node under it in source order, without recursion;
+    at most ``limit`` nodes when given (a cheap look into a large expression)."""
+    stack = [root]
+    seen = 0
+    while stack and (limit is None or seen < limit):
+        node = stack.pop()
+        seen += 1
+        yield node
+        stack.extend(reversed(children(node)))
+
+
 Handler = Callable[[cst.CSTNode], Any]
 
 

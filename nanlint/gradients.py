@@ -10,7 +10,7 @@ from typing import Dict, Iterator, List, Optional, Set, Tuple
 
 import libcst as cst
 
-from .engine import children
+from .engine import children, subtree
 from .finding import SAFE
 from .patterns import look_through, arg, is_method_call, is_reference, number, subject, torch_op
 from .rule import Context
@@ -84,16 +84,6 @@ def text(ctx, node: cst.BaseExpression) -> str:
     """The expression's code without its own parentheses and whitespace."""
     bare = node.with_changes(lpar=(), rpar=()) if getattr(node, "lpar", None) else node
     return _SPACES.sub("", ctx.module.code_for_node(bare))
-
-
-def walk(node: cst.CSTNode, limit: int = 400) -> Iterator[cst.CSTNode]:
-    stack = [node]
-    seen = 0
-    while stack and seen < limit:
-        cur = stack.pop()
-        seen += 1
-        yield cur
-        stack.extend(reversed(children(cur)))
 
 
 def domain_operand(ctx, node: cst.CSTNode) -> Optional[Tuple[str, cst.BaseExpression, str]]:
@@ -259,7 +249,7 @@ def guarded_calls(ctx, where: cst.Call, lookup) -> List[Tuple[cst.CSTNode, str, 
         return []
     out = []
     for branch, is_true in ((a.value, True), (b.value, False)):
-        for node in walk(branch):
+        for node in subtree(branch, 400):
             if isinstance(node, cst.Call) and node is not branch and torch_op(ctx, node) == "where":
                 continue
             found = domain_operand(ctx, node)

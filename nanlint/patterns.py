@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Dict, FrozenSet, List, Optional, Tuple
+from typing import Callable, Dict, FrozenSet, List, Optional, Tuple
 
 import libcst as cst
 
+from .engine import subtree
 from .resolve import dotted_name
 from .rule import Context
 
@@ -136,6 +137,59 @@ def subject(ctx: Context, call: cst.Call) -> Optional[cst.BaseExpression]:
         return call.func.value
     first = arg(call, 0)
     return first.value if first is not None else None
+
+
+def last_name(node: cst.BaseExpression) -> Optional[str]:
+    """``c`` for ``c`` or ``a.b.c``; None for anything else."""
+    if isinstance(node, cst.Name):
+        return node.value
+    if isinstance(node, cst.Attribute):
+        return node.attr.value
+    return None
+
+
+def name_chain(node: cst.BaseExpression, partial: bool = False) -> List[str]:
+    """The names along ``self.blocks[0].fc.weight.data`` (root first), through
+    attributes, subscripts and calls (``super().x`` -> ["super", "x"]). A chain
+    that does not start at a name (``f()[0].x`` does, ``(a + b).x`` does not)
+    gives [] -- or, with ``partial``, the names found before it."""
+    names: List[str] = []
+    while True:
+        if isinstance(node, cst.Attribute):
+            names.append(node.attr.value)
+            node = node.value
+        elif isinstance(node, cst.Subscript):
+            node = node.value
+        elif isinstance(node, cst.Call):
+            node = node.func
+        elif isinstance(node, cst.Name):
+            names.append(node.value)
+            break
+        elif partial:
+            break
+        else:
+            return []
+    names.reverse()
+    return names
+
+
+def mask_like(node: cst.BaseExpression, lookup: Callable[[str], Optional[cst.BaseExpression]],
+              depth: int = 0) -> bool:
+    """`mask`, `attention_mask.float()`, `(1 - mask)`, `~keep`: the other factor
+    of an additive-mask product (NL003 reports those; NL108 leaves them to it).
+    ``lookup`` gives the value a local name was assigned, if known."""
+    if isinstance(node, cst.Name) and depth < 3:
+        bound = lookup(node.value)
+        if bound is not None and mask_like(bound, lookup, depth + 1):
+            return True
+    for n in subtree(node):
+        if isinstance(n, cst.Name) and "mask" in n.value.lower():
+            return True
+    if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.Subtract):
+        return number(node.left) == 1.0
+    if isinstance(node, cst.UnaryOperation) and isinstance(node.operator, cst.BitInvert):
+        return True
+    return False
 
 
 def look_through(ctx: Context, node: cst.BaseExpression, methods: FrozenSet[str],

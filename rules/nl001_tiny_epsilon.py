@@ -6,7 +6,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import libcst as cst
 
-from nanlint.engine import children
+from nanlint.engine import subtree, children
 
 from nanlint.dtypes import FLOAT16, fmt
 from nanlint.finding import UNSAFE
@@ -133,7 +133,7 @@ def _scalar_like(node: cst.BaseExpression) -> bool:
     not a tensor."""
     if not (isinstance(node, cst.BinaryOperation) and isinstance(node.right, cst.Integer)):
         return False  # `1 - p` is a probability's complement, `n - 1` a count
-    return not any(isinstance(sub, (cst.Call, cst.Subscript)) for sub in _walk(node.left, 60))
+    return not any(isinstance(sub, (cst.Call, cst.Subscript)) for sub in subtree(node.left, 60))
 
 
 def _self_attr(node: cst.BaseExpression) -> Optional[str]:
@@ -144,16 +144,6 @@ def _self_attr(node: cst.BaseExpression) -> Optional[str]:
     ):
         return node.attr.value
     return None
-
-
-def _walk(node: cst.CSTNode, limit: int = 400) -> Iterator[cst.CSTNode]:
-    stack = [node]
-    seen = 0
-    while stack and seen < limit:
-        cur = stack.pop()
-        seen += 1
-        yield cur
-        stack.extend(reversed(children(cur)))
 
 
 # -- bookkeeping of names --------------------------------------------------------
@@ -632,7 +622,7 @@ class TinyEpsilon(Rule):
 
     def _non_tensor(self, node: cst.CSTNode) -> bool:
         """The expression visibly computes on Python or NumPy numbers."""
-        for sub in _walk(node):
+        for sub in subtree(node, 400):
             if isinstance(sub, cst.Call):
                 func = sub.func
                 if isinstance(func, cst.Name) and func.value in NON_TENSOR_BUILTINS:
@@ -751,7 +741,7 @@ class TinyEpsilon(Rule):
         names were assigned (any assignment, a few hops deep)."""
         if depth > 4:
             return False
-        for sub in _walk(node):
+        for sub in subtree(node, 400):
             if test(sub):
                 return True
             if isinstance(sub, cst.Name) and depth < 4 and sub.value not in seen:

@@ -7,11 +7,11 @@ from typing import Dict, Iterator, List, Optional, Set, Tuple
 
 import libcst as cst
 
-from nanlint.engine import iter_tree
+from nanlint.engine import subtree, iter_tree
 
 from nanlint.dtypes import FLOAT32_MAX, fmt
 from nanlint.finding import SAFE, UNSAFE
-from nanlint.patterns import arg, is_method_call, number, subject, torch_op
+from nanlint.patterns import mask_like, arg, is_method_call, number, subject, torch_op
 from nanlint.rule import FixSpec, Invalid, Rule, Valid
 
 FLOAT64_MAX = 1.7976931348623157e308
@@ -202,7 +202,7 @@ class NonfiniteMask(Rule):
 
     def visit_For(self, node: cst.For) -> None:
         self._bind(node.target, None)
-        self.loop_vars[-1].update(n.value for n in _walk(node.target) if isinstance(n, cst.Name))
+        self.loop_vars[-1].update(n.value for n in subtree(node.target) if isinstance(n, cst.Name))
 
     def _bind(self, target: cst.BaseExpression, value: Optional[cst.BaseExpression]) -> None:
         scope = self.scopes[-1]
@@ -292,7 +292,7 @@ class NonfiniteMask(Rule):
             return False
         name = assign.targets[0].target.value
         body = self._enclosing(assign, parents)
-        inside = {id(n) for n in _walk(assign)}
+        inside = {id(n) for n in subtree(assign)}
         uses = 0
         started = False
         reassigned: Optional[Set[int]] = None
@@ -307,10 +307,10 @@ class NonfiniteMask(Rule):
             if isinstance(node, cst.Assign) and reassigned is None and any(
                 isinstance(t.target, cst.Name) and t.target.value == name for t in node.targets
             ):
-                reassigned = {id(n) for n in _walk(node)}  # its value still reads ours
+                reassigned = {id(n) for n in subtree(node)}  # its value still reads ours
                 continue
             if isinstance(node, (cst.FunctionDef, cst.Lambda, cst.ClassDef)) and node is not body:
-                if any(isinstance(n, cst.Name) and n.value == name for n in _walk(node)):
+                if any(isinstance(n, cst.Name) and n.value == name for n in subtree(node)):
                     return False  # captured by a closure: cannot follow
                 continue
             if not (isinstance(node, cst.Name) and node.value == name):
@@ -367,7 +367,7 @@ class NonfiniteMask(Rule):
             self._check(branch.value, filled, "where", node, cond.value if cond is not None else None)
 
     def _special_value_test(self, cond: cst.BaseExpression) -> bool:
-        for n in _walk(cond):
+        for n in subtree(cond):
             if isinstance(n, cst.Call) and torch_op(self.ctx, n) in SPECIAL_VALUE_TESTS:
                 return True
             if isinstance(n, cst.Comparison):
@@ -467,7 +467,7 @@ class NonfiniteMask(Rule):
             if self._nonzero(other):
                 continue
             if hazard.finite:
-                if not self._mask_like(other):
+                if not mask_like(other, self._lookup):
                     continue
                 self.report(
                     lit,
@@ -583,22 +583,6 @@ class NonfiniteMask(Rule):
             return torch_op(self.ctx, node) in ("ones", "ones_like", "new_ones")
         return False
 
-    def _mask_like(self, node: cst.BaseExpression, depth: int = 0) -> bool:
-        """`mask`, `attention_mask.float()`, `(1 - mask)`, `~keep`: the other factor of
-        an additive-mask product."""
-        if isinstance(node, cst.Name) and depth < 3:
-            bound = self._lookup(node.value)
-            if bound is not None and self._mask_like(bound, depth + 1):
-                return True
-        for n in _walk(node):
-            if isinstance(n, cst.Name) and "mask" in n.value.lower():
-                return True
-        if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.Subtract):
-            return number(node.left) == 1.0
-        if isinstance(node, cst.UnaryOperation) and isinstance(node.operator, cst.BitInvert):
-            return True
-        return False
-
     # -- reporting -------------------------------------------------------------------
     def _check(
         self,
@@ -672,8 +656,8 @@ class NonfiniteMask(Rule):
             applicability = UNSAFE
         else:
             return None
-        if any(isinstance(n, cst.Integer) for n in _walk(value)) and not any(
-            isinstance(n, cst.Float) for n in _walk(value)
+        if any(isinstance(n, cst.Integer) for n in subtree(value)) and not any(
+            isinstance(n, cst.Float) for n in subtree(value)
         ) and hazard.finite:
             applicability = UNSAFE  # `-100000`: maybe an integer tensor, which finfo rejects
         text = self.ctx.code(filled).strip()
@@ -699,7 +683,7 @@ def _is_chain(node: cst.BaseExpression) -> bool:
 
 def _side_effect_free(ctx, node: cst.BaseExpression) -> bool:
     """Names, attributes, subscripts, operators and pure tensor methods only."""
-    for n in _walk(node):
+    for n in subtree(node):
         if isinstance(n, (cst.Await, cst.Yield, cst.NamedExpr, cst.Lambda)):
             return False
         if isinstance(n, cst.Call):
@@ -712,11 +696,7 @@ def _mentions_mask(node: Optional[cst.CSTNode]) -> bool:
     """Whether an expression names a mask (`valid_mask`, `self.attn_mask`, `pad_mask[...]`)."""
     if node is None:
         return False
-    for n in _walk(node):
+    for n in subtree(node):
         if isinstance(n, cst.Name) and "mask" in n.value.lower():
             return True
     return False
-
-
-def _walk(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
-    return (n for n, _ in iter_tree(node))

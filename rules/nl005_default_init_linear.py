@@ -7,7 +7,7 @@ import libcst as cst
 
 from nanlint.dtypes import fmt
 from nanlint.finding import UNSAFE
-from nanlint.patterns import arg, is_reference
+from nanlint.patterns import last_name, name_chain, arg, is_reference
 from nanlint.rule import FixSpec, Invalid, Rule, Valid
 
 LINEAR_NAMES = frozenset({"torch.nn.Linear", "torch.nn.modules.Linear", "torch.nn.modules.linear.Linear"})
@@ -261,7 +261,7 @@ class DefaultInitLinear(Rule):
     def visit_ClassDef(self, node: cst.ClassDef) -> None:
         is_module = any(self._module_base(b.value) for b in node.bases)
         if any(
-            (_last(b.value) or "").endswith("PreTrainedModel") or _last(b.value) in self.pretrained
+            (last_name(b.value) or "").endswith("PreTrainedModel") or last_name(b.value) in self.pretrained
             for b in node.bases
         ):
             # transformers: post_init() runs _init_weights over every submodule of the model
@@ -275,11 +275,11 @@ class DefaultInitLinear(Rule):
         # initialised by its PreTrainedModel's _init_weights
         if self.off or not node.relative or node.module is None or isinstance(node.names, cst.ImportStar):
             return
-        module = _last(node.module) or ""
+        module = last_name(node.module) or ""
         if not module.startswith("modeling_") or module in ("modeling_utils", "modeling_outputs", "modeling_layers"):
             return
         for alias in node.names:
-            name = _last(alias.name)
+            name = last_name(alias.name)
             if name is not None and (name.endswith("Model") or "For" in name):
                 self.pretrained.add(name)
 
@@ -364,7 +364,7 @@ class DefaultInitLinear(Rule):
             return
         frame = self.frames[-1]
         qualified = self.ctx.resolve(node.func)
-        last = _last(node.func)
+        last = last_name(node.func)
         if qualified in LINEAR_NAMES:
             self._linear(node)
             return
@@ -387,7 +387,7 @@ class DefaultInitLinear(Rule):
             target = node.args[0].value
             if isinstance(target, cst.Call) and target.args:  # partial(init_fn, ...)
                 target = target.args[0].value
-            name = _last(target)
+            name = last_name(target)
             if name is not None:
                 self.applied.append(name)
             elif isinstance(target, cst.Lambda):
@@ -439,7 +439,7 @@ class DefaultInitLinear(Rule):
         else:
             node = None
         if node is not None:
-            chain = _chain(node)  # self.gates[g] -> "gates"
+            chain = name_chain(node, partial=True)  # self.gates[g] -> "gates"
             owner = chain[-1] if chain and chain[-1] not in _NOT_OWNERS else None
         if node is not None and is_reference(node):
             if assign.value is call and self.line is not None and len(self.line.body) == 1:
@@ -450,7 +450,7 @@ class DefaultInitLinear(Rule):
         if isinstance(base, cst.Call):
             return False
         qualified = self.ctx.resolve(base)
-        name = _last(base)
+        name = last_name(base)
         if name is None:
             return False
         if qualified is not None:
@@ -508,45 +508,14 @@ class DefaultInitLinear(Rule):
 # -- helpers -----------------------------------------------------------------------------
 
 
-def _last(node: cst.BaseExpression) -> Optional[str]:
-    if isinstance(node, cst.Name):
-        return node.value
-    if isinstance(node, cst.Attribute):
-        return node.attr.value
-    return None
-
-
-
-
-def _chain(node: cst.BaseExpression) -> List[str]:
-    """The names along `self.blocks[0].fc.weight.data` (root first), through
-    attributes, subscripts and calls."""
-    names: List[str] = []
-    while True:
-        if isinstance(node, cst.Attribute):
-            names.append(node.attr.value)
-            node = node.value
-        elif isinstance(node, cst.Subscript):
-            node = node.value
-        elif isinstance(node, cst.Call):
-            node = node.func
-        elif isinstance(node, cst.Name):
-            names.append(node.value)
-            break
-        else:
-            break
-    names.reverse()
-    return names
-
-
 def _owners(node: cst.BaseExpression) -> Set[str]:
     """The layer names an initialiser's argument points at: {"blocks", "fc"} for
     `self.blocks[0].fc.weight`."""
-    return {n for n in _chain(node) if n not in _NOT_OWNERS}
+    return {n for n in name_chain(node, partial=True) if n not in _NOT_OWNERS}
 
 
 def _touches_params(node: cst.BaseExpression) -> bool:
-    chain = _chain(node)
+    chain = name_chain(node, partial=True)
     return "weight" in chain or "bias" in chain
 
 
@@ -554,5 +523,5 @@ def _names_linear(ctx, node: cst.BaseExpression) -> bool:
     """`nn.Linear`, `(nn.Linear, nn.Conv2d)`, `Linear` in an isinstance test."""
     if isinstance(node, cst.Tuple):
         return any(_names_linear(ctx, e.value) for e in node.elements)
-    name = _last(node)
+    name = last_name(node)
     return name is not None and "Linear" in name

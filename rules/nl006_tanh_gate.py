@@ -5,7 +5,7 @@ from typing import Dict, Iterator, List, Optional, Set, Tuple
 
 import libcst as cst
 
-from nanlint.engine import children
+from nanlint.engine import subtree, children
 
 from nanlint.dtypes import DtypeFacts
 from nanlint.finding import UNSAFE
@@ -217,7 +217,7 @@ class TanhGate(Rule):
                 continue
             # a tanh reached through a name (`t = torch.tanh(b)`, `(1 + t) * x`): a fix
             # would compute b a second time, later, when its names may have changed
-            direct = any(n is tanh_call for n in _walk(gate))
+            direct = any(n is tanh_call for n in subtree(gate))
             self._report(gate, sign, b, via, fixable=direct)
 
     def _gate(self, node: cst.BaseExpression) -> Optional[Tuple[str, cst.Call, cst.BaseExpression]]:
@@ -337,7 +337,7 @@ def _strip_shape(node: cst.BaseExpression) -> cst.BaseExpression:
 
 
 def _has_constant(node: cst.CSTNode) -> bool:
-    for n in _walk(node):
+    for n in subtree(node):
         if isinstance(n, cst.Float):
             value = number(n)
             if value is not None and any(abs(value - c) <= 1e-5 * c for c in _GELU_CONSTANTS):
@@ -364,7 +364,7 @@ def _chains(node: cst.CSTNode) -> Iterator[cst.BaseExpression]:
 
 
 def _names_in(node: cst.CSTNode) -> Set[str]:
-    return {n.value for n in _walk(node) if isinstance(n, cst.Name)}
+    return {n.value for n in subtree(node) if isinstance(n, cst.Name)}
 
 
 def _param_names(params: cst.Parameters) -> Set[str]:
@@ -373,11 +373,3 @@ def _param_names(params: cst.Parameters) -> Set[str]:
         if isinstance(star, cst.Param):
             out.add(star.name.value)
     return out
-
-
-def _walk(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
-    stack = [node]
-    while stack:
-        n = stack.pop()
-        yield n
-        stack.extend(children(n))

@@ -8,8 +8,9 @@ import libcst as cst
 from nanlint.finding import UNSAFE
 from nanlint.patterns import arg, is_method_call, is_reference, subject, torch_op
 from nanlint.rule import FixSpec, Invalid, Rule, Valid
+from nanlint.engine import subtree
 from nanlint.gradients import (
-    ScopeTracking, const, data_pipeline_file, guarded_calls, no_grad_value, strip, text, walk,
+    ScopeTracking, const, data_pipeline_file, guarded_calls, no_grad_value, strip, text,
 )
 
 ROOT_OPS = frozenset({"sqrt", "sqrt_"})
@@ -327,7 +328,7 @@ class ZeroGradSqrt(ScopeTracking, Rule):
         return isinstance(node, cst.Call) and torch_op(self.ctx, node) in ("clamp", "clip", "hardtanh", "tanh", "sigmoid")
 
     def _tensorish(self, node: cst.BaseExpression) -> bool:
-        for sub in walk(node, 100):
+        for sub in subtree(node, 100):
             if isinstance(sub, cst.Call):
                 qualified, method = self.ctx.callee(sub)
                 if qualified is not None and torch_op(self.ctx, sub) is not None:
@@ -338,7 +339,7 @@ class ZeroGradSqrt(ScopeTracking, Rule):
         """The squared value is visibly a Python number (a size, a shape, `.item()`)."""
         if isinstance(node, (cst.Integer, cst.Float)):
             return True
-        for sub in walk(node, 100):
+        for sub in subtree(node, 100):
             if isinstance(sub, cst.Call):
                 func = sub.func
                 name = func.attr.value if isinstance(func, cst.Attribute) else func.value if isinstance(func, cst.Name) else ""

@@ -9,7 +9,8 @@ from nanlint.dtypes import fmt
 from nanlint.finding import UNSAFE
 from nanlint.patterns import arg, is_method_call, is_reference, subject, torch_op
 from nanlint.rule import FixSpec, Invalid, Rule, Valid
-from nanlint.gradients import ScopeTracking, const, guarded_calls, strip, walk
+from nanlint.engine import subtree
+from nanlint.gradients import ScopeTracking, const, guarded_calls, strip
 
 INVERSE_OPS = {
     "acos": "acos", "acos_": "acos", "arccos": "acos", "arccos_": "acos",
@@ -307,7 +308,7 @@ class UnclampedAcos(ScopeTracking, Rule):
         return False
 
     def _mentions_norm(self, node: cst.BaseExpression, depth: int = 0) -> bool:
-        for sub in walk(node, 120):
+        for sub in subtree(node, 120):
             if isinstance(sub, cst.Call) and torch_op(self.ctx, sub) in NORM_OPS:
                 return True
             if isinstance(sub, cst.Name) and depth < 2:

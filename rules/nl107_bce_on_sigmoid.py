@@ -7,7 +7,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import libcst as cst
 
 from nanlint.dtypes import FLOAT32_MAX, DtypeFacts, fmt
-from nanlint.engine import children
+from nanlint.engine import subtree, children
 from nanlint.finding import SAFE
 from nanlint.patterns import arg, is_reference, torch_op
 from nanlint.rule import FixSpec, Invalid, Rule, Valid
@@ -174,7 +174,7 @@ class BceOnSigmoid(Rule):
     # -- scopes ---------------------------------------------------------------------
     def visit_ClassDef(self, node: cst.ClassDef) -> None:
         attrs: Dict[str, Optional[cst.BaseExpression]] = {}
-        for n in _walk(node):
+        for n in subtree(node):
             if isinstance(n, cst.Assign):
                 for t in n.targets:
                     name = _self_attr(t.target)
@@ -407,7 +407,7 @@ class BceOnSigmoid(Rule):
         """The loss module bound to `via` (a name or `self.attr`) is read once in the file."""
         if self._counts is None:
             counts: Dict[str, int] = {}
-            for n in _walk(self.ctx.module):
+            for n in subtree(self.ctx.module):
                 if isinstance(n, cst.Name):
                     counts[n.value] = counts.get(n.value, 0) + 1
                 elif isinstance(n, cst.Attribute):
@@ -450,11 +450,3 @@ def _prefixes(text: str) -> Iterator[str]:
     parts = text.split(".")
     for i in range(1, len(parts) + 1):
         yield ".".join(parts[:i])
-
-
-def _walk(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
-    stack = [node]
-    while stack:
-        n = stack.pop()
-        yield n
-        stack.extend(children(n))

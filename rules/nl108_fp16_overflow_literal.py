@@ -7,9 +7,9 @@ from typing import Dict, Iterator, List, Optional, Set, Tuple
 import libcst as cst
 
 from nanlint.dtypes import FLOAT16, fmt
-from nanlint.engine import children
+from nanlint.engine import subtree, children
 from nanlint.finding import UNSAFE
-from nanlint.patterns import arg, is_method_call, is_reference, subject
+from nanlint.patterns import mask_like, arg, is_method_call, is_reference, subject
 from nanlint.patterns import number as _any_number
 from nanlint.resolve import dotted_name
 from nanlint.rule import FixSpec, Invalid, Rule, Valid
@@ -229,6 +229,10 @@ class Fp16OverflowLiteral(Rule):
         text = dotted_name(target)
         if text is not None:
             self.scopes[-1][text] = value
+
+    def _bound_value(self, text: str) -> Optional[cst.BaseExpression]:
+        bound, value = self._lookup(text)
+        return value if bound else None
 
     def _lookup(self, text: str) -> Tuple[bool, Optional[cst.BaseExpression]]:
         """(bound in this function or at module level, its value)."""
@@ -468,7 +472,7 @@ class Fp16OverflowLiteral(Rule):
             kind = self._hazard_kind(value, symbol, where)
             if kind is None:
                 continue
-            if symbol == "*" and _mask_like(self, other):
+            if symbol == "*" and mask_like(other, self._bound_value):
                 continue  # NL003's additive-mask product
             tensor = self._tensor(other)
             if not tensor or (not _has_float(lit) and tensor == "tensor"):
@@ -713,31 +717,7 @@ def _name(ctx, x: cst.BaseExpression) -> str:
 
 def _has_float(node: cst.CSTNode) -> bool:
     """The literal is written as a float (`1e5`, `100000.0`, `2.0 ** 20`)."""
-    return any(isinstance(n, cst.Float) for n in _walk(node))
-
-
-def _mask_like(rule: Fp16OverflowLiteral, node: cst.BaseExpression, depth: int = 0) -> bool:
-    """What NL003 counts as the mask of an additive-mask product (it reports those)."""
-    if isinstance(node, cst.Name) and depth < 3:
-        bound, value = rule._lookup(node.value)
-        if bound and value is not None and _mask_like(rule, value, depth + 1):
-            return True
-    for n in _walk(node):
-        if isinstance(n, cst.Name) and "mask" in n.value.lower():
-            return True
-    if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.Subtract):
-        return number(node.left) == 1.0
-    if isinstance(node, cst.UnaryOperation) and isinstance(node.operator, cst.BitInvert):
-        return True
-    return False
-
-
-def _walk(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
-    stack = [node]
-    while stack:
-        n = stack.pop()
-        yield n
-        stack.extend(children(n))
+    return any(isinstance(n, cst.Float) for n in subtree(node))
 
 
 def _walk_scope(root: cst.CSTNode) -> Iterator[cst.CSTNode]:

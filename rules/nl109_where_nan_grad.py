@@ -5,7 +5,7 @@ from typing import Dict, Iterator, List, Optional, Set, Tuple
 
 import libcst as cst
 
-from nanlint.engine import children
+from nanlint.engine import children, subtree
 from nanlint.finding import SAFE
 from nanlint.patterns import arg, is_method_call, is_reference, number, subject, torch_op
 from nanlint.rule import FixSpec, Invalid, Rule, Valid
@@ -15,7 +15,6 @@ from nanlint.gradients import (
     _SPACES,
     strip,
     text,
-    walk,
     guarded_calls,
     data_pipeline_file,
     no_grad_value,
@@ -211,7 +210,7 @@ class WhereNanGrad(ScopeTracking, Rule):
         )
 
     def _pure(self, cond: cst.BaseExpression) -> bool:
-        for node in walk(cond):
+        for node in subtree(cond, 400):
             if isinstance(node, cst.Call):
                 if torch_op(self.ctx, node) not in PURE_COND_OPS:
                     return False

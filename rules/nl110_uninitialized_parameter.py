@@ -7,7 +7,8 @@ from typing import Dict, List, Optional, Set, Tuple
 import libcst as cst
 
 from nanlint.dtypes import fmt
-from nanlint.patterns import arg, number
+from nanlint.patterns import last_name, name_chain, arg, number
+from nanlint.resolve import dotted_name
 from nanlint.rule import Invalid, Rule, Valid
 
 #: allocations whose memory is not written
@@ -374,7 +375,7 @@ class UninitializedParameter(Rule):
 
     # -- structure -----------------------------------------------------------
     def visit_ClassDef(self, node: cst.ClassDef) -> None:
-        bases = [_last(b.value) or "" for b in node.bases if b.keyword is None]
+        bases = [last_name(b.value) or "" for b in node.bases if b.keyword is None]
         self.bases[node.name.value] = bases
         if any(b.endswith("PreTrainedModel") for b in bases):
             self.file_wide = True  # transformers: post_init() runs _init_weights on every module
@@ -507,15 +508,15 @@ class UninitializedParameter(Rule):
     def visit_Assign(self, node: cst.Assign) -> None:
         self.assigns.append(node)
         if len(node.targets) == 1 and isinstance(node.value, cst.Call):
-            chain = _chain(node.targets[0].target)
+            chain = name_chain(node.targets[0].target)
             if len(chain) == 2 and chain[0] == "self" and isinstance(node.targets[0].target, cst.Attribute):
-                built = self.ctx.resolve(node.value.func) or _last(node.value.func)
+                built = self.ctx.resolve(node.value.func) or last_name(node.value.func)
                 if built is not None and built.rpartition(".")[2] not in _CONTAINERS:
                     self.child_types[(self._cls(), chain[1])] = built
         for target in node.targets:
             self._assign_target(target.target)
         if len(node.targets) == 1 and isinstance(node.value, cst.Name):
-            chain = _chain(node.targets[0].target)
+            chain = name_chain(node.targets[0].target)
             if len(chain) == 2 and chain[0] == "self":
                 for c in self.creations:  # p = nn.Parameter(torch.empty(...)); self.p = p
                     if c.frame is self.frames[-1] and c.attr is None and c.local == node.value.value:
@@ -531,7 +532,7 @@ class UninitializedParameter(Rule):
             if self.meta_with or self._is_meta(node.value):
                 frame.meta.add(name)
         elif len(node.targets) == 1 and self.meta_with:
-            chain = _chain(node.targets[0].target)
+            chain = name_chain(node.targets[0].target)
             if chain:
                 self.frames[-1].meta.add(".".join(chain))
 
@@ -551,9 +552,9 @@ class UninitializedParameter(Rule):
             return
         # self.w.data = ..., self.w[...] = ..., self.fc.weight = ...
         if isinstance(target, cst.Subscript) or (
-            isinstance(target, cst.Attribute) and (target.attr.value == "data" or len(_chain(target)) >= 3)
+            isinstance(target, cst.Attribute) and (target.attr.value == "data" or len(name_chain(target)) >= 3)
         ):
-            self._mark(_chain(target))
+            self._mark(name_chain(target))
 
     def visit_Attribute(self, node: cst.Attribute) -> None:
         if isinstance(node.value, cst.Name) and node.value.value == "self":
@@ -594,7 +595,7 @@ class UninitializedParameter(Rule):
         self.order += 1
         frame = self.frames[-1]
         qualified = self.ctx.resolve(node.func)
-        last = _last(node.func)
+        last = last_name(node.func)
         if last is None:
             return
         receiver = node.func.value if isinstance(node.func, cst.Attribute) and qualified is None else None
@@ -633,7 +634,7 @@ class UninitializedParameter(Rule):
         in_place = last.endswith("_") and not last.endswith("__") and last not in _NOT_INIT
         init_named = "init" in last.lower() and last != "__init__" or "reset" in last.lower()
         if receiver is not None and (in_place or (init_named and _INIT_METHOD.search(last))):
-            chain = _chain(receiver)
+            chain = name_chain(receiver)
             if chain == ["self"]:
                 if init_named and self._cls() is not None:  # self.reset_parameters(): own or inherited hook
                     self.hooks_called.append((self._cls(), last))
@@ -658,12 +659,12 @@ class UninitializedParameter(Rule):
 
     # -- initialisation evidence ------------------------------------------------
     def _mark_expr(self, expr: cst.BaseExpression) -> bool:
-        if isinstance(expr, cst.Call) and _last(expr.func) == "getattr" and expr.args:
-            if _chain(expr.args[0].value) == ["self"] and self._cls() is not None:
+        if isinstance(expr, cst.Call) and last_name(expr.func) == "getattr" and expr.args:
+            if name_chain(expr.args[0].value) == ["self"] and self._cls() is not None:
                 self.covered_classes.add(self._cls())  # init(getattr(self, name))
                 self.frames[-1].generic = True
                 return True
-        chain = _chain(expr)
+        chain = name_chain(expr)
         if not chain:
             return False
         self._mark(chain)
@@ -708,7 +709,7 @@ class UninitializedParameter(Rule):
             return False
         if isinstance(node.func, cst.Name):
             return True  # `from .parameter import Parameter` (torch's own relative import)
-        root = _chain(node.func)
+        root = name_chain(node.func)
         return bool(root) and root[0] in ("nn", "torch")
 
     def _alloc(self, expr: cst.BaseExpression) -> Optional[cst.Call]:
@@ -718,13 +719,13 @@ class UninitializedParameter(Rule):
             if not isinstance(expr, cst.Call):
                 return None
             qualified = self.ctx.resolve(expr.func)
-            last = _last(expr.func)
+            last = last_name(expr.func)
             if qualified is None and isinstance(expr.func, cst.Attribute):
                 if last == "new_empty":
                     return expr if self._alloc_ok(expr) else None
                 if last in _PASS_THROUGH:
                     if last in ("to", "type") and any(
-                        _INT_DTYPE.search(self.ctx.resolve(a.value) or _dotted(a.value) or "") for a in expr.args
+                        _INT_DTYPE.search(self.ctx.resolve(a.value) or dotted_name(a.value) or "") for a in expr.args
                     ):
                         return None  # .to(torch.int8): garbage, but never NaN
                     expr = expr.func.value
@@ -743,7 +744,7 @@ class UninitializedParameter(Rule):
     def _alloc_ok(self, call: cst.Call) -> bool:
         dtype = arg(call, None, "dtype")
         if dtype is not None:
-            name = self.ctx.resolve(dtype.value) or _dotted(dtype.value) or ""
+            name = self.ctx.resolve(dtype.value) or dotted_name(dtype.value) or ""
             if _INT_DTYPE.search(name):
                 return False
         qualified = self.ctx.resolve(call.func) or ""
@@ -808,7 +809,7 @@ class UninitializedParameter(Rule):
             dtype = arg(data, None, "dtype")
             if dtype is not None and _STORAGE_DTYPE.search(self.ctx.code(dtype.value)):
                 return True
-            if _last(data.func) in ("to", "view") and data.args and _STORAGE_DTYPE.search(self.ctx.code(data.args[0].value)):
+            if last_name(data.func) in ("to", "view") and data.args and _STORAGE_DTYPE.search(self.ctx.code(data.args[0].value)):
                 return True
             if not isinstance(data.func, cst.Attribute):
                 break
@@ -828,7 +829,7 @@ class UninitializedParameter(Rule):
                 target = assign.target
             else:
                 return None, None
-            chain = _chain(target)
+            chain = name_chain(target)
             if chain and chain[0] == "self" and len(chain) >= 2:
                 return chain[1], None
             if isinstance(target, cst.Name):
@@ -851,7 +852,7 @@ class UninitializedParameter(Rule):
 
     def _to_empty(self, node: cst.Call, receiver: cst.BaseExpression) -> None:
         frame = self.frames[-1]
-        chain = _chain(receiver)
+        chain = name_chain(receiver)
         meta = self._is_meta(receiver) or (chain and ".".join(chain) in frame.meta)
         if not meta:
             return
@@ -865,7 +866,7 @@ class UninitializedParameter(Rule):
             for a in expr.args:
                 if a.keyword is not None and a.keyword.value == "device" and _is_meta_device(a.value):
                     return True
-            if _last(expr.func) == "to" and expr.args and _is_meta_device(expr.args[0].value):
+            if last_name(expr.func) == "to" and expr.args and _is_meta_device(expr.args[0].value):
                 return True
             if isinstance(expr.func, cst.Attribute):
                 expr = expr.func.value
@@ -876,7 +877,7 @@ class UninitializedParameter(Rule):
     def _is_meta_context(self, expr: cst.BaseExpression) -> bool:
         if not isinstance(expr, cst.Call):
             return False
-        last = _last(expr.func)
+        last = last_name(expr.func)
         if last == "device" and expr.args and _is_meta_device(expr.args[0].value):
             return True
         return last in ("init_empty_weights", "init_on_device") and (
@@ -926,7 +927,7 @@ def _size_like(node: cst.BaseExpression, single: bool = False) -> bool:
     if isinstance(node, (cst.Name, cst.Attribute)):
         if not single:
             return True
-        name = _last(node) or ""
+        name = last_name(node) or ""
         return bool(_SIZE_NAME.search(name)) or (name.isupper() and len(name) > 1)
     if isinstance(node, cst.BinaryOperation) and isinstance(
         node.operator, (cst.Multiply, cst.FloorDivide, cst.Add, cst.Subtract)
@@ -936,52 +937,12 @@ def _size_like(node: cst.BaseExpression, single: bool = False) -> bool:
             return _size_like(node.left, True) and _size_like(node.right, True)
         return _size_like(node.left, single) and _size_like(node.right, single)
     if isinstance(node, cst.Call):
-        name = _last(node.func)
+        name = last_name(node.func)
         return name in ("len", "int", "prod", "numel")
     if isinstance(node, cst.Subscript):  # shape[0], x.size(0) handled above
-        base = _last(node.value) or ""
+        base = last_name(node.value) or ""
         return base in ("shape", "size")
     return False
-
-
-def _last(node: cst.BaseExpression) -> Optional[str]:
-    if isinstance(node, cst.Name):
-        return node.value
-    if isinstance(node, cst.Attribute):
-        return node.attr.value
-    return None
-
-
-def _dotted(node: cst.BaseExpression) -> Optional[str]:
-    parts = []
-    while isinstance(node, cst.Attribute):
-        parts.append(node.attr.value)
-        node = node.value
-    if isinstance(node, cst.Name):
-        parts.append(node.value)
-        return ".".join(reversed(parts))
-    return None
-
-
-def _chain(node: cst.BaseExpression) -> List[str]:
-    """The names along `self.blocks[0].fc.weight.data` (root first), through
-    attributes, subscripts and calls (`super().x` -> ["super", "x"])."""
-    names: List[str] = []
-    while True:
-        if isinstance(node, cst.Attribute):
-            names.append(node.attr.value)
-            node = node.value
-        elif isinstance(node, cst.Subscript):
-            node = node.value
-        elif isinstance(node, cst.Call):
-            node = node.func
-        elif isinstance(node, cst.Name):
-            names.append(node.value)
-            break
-        else:
-            return []
-    names.reverse()
-    return names
 
 
 def _chains_in(node: cst.BaseExpression) -> List[List[str]]:
@@ -999,7 +960,7 @@ def _chains_in(node: cst.BaseExpression) -> List[List[str]]:
         for e in node.elements:
             out.extend(_chains_in(e.value))
         return out
-    chain = _chain(node)
+    chain = name_chain(node)
     return [chain] if chain else []
 
 
@@ -1017,6 +978,6 @@ def _target_names(node: cst.BaseExpression) -> List[str]:
 def _is_meta_device(node: cst.BaseExpression) -> bool:
     if isinstance(node, cst.SimpleString):
         return node.evaluated_value in ("meta",)
-    if isinstance(node, cst.Call) and _last(node.func) == "device" and node.args:
+    if isinstance(node, cst.Call) and last_name(node.func) == "device" and node.args:
         return _is_meta_device(node.args[0].value)
     return False
