@@ -48,22 +48,11 @@ class Selection:
         self.cache = Cache(directory, fingerprint)
 
     @classmethod
-    def build(
-        cls,
-        settings: Settings,
-        select: Optional[Sequence[str]] = None,
-        extend_select: Sequence[str] = (),
-        ignore: Sequence[str] = (),
-        target_dtypes: Optional[Sequence[str]] = None,
-    ) -> "Selection":
-        chosen_select = list(select) if select else settings.select
-        rules = select_rules(
-            chosen_select,
-            list(settings.extend_select) + list(extend_select),
-            list(settings.ignore) + list(ignore),
-        )
-        names = list(target_dtypes) if target_dtypes else settings.target_dtypes
-        dtypes = tuple(DTYPES[n] for n in names)
+    def build(cls, settings: Settings) -> "Selection":
+        """The rules and dtypes the settings select (command-line flags are
+        already folded into them)."""
+        rules = select_rules(settings.select, settings.extend_select, settings.ignore)
+        dtypes = tuple(DTYPES[n] for n in settings.target_dtypes)
         rules = [r for r in rules if r.active(dtypes)]
         return cls(rules, dtypes, settings)
 
@@ -127,37 +116,35 @@ def decode_notebook(data: bytes) -> str:
 
 def check_notebook_text(raw: str, display: str, path: Path, selection: Selection) -> Tuple[List[Finding], List[str]]:
     """Findings of a notebook's code cells, each with its cell."""
-    from .notebook import load, map_findings
+    from .notebook import load
 
     nb = load(raw, display)
-    virtual = nb.virtual_source()
+    return _lint_notebook(nb, nb.virtual_source(), display, path, selection)
+
+
+def _lint_notebook(nb, virtual: str, display: str, path: Path, selection: Selection) -> Tuple[List[Finding], List[str]]:
+    from .notebook import map_findings
+
     findings, errors = check_text(virtual, display, path, selection)
     return map_findings(nb, virtual, findings), errors
-
-
-def check_any_text(text: str, display: str, path: Path, selection: Selection) -> Tuple[List[Finding], List[str]]:
-    """A .py source or a notebook's JSON text, by the file name."""
-    if is_notebook(path):
-        return check_notebook_text(text, display, path, selection)
-    return check_text(text, display, path, selection)
 
 
 def _check_notebook_file(data: bytes, display: str, path: Path, selection: Selection) -> FileResult:
     from .notebook import load
 
     try:
-        raw = decode_notebook(data)
-        nb = load(raw, display)
+        nb = load(decode_notebook(data), display)
     except ReadError as exc:
         return FileResult(display, [], [f"{display}: {exc}"])
+    virtual = nb.virtual_source()
     # outputs (images) can make a notebook large: the limit is on its code
-    skipped = too_large(nb.virtual_source().encode("utf-8"), display, selection)
+    skipped = too_large(virtual.encode("utf-8"), display, selection)
     if skipped:
         return FileResult(display, [], [], warnings=[skipped])
     key, hit = _cache_lookup(data, display, path, selection)
     if hit is not None:
         return hit
-    findings, errors = check_notebook_text(raw, display, path, selection)
+    findings, errors = _lint_notebook(nb, virtual, display, path, selection)
     if selection.cache is not None and not errors:
         selection.cache.put(key, findings)
     return FileResult(display, findings, errors)
@@ -275,7 +262,7 @@ def _cache_lookup(data: bytes, display: str, path: Path, selection: Selection) -
     hit = selection.cache.get(key)
     if hit is None:
         return key, None
-    return key, FileResult(display, hit, [], warnings=_hit_warnings(data, display))
+    return key, FileResult(display, hit, [], warnings=_hit_warnings(data, display, path))
 
 
 def _cached(path: Path, selection: Selection) -> Optional[FileResult]:
@@ -289,9 +276,11 @@ def _cached(path: Path, selection: Selection) -> Optional[FileResult]:
 _NOQA_BYTES = re.compile(rb"noqa", re.IGNORECASE)
 
 
-def _hit_warnings(data: bytes, display: str) -> List[str]:
-    """The `# noqa` warnings of a file answered from the cache (not cached themselves)."""
-    if not _NOQA_BYTES.search(data):  # no lowered copy of every cached file
+def _hit_warnings(data: bytes, display: str, path: Path) -> List[str]:
+    """The `# noqa` warnings of a file answered from the cache (not cached
+    themselves), as check_file gives them: none for a notebook, whose lines
+    are not the JSON file's."""
+    if is_notebook(path) or not _NOQA_BYTES.search(data):  # no lowered copy of every cached file
         return []
     try:
         return noqa_warnings(decode(data).text, display)

@@ -352,3 +352,16 @@ def test_notebook_fix_never_puts_an_added_import_into_a_shell_cell(tmp_path):
     assert cells[0]["source"] == "%%bash\necho hi"
     assert cells[1]["source"] == ("%matplotlib inline\nfrom torch import tanh\nimport torch\n"
                                   "h = x * (torch.sigmoid(s) + 0.5)")
+
+
+def test_notebook_answers_are_the_same_from_the_cache(tmp_path):
+    nb = {"cells": [{"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
+                     "source": HAZARD + "y = torch.exp(z)  # noqa: NL999\n"}],
+          "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    (tmp_path / "c.ipynb").write_text(json.dumps(nb, indent=1))
+    cold = run("check", "c.ipynb", cwd=tmp_path)
+    warm = run("check", "c.ipynb", cwd=tmp_path)
+    assert (tmp_path / ".nanlint_cache").is_dir()
+    assert cold.returncode == warm.returncode == 1
+    assert (cold.stdout, cold.stderr) == (warm.stdout, warm.stderr)
+    assert "c.ipynb:cell 1:4:12: NL002" in warm.stdout
