@@ -48,6 +48,7 @@ def _finding_from_dict(d: Dict[str, Any]) -> Finding:
             fix["applicability"], fix["message"], tuple(Edit(**e) for e in fix["edits"])
         ),
         cell=d.get("cell"),
+        confidence=d["confidence"],
     )
 
 

@@ -84,6 +84,10 @@ def selection_options(func):
                      help="Rules to disable."),
         click.option("--target-dtype", "target_dtypes", multiple=True, metavar="DTYPE",
                      help="Low-precision dtype(s) to check for: float16 (default), bfloat16."),
+        click.option("--min-confidence", type=click.Choice(["high", "medium", "low"]), default=None,
+                     help="Show findings at least this sure (default: high, or the `min-confidence` "
+                          "setting): medium adds hazards that need a rare input, low adds those resting "
+                          "on facts nanlint could not establish."),
         click.option("--config", type=click.Path(dir_okay=False), metavar="PATH",
                      help="Configuration file (pyproject.toml with [tool.nanlint], or nanlint.toml). Default: the closest one above the first path."),
     ]
@@ -161,12 +165,13 @@ FIX_EXIT_HELP = EXIT_CODES_HELP.replace(
 @click.option("--show-files", is_flag=True, help="Print the files that would be checked, then exit.")
 def check(paths, select, extend_select, ignore, target_dtypes, config, output_format, statistics,
           exit_zero, stdin_filename, no_cache, jobs, respect_gitignore, force_exclude, apply_fix,
-          unsafe_fixes, diff, show_settings, show_files) -> None:
+          unsafe_fixes, diff, show_settings, show_files, min_confidence) -> None:
     """Check PATHS (files, directories or notebooks; default: .) for numerical hazards.
 
     `-` reads the source from stdin.
     """
-    discovery = dict(respect_gitignore=respect_gitignore, force_exclude=force_exclude)
+    discovery = dict(respect_gitignore=respect_gitignore, force_exclude=force_exclude,
+                     min_confidence=min_confidence)
     if show_settings or show_files:
         _show(paths, select, extend_select, ignore, target_dtypes, config, stdin_filename,
               show_settings, show_files, discovery)
@@ -186,7 +191,7 @@ def check(paths, select, extend_select, ignore, target_dtypes, config, output_fo
 @fix_options
 def fix(paths, select, extend_select, ignore, target_dtypes, config, output_format, statistics,
         exit_zero, stdin_filename, no_cache, jobs, respect_gitignore, force_exclude, unsafe_fixes,
-        diff) -> None:
+        diff, min_confidence) -> None:
     """Apply fixes to PATHS in place (default: .), then report what remains.
 
     Only safe fixes unless --unsafe-fixes. Files are re-parsed before they are
@@ -195,7 +200,8 @@ def fix(paths, select, extend_select, ignore, target_dtypes, config, output_form
     """
     _run_fix(paths, select, extend_select, ignore, target_dtypes, config, output_format,
              exit_zero, stdin_filename, jobs, unsafe_fixes, diff,
-             dict(respect_gitignore=respect_gitignore, force_exclude=force_exclude))
+             dict(respect_gitignore=respect_gitignore, force_exclude=force_exclude,
+                  min_confidence=min_confidence))
 
 
 def _show(paths, select, extend_select, ignore, target_dtypes, config, stdin_filename,
@@ -428,7 +434,7 @@ Exit codes:
               help="Stop a target that runs longer than this (import, factory and run; 0: no limit); exit 2.")
 @click.option("--verbose", is_flag=True, help="Show the traceback behind an error.")
 def confirm(target, select, extend_select, ignore, target_dtypes, config, device, dtype, precision, steps,
-            seed, push_steps, output_format, timeout, verbose) -> None:
+            seed, push_steps, output_format, timeout, verbose, min_confidence) -> None:
     """Run TARGET in low precision and show which static findings actually fire.
 
     TARGET is path/to/file.py:factory or package.module:factory; factory()
@@ -439,7 +445,10 @@ def confirm(target, select, extend_select, ignore, target_dtypes, config, device
 
     where = target.rpartition(":")[0]
     first = Path(where) if where.endswith(".py") else None
-    selection = _load_selection(config, first, select, extend_select, ignore, target_dtypes)
+    # every static finding is joined, whatever its confidence, unless asked otherwise:
+    # a low-confidence finding that fires is worth seeing
+    selection = _load_selection(config, first, select, extend_select, ignore, target_dtypes,
+                                min_confidence=min_confidence or "low")
     sys.exit(run_confirm(target, selection, device=device, dtype=dtype, precision=precision, steps=steps,
                          seed=seed, push_steps=push_steps, output_format=output_format, verbose=verbose,
                          timeout=timeout))

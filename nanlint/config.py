@@ -45,6 +45,8 @@ class Settings:
     rule_options: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     #: where cached findings live (relative to ``root``); default .nanlint_cache
     cache_dir: Optional[str] = None
+    #: findings below this confidence are not shown ("high", "medium" or "low")
+    min_confidence: str = "high"
     #: larger files are skipped with a warning (0: no limit)
     max_file_size: int = 1_048_576
     #: skip what git ignores when searching directories
@@ -82,6 +84,14 @@ def check_selectors(selectors: Sequence[str], where: str) -> List[str]:
     return out
 
 
+def check_confidence(value: Any, where: str) -> str:
+    from .finding import CONFIDENCES
+
+    if not isinstance(value, str) or value.lower() not in CONFIDENCES:
+        raise ConfigError(f"{where}: `min-confidence` must be one of: {', '.join(reversed(CONFIDENCES))}")
+    return value.lower()
+
+
 def check_dtypes(dtypes: Sequence[str], where: str) -> List[str]:
     out = []
     for d in dtypes:
@@ -117,6 +127,8 @@ def parse_table(table: Mapping[str, Any], where: str, root: Path) -> Settings:
             if not isinstance(value, str) or not value:
                 raise ConfigError(f"{where}: `cache-dir` must be a non-empty string")
             settings.cache_dir = value
+        elif key == "min-confidence":
+            settings.min_confidence = check_confidence(value, where)
         elif key == "max-file-size":
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"{where}: `max-file-size` must be a number of bytes (0: no limit)")

@@ -454,6 +454,7 @@ def _materialise(ctx: Context, module: cst.Module, source: str, path: str, parse
             end_line=end_line,
             end_column=end_col + 1,
             fix=fix,
+            confidence=report.confidence,
         )
         key = (finding.code, line, col, end_line, end_col, finding.message)
         findings.setdefault(key, finding)

@@ -18,6 +18,16 @@ SAFE = "safe"
 UNSAFE = "unsafe"
 APPLICABILITIES = (SAFE, UNSAFE)
 
+#: how sure a finding is, weakest first (see README, "Confidence")
+LOW = "low"
+MEDIUM = "medium"
+HIGH = "high"
+CONFIDENCES = (LOW, MEDIUM, HIGH)
+
+
+def at_least(confidence: str, minimum: str) -> bool:
+    return CONFIDENCES.index(confidence) >= CONFIDENCES.index(minimum)
+
 
 @dataclass(frozen=True)
 class Edit:
@@ -65,6 +75,10 @@ class Finding:
     end_column: int
     fix: Optional[Fix] = None
     cell: Optional[int] = None
+    #: "high": fires for ordinary or plausible inputs in the target dtype;
+    #: "medium": needs a rare input (an all-padding row, a zero vector);
+    #: "low": rests on a fact the analysis could not establish
+    confidence: str = HIGH
 
     def sort_key(self) -> Tuple[str, int, int, int, str, str]:
         return (self.path, self.cell or 0, self.line, self.column, self.code, self.message)
@@ -87,4 +101,5 @@ class Finding:
             "end_column": self.end_column,
             "fix": self.fix.to_dict() if self.fix is not None else None,
             "cell": self.cell,
+            "confidence": self.confidence,
         }

@@ -23,6 +23,7 @@ stay byte-identical.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import secrets
@@ -284,7 +285,7 @@ def map_findings(nb: Notebook, virtual: str, findings: Sequence[Finding]) -> Lis
                     break
                 edits.append(Edit(l1, e.column, l2, e.end_column, e.content))
             fix = Fix(fix.applicability, fix.message, tuple(edits) if edits is not None else ())
-        out.append(Finding(f.code, f.name, f.message, f.path, line, f.column, end_line, f.end_column, fix, cell))
+        out.append(dataclasses.replace(f, line=line, end_line=end_line, fix=fix, cell=cell))
     return out
 
 

@@ -359,7 +359,8 @@ def value_facts(
             return frozenset({UPPER, LOWER})  # a module constant
         facts = name_facts(node.value)
         if bindings is not None:
-            bound = bindings.lookup(node.value)
+            lookup_node = getattr(bindings, "lookup_node", None)
+            bound = lookup_node(node) if lookup_node is not None else bindings.lookup(node.value)
             if bound is not None and bound is not node:
                 facts = facts | rec(bound)
         return facts

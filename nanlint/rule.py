@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Union
 import libcst as cst
 
 from .dtypes import DtypeFacts
-from .finding import APPLICABILITIES
+from .finding import APPLICABILITIES, CONFIDENCES, HIGH
 from .resolve import Names
 
 
@@ -91,6 +91,7 @@ class Report:
     node: cst.CSTNode
     message: str
     fix: Optional[FixSpec]
+    confidence: str = HIGH
 
 
 class Context:
@@ -111,6 +112,17 @@ class Context:
         #: the target dtypes from the configuration (float16 first when present)
         self.dtypes: Tuple[DtypeFacts, ...] = tuple(dtypes)
         self.reports: List[Report] = []
+        self._facts = None
+
+    @property
+    def facts(self):
+        """The shared analysis of this file (:class:`nanlint.analysis.Facts`),
+        built on first use: files no rule asks about never pay for it."""
+        if self._facts is None:
+            from .analysis import Facts
+
+            self._facts = Facts(self)
+        return self._facts
 
     # -- names ------------------------------------------------------------
     def resolve(self, node: cst.BaseExpression) -> Optional[str]:
@@ -180,9 +192,11 @@ class Rule:
             self.opts.update(options)
 
     def report(
-        self, node: cst.CSTNode, message: str, fix: Optional[FixSpec] = None
+        self, node: cst.CSTNode, message: str, fix: Optional[FixSpec] = None, confidence: str = HIGH
     ) -> None:
-        self.ctx.reports.append(Report(self, node, message, fix))
+        if confidence not in CONFIDENCES:
+            raise ValueError(f"confidence must be one of {CONFIDENCES}")
+        self.ctx.reports.append(Report(self, node, message, fix, confidence))
 
     @classmethod
     def documentation(cls) -> str:

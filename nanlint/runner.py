@@ -17,7 +17,7 @@ from .config import Settings
 from .dtypes import DTYPES, DtypeFacts
 from .engine import lint_source
 from .files import ReadError, Source, decode, discover, display_path, read_bytes
-from .finding import Finding
+from .finding import Finding, at_least
 from .fix import FixOutcome, write_atomic
 from .registry import select_rules
 from .rule import Rule
@@ -43,7 +43,8 @@ class Selection:
         if not directory.is_absolute():
             directory = self.settings.root / directory
         fingerprint = json.dumps(
-            [[d.name for d in self.dtypes], self.settings.rule_options], sort_keys=True, default=str
+            [[d.name for d in self.dtypes], self.settings.rule_options, self.settings.min_confidence],
+            sort_keys=True, default=str,
         )
         self.cache = Cache(directory, fingerprint)
 
@@ -100,7 +101,8 @@ def check_text(text: str, display: str, path: Path, selection: Selection) -> Tup
         selection.dtypes,
         selection.settings.rule_options,
     )
-    return result.findings, result.errors
+    minimum = selection.settings.min_confidence
+    return [f for f in result.findings if at_least(f.confidence, minimum)], result.errors
 
 
 def is_notebook(path: Path) -> bool:

@@ -60,7 +60,8 @@ def test_json_schema_is_exact(project):
     data = json.loads(proc.stdout)
     assert len(data) == 1
     item = data[0]
-    assert set(item) == {"code", "name", "message", "path", "line", "column", "end_line", "end_column", "fix", "cell"}
+    assert set(item) == {"code", "name", "message", "path", "line", "column", "end_line", "end_column", "fix", "cell",
+                         "confidence"}
     assert (item["code"], item["path"], item["line"], item["column"]) == ("NL002", "bad.py", 4, 12)
     assert (item["end_line"], item["end_column"]) == (4, 29)
     assert set(item["fix"]) == {"applicability", "message", "edits"}

@@ -1,0 +1,11 @@
+"""The shared analysis: what the values of a file are (dtype class, range,
+origin, gradient, consumers), computed lazily for the expressions rules ask
+about. Data flows one way: files -> parse -> analysis -> rules -> findings.
+
+- ``scopes``: bindings, scopes, parents and source order of one module;
+- ``values``: :class:`Facts`, the queries rules make.
+"""
+
+from .values import ACTIVATION, HALF, HOST, INTEGER, UNKNOWN, WIDE, Facts
+
+__all__ = ["Facts", "HALF", "WIDE", "INTEGER", "HOST", "UNKNOWN", "ACTIVATION"]

@@ -1,0 +1,284 @@
+"""Where names are bound, and which binding a use of a name sees.
+
+Built lazily, once per file, from one walk over the tree the engine already
+parsed (no libcst metadata providers: their cost is several parses). Rules do
+not call this directly; they ask :class:`nanlint.analysis.values.Facts`.
+
+The model is deliberately simple and errs towards "unknown":
+
+- a *scope* is the module, a class body or a function (lambdas and
+  comprehensions belong to the function around them);
+- a use of a name inside a function sees the bindings of that function that
+  come *before* it in source order (the last one first), else the function's
+  parameter, else an enclosing function's binding, else a module binding;
+- ``self.attr`` inside a method sees every ``self.attr = ...`` in the class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import libcst as cst
+
+from ..engine import iter_tree
+
+SCOPE_NODES = (cst.Module, cst.ClassDef, cst.FunctionDef)
+
+
+@dataclass(frozen=True)
+class Binding:
+    """One place where a name gets a value."""
+
+    name: str
+    #: "assign", "augassign", "param", "for", "with", "def", "class", "import", "walrus"
+    kind: str
+    #: the node that binds (the Assign statement, the Param, the For...)
+    node: cst.CSTNode
+    #: the value expression where the source shows one (``x = <value>``, a
+    #: parameter's default), else None
+    value: Optional[cst.BaseExpression]
+    #: source-order index of the binding node
+    order: int
+    #: for a parameter, its annotation (``x: float``)
+    annotation: Optional[cst.BaseExpression] = None
+
+
+class Scopes:
+    """Parents, source order, and bindings per scope for one module."""
+
+    def __init__(self, module: cst.Module) -> None:
+        self.module = module
+        self.parent: Dict[cst.CSTNode, Optional[cst.CSTNode]] = {}
+        self.order: Dict[cst.CSTNode, int] = {}
+        #: scope node -> name -> bindings in source order
+        self.bindings: Dict[cst.CSTNode, Dict[str, List[Binding]]] = {}
+        #: class node -> attribute name -> values assigned to ``self.<name>``
+        self.self_attrs: Dict[cst.CSTNode, Dict[str, List[Tuple[cst.CSTNode, Optional[cst.BaseExpression]]]]] = {}
+        #: scope node -> Name nodes read in it (for uses / consumers)
+        self.reads: Dict[cst.CSTNode, Dict[str, List[cst.Name]]] = {}
+        self._build()
+
+    # -- building ---------------------------------------------------------
+    def _build(self) -> None:
+        parent, order = self.parent, self.order
+        scope_of: Dict[cst.CSTNode, cst.CSTNode] = {}
+        self.scope_of = scope_of
+        index = 0
+        for node, up in iter_tree(self.module):
+            parent[node] = up
+            order[node] = index
+            index += 1
+            if up is None:
+                scope_of[node] = node
+            else:
+                s = scope_of[up]
+                scope_of[node] = up if isinstance(up, SCOPE_NODES) and _inside_body(up, node) else s
+            if isinstance(node, SCOPE_NODES):
+                self.bindings.setdefault(node, {})
+            self._bind(node, up, scope_of)
+
+    def _add(self, scope: cst.CSTNode, binding: Binding) -> None:
+        self.bindings.setdefault(scope, {}).setdefault(binding.name, []).append(binding)
+
+    def _bind(self, node: cst.CSTNode, up: Optional[cst.CSTNode], scope_of) -> None:
+        if isinstance(node, cst.Assign):
+            scope = scope_of[node]
+            for target in node.targets:
+                self._bind_target(scope, target.target, node, node.value)
+        elif isinstance(node, cst.AnnAssign):
+            self._bind_target(scope_of[node], node.target, node, node.value)
+        elif isinstance(node, cst.AugAssign):
+            if isinstance(node.target, cst.Name):
+                self._add(scope_of[node], Binding(node.target.value, "augassign", node, node, self.order[node]))
+        elif isinstance(node, cst.Param) and isinstance(up, cst.Parameters):
+            func = self.parent.get(up)
+            if isinstance(func, (cst.FunctionDef, cst.Lambda)):
+                owner = func if isinstance(func, cst.FunctionDef) else scope_of[func]
+                annotation = node.annotation.annotation if node.annotation is not None else None
+                self._add(owner, Binding(node.name.value, "param", node,
+                                         node.default, self.order[node], annotation))
+        elif isinstance(node, (cst.For, cst.CompFor)):
+            for name in _names_in(node.target):
+                self._add(scope_of[node], Binding(name.value, "for", node, node.iter, self.order[node]))
+        elif isinstance(node, cst.WithItem):
+            if node.asname is not None:
+                for name in _names_in(node.asname.name):
+                    self._add(scope_of[node], Binding(name.value, "with", node, node.item, self.order[node]))
+        elif isinstance(node, cst.NamedExpr) and isinstance(node.target, cst.Name):
+            self._add(scope_of[node], Binding(node.target.value, "walrus", node, node.value, self.order[node]))
+        elif isinstance(node, (cst.FunctionDef, cst.ClassDef)) and up is not None:
+            kind = "def" if isinstance(node, cst.FunctionDef) else "class"
+            self._add(scope_of[up] if not isinstance(up, SCOPE_NODES) else _owner(up, node, scope_of),
+                      Binding(node.name.value, kind, node, None, self.order[node]))
+        elif isinstance(node, cst.Name) and up is not None and _is_read(node, up):
+            self.reads.setdefault(scope_of[node], {}).setdefault(node.value, []).append(node)
+
+    def _bind_target(self, scope, target, stmt, value) -> None:
+        if isinstance(target, cst.Name):
+            self._add(scope, Binding(target.value, "assign", stmt, value, self.order[stmt]))
+        elif isinstance(target, (cst.Tuple, cst.List)):
+            for element in target.elements:
+                inner = element.value
+                if isinstance(inner, cst.StarredElement):
+                    inner = inner.value
+                # a tuple unpacking: each name gets "part of" the value
+                self._bind_target(scope, inner, stmt, None)
+        elif (
+            isinstance(target, cst.Attribute)
+            and isinstance(target.value, cst.Name)
+            and target.value.value == "self"
+        ):
+            cls = self.enclosing_class(stmt)
+            if cls is not None:
+                self.self_attrs.setdefault(cls, {}).setdefault(target.attr.value, []).append((stmt, value))
+
+    # -- queries ------------------------------------------------------------
+    def ancestors(self, node: cst.CSTNode) -> Iterator[cst.CSTNode]:
+        up = self.parent.get(node)
+        while up is not None:
+            yield up
+            up = self.parent.get(up)
+
+    def enclosing_function(self, node: cst.CSTNode) -> Optional[cst.FunctionDef]:
+        for up in self.ancestors(node):
+            if isinstance(up, cst.FunctionDef):
+                return up
+        return None
+
+    def enclosing_class(self, node: cst.CSTNode) -> Optional[cst.ClassDef]:
+        for up in self.ancestors(node):
+            if isinstance(up, cst.ClassDef):
+                return up
+        return None
+
+    def statement_of(self, node: cst.CSTNode) -> Optional[cst.CSTNode]:
+        """The small statement (``Assign``, ``Expr``, ``Return``...) holding ``node``."""
+        for up in [node, *self.ancestors(node)]:
+            if isinstance(up, cst.BaseSmallStatement) or isinstance(up, cst.BaseCompoundStatement):
+                return up
+        return None
+
+    def reaching(self, name: cst.Name) -> List[Binding]:
+        """The bindings a read of ``name`` may see, nearest first (see the
+        module docstring). Empty when the name is bound nowhere in the file
+        (a builtin, an import handled by ``Names``, a star import)."""
+        where = self.order.get(name, 1 << 60)
+        scope: Optional[cst.CSTNode] = self.scope_of.get(name)
+        first = True
+        while scope is not None:
+            table = self.bindings.get(scope, {})
+            found = table.get(name.value)
+            if found:
+                if isinstance(scope, cst.FunctionDef) and first:
+                    before = [b for b in found if b.order < where]
+                    if before:
+                        return list(reversed(before))
+                    params = [b for b in found if b.kind == "param"]
+                    if params:
+                        return params
+                    # bound later in the function only (a loop carries it back)
+                    return list(reversed(found))
+                if not isinstance(scope, cst.ClassDef) or first:
+                    return list(reversed(found))
+            first = False
+            scope = self._outer_scope(scope)
+        return []
+
+    def _outer_scope(self, scope: cst.CSTNode) -> Optional[cst.CSTNode]:
+        if isinstance(scope, cst.Module):
+            return None
+        up = self.scope_of.get(scope)
+        # class bodies are not visible from the methods inside them
+        while isinstance(up, cst.ClassDef):
+            up = self.scope_of.get(up)
+        return up
+
+    def reads_of(self, binding: Binding, scope: Optional[cst.CSTNode] = None) -> List[cst.Name]:
+        """Reads of the binding's name after it, in the scope it was bound in."""
+        scope = scope if scope is not None else self.scope_of.get(binding.node)
+        if scope is None:
+            return []
+        return [n for n in self.reads.get(scope, {}).get(binding.name, []) if self.order[n] > binding.order]
+
+    def self_attribute(self, node: cst.Attribute) -> List[Tuple[cst.CSTNode, Optional[cst.BaseExpression]]]:
+        """Every ``self.<attr> = value`` in the class around a ``self.<attr>`` read."""
+        if not (isinstance(node.value, cst.Name) and node.value.value == "self"):
+            return []
+        cls = self.enclosing_class(node)
+        if cls is None:
+            return []
+        return self.self_attrs.get(cls, {}).get(node.attr.value, [])
+
+    def function_named(self, name: str, near: Optional[cst.CSTNode] = None) -> Optional[cst.FunctionDef]:
+        """A function of this file called ``name`` (a method of the class
+        around ``near`` first, then a module-level function)."""
+        if near is not None:
+            cls = self.enclosing_class(near)
+            if cls is not None:
+                for b in self.bindings.get(cls, {}).get(name, []):
+                    if isinstance(b.node, cst.FunctionDef):
+                        return b.node
+        for b in self.bindings.get(self.module, {}).get(name, []):
+            if isinstance(b.node, cst.FunctionDef):
+                return b.node
+        return None
+
+    def returns(self, func: cst.FunctionDef) -> List[cst.BaseExpression]:
+        """The expressions a function returns (not those of nested functions)."""
+        out: List[cst.BaseExpression] = []
+        for node, _ in iter_tree(func.body):
+            if isinstance(node, cst.Return) and node.value is not None and self.enclosing_function(node) is func:
+                out.append(node.value)
+        return out
+
+
+def _inside_body(scope: cst.CSTNode, child: cst.CSTNode) -> bool:
+    """Whether ``child`` (a direct child of a scope node) belongs to the scope's
+    own namespace: a function's parameters and body, a class's body -- not its
+    decorators, bases or default values, which are evaluated outside."""
+    if isinstance(scope, cst.Module):
+        return True
+    if isinstance(scope, cst.FunctionDef):
+        return child is scope.body or child is scope.params
+    if isinstance(scope, cst.ClassDef):
+        return child is scope.body
+    return False
+
+
+def _owner(scope: cst.CSTNode, node: cst.CSTNode, scope_of) -> cst.CSTNode:
+    return scope if _inside_body(scope, node) else scope_of[scope]
+
+
+def _names_in(target: cst.BaseExpression) -> List[cst.Name]:
+    if isinstance(target, cst.Name):
+        return [target]
+    if isinstance(target, (cst.Tuple, cst.List)):
+        out: List[cst.Name] = []
+        for element in target.elements:
+            value = element.value
+            if isinstance(value, cst.StarredElement):
+                value = value.value
+            out.extend(_names_in(value))
+        return out
+    return []
+
+
+def _is_read(name: cst.Name, up: cst.CSTNode) -> bool:
+    """A Name node that reads a variable (not an attribute's name, a keyword,
+    a binding target, a def's name)."""
+    if isinstance(up, cst.Attribute) and up.attr is name:
+        return False
+    if isinstance(up, cst.Arg) and up.keyword is name:
+        return False
+    if isinstance(up, (cst.FunctionDef, cst.ClassDef, cst.Param, cst.ImportAlias, cst.AsName)):
+        return False
+    if isinstance(up, cst.AssignTarget) and up.target is name:
+        return False
+    if isinstance(up, (cst.AnnAssign, cst.AugAssign)) and up.target is name:
+        return isinstance(up, cst.AugAssign)
+    if isinstance(up, (cst.For, cst.CompFor)) and up.target is name:
+        return False
+    if isinstance(up, cst.NamedExpr) and up.target is name:
+        return False
+    return True

@@ -1,0 +1,552 @@
+"""What values are: the facts every rule asks about, computed lazily and cached.
+
+``Facts`` answers, for an expression of the file being checked:
+
+- ``dtype(expr)``: ``HALF`` (explicitly float16/bfloat16), ``WIDE`` (provably
+  float32/float64), ``INTEGER`` (int or bool tensors: ids, counts, masks),
+  ``HOST`` (Python numbers, numpy values: never a float16 tensor), or
+  ``UNKNOWN`` -- an activation of a model that may run in half;
+- ``can_be_half(expr)``: whether the target dtype can reach the value at all
+  (not when the dtype is WIDE/INTEGER/HOST, nor inside a float32 region:
+  ``autocast(enabled=False)``, ``@force_fp32``, ``custom_fwd(cast_inputs=float32)``);
+- ``bounded_above(expr)`` / ``range_facts(expr)``: sign and bound facts,
+  following names over several hops, ``self.<attr>`` set in the class,
+  module constants and the returns of functions of the same file;
+- ``origin(expr)``: ``ACTIVATION`` when the value comes out of a layer, a
+  matmul or a model (ordinary inputs reach large magnitudes), ``HOST`` for
+  schedule/config arithmetic, else ``UNKNOWN``;
+- ``grad_flows(node)``: False under ``no_grad``/``inference_mode`` (blocks and
+  decorators) and in data-pipeline code;
+- ``consumers(expr)``: the operations a value flows into next (``softmax``,
+  ``max``, ``topk``, ``sum``...), through one assignment.
+
+Everything errs towards UNKNOWN: a rule that needs a fact it cannot get
+reports with ``low`` confidence instead of guessing.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Dict, FrozenSet, List, Optional, Set
+
+import libcst as cst
+
+from ..patterns import arg, number, subject, torch_op, value_facts, is_method_call, NONPOS, UPPER
+from ..resolve import dotted_name
+from .scopes import Binding, Scopes
+
+HALF = "half"
+WIDE = "wide"
+INTEGER = "integer"
+HOST = "host"
+UNKNOWN = "unknown"
+
+ACTIVATION = "activation"
+
+_TORCH_DTYPES = {
+    "float16": HALF, "half": HALF, "bfloat16": HALF,
+    "float32": WIDE, "float": WIDE, "float64": WIDE, "double": WIDE,
+    "int8": INTEGER, "uint8": INTEGER, "int16": INTEGER, "short": INTEGER, "int32": INTEGER,
+    "int": INTEGER, "int64": INTEGER, "long": INTEGER, "bool": INTEGER,
+}
+# methods that set the dtype
+_CAST_METHODS = {
+    "half": HALF, "bfloat16": HALF, "float": WIDE, "double": WIDE,
+    "long": INTEGER, "int": INTEGER, "bool": INTEGER, "short": INTEGER, "byte": INTEGER, "char": INTEGER,
+}
+# ops whose result is an integer or bool tensor whatever the input
+_INTEGER_OPS = frozenset({
+    "argmax", "argmin", "argsort", "nonzero", "eq", "ne", "lt", "le", "gt", "ge", "isnan", "isinf",
+    "isfinite", "logical_and", "logical_or", "logical_not", "logical_xor", "searchsorted", "bucketize",
+    "randint", "randint_like", "randperm", "bincount", "multinomial", "numel", "count_nonzero",
+    "triu_indices", "tril_indices", "any", "all", "isclose", "isin",
+})
+# ops that keep their first operand's dtype
+_SAME_DTYPE_OPS = frozenset({
+    "view", "reshape", "unsqueeze", "squeeze", "transpose", "permute", "expand", "expand_as", "contiguous",
+    "flatten", "detach", "clone", "t", "flip", "roll", "repeat", "repeat_interleave", "narrow", "select",
+    "index_select", "gather", "masked_fill", "masked_fill_", "clamp", "clamp_", "clip", "abs", "neg", "exp",
+    "log", "sqrt", "rsqrt", "sin", "cos", "tanh", "sigmoid", "relu", "cumsum", "cumprod", "sum", "mean",
+    "pow", "square", "reciprocal", "round", "floor", "ceil", "chunk", "split", "unbind", "diff", "sort",
+    "max", "min", "amax", "amin", "logsumexp", "softmax", "log_softmax", "exp_", "log_", "mul", "add",
+    "sub", "div", "clamp_min", "clamp_max", "where", "flatten", "unflatten", "to_dense",
+})
+# factories: float32 (the default dtype) unless a dtype is given
+_FACTORIES = frozenset({
+    "zeros", "ones", "empty", "full", "rand", "randn", "linspace", "logspace", "eye", "tensor",
+    "as_tensor", "scalar_tensor", "from_numpy", "tril", "triu",
+})
+_LIKE_FACTORIES = frozenset({
+    "zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like",
+    "new_zeros", "new_ones", "new_empty", "new_full", "new_tensor",
+})
+# layers and ops whose output is an activation of ordinary, unbounded magnitude
+_ACTIVATION_OPS = frozenset({
+    "matmul", "mm", "bmm", "baddbmm", "einsum", "linear", "conv1d", "conv2d", "conv3d", "bilinear",
+    "addmm", "conv_transpose1d", "conv_transpose2d", "scaled_dot_product_attention",
+})
+_HOST_MODULES = ("math", "numpy", "np", "random", "scipy")
+
+_FP32_DECORATORS = re.compile(r"(force_fp32|float32_region|no_autocast|disable_autocast)")
+_NO_GRAD = frozenset({"no_grad", "inference_mode"})
+_MODULE_BASE = re.compile(
+    r"(^|\.)(Module|ModuleList|Sequential|PreTrainedModel|ModelMixin|LightningModule|"
+    r"\w*(Layer|Block|Attention|Model|Net|Encoder|Decoder|Head|Embedding|Transformer|MLP))$"
+)
+
+
+class Facts:
+    """The facts of one file. Built on first use by ``Context.facts``."""
+
+    def __init__(self, ctx) -> None:
+        self.ctx = ctx
+        self.scopes = Scopes(ctx.module)
+        self._dtype: Dict[cst.CSTNode, str] = {}
+        self._module_class: Dict[cst.ClassDef, bool] = {}
+
+    # -- dtype ---------------------------------------------------------------
+    def dtype(self, node: cst.BaseExpression, depth: int = 0) -> str:
+        cached = self._dtype.get(node)
+        if cached is not None:
+            return cached
+        self._dtype[node] = UNKNOWN  # cycles (x = x * 2) stay unknown
+        result = self._dtype_of(node, depth) if depth < 24 else UNKNOWN
+        self._dtype[node] = result
+        return result
+
+    def _dtype_of(self, node: cst.BaseExpression, depth: int) -> str:
+        rec = lambda n: self.dtype(n, depth + 1)  # noqa: E731
+        if number(node) is not None or isinstance(node, (cst.SimpleString, cst.ConcatenatedString, cst.FormattedString)):
+            return HOST
+        if isinstance(node, (cst.List, cst.Tuple, cst.Dict, cst.ListComp, cst.DictComp, cst.Set)):
+            return HOST
+        if isinstance(node, cst.Comparison):
+            return INTEGER
+        if isinstance(node, cst.BooleanOperation):
+            return _join(rec(node.left), rec(node.right))
+        if isinstance(node, cst.UnaryOperation):
+            if isinstance(node.operator, cst.Not):
+                return HOST
+            if isinstance(node.operator, cst.BitInvert):
+                return INTEGER
+            return rec(node.expression)
+        if isinstance(node, cst.BinaryOperation):
+            if isinstance(node.operator, (cst.BitAnd, cst.BitOr, cst.BitXor, cst.LeftShift, cst.RightShift)):
+                return INTEGER
+            return _promote(rec(node.left), rec(node.right), isinstance(node.operator, cst.Divide))
+        if isinstance(node, cst.IfExp):
+            return _join(rec(node.body), rec(node.orelse))
+        if isinstance(node, cst.Subscript):
+            return rec(node.value)
+        if isinstance(node, cst.Name):
+            return self._name_dtype(node, depth)
+        if isinstance(node, cst.Attribute):
+            qualified = self.ctx.resolve(node)
+            if qualified is not None:
+                head = qualified.split(".")[0]
+                if head in _HOST_MODULES:
+                    return HOST
+                return UNKNOWN
+            if node.attr.value in ("shape", "ndim", "dtype", "device", "size"):
+                return HOST
+            if node.attr.value == "indices":
+                return INTEGER
+            if node.attr.value == "values":
+                return rec(node.value)
+            values = [v for _, v in self.scopes.self_attribute(node) if v is not None]
+            if values:
+                return _join_all(rec(v) for v in values)
+            return UNKNOWN
+        if isinstance(node, cst.Call):
+            return self._call_dtype(node, depth)
+        return UNKNOWN
+
+    def _name_dtype(self, node: cst.Name, depth: int) -> str:
+        bindings = self.scopes.reaching(node)
+        if not bindings:
+            qualified = self.ctx.names.bindings.get(node.value)
+            if qualified is not None and qualified.split(".")[0] in _HOST_MODULES:
+                return HOST
+            return UNKNOWN
+        kinds = []
+        for b in bindings[:4]:
+            if b.kind == "augassign":
+                continue  # ``x *= 2`` keeps the dtype class of the binding before it
+            kinds.append(self._binding_dtype(b, depth))
+            if b.kind in ("assign", "walrus") and b.node is not None:
+                break  # the nearest plain assignment decides
+        return _join_all(kinds)
+
+    def _binding_dtype(self, b: Binding, depth: int) -> str:
+        if b.kind in ("assign", "walrus"):
+            if b.value is None:
+                return UNKNOWN
+            return self.dtype(b.value, depth + 1)
+        if b.kind == "augassign":
+            return UNKNOWN
+        if b.kind == "param":
+            if b.annotation is not None:
+                text = dotted_name(b.annotation) or ""
+                if text in ("int", "float", "bool", "str"):
+                    return HOST
+            if b.value is not None and self.dtype(b.value, depth + 1) == HOST and number(b.value) is not None:
+                return HOST  # a number-valued hyper-parameter (``eps=1e-6``)
+            return UNKNOWN
+        if b.kind == "for":
+            it = b.value
+            if isinstance(it, cst.Call) and isinstance(it.func, cst.Name) and it.func.value in ("range", "enumerate", "zip"):
+                return HOST if it.func.value == "range" else UNKNOWN
+            return UNKNOWN
+        return UNKNOWN
+
+    def _call_dtype(self, call: cst.Call, depth: int) -> str:
+        rec = lambda n: self.dtype(n, depth + 1)  # noqa: E731
+        qualified, method = self.ctx.callee(call)
+        if qualified is not None:
+            head = qualified.split(".")[0]
+            if head in _HOST_MODULES:
+                return HOST
+            if head != "torch":
+                return UNKNOWN
+        elif isinstance(call.func, cst.Name):
+            builtin = call.func.value
+            if builtin in ("float", "int", "len", "range", "min", "max", "abs", "round", "sum", "bool"):
+                # builtins: host numbers unless given tensors
+                args = [rec(a.value) for a in call.args]
+                return HOST if all(a == HOST for a in args) else UNKNOWN
+            func = self.scopes.function_named(builtin, call)
+            if func is not None:
+                returns = self.scopes.returns(func)
+                if returns:
+                    return _join_all(rec(r) for r in returns[:4])
+            return UNKNOWN
+        op = torch_op(self.ctx, call)
+        if op is None:
+            # ``self.helper(x)``: a method of this class
+            if method is not None and isinstance(call.func, cst.Attribute) and _is_self(call.func.value):
+                func = self.scopes.function_named(method, call)
+                if func is not None:
+                    returns = self.scopes.returns(func)
+                    if returns:
+                        return _join_all(rec(r) for r in returns[:4])
+            return UNKNOWN
+        dtype_arg = arg(call, None, "dtype")
+        if dtype_arg is not None:
+            return self._dtype_value(dtype_arg.value)
+        on_method = is_method_call(self.ctx, call)
+        if on_method and op in _CAST_METHODS and not call.args:
+            return _CAST_METHODS[op]
+        if op in ("to", "type") and call.args:
+            for a in call.args:
+                kind = self._dtype_value(a.value)
+                if kind != UNKNOWN:
+                    return kind
+            if on_method:
+                return UNKNOWN
+        if op == "type_as" and call.args:
+            return rec(call.args[0].value)
+        if op in _INTEGER_OPS:
+            return INTEGER
+        if op == "arange" and not on_method:
+            args = [a for a in call.args if a.keyword is None]
+            if all(number(a.value) is not None and float(number(a.value)).is_integer() for a in args):
+                return INTEGER
+            kinds = [rec(a.value) for a in args]
+            if all(k in (HOST, INTEGER) for k in kinds):
+                # arange of Python numbers: int64 for ints, float32 for floats
+                return WIDE if any(isinstance(a.value, cst.Float) for a in args) else INTEGER
+            return UNKNOWN
+        if op in _FACTORIES and not on_method:
+            if op in ("tril", "triu"):
+                first = arg(call, 0, "input")
+                return rec(first.value) if first is not None else UNKNOWN
+            if op == "from_numpy":
+                return WIDE  # numpy arrays are float64/float32 (a float16 array is rare)
+            if op in ("tensor", "as_tensor", "scalar_tensor"):
+                first = arg(call, 0, "data")
+                if first is not None and rec(first.value) in (HOST, INTEGER):
+                    return WIDE if rec(first.value) == HOST else INTEGER
+                return rec(first.value) if first is not None else UNKNOWN
+            return WIDE
+        if op in _LIKE_FACTORIES:
+            base = subject(self.ctx, call)
+            return rec(base) if base is not None else UNKNOWN
+        if op in _SAME_DTYPE_OPS:
+            base = subject(self.ctx, call)
+            return rec(base) if base is not None else UNKNOWN
+        return UNKNOWN
+
+    def _dtype_value(self, node: cst.BaseExpression) -> str:
+        """The dtype named by a ``dtype=`` argument (``torch.float32``, ``x.dtype``)."""
+        qualified = self.ctx.resolve(node) or ""
+        if qualified.startswith("torch."):
+            return _TORCH_DTYPES.get(qualified[len("torch."):], UNKNOWN)
+        if qualified.startswith(("numpy.", "np.")):
+            return WIDE if "float" in qualified else INTEGER
+        if isinstance(node, cst.Attribute) and node.attr.value == "dtype":
+            return self.dtype(node.value)
+        if isinstance(node, cst.SimpleString):
+            text = (node.evaluated_value or "") if isinstance(node.evaluated_value, str) else ""
+            return _TORCH_DTYPES.get(text.replace("torch.", ""), UNKNOWN)
+        if isinstance(node, cst.Name) and node.value in ("float", "int", "bool"):
+            return WIDE if node.value == "float" else INTEGER
+        return UNKNOWN
+
+    def can_be_half(self, node: cst.BaseExpression) -> bool:
+        """Whether a value may hold the target low-precision dtype here."""
+        if self.dtype(node) in (WIDE, INTEGER, HOST):
+            return False
+        return not self.in_float32_region(node)
+
+    def in_float32_region(self, node: cst.CSTNode) -> bool:
+        """Inside ``autocast(enabled=False)``, or a function decorated to run in
+        float32 (``@force_fp32``, ``@custom_fwd(cast_inputs=torch.float32)``,
+        ``@autocast(enabled=False)``)."""
+        for up in self.scopes.ancestors(node):
+            if isinstance(up, cst.With):
+                if any(_disables_autocast(self.ctx, item.item) for item in up.items):
+                    return True
+            elif isinstance(up, cst.FunctionDef):
+                for dec in up.decorators:
+                    text = self.ctx.code(dec.decorator)
+                    if _FP32_DECORATORS.search(text) or _disables_autocast(self.ctx, dec.decorator):
+                        return True
+                    if "custom_fwd" in text and "float32" in text:
+                        return True
+        return False
+
+    # -- ranges -------------------------------------------------------------
+    def range_facts(self, node: cst.BaseExpression) -> FrozenSet[str]:
+        return value_facts(self.ctx, node, _Lookup(self, node))
+
+    def bounded_above(self, node: cst.BaseExpression) -> bool:
+        facts = self.range_facts(node)
+        return UPPER in facts or NONPOS in facts
+
+    # -- where values come from ------------------------------------------
+    def origin(self, node: cst.BaseExpression, depth: int = 0) -> str:
+        """ACTIVATION, HOST or UNKNOWN (see the module docstring)."""
+        if depth > 16:
+            return UNKNOWN
+        rec = lambda n: self.origin(n, depth + 1)  # noqa: E731
+        if self.dtype(node) in (HOST,):
+            return HOST
+        if isinstance(node, cst.BinaryOperation):
+            if isinstance(node.operator, cst.MatrixMultiply):
+                return ACTIVATION
+            left, right = rec(node.left), rec(node.right)
+            if ACTIVATION in (left, right):
+                return ACTIVATION
+            return HOST if left == right == HOST else UNKNOWN
+        if isinstance(node, cst.UnaryOperation):
+            return rec(node.expression)
+        if isinstance(node, cst.Subscript):
+            return rec(node.value)
+        if isinstance(node, cst.Name):
+            bindings = self.scopes.reaching(node)
+            for b in bindings[:1]:
+                if b.kind in ("assign", "walrus") and b.value is not None:
+                    return rec(b.value)
+                if b.kind == "param" and self.is_forward_param(b):
+                    return ACTIVATION
+            return UNKNOWN
+        if isinstance(node, cst.Call):
+            op = torch_op(self.ctx, node)
+            if op in _ACTIVATION_OPS:
+                return ACTIVATION
+            func = node.func
+            if isinstance(func, cst.Attribute) and _is_self(func.value) and self.is_layer_attribute(func):
+                return ACTIVATION
+            if op in _SAME_DTYPE_OPS and op not in ("exp", "sigmoid", "tanh", "softmax", "log_softmax"):
+                base = subject(self.ctx, node)
+                if base is not None:
+                    return rec(base)
+            return UNKNOWN
+        return UNKNOWN
+
+    def is_layer_attribute(self, node: cst.Attribute) -> bool:
+        """``self.fc`` where the class assigns ``self.fc = nn.Linear(...)`` (or
+        any ``nn.*`` layer / ``Sequential``)."""
+        for _, value in self.scopes.self_attribute(node):
+            if isinstance(value, cst.Call):
+                qualified = self.ctx.resolve(value.func) or ""
+                if qualified.startswith("torch.nn.") and not qualified.startswith("torch.nn.functional"):
+                    short = qualified.rsplit(".", 1)[-1]
+                    if short not in ("Parameter", "ParameterList", "ParameterDict", "Identity", "Dropout"):
+                        return True
+        return False
+
+    def is_forward_param(self, b: Binding) -> bool:
+        """A parameter of ``forward`` of an ``nn.Module`` subclass (an activation)."""
+        func = b.node
+        while func is not None and not isinstance(func, cst.FunctionDef):
+            func = self.scopes.parent.get(func)
+        if not isinstance(func, cst.FunctionDef) or func.name.value != "forward":
+            return False
+        cls = self.scopes.enclosing_class(func)
+        return cls is not None and self.is_module_class(cls) and b.name != "self"
+
+    def is_module_class(self, cls: cst.ClassDef, depth: int = 0) -> bool:
+        cached = self._module_class.get(cls)
+        if cached is not None:
+            return cached
+        self._module_class[cls] = False
+        result = False
+        for base in cls.bases:
+            name = dotted_name(base.value) or ""
+            if _MODULE_BASE.search(name):
+                result = True
+                break
+            if isinstance(base.value, cst.Name) and depth < 8:
+                for b in self.scopes.bindings.get(self.scopes.module, {}).get(name, []):
+                    if isinstance(b.node, cst.ClassDef) and self.is_module_class(b.node, depth + 1):
+                        result = True
+        self._module_class[cls] = result
+        return result
+
+    # -- gradients ----------------------------------------------------------
+    def grad_flows(self, node: cst.CSTNode) -> bool:
+        """False where no gradient can flow: inside ``with torch.no_grad()`` /
+        ``inference_mode()``, or a function decorated with them."""
+        for up in self.scopes.ancestors(node):
+            if isinstance(up, cst.With):
+                for item in up.items:
+                    if self._no_grad(item.item):
+                        return False
+            elif isinstance(up, cst.FunctionDef):
+                for dec in up.decorators:
+                    if self._no_grad(dec.decorator):
+                        return False
+        return True
+
+    def _no_grad(self, node: cst.BaseExpression) -> bool:
+        target = node.func if isinstance(node, cst.Call) else node
+        qualified = self.ctx.resolve(target) or dotted_name(target) or ""
+        short = qualified.rsplit(".", 1)[-1]
+        if short in _NO_GRAD:
+            return True
+        if short == "set_grad_enabled" and isinstance(node, cst.Call) and node.args:
+            value = node.args[0].value
+            return isinstance(value, cst.Name) and value.value == "False"
+        return False
+
+    # -- where values go ----------------------------------------------------
+    def consumers(self, node: cst.BaseExpression) -> List[str]:
+        """The operations (short names) that consume the value of ``node``:
+        the call it is the receiver or first argument of, or -- when it is
+        assigned to a name -- the calls that read that name afterwards in the
+        same scope. ``"return"`` when it leaves the function, ``"store"`` when
+        it is written into another container."""
+        out: List[str] = []
+        seen: Set[cst.CSTNode] = set()
+        self._consumers_of(node, out, seen, 0)
+        return out
+
+    def _consumers_of(self, node: cst.CSTNode, out: List[str], seen: Set[cst.CSTNode], depth: int) -> None:
+        if depth > 4 or node in seen:
+            return
+        seen.add(node)
+        parent = self.scopes.parent
+        up = parent.get(node)
+        # climb through wrappers that keep the value
+        while isinstance(up, (cst.Arg, cst.Subscript, cst.SubscriptElement, cst.Index)) and not (
+            isinstance(up, cst.Subscript) and up.value is not node
+        ):
+            node, up = up, parent.get(up)
+            if isinstance(up, cst.Call):
+                break
+        if isinstance(up, cst.Attribute) and up.value is node:
+            call = parent.get(up)
+            if isinstance(call, cst.Call) and call.func is up:
+                out.append(up.attr.value)
+                self._consumers_of(call, out, seen, depth + 1) if up.attr.value.endswith("_") else None
+                return
+            out.append(up.attr.value)
+            return
+        if isinstance(up, cst.Call):
+            op = torch_op(self.ctx, up) or (dotted_name(up.func) or "").rsplit(".", 1)[-1] or "call"
+            out.append(op)
+            return
+        if isinstance(up, cst.Return):
+            out.append("return")
+            return
+        if isinstance(up, cst.Assign):
+            for target in up.targets:
+                t = target.target
+                if isinstance(t, cst.Name):
+                    for b in self.scopes.bindings.get(self.scopes.scope_of.get(up), {}).get(t.value, []):
+                        if b.node is up:
+                            for read in self.scopes.reads_of(b):
+                                self._consumers_of(read, out, seen, depth + 1)
+                else:
+                    out.append("store")
+            return
+        if isinstance(up, cst.BinaryOperation):
+            out.append("arith")
+            return
+        out.append("other")
+
+
+class _Lookup:
+    """Adapter for ``patterns.value_facts``: a name's value at its use."""
+
+    def __init__(self, facts: Facts, site: cst.CSTNode) -> None:
+        self.facts = facts
+        self.site = site
+
+    def lookup(self, name: str) -> Optional[cst.BaseExpression]:
+        return None
+
+    def lookup_node(self, node: cst.Name) -> Optional[cst.BaseExpression]:
+        for b in self.facts.scopes.reaching(node)[:1]:
+            if b.kind in ("assign", "walrus"):
+                return b.value
+        return None
+
+
+def _is_self(node: cst.BaseExpression) -> bool:
+    return isinstance(node, cst.Name) and node.value == "self"
+
+
+def _disables_autocast(ctx, node: cst.BaseExpression) -> bool:
+    if not isinstance(node, cst.Call):
+        return False
+    name = ctx.resolve(node.func) or dotted_name(node.func) or ""
+    if not name.endswith("autocast"):
+        return False
+    enabled = arg(node, None, "enabled")
+    return enabled is not None and isinstance(enabled.value, cst.Name) and enabled.value.value == "False"
+
+
+def _join(a: str, b: str) -> str:
+    return a if a == b else UNKNOWN
+
+
+def _join_all(kinds) -> str:
+    kinds = list(kinds)
+    if not kinds:
+        return UNKNOWN
+    first = kinds[0]
+    return first if all(k == first for k in kinds) else UNKNOWN
+
+
+def _promote(a: str, b: str, divide: bool) -> str:
+    """The dtype class of ``a <op> b`` under torch's promotion rules, as far as
+    classes tell: a Python number never widens a tensor; two provably wide or
+    host operands stay off float16; an integer tensor divided is float32."""
+    if a == b:
+        if a == INTEGER and divide:
+            return WIDE
+        return a
+    pair = {a, b}
+    if pair == {HOST, INTEGER}:
+        return INTEGER if not divide else WIDE
+    if pair == {HOST, WIDE} or pair == {INTEGER, WIDE}:
+        return WIDE
+    if HOST in pair:
+        other = (pair - {HOST}).pop()
+        return other
+    if INTEGER in pair:
+        other = (pair - {INTEGER}).pop()
+        return other
+    return UNKNOWN
