@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..finding import Finding
+from ..finding import HIGH, LOW, MEDIUM, Finding
+
+#: the annotation level for each confidence
+LEVELS = {HIGH: "error", MEDIUM: "warning", LOW: "notice"}
 
 
 def _data(text: str) -> str:
@@ -25,12 +28,13 @@ def _prop(text: str) -> str:
 def render(findings: Sequence[Finding]) -> str:
     out = []
     for f in findings:
-        props = [f"title={_prop(f'nanlint {f.code} ({f.name})')}", f"file={_prop(f.path)}"]
+        props = [f"title={_prop(f'nanlint {f.code} ({f.name}, {f.confidence} confidence)')}",
+                 f"file={_prop(f.path)}"]
         message = f.message
         if f.cell is None:
             props += [f"line={f.line}", f"col={f.column}", f"endLine={f.end_line}",
                       f"endColumn={f.end_column}"]
         else:
             message = f"cell {f.cell}:{f.line}:{f.column}: {message}"
-        out.append(f"::error {','.join(props)}::{_data(f'{f.code} {message}')}\n")
+        out.append(f"::{LEVELS[f.confidence]} {','.join(props)}::{_data(f'{f.code} {message}')}\n")
     return "".join(out)

@@ -18,7 +18,10 @@ from typing import Any, Dict, List, Sequence
 from urllib.parse import quote
 
 from .. import __version__
-from ..finding import Finding
+from ..finding import HIGH, LOW, MEDIUM, Finding
+
+#: SARIF result level for each confidence
+LEVELS = {HIGH: "error", MEDIUM: "warning", LOW: "note"}
 
 SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 SYNTAX_ERROR = ("NL000", "syntax-error", "the file does not parse, so no other rule could check it")
@@ -73,15 +76,16 @@ def _result(f: Finding, index: Dict[str, int]) -> Dict[str, Any]:
     location: Dict[str, Any] = {"physicalLocation": physical}
     result: Dict[str, Any] = {
         "ruleId": f.code,
-        "level": "error",
+        "level": LEVELS[f.confidence],
         "message": {"text": text},
         "locations": [location],
     }
     if f.code in index:
         result["ruleIndex"] = index[f.code]
+    result["properties"] = {"confidence": f.confidence}
     if f.cell is not None:
-        result["properties"] = {"cell": f.cell, "line": f.line, "column": f.column,
-                                "endLine": f.end_line, "endColumn": f.end_column}
+        result["properties"].update({"cell": f.cell, "line": f.line, "column": f.column,
+                                     "endLine": f.end_line, "endColumn": f.end_column})
     if f.fix is not None and f.fix.edits and f.cell is None:
         result["fixes"] = [{
             "description": {"text": f"{f.fix.message} ({f.fix.applicability})"},

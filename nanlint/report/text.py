@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Sequence
 
-from ..finding import SAFE, Finding
+from ..finding import HIGH, SAFE, Finding
 
 
 def _plural(n: int, word: str) -> str:
@@ -31,8 +31,14 @@ def summary(findings: Sequence[Finding]) -> str:
 
 def render_lines(findings: Sequence[Finding]) -> str:
     return "".join(
-        f"{f.location}: {f.code} [{f.name}] {f.message}\n" for f in findings
+        f"{f.location}: {f.code} [{f.name}] {f.message}{confidence_note(f)}\n" for f in findings
     )
+
+
+def confidence_note(f: Finding) -> str:
+    """`` (medium confidence)`` for a finding below high; nothing for high,
+    the only level shown by default."""
+    return "" if f.confidence == HIGH else f" ({f.confidence} confidence)"
 
 
 def render(findings: Sequence[Finding]) -> str:
