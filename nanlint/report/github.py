@@ -28,8 +28,8 @@ def _prop(text: str) -> str:
 def render(findings: Sequence[Finding]) -> str:
     out = []
     for f in findings:
-        props = [f"title={_prop(f'nanlint {f.code} ({f.name}, {f.confidence} confidence)')}",
-                 f"file={_prop(f.path)}"]
+        sure = "" if f.confidence == HIGH else f", {f.confidence} confidence"
+        props = [f"title={_prop(f'nanlint {f.code} ({f.name}{sure})')}", f"file={_prop(f.path)}"]
         message = f.message
         if f.cell is None:
             props += [f"line={f.line}", f"col={f.column}", f"endLine={f.end_line}",
