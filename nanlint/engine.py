@@ -338,9 +338,28 @@ def may_trigger(rule: Type[Rule], source: str) -> bool:
         if isinstance(trigger, str):
             if trigger in source:
                 return True
-        elif trigger.search(source):
+        elif _widened(trigger).search(source) and trigger.search(source):
             return True
     return False
+
+
+_WIDENED: Dict["re.Pattern[str]", "re.Pattern[str]"] = {}
+
+
+def _widened(trigger: "re.Pattern[str]") -> "re.Pattern[str]":
+    """The trigger without its word-boundary assertions: it matches wherever
+    the trigger does (dropping an assertion only widens a pattern), and a
+    pattern that starts with a literal (``exp``, ``where\\s*\\(``) is searched
+    20-50x faster than one that starts with ``\\b``, which disables the regex
+    engine's literal-prefix scan. Most files contain no candidate at all, so
+    the exact trigger runs only on the few that do."""
+    fast = _WIDENED.get(trigger)
+    if fast is None:
+        pattern = trigger.pattern
+        # inside a character class \b is a backspace, not an assertion: keep those
+        widened = pattern if re.search(r"\[[^\]]*\\b", pattern) else pattern.replace(r"\b", "")
+        fast = _WIDENED[trigger] = re.compile(widened, trigger.flags)
+    return fast
 
 
 def _python_syntax_error(source: str) -> Optional[Tuple[str, int, int]]:
