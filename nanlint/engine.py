@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Type
+import sys
+from functools import lru_cache
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Type
 
 import libcst as cst
 
@@ -416,7 +418,7 @@ def lint_source(
 
 def _materialise(ctx: Context, module: cst.Module, source: str, path: str, parsed_text: str) -> List[Finding]:
     reports = ctx.reports
-    anchor = _import_anchor(module) if any(r.fix and r.fix.imports for r in reports) else None
+    sites = _import_sites(module) if any(r.fix and r.fix.imports for r in reports) else None
     wanted: List[cst.CSTNode] = []
     for report in reports:
         wanted.append(report.node)
@@ -424,10 +426,10 @@ def _materialise(ctx: Context, module: cst.Module, source: str, path: str, parse
             wanted.extend(node for node, _ in report.fix.replace)
             wanted.extend(node for node, _ in report.fix.insert_before)
             wanted.extend(node for node, _ in report.fix.insert_after)
-    if anchor is not None:
-        wanted.append(anchor)
-    elif module.body and any(r.fix and r.fix.imports for r in reports):
-        wanted.append(module.body[0])
+    if sites is not None:
+        wanted.extend(node for node in sites if node is not None)
+        if module.body:
+            wanted.append(module.body[0])
     starts = line_starts(parsed_text)  # blanked data keeps lines, not offsets
     ranges = compute_ranges(module, wanted, starts)
     lines = physical_lines(source)
@@ -443,7 +445,7 @@ def _materialise(ctx: Context, module: cst.Module, source: str, path: str, parse
         end_line, end_col = rng.inner_end
         fix = None
         if report.fix is not None:
-            fix = _edits_for(report.fix, ctx, module, ranges, lines, anchor)
+            fix = _edits_for(report.fix, ctx, module, ranges, lines, sites)
         finding = Finding(
             code=report.rule.code,
             name=report.rule.name,
@@ -460,17 +462,52 @@ def _materialise(ctx: Context, module: cst.Module, source: str, path: str, parse
     return sorted(findings.values(), key=Finding.sort_key)
 
 
-def _import_anchor(module: cst.Module) -> Optional[cst.CSTNode]:
-    """The module-level statement after which new imports go: the last import of
-    the leading run of docstring/``__future__``/import statements."""
-    anchor = None
+class _ImportSites(NamedTuple):
+    """Module-level statements of the leading run of docstring/``__future__``/
+    import statements that new imports go beside."""
+
+    #: the last statement of the run: third-party imports go after it
+    last: Optional[cst.CSTNode]
+    #: the last standard-library import (``__future__`` included): stdlib imports go after it
+    last_stdlib: Optional[cst.CSTNode]
+    #: the first import: stdlib imports go before it when the run has no stdlib import
+    first_import: Optional[cst.CSTNode]
+
+
+@lru_cache(maxsize=1)
+def _stdlib_modules() -> frozenset:
+    names = getattr(sys, "stdlib_module_names", None)
+    if names is None:  # Python 3.9: the modules in the standard library's folder
+        import pkgutil
+        import sysconfig
+
+        names = {m.name for m in pkgutil.iter_modules([sysconfig.get_paths()["stdlib"]])}
+        names |= set(sys.builtin_module_names)
+    return frozenset(names)
+
+
+def _top_module(small: cst.BaseSmallStatement) -> Optional[str]:
+    """``os`` for ``import os.path`` or ``from os import path``; None for a relative import."""
+    if isinstance(small, cst.Import):
+        expr: cst.BaseExpression = small.names[0].name
+    elif small.relative or small.module is None:
+        return None
+    else:
+        expr = small.module
+    while isinstance(expr, cst.Attribute):
+        expr = expr.value
+    return expr.value if isinstance(expr, cst.Name) else None
+
+
+def _import_sites(module: cst.Module) -> _ImportSites:
+    last = last_stdlib = first_import = None
     for index, stmt in enumerate(module.body):
         if not isinstance(stmt, cst.SimpleStatementLine):
             break
         kinds = set()
         for small in stmt.body:
             if isinstance(small, (cst.Import, cst.ImportFrom)):
-                kinds.add("import")
+                kinds.add("stdlib" if _top_module(small) in _stdlib_modules() else "import")
             elif (
                 index == 0
                 and isinstance(small, cst.Expr)
@@ -481,8 +518,36 @@ def _import_anchor(module: cst.Module) -> Optional[cst.CSTNode]:
                 kinds.add("other")
         if "other" in kinds:
             break
-        anchor = stmt
-    return anchor
+        last = stmt
+        if "stdlib" in kinds:
+            last_stdlib = stmt
+        if first_import is None and kinds & {"stdlib", "import"}:
+            first_import = stmt
+    return _ImportSites(last, last_stdlib, first_import)
+
+
+def _import_position(
+    name: str, sites: _ImportSites, module: cst.Module, ranges: Mapping[cst.CSTNode, Range]
+) -> Optional[Tuple[int, int, bool]]:
+    """(line, 0-based column, whether that position ends a statement) where
+    ``import name`` goes: a standard-library module after the last stdlib
+    import (or before the first import), anything else after every import."""
+    if name in _stdlib_modules():
+        if sites.last_stdlib is not None:
+            after, before = sites.last_stdlib, None
+        else:
+            after, before = (None, sites.first_import) if sites.first_import is not None else (sites.last, None)
+    else:
+        after, before = sites.last, None
+    if after is not None:
+        if after not in ranges:
+            return None
+        line, column = ranges[after].end
+        return line, column, True
+    first = before if before is not None else (module.body[0] if module.body else None)
+    if first is None or first not in ranges:
+        return None
+    return ranges[first].inner_start[0], 0, False
 
 
 def _statement_start(
@@ -513,7 +578,7 @@ def _edits_for(
     module: cst.Module,
     ranges: Mapping[cst.CSTNode, Range],
     lines: Sequence[str],
-    anchor: Optional[cst.CSTNode],
+    sites: Optional[_ImportSites],
 ) -> Optional[Fix]:
     newline = module.default_newline
     edits: List[Edit] = []
@@ -543,15 +608,16 @@ def _edits_for(
             body = newline + body.rstrip("\r\n")
         edits.append(Edit(l2, c2 + 1, l2, c2 + 1, body))
     missing = [m for m in dict.fromkeys(spec.imports) if ctx.names.alias_for(m) is None]
-    if missing:
-        text = "".join(f"import {m}{newline}" for m in sorted(missing))
-        if anchor is not None and anchor in ranges:
-            l2, c2 = ranges[anchor].end
-            if c2 != 0:
+    if missing and sites is not None:
+        grouped: Dict[Tuple[int, int, bool], List[str]] = {}
+        for name in sorted(missing):
+            position = _import_position(name, sites, module, ranges)
+            if position is None:
+                return None
+            grouped.setdefault(position, []).append(name)
+        for (line, column, ends_statement), names in grouped.items():
+            text = "".join(f"import {m}{newline}" for m in names)
+            if ends_statement and column != 0:  # after a statement that ends the file without a newline
                 text = newline + text.rstrip("\r\n")
-        elif module.body and module.body[0] in ranges:
-            l2, c2 = ranges[module.body[0]].inner_start[0], 0
-        else:
-            return None
-        edits.append(Edit(l2, c2 + 1, l2, c2 + 1, text))
+            edits.append(Edit(line, column + 1, line, column + 1, text))
     return Fix(spec.applicability, spec.message, tuple(sorted(edits, key=lambda e: (e.line, e.column))))

@@ -140,13 +140,13 @@ def test_apply_edits_and_overlap():
         apply_edits(text, [Edit(1, 1, 1, 3, "x"), Edit(1, 2, 1, 4, "y")])
 
 
-def test_import_added_once_after_existing_imports_keeping_crlf():
+def test_stdlib_import_added_once_before_third_party_keeping_crlf():
     from helpers import fix_all
 
     source = '"""Doc."""\r\nimport torch\r\n\r\na = torch.exp(p)\r\nb = torch.exp(q)\r\n'
     fixed = fix_all(source, ["NL002"])
     assert fixed.count("import math") == 1
-    assert fixed.startswith('"""Doc."""\r\nimport torch\r\nimport math\r\n\r\n')
+    assert fixed.startswith('"""Doc."""\r\nimport math\r\nimport torch\r\n\r\n')  # stdlib before torch
     assert "\n" not in fixed.replace("\r\n", "")
     compile(fixed, "x", "exec")
 
