@@ -171,15 +171,22 @@ def _rule_handlers(rule_cls: Type[Rule]) -> List[Tuple[str, type, str]]:
 
 # -- suppression ---------------------------------------------------------------
 
+#: a code (``NL002``, ``E501``) or a rule name (``unclamped-exp``: lowercase words joined by hyphens)
+_NOQA_TOKEN = r"(?:[a-z][a-z0-9]*(?:-[a-z0-9]+)+|[A-Z]+[0-9]+)"
 NOQA_RE = re.compile(
-    r"#\s*noqa(?::[\s]?(?P<codes>[A-Z]+[0-9]+(?:[,\s]+[A-Z]+[0-9]+)*))?",
+    rf"#\s*noqa(?::[\s]?(?P<codes>{_NOQA_TOKEN}(?:[,\s]+{_NOQA_TOKEN})*))?",
     re.IGNORECASE,
 )
-_CODE_RE = re.compile(r"[A-Z]+[0-9]+", re.IGNORECASE)
+_TOKEN_RE = re.compile(_NOQA_TOKEN, re.IGNORECASE)
+
+
+def _is_name(token: str) -> bool:
+    return "-" in token
 
 
 def noqa_codes(line_text: str) -> Optional[frozenset]:
-    """None: no noqa; empty set: a bare noqa (everything); else the codes listed."""
+    """None: no noqa; empty set: a bare noqa (everything); else the codes
+    (upper case) and rule names (lower case) listed."""
     match = None
     for match in NOQA_RE.finditer(line_text):
         pass
@@ -188,7 +195,7 @@ def noqa_codes(line_text: str) -> Optional[frozenset]:
     codes = match.group("codes")
     if not codes:
         return frozenset()
-    return frozenset(c.upper() for c in _CODE_RE.findall(codes))
+    return frozenset(t.lower() if _is_name(t) else t.upper() for t in _TOKEN_RE.findall(codes))
 
 
 _NOQA_WORD = re.compile("noqa", re.IGNORECASE)
@@ -205,12 +212,14 @@ def physical_lines(source: str, keepends: bool = False) -> List[str]:
     return _LINE_SPLIT_RE.split(source)
 
 
-def unknown_noqa_codes(source: str, path: str, known: Iterable[str]) -> List[str]:
-    """Warnings for ``# noqa: NLxxx`` comments naming a code that is not a
-    nanlint rule (codes of other tools, e.g. ``E501``, are left alone)."""
+def unknown_noqa_codes(source: str, path: str, rules: Iterable[Type[Rule]]) -> List[str]:
+    """Warnings for ``# noqa:`` comments naming an ``NL`` code or a rule name
+    that is not a nanlint rule (codes of other tools, e.g. ``E501``, are left
+    alone)."""
     if not _NOQA_WORD.search(source):  # no copy of the text for the common case
         return []
-    known_set = set(known) | {SYNTAX_ERROR_CODE}
+    rules = list(rules)
+    known = {r.code for r in rules} | {r.name for r in rules} | {SYNTAX_ERROR_CODE, SYNTAX_ERROR_NAME}
     warnings: List[str] = []
     for number, line in enumerate(physical_lines(source), start=1):
         if "#" not in line:
@@ -218,16 +227,17 @@ def unknown_noqa_codes(source: str, path: str, known: Iterable[str]) -> List[str
         codes = noqa_codes(line)
         if not codes:
             continue
-        for code in sorted(c for c in codes if c.startswith("NL") and c not in known_set):
-            warnings.append(f"{path}:{number}: unknown rule code `{code}` in `# noqa` (see `nanlint rule --all`)")
+        for token in sorted(c for c in codes if (_is_name(c) or c.startswith("NL")) and c not in known):
+            kind = "rule name" if _is_name(token) else "rule code"
+            warnings.append(f"{path}:{number}: unknown {kind} `{token}` in `# noqa` (see `nanlint rule --all`)")
     return warnings
 
 
-def is_suppressed(line_text: str, code: str) -> bool:
+def is_suppressed(line_text: str, code: str, name: str) -> bool:
     codes = noqa_codes(line_text)
     if codes is None:
         return False
-    return not codes or code in codes
+    return not codes or code in codes or name in codes
 
 
 # -- linting ---------------------------------------------------------------------
@@ -440,7 +450,7 @@ def _materialise(ctx: Context, module: cst.Module, source: str, path: str, parse
             continue
         line, col = rng.inner_start
         line_text = lines[line - 1] if line - 1 < len(lines) else ""
-        if is_suppressed(line_text, report.rule.code):
+        if is_suppressed(line_text, report.rule.code, report.rule.name):
             continue
         end_line, end_col = rng.inner_end
         fix = None

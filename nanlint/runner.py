@@ -178,7 +178,7 @@ def noqa_warnings(text: str, display: str) -> List[str]:
     from .engine import unknown_noqa_codes
     from .registry import rules_by_code
 
-    return unknown_noqa_codes(text, display, rules_by_code())
+    return unknown_noqa_codes(text, display, rules_by_code().values())
 
 
 def default_jobs() -> int:

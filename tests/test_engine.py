@@ -95,6 +95,8 @@ def test_noqa_codes_parsing():
     assert noqa_codes("x  # noqa") == frozenset()
     assert noqa_codes("x  # noqa: NL001,NL002") == {"NL001", "NL002"}
     assert noqa_codes("x") is None
+    assert noqa_codes("x  # noqa: unclamped-exp, NL003") == {"unclamped-exp", "NL003"}
+    assert noqa_codes("x  # noqa: fp16-overflow-literal") == {"fp16-overflow-literal"}
 
 
 def test_syntax_error_is_nl000_with_pythons_position():
