@@ -454,7 +454,7 @@ def rule(code: Optional[str], show_all: bool, output_format: str) -> None:
     """Show the documentation of rule CODE (e.g. NL002), or list all rules."""
     import json
 
-    from .registry import all_rules, rules_by_code
+    from .registry import documented_rules, rules_by_code
 
     def as_dict(r) -> dict:
         return {"code": r.code, "name": r.name, "summary": r.summary, "default": bool(r.default_enabled),
@@ -462,7 +462,7 @@ def rule(code: Optional[str], show_all: bool, output_format: str) -> None:
 
     if output_format == "json":
         if show_all or code is None:
-            chosen = list(all_rules())
+            chosen = list(documented_rules())
         else:
             found = rules_by_code().get(code.upper())
             if found is None:
@@ -473,7 +473,7 @@ def rule(code: Optional[str], show_all: bool, output_format: str) -> None:
         return
     if show_all or code is None:
         rows = [("code", "name", "default", "fix", "summary")]
-        for r in all_rules():
+        for r in documented_rules():
             rows.append((r.code, r.name, "on" if r.default_enabled else "off",
                          r.fix_applicability or "-", r.summary))
         widths = [max(len(row[i]) for row in rows) for i in range(4)]
