@@ -36,6 +36,20 @@ def test_setup_is_two_commands_that_ci_reads_from_the_readme():
     assert "--index-url https://download.pytorch.org/whl/cpu" in _setup_section()
 
 
+def test_dev_extra_installs_what_the_tests_import():
+    """torch's wheels do not bring numpy, and without it `import torch` writes a
+    two-line warning to stderr: the dev extra (via dynamic) must install it."""
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+
+    reqs = [Requirement(r) for r in requires("nanlint")]
+    dynamic = {r.name for r in reqs if r.marker and r.marker.evaluate({"extra": "dynamic"})}
+    dev = {(r.name, tuple(sorted(r.extras))) for r in reqs if r.marker and r.marker.evaluate({"extra": "dev"})}
+    assert {"torch", "numpy"} <= dynamic
+    assert ("nanlint", ("dynamic",)) in dev
+
+
 def test_no_example_installs_nanlint_from_pypi():
     """nanlint is not on PyPI: every copy-paste install names a git URL or a path."""
     for line in README.splitlines():
