@@ -165,7 +165,7 @@ def fix_options(func):
 
 FIX_EXIT_HELP = EXIT_CODES_HELP.replace(
     "1  findings were reported", "1  findings remain after fixing (with --diff: there is something to fix)"
-) + "  130  interrupted (SIGINT/SIGTERM): each file is either unchanged or fully fixed\n"
+).replace("130  interrupted (Ctrl-C)", "130  interrupted (SIGINT/SIGTERM): each file is either unchanged or fully fixed")
 
 
 @main.command(epilog=EXIT_CODES_HELP, short_help="Check files, directories and notebooks for hazards.")

@@ -256,3 +256,10 @@ def test_fix_adds_torch_after_the_imports(tmp_path):
     assert run("fix", "--unsafe-fixes", "m.py", cwd=tmp_path).returncode == 0
     assert (tmp_path / "m.py").read_text().splitlines()[:4] == [
         "import os", "import math", "import numpy as np", "import torch"]
+
+
+@pytest.mark.parametrize("command", ["check", "fix"])
+def test_help_lists_each_exit_code_once_with_130(command):
+    epilog = run(command, "--help").stdout.split("Exit codes:\n", 1)[1]
+    codes = [line.split()[0] for line in epilog.splitlines() if line.strip()]
+    assert codes == ["0", "1", "2", "130"]
