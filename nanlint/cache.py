@@ -45,7 +45,7 @@ def _finding_from_dict(d: Dict[str, Any]) -> Finding:
         code=d["code"], name=d["name"], message=d["message"], path=d["path"],
         line=d["line"], column=d["column"], end_line=d["end_line"], end_column=d["end_column"],
         fix=None if fix is None else Fix(
-            fix["applicability"], fix["message"], tuple(Edit(**e) for e in fix["edits"])
+            fix["applicability"], fix["message"], tuple(Edit(**e) for e in fix["edits"] or ())
         ),
         cell=d.get("cell"),
         confidence=d["confidence"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -13,12 +14,14 @@ from . import __version__
 EXIT_CLEAN = 0
 EXIT_FINDINGS = 1
 EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
 
 EXIT_CODES_HELP = """\b
 Exit codes:
   0  no findings
   1  findings were reported
   2  usage, configuration or I/O error (bad flag or config, unreadable file)
+  130  interrupted (Ctrl-C)
 """
 
 
@@ -31,6 +34,10 @@ def _split(values: Sequence[str]) -> List[str]:
 
 def _error(message: str) -> None:
     click.echo(f"error: {message}", err=True)
+
+
+def _warning(message: str) -> None:
+    click.echo(f"warning: {message}", err=True)
 
 
 def _load_selection(
@@ -47,6 +54,12 @@ def _load_selection(
 
     try:
         settings = resolve_settings(Path(config) if config else None, first_path)
+        for message in settings.warnings:
+            _warning(message)
+        if os.environ.get(CACHE_DIR_ENV) and overrides.get("cache_dir") is None:
+            # the environment beats the config file; a relative path is relative to where nanlint runs
+            settings.cache_dir = os.path.abspath(os.environ[CACHE_DIR_ENV])
+            settings.origins["cache-dir"] = f"environment ({CACHE_DIR_ENV})"
         for key, value in overrides.items():
             if value is not None:  # a flag given on the command line beats the config
                 setattr(settings, key, value)
@@ -71,6 +84,9 @@ def _load_selection(
     except ConfigError as exc:
         _error(str(exc))
         sys.exit(EXIT_ERROR)
+
+
+CACHE_DIR_ENV = "NANLINT_CACHE_DIR"
 
 
 def selection_options(func):
@@ -114,6 +130,9 @@ def output_options(func):
                      help="The name of the file read from stdin (`-`), for messages and per-file-ignores."),
         click.option("--no-cache", is_flag=True,
                      help="Do not read or write cached results (default: .nanlint_cache/, or the `cache-dir` setting)."),
+        click.option("--cache-dir", type=click.Path(file_okay=False), metavar="PATH", default=None,
+                     help=f"Where cached results live. Precedence: this flag, then ${CACHE_DIR_ENV}, then the "
+                          "`cache-dir` setting, then .nanlint_cache/ next to the configuration file."),
         click.option("-j", "--jobs", type=click.IntRange(min=1), default=None, metavar="N",
                      help="Worker processes (default: every available core). Output is the same for any N."),
     ]
@@ -150,10 +169,10 @@ def fix_options(func):
 
 FIX_EXIT_HELP = EXIT_CODES_HELP.replace(
     "1  findings were reported", "1  findings remain after fixing (with --diff: there is something to fix)"
-) + "  130  interrupted (SIGINT/SIGTERM): each file is either unchanged or fully fixed\n"
+).replace("130  interrupted (Ctrl-C)", "130  interrupted (SIGINT/SIGTERM): each file is either unchanged or fully fixed")
 
 
-@main.command(epilog=EXIT_CODES_HELP)
+@main.command(epilog=EXIT_CODES_HELP, short_help="Check files, directories and notebooks for hazards.")
 @click.argument("paths", nargs=-1, type=click.Path(path_type=str))
 @selection_options
 @output_options
@@ -164,33 +183,50 @@ FIX_EXIT_HELP = EXIT_CODES_HELP.replace(
               help="Print the resolved settings, the file they came from and the rules in force, then exit.")
 @click.option("--show-files", is_flag=True, help="Print the files that would be checked, then exit.")
 def check(paths, select, extend_select, ignore, target_dtypes, config, output_format, statistics,
-          exit_zero, stdin_filename, no_cache, jobs, respect_gitignore, force_exclude, apply_fix,
+          exit_zero, stdin_filename, no_cache, cache_dir, jobs, respect_gitignore, force_exclude, apply_fix,
           unsafe_fixes, diff, show_settings, show_files, min_confidence) -> None:
     """Check PATHS (files, directories or notebooks; default: .) for numerical hazards.
 
     `-` reads the source from stdin.
     """
-    discovery = dict(respect_gitignore=respect_gitignore, force_exclude=force_exclude,
-                     min_confidence=min_confidence)
+    overrides = _overrides(respect_gitignore, force_exclude, cache_dir, min_confidence)
     if show_settings or show_files:
         _show(paths, select, extend_select, ignore, target_dtypes, config, stdin_filename,
-              show_settings, show_files, discovery)
+              show_settings, show_files, overrides)
     elif apply_fix or diff:
         _run_fix(paths, select, extend_select, ignore, target_dtypes, config, output_format,
-                 exit_zero, stdin_filename, jobs, unsafe_fixes, diff, discovery)
+                 exit_zero, stdin_filename, jobs, unsafe_fixes, diff, overrides)
     else:
-        _run_check(paths, select, extend_select, ignore, target_dtypes, config, output_format,
-                   statistics, exit_zero, stdin_filename, jobs, no_cache, discovery)
+        if unsafe_fixes:
+            _warning("--unsafe-fixes does nothing without --fix or --diff (or use `nanlint fix --unsafe-fixes`)")
+        from .report import STATISTICS
+
+        if statistics and output_format not in STATISTICS:
+            _error(f"--statistics works with --output-format {' or '.join(STATISTICS)}, not {output_format}")
+            sys.exit(EXIT_ERROR)
+        try:
+            _run_check(paths, select, extend_select, ignore, target_dtypes, config, output_format,
+                       statistics, exit_zero, stdin_filename, jobs, no_cache, overrides)
+        except KeyboardInterrupt:
+            _error("interrupted")
+            sys.exit(EXIT_INTERRUPTED)
 
 
-@main.command(epilog=FIX_EXIT_HELP)
+def _overrides(respect_gitignore, force_exclude, cache_dir, min_confidence) -> dict:
+    """Settings given as flags (None: not given); a relative --cache-dir is
+    relative to where nanlint runs, not to the configuration file."""
+    return dict(respect_gitignore=respect_gitignore, force_exclude=force_exclude,
+                cache_dir=os.path.abspath(cache_dir) if cache_dir else None, min_confidence=min_confidence)
+
+
+@main.command(epilog=FIX_EXIT_HELP, short_help="Apply fixes in place, then report what remains.")
 @click.argument("paths", nargs=-1, type=click.Path(path_type=str))
 @selection_options
 @output_options
 @discovery_options
 @fix_options
 def fix(paths, select, extend_select, ignore, target_dtypes, config, output_format, statistics,
-        exit_zero, stdin_filename, no_cache, jobs, respect_gitignore, force_exclude, unsafe_fixes,
+        exit_zero, stdin_filename, no_cache, cache_dir, jobs, respect_gitignore, force_exclude, unsafe_fixes,
         diff, min_confidence) -> None:
     """Apply fixes to PATHS in place (default: .), then report what remains.
 
@@ -200,18 +236,17 @@ def fix(paths, select, extend_select, ignore, target_dtypes, config, output_form
     """
     _run_fix(paths, select, extend_select, ignore, target_dtypes, config, output_format,
              exit_zero, stdin_filename, jobs, unsafe_fixes, diff,
-             dict(respect_gitignore=respect_gitignore, force_exclude=force_exclude,
-                  min_confidence=min_confidence))
+             _overrides(respect_gitignore, force_exclude, cache_dir, min_confidence))
 
 
 def _show(paths, select, extend_select, ignore, target_dtypes, config, stdin_filename,
-          show_settings, show_files, discovery) -> None:
+          show_settings, show_files, overrides) -> None:
     from .runner import discover_files
     from .settings_view import render_settings
 
     path_list = list(paths) or ["."]
     selection = _load_selection(config, _first_path(path_list, stdin_filename), select,
-                                extend_select, ignore, target_dtypes, **discovery)
+                                extend_select, ignore, target_dtypes, **overrides)
     if show_settings:
         click.echo(render_settings(selection), nl=False)
     if show_files:
@@ -233,15 +268,14 @@ def _first_path(path_list: Sequence[str], stdin_filename: Optional[str]) -> Opti
 
 
 def _run_check(paths, select, extend_select, ignore, target_dtypes, config, output_format,
-               statistics, exit_zero, stdin_filename, jobs, no_cache=True, discovery=None) -> None:
+               statistics, exit_zero, stdin_filename, jobs, no_cache=True, overrides=None) -> None:
     from .files import ReadError, decode
-    from .report import FORMATS
-    from .report.text import render_statistics
+    from .report import FORMATS, STATISTICS
     from .runner import check_notebook_text, check_paths, check_text, decode_notebook, default_jobs, is_notebook
 
     path_list = list(paths) or ["."]
     selection = _load_selection(config, _first_path(path_list, stdin_filename), select,
-                                extend_select, ignore, target_dtypes, **(discovery or {}))
+                                extend_select, ignore, target_dtypes, **(overrides or {}))
     if not no_cache:
         selection.enable_cache()
     findings = []
@@ -272,19 +306,14 @@ def _run_check(paths, select, extend_select, ignore, target_dtypes, config, outp
     for message in errors:
         _error(message)
     for message in warnings:
-        click.echo(f"warning: {message}", err=True)
-    if statistics and output_format == "text":
-        click.echo(render_statistics(findings), nl=False)
-    else:
-        click.echo(FORMATS[output_format](findings), nl=False)
+        _warning(message)
+    if output_format != "text" or findings or not errors:  # no "All checks passed!" after an error
+        click.echo((STATISTICS if statistics else FORMATS)[output_format](findings), nl=False)
     if errors:
         sys.exit(EXIT_ERROR)
     if findings and not exit_zero:
         sys.exit(EXIT_FINDINGS)
     sys.exit(EXIT_CLEAN)
-
-
-EXIT_INTERRUPTED = 130
 
 
 def _run_fix(*args) -> None:
@@ -307,7 +336,7 @@ def _run_fix(*args) -> None:
 
 
 def _fix_paths_and_report(paths, select, extend_select, ignore, target_dtypes, config, output_format,
-                          exit_zero, stdin_filename, jobs, unsafe, diff, discovery=None) -> None:
+                          exit_zero, stdin_filename, jobs, unsafe, diff, overrides=None) -> None:
     from collections import Counter
 
     from .files import ReadError, decode
@@ -318,7 +347,7 @@ def _fix_paths_and_report(paths, select, extend_select, ignore, target_dtypes, c
 
     path_list = list(paths) or ["."]
     selection = _load_selection(config, _first_path(path_list, stdin_filename), select,
-                                extend_select, ignore, target_dtypes, **(discovery or {}))
+                                extend_select, ignore, target_dtypes, **(overrides or {}))
     errors: List[str] = []
     warnings: List[str] = []
     remaining = []
@@ -409,7 +438,7 @@ def _fix_paths_and_report(paths, select, extend_select, ignore, target_dtypes, c
     sys.exit(EXIT_CLEAN)
 
 
-@main.command(epilog="""\b
+@main.command(short_help="Run a model in low precision: which findings fire?", epilog="""\b
 Exit codes:
   0  nothing fired: no finding confirmed, no unflagged event
   1  a finding was confirmed or a non-finite value appeared where no rule looked
@@ -454,7 +483,7 @@ def confirm(target, select, extend_select, ignore, target_dtypes, config, device
                          timeout=timeout))
 
 
-@main.command()
+@main.command(short_help="Show a rule's documentation, or list every rule.")
 @click.argument("code", required=False)
 @click.option("--all", "show_all", is_flag=True, help="List every rule: code, name, default on/off, fix.")
 @click.option("--output-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
@@ -463,7 +492,7 @@ def rule(code: Optional[str], show_all: bool, output_format: str) -> None:
     """Show the documentation of rule CODE (e.g. NL002), or list all rules."""
     import json
 
-    from .registry import all_rules, rules_by_code
+    from .registry import documented_rules, rules_by_code
 
     def as_dict(r) -> dict:
         return {"code": r.code, "name": r.name, "summary": r.summary, "default": bool(r.default_enabled),
@@ -471,7 +500,7 @@ def rule(code: Optional[str], show_all: bool, output_format: str) -> None:
 
     if output_format == "json":
         if show_all or code is None:
-            chosen = list(all_rules())
+            chosen = list(documented_rules())
         else:
             found = rules_by_code().get(code.upper())
             if found is None:
@@ -482,7 +511,7 @@ def rule(code: Optional[str], show_all: bool, output_format: str) -> None:
         return
     if show_all or code is None:
         rows = [("code", "name", "default", "fix", "summary")]
-        for r in all_rules():
+        for r in documented_rules():
             rows.append((r.code, r.name, "on" if r.default_enabled else "off",
                          r.fix_applicability or "-", r.summary))
         widths = [max(len(row[i]) for row in rows) for i in range(4)]

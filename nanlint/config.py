@@ -20,7 +20,8 @@ else:  # pragma: no cover - exercised on Python < 3.11 only
 from .dtypes import DTYPES
 from .registry import known_code, rules_by_code
 
-CONFIG_FILES = ("pyproject.toml", "nanlint.toml", ".nanlint.toml")
+#: in order of preference within one directory: a dedicated file beats pyproject.toml (as in ruff)
+CONFIG_FILES = (".nanlint.toml", "nanlint.toml", "pyproject.toml")
 
 DEFAULT_EXCLUDE = (
     ".git", ".hg", ".svn", ".bzr", ".venv", "venv", ".tox", ".nox", ".eggs",
@@ -59,6 +60,8 @@ class Settings:
     root: Path = field(default_factory=Path.cwd)
     #: where each non-default value came from: key -> "config" or "command line"
     origins: Dict[str, str] = field(default_factory=dict)
+    #: problems the user should hear about that do not stop the run
+    warnings: List[str] = field(default_factory=list)
 
     @property
     def excludes(self) -> Tuple[str, ...]:
@@ -208,9 +211,10 @@ def _has_table(path: Path) -> bool:
     return "tool.nanlint" in text
 
 
-def find_config(start: Path) -> Optional[Path]:
-    """The closest config file at or above ``start`` (a pyproject.toml counts
-    only when it has a [tool.nanlint] table)."""
+def find_configs(start: Path) -> List[Path]:
+    """The config files of the closest directory at or above ``start`` that
+    has one, in order of preference (a pyproject.toml counts only when it has
+    a [tool.nanlint] table)."""
     try:
         here = start.resolve()
     except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
@@ -218,11 +222,11 @@ def find_config(start: Path) -> Optional[Path]:
     if not here.is_dir():
         here = here.parent
     for directory in (here, *here.parents):
-        for name in CONFIG_FILES:
-            candidate = directory / name
-            if candidate.is_file() and _has_table(candidate):
-                return candidate
-    return None
+        found = [directory / name for name in CONFIG_FILES
+                 if (directory / name).is_file() and _has_table(directory / name)]
+        if found:
+            return found
+    return []
 
 
 def resolve_settings(config: Optional[Path], first_path: Optional[Path]) -> Settings:
@@ -230,7 +234,11 @@ def resolve_settings(config: Optional[Path], first_path: Optional[Path]) -> Sett
         if not config.is_file():
             raise ConfigError(f"config file not found: {config}")
         return load_file(config)
-    found = find_config(first_path if first_path is not None else Path.cwd())
-    if found is None:
+    found = find_configs(first_path if first_path is not None else Path.cwd())
+    if not found:
         return Settings()
-    return load_file(found)
+    settings = load_file(found[0])
+    for other in found[1:]:
+        what = f"{other.name} [tool.nanlint]" if other.name == "pyproject.toml" else other.name
+        settings.warnings.append(f"{found[0]} is used; {what} in the same directory is ignored")
+    return settings

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .registry import all_rules
+from .registry import documented_rules
 
 START = "<!-- rules-table:start -->"
 END = "<!-- rules-table:end -->"
@@ -17,7 +17,7 @@ END = "<!-- rules-table:end -->"
 
 def rules_table() -> str:
     rows = ["| code | name | default | fix | summary |", "|---|---|---|---|---|"]
-    for rule in all_rules():
+    for rule in documented_rules():
         rows.append(
             f"| {rule.code} | {rule.name} | {'on' if rule.default_enabled else 'off'} "
             f"| {rule.fix_applicability or '-'} | {rule.summary.replace('|', '/')} |"

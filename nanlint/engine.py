@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Type
+import sys
+from functools import lru_cache
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Type
 
 import libcst as cst
 
@@ -169,15 +171,22 @@ def _rule_handlers(rule_cls: Type[Rule]) -> List[Tuple[str, type, str]]:
 
 # -- suppression ---------------------------------------------------------------
 
+#: a code (``NL002``, ``E501``) or a rule name (``unclamped-exp``: lowercase words joined by hyphens)
+_NOQA_TOKEN = r"(?:[a-z][a-z0-9]*(?:-[a-z0-9]+)+|[A-Z]+[0-9]+)"
 NOQA_RE = re.compile(
-    r"#\s*noqa(?::[\s]?(?P<codes>[A-Z]+[0-9]+(?:[,\s]+[A-Z]+[0-9]+)*))?",
+    rf"#\s*noqa(?::[\s]?(?P<codes>{_NOQA_TOKEN}(?:[,\s]+{_NOQA_TOKEN})*))?",
     re.IGNORECASE,
 )
-_CODE_RE = re.compile(r"[A-Z]+[0-9]+", re.IGNORECASE)
+_TOKEN_RE = re.compile(_NOQA_TOKEN, re.IGNORECASE)
+
+
+def _is_name(token: str) -> bool:
+    return "-" in token
 
 
 def noqa_codes(line_text: str) -> Optional[frozenset]:
-    """None: no noqa; empty set: a bare noqa (everything); else the codes listed."""
+    """None: no noqa; empty set: a bare noqa (everything); else the codes
+    (upper case) and rule names (lower case) listed."""
     match = None
     for match in NOQA_RE.finditer(line_text):
         pass
@@ -186,7 +195,7 @@ def noqa_codes(line_text: str) -> Optional[frozenset]:
     codes = match.group("codes")
     if not codes:
         return frozenset()
-    return frozenset(c.upper() for c in _CODE_RE.findall(codes))
+    return frozenset(t.lower() if _is_name(t) else t.upper() for t in _TOKEN_RE.findall(codes))
 
 
 _NOQA_WORD = re.compile("noqa", re.IGNORECASE)
@@ -203,12 +212,14 @@ def physical_lines(source: str, keepends: bool = False) -> List[str]:
     return _LINE_SPLIT_RE.split(source)
 
 
-def unknown_noqa_codes(source: str, path: str, known: Iterable[str]) -> List[str]:
-    """Warnings for ``# noqa: NLxxx`` comments naming a code that is not a
-    nanlint rule (codes of other tools, e.g. ``E501``, are left alone)."""
+def unknown_noqa_codes(source: str, path: str, rules: Iterable[Type[Rule]]) -> List[str]:
+    """Warnings for ``# noqa:`` comments naming an ``NL`` code or a rule name
+    that is not a nanlint rule (codes of other tools, e.g. ``E501``, are left
+    alone)."""
     if not _NOQA_WORD.search(source):  # no copy of the text for the common case
         return []
-    known_set = set(known) | {SYNTAX_ERROR_CODE}
+    rules = list(rules)
+    known = {r.code for r in rules} | {r.name for r in rules} | {SYNTAX_ERROR_CODE, SYNTAX_ERROR_NAME}
     warnings: List[str] = []
     for number, line in enumerate(physical_lines(source), start=1):
         if "#" not in line:
@@ -216,16 +227,17 @@ def unknown_noqa_codes(source: str, path: str, known: Iterable[str]) -> List[str
         codes = noqa_codes(line)
         if not codes:
             continue
-        for code in sorted(c for c in codes if c.startswith("NL") and c not in known_set):
-            warnings.append(f"{path}:{number}: unknown rule code `{code}` in `# noqa` (see `nanlint rule --all`)")
+        for token in sorted(c for c in codes if (_is_name(c) or c.startswith("NL")) and c not in known):
+            kind = "rule name" if _is_name(token) else "rule code"
+            warnings.append(f"{path}:{number}: unknown {kind} `{token}` in `# noqa` (see `nanlint rule --all`)")
     return warnings
 
 
-def is_suppressed(line_text: str, code: str) -> bool:
+def is_suppressed(line_text: str, code: str, name: str) -> bool:
     codes = noqa_codes(line_text)
     if codes is None:
         return False
-    return not codes or code in codes
+    return not codes or code in codes or name in codes
 
 
 # -- linting ---------------------------------------------------------------------
@@ -435,7 +447,7 @@ def lint_source(
 
 def _materialise(ctx: Context, module: cst.Module, source: str, path: str, parsed_text: str) -> List[Finding]:
     reports = ctx.reports
-    anchor = _import_anchor(module) if any(r.fix and r.fix.imports for r in reports) else None
+    sites = _import_sites(module) if any(r.fix and r.fix.imports for r in reports) else None
     wanted: List[cst.CSTNode] = []
     for report in reports:
         wanted.append(report.node)
@@ -443,10 +455,10 @@ def _materialise(ctx: Context, module: cst.Module, source: str, path: str, parse
             wanted.extend(node for node, _ in report.fix.replace)
             wanted.extend(node for node, _ in report.fix.insert_before)
             wanted.extend(node for node, _ in report.fix.insert_after)
-    if anchor is not None:
-        wanted.append(anchor)
-    elif module.body and any(r.fix and r.fix.imports for r in reports):
-        wanted.append(module.body[0])
+    if sites is not None:
+        wanted.extend(node for node in sites if node is not None)
+        if module.body:
+            wanted.append(module.body[0])
     starts = line_starts(parsed_text)  # blanked data keeps lines, not offsets
     ranges = compute_ranges(module, wanted, starts)
     lines = physical_lines(source)
@@ -457,12 +469,12 @@ def _materialise(ctx: Context, module: cst.Module, source: str, path: str, parse
             continue
         line, col = rng.inner_start
         line_text = lines[line - 1] if line - 1 < len(lines) else ""
-        if is_suppressed(line_text, report.rule.code):
+        if is_suppressed(line_text, report.rule.code, report.rule.name):
             continue
         end_line, end_col = rng.inner_end
         fix = None
         if report.fix is not None:
-            fix = _edits_for(report.fix, ctx, module, ranges, lines, anchor)
+            fix = _edits_for(report.fix, ctx, module, ranges, lines, sites)
         finding = Finding(
             code=report.rule.code,
             name=report.rule.name,
@@ -480,17 +492,52 @@ def _materialise(ctx: Context, module: cst.Module, source: str, path: str, parse
     return sorted(findings.values(), key=Finding.sort_key)
 
 
-def _import_anchor(module: cst.Module) -> Optional[cst.CSTNode]:
-    """The module-level statement after which new imports go: the last import of
-    the leading run of docstring/``__future__``/import statements."""
-    anchor = None
+class _ImportSites(NamedTuple):
+    """Module-level statements of the leading run of docstring/``__future__``/
+    import statements that new imports go beside."""
+
+    #: the last statement of the run: third-party imports go after it
+    last: Optional[cst.CSTNode]
+    #: the last standard-library import (``__future__`` included): stdlib imports go after it
+    last_stdlib: Optional[cst.CSTNode]
+    #: the first import: stdlib imports go before it when the run has no stdlib import
+    first_import: Optional[cst.CSTNode]
+
+
+@lru_cache(maxsize=1)
+def _stdlib_modules() -> frozenset:
+    names = getattr(sys, "stdlib_module_names", None)
+    if names is None:  # Python 3.9: the modules in the standard library's folder
+        import pkgutil
+        import sysconfig
+
+        names = {m.name for m in pkgutil.iter_modules([sysconfig.get_paths()["stdlib"]])}
+        names |= set(sys.builtin_module_names)
+    return frozenset(names)
+
+
+def _top_module(small: cst.BaseSmallStatement) -> Optional[str]:
+    """``os`` for ``import os.path`` or ``from os import path``; None for a relative import."""
+    if isinstance(small, cst.Import):
+        expr: cst.BaseExpression = small.names[0].name
+    elif small.relative or small.module is None:
+        return None
+    else:
+        expr = small.module
+    while isinstance(expr, cst.Attribute):
+        expr = expr.value
+    return expr.value if isinstance(expr, cst.Name) else None
+
+
+def _import_sites(module: cst.Module) -> _ImportSites:
+    last = last_stdlib = first_import = None
     for index, stmt in enumerate(module.body):
         if not isinstance(stmt, cst.SimpleStatementLine):
             break
         kinds = set()
         for small in stmt.body:
             if isinstance(small, (cst.Import, cst.ImportFrom)):
-                kinds.add("import")
+                kinds.add("stdlib" if _top_module(small) in _stdlib_modules() else "import")
             elif (
                 index == 0
                 and isinstance(small, cst.Expr)
@@ -501,8 +548,36 @@ def _import_anchor(module: cst.Module) -> Optional[cst.CSTNode]:
                 kinds.add("other")
         if "other" in kinds:
             break
-        anchor = stmt
-    return anchor
+        last = stmt
+        if "stdlib" in kinds:
+            last_stdlib = stmt
+        if first_import is None and kinds & {"stdlib", "import"}:
+            first_import = stmt
+    return _ImportSites(last, last_stdlib, first_import)
+
+
+def _import_position(
+    name: str, sites: _ImportSites, module: cst.Module, ranges: Mapping[cst.CSTNode, Range]
+) -> Optional[Tuple[int, int, bool]]:
+    """(line, 0-based column, whether that position ends a statement) where
+    ``import name`` goes: a standard-library module after the last stdlib
+    import (or before the first import), anything else after every import."""
+    if name in _stdlib_modules():
+        if sites.last_stdlib is not None:
+            after, before = sites.last_stdlib, None
+        else:
+            after, before = (None, sites.first_import) if sites.first_import is not None else (sites.last, None)
+    else:
+        after, before = sites.last, None
+    if after is not None:
+        if after not in ranges:
+            return None
+        line, column = ranges[after].end
+        return line, column, True
+    first = before if before is not None else (module.body[0] if module.body else None)
+    if first is None or first not in ranges:
+        return None
+    return ranges[first].inner_start[0], 0, False
 
 
 def _statement_start(
@@ -533,7 +608,7 @@ def _edits_for(
     module: cst.Module,
     ranges: Mapping[cst.CSTNode, Range],
     lines: Sequence[str],
-    anchor: Optional[cst.CSTNode],
+    sites: Optional[_ImportSites],
 ) -> Optional[Fix]:
     newline = module.default_newline
     edits: List[Edit] = []
@@ -563,15 +638,16 @@ def _edits_for(
             body = newline + body.rstrip("\r\n")
         edits.append(Edit(l2, c2 + 1, l2, c2 + 1, body))
     missing = [m for m in dict.fromkeys(spec.imports) if ctx.names.alias_for(m) is None]
-    if missing:
-        text = "".join(f"import {m}{newline}" for m in sorted(missing))
-        if anchor is not None and anchor in ranges:
-            l2, c2 = ranges[anchor].end
-            if c2 != 0:
+    if missing and sites is not None:
+        grouped: Dict[Tuple[int, int, bool], List[str]] = {}
+        for name in sorted(missing):
+            position = _import_position(name, sites, module, ranges)
+            if position is None:
+                return None
+            grouped.setdefault(position, []).append(name)
+        for (line, column, ends_statement), names in grouped.items():
+            text = "".join(f"import {m}{newline}" for m in names)
+            if ends_statement and column != 0:  # after a statement that ends the file without a newline
                 text = newline + text.rstrip("\r\n")
-        elif module.body and module.body[0] in ranges:
-            l2, c2 = ranges[module.body[0]].inner_start[0], 0
-        else:
-            return None
-        edits.append(Edit(l2, c2 + 1, l2, c2 + 1, text))
+            edits.append(Edit(line, column + 1, line, column + 1, text))
     return Fix(spec.applicability, spec.message, tuple(sorted(edits, key=lambda e: (e.line, e.column))))

@@ -59,7 +59,9 @@ class Fix:
         return {
             "applicability": self.applicability,
             "message": self.message,
-            "edits": [e.to_dict() for e in self.edits],
+            # no edits: in a notebook, a fix that also changes another cell (an
+            # added import), which cell-relative edits cannot express
+            "edits": [e.to_dict() for e in self.edits] if self.edits else None,
         }
 
 

@@ -13,6 +13,7 @@ import re
 from functools import lru_cache
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Type
 
+from .engine import SYNTAX_ERROR_CODE, SYNTAX_ERROR_NAME
 from .rule import Rule
 
 CODE_RE = re.compile(r"^NL\d{3}$")
@@ -44,16 +45,51 @@ def all_rules() -> Tuple[Type[Rule], ...]:
     return tuple(found[c] for c in sorted(found))
 
 
+class SyntaxErrorRule(Rule):
+    """## What it does
+    Reports a file, or a notebook cell, that Python cannot parse: Python 2
+    syntax, an unfinished edit, null bytes, syntax newer than the parser knows.
+
+    ## Why is this bad?
+    No rule can look inside code that does not parse, so every hazard in it
+    goes unreported. NL000 is a pseudo-rule: the engine reports it, at Python's
+    own position for the error. It is on whatever `select` says, and is turned
+    off only by ignoring it (`--ignore NL000`, `ignore`, `per-file-ignores`),
+    e.g. for teaching notebooks with deliberately broken cells.
+
+    ## Example
+    ```python
+    print "loss", loss
+    ```
+
+    ## Use instead
+    ```python
+    print("loss", loss)
+    ```
+
+    ## Fix safety
+    There is no fix.
+    """
+
+    code = SYNTAX_ERROR_CODE
+    name = SYNTAX_ERROR_NAME
+    summary = "a file or notebook cell that does not parse: no rule can check it (ignore it to silence)"
+
+
+def documented_rules() -> Tuple[Type[Rule], ...]:
+    """NL000 (the pseudo-rule for syntax errors) and every rule."""
+    return (SyntaxErrorRule,) + all_rules()
+
+
 def rules_by_code() -> Dict[str, Type[Rule]]:
-    return {r.code: r for r in all_rules()}
+    return {r.code: r for r in documented_rules()}
 
 
 def known_code(selector: str) -> bool:
     """A selector is ALL, a code, or a prefix of at least one code (``NL00``)."""
     if selector == ALL:
         return True
-    codes = [r.code for r in all_rules()] + ["NL000"]
-    return any(code.startswith(selector) for code in codes)
+    return any(r.code.startswith(selector) for r in documented_rules())
 
 
 def _specificity(selector: str, code: str) -> int:
@@ -85,3 +121,17 @@ def select_rules(
         if best_on >= 0 and best_on > best_off:
             chosen.append(rule)
     return chosen
+
+
+def reports_syntax_errors(
+    select: Optional[Sequence[str]],
+    extend_select: Sequence[str] = (),
+    ignore: Sequence[str] = (),
+) -> bool:
+    """Whether NL000 is reported: it is selected by default whatever `select`
+    says, so only an ignore at least as specific as every selector of it
+    turns it off (`--ignore NL000`, `--ignore ALL`)."""
+    code = SyntaxErrorRule.code
+    best_on = max([0] + [_specificity(s, code) for s in (*(select or ()), *extend_select)])
+    best_off = max((_specificity(s, code) for s in ignore), default=-1)
+    return best_on > best_off

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 
 from .config import Settings
 from .dtypes import DTYPES, DtypeFacts
-from .engine import lint_source
+from .engine import SYNTAX_ERROR_CODE, lint_source
 from .files import ReadError, Source, decode, discover, display_path, read_bytes
 from .finding import Finding, at_least
 from .fix import FixOutcome, write_atomic
-from .registry import select_rules
+from .registry import reports_syntax_errors, select_rules
 from .rule import Rule
 
 if TYPE_CHECKING:
@@ -34,6 +34,8 @@ class Selection:
     dtypes: Tuple[DtypeFacts, ...]
     settings: Settings
     cache: Optional["Cache"] = None
+    #: whether NL000 (syntax errors) is reported, before per-file-ignores
+    syntax_errors: bool = True
 
     def enable_cache(self) -> None:
         """Cache findings under the configured cache directory."""
@@ -55,12 +57,14 @@ class Selection:
         rules = select_rules(settings.select, settings.extend_select, settings.ignore)
         dtypes = tuple(DTYPES[n] for n in settings.target_dtypes)
         rules = [r for r in rules if r.active(dtypes)]
-        return cls(rules, dtypes, settings)
+        syntax_errors = reports_syntax_errors(settings.select, settings.extend_select, settings.ignore)
+        return cls(rules, dtypes, settings, syntax_errors=syntax_errors)
 
-    def rules_for(self, path: Path) -> List[Type[Rule]]:
+    def _dropped(self, path: Path) -> List[str]:
+        """The per-file-ignores selectors that apply to ``path``."""
         ignores = self.settings.per_file_ignores
         if not ignores:
-            return self.rules
+            return []
         try:
             rel = path.resolve().relative_to(self.settings.root).as_posix()
         except (ValueError, OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
@@ -69,11 +73,31 @@ class Selection:
         for pattern, codes in ignores.items():
             if fnmatch.fnmatch(rel, pattern) or fnmatch.fnmatch(path.name, pattern):
                 dropped.extend(codes)
+        return dropped
+
+    def rules_for(self, path: Path) -> List[Type[Rule]]:
+        dropped = self._dropped(path)
         if not dropped:
             return self.rules
         return [
             r for r in self.rules if not any(c == "ALL" or r.code.startswith(c) for c in dropped)
         ]
+
+    def codes_for(self, path: Path) -> List[str]:
+        """The codes reported in ``path``: its rules, and NL000 unless ignored."""
+        codes = [r.code for r in self.rules_for(path)]
+        if self.syntax_errors and not any(c == "ALL" or SYNTAX_ERROR_CODE.startswith(c) for c in self._dropped(path)):
+            codes.insert(0, SYNTAX_ERROR_CODE)
+        return codes
+
+    def keep(self, findings: List[Finding], path: Path) -> List[Finding]:
+        """``findings`` without NL000 where it is ignored, and without those
+        below the minimum confidence."""
+        minimum = self.settings.min_confidence
+        findings = [f for f in findings if at_least(f.confidence, minimum)]
+        if any(f.code == SYNTAX_ERROR_CODE for f in findings) and SYNTAX_ERROR_CODE not in self.codes_for(path):
+            return [f for f in findings if f.code != SYNTAX_ERROR_CODE]
+        return findings
 
 
 @dataclass
@@ -101,8 +125,7 @@ def check_text(text: str, display: str, path: Path, selection: Selection) -> Tup
         selection.dtypes,
         selection.settings.rule_options,
     )
-    minimum = selection.settings.min_confidence
-    return [f for f in result.findings if at_least(f.confidence, minimum)], result.errors
+    return selection.keep(result.findings, path), result.errors
 
 
 def is_notebook(path: Path) -> bool:
@@ -128,7 +151,7 @@ def _lint_notebook(nb, virtual: str, display: str, path: Path, selection: Select
     from .notebook import map_findings
 
     findings, errors = check_text(virtual, display, path, selection)
-    return map_findings(nb, virtual, findings), errors
+    return selection.keep(map_findings(nb, virtual, findings), path), errors
 
 
 def _check_notebook_file(data: bytes, display: str, path: Path, selection: Selection) -> FileResult:
@@ -180,7 +203,7 @@ def noqa_warnings(text: str, display: str) -> List[str]:
     from .engine import unknown_noqa_codes
     from .registry import rules_by_code
 
-    return unknown_noqa_codes(text, display, rules_by_code())
+    return unknown_noqa_codes(text, display, rules_by_code().values())
 
 
 def default_jobs() -> int:
@@ -260,7 +283,7 @@ def _cache_lookup(data: bytes, display: str, path: Path, selection: Selection) -
     """(cache key, the cached result or None); ("", None) without a cache."""
     if selection.cache is None:
         return "", None
-    key = selection.cache.key(data, display, [r.code for r in selection.rules_for(path)])
+    key = selection.cache.key(data, display, selection.codes_for(path))
     hit = selection.cache.get(key)
     if hit is None:
         return key, None

@@ -51,6 +51,7 @@ def render_settings(selection: Selection) -> str:
         ("respect-gitignore", s.respect_gitignore),
         ("force-exclude", s.force_exclude),
         ("cache-dir", s.cache_dir or ".nanlint_cache"),
+        ("min-confidence", s.min_confidence),
         ("max-file-size", s.max_file_size),
     ]
     for key, value in rows:

@@ -96,7 +96,7 @@ class UnclampedExp(Rule):
         Invalid(
             "import torch\nstd = torch.exp(logvar)\n",
             fixed=(
-                "import torch\nimport math\n"
+                "import math\nimport torch\n"
                 "std = torch.exp(logvar.clamp(max=math.log(torch.finfo(logvar.dtype).max) - 0.01))\n"
             ),
         ),

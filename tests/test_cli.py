@@ -165,10 +165,10 @@ def test_rule_docs_command():
     from nanlint.registry import all_rules
 
     rows = [line.split() for line in listing.stdout.splitlines()[1:]]
-    assert [(r[0], r[1], r[2], r[3]) for r in rows] == [
+    assert [(r[0], r[1], r[2], r[3]) for r in rows] == [("NL000", "syntax-error", "on", "-")] + [
         (r.code, r.name, "on" if r.default_enabled else "off", r.fix_applicability or "-") for r in all_rules()]
     as_json = json.loads(run("rule", "--all", "--output-format", "json").stdout)
-    assert [d["code"] for d in as_json] == [r.code for r in all_rules()]
+    assert [d["code"] for d in as_json] == ["NL000"] + [r.code for r in all_rules()]
     one = json.loads(run("rule", "nl006", "--output-format", "json").stdout)
     assert one[0]["name"] == "tanh-gate" and "## Fix safety" in one[0]["documentation"]
 

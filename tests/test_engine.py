@@ -95,6 +95,8 @@ def test_noqa_codes_parsing():
     assert noqa_codes("x  # noqa") == frozenset()
     assert noqa_codes("x  # noqa: NL001,NL002") == {"NL001", "NL002"}
     assert noqa_codes("x") is None
+    assert noqa_codes("x  # noqa: unclamped-exp, NL003") == {"unclamped-exp", "NL003"}
+    assert noqa_codes("x  # noqa: fp16-overflow-literal") == {"fp16-overflow-literal"}
 
 
 def test_syntax_error_is_nl000_with_pythons_position():
@@ -140,13 +142,13 @@ def test_apply_edits_and_overlap():
         apply_edits(text, [Edit(1, 1, 1, 3, "x"), Edit(1, 2, 1, 4, "y")])
 
 
-def test_import_added_once_after_existing_imports_keeping_crlf():
+def test_stdlib_import_added_once_before_third_party_keeping_crlf():
     from helpers import fix_all
 
     source = '"""Doc."""\r\nimport torch\r\n\r\na = torch.exp(p)\r\nb = torch.exp(q)\r\n'
     fixed = fix_all(source, ["NL002"])
     assert fixed.count("import math") == 1
-    assert fixed.startswith('"""Doc."""\r\nimport torch\r\nimport math\r\n\r\n')
+    assert fixed.startswith('"""Doc."""\r\nimport math\r\nimport torch\r\n\r\n')  # stdlib before torch
     assert "\n" not in fixed.replace("\r\n", "")
     compile(fixed, "x", "exec")
 

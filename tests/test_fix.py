@@ -18,7 +18,7 @@ from nanlint.rule import FixSpec, Rule
 
 HAZARD = "import torch\n\n\ndef f(logvar):\n    return torch.exp(logvar)  # a comment\n"
 FIXED = (
-    "import torch\nimport math\n\n\ndef f(logvar):\n"
+    "import math\nimport torch\n\n\ndef f(logvar):\n"
     "    return torch.exp(logvar.clamp(max=math.log(torch.finfo(logvar.dtype).max) - 0.01))  # a comment\n"
 )
 

@@ -17,12 +17,57 @@ from helpers import ROOT
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 
-def test_setup_commands_are_the_ones_ci_runs():
-    block = re.search(r"## Set-up.*?```sh\n(.*?)```", README, re.S).group(1).strip().splitlines()
-    assert block == ["pip install torch==2.13.0 && pip install -e '.[dev]' && nanlint check fixtures/", "pytest"]
+def _setup_section() -> str:
+    return re.search(r"^## Set-up\n(.*?)(?=^## )", README, re.S | re.M).group(1)
+
+
+def test_setup_is_two_commands_that_ci_reads_from_the_readme():
+    """Two commands that each succeed (no `nanlint check fixtures/`, which exits
+    1), then the test command; `.ci/run` takes them from this section rather
+    than keeping its own copy, so the two cannot drift."""
+    setup, test = re.findall(r"```sh\n(.*?)```", _setup_section(), re.S)[:2]
+    commands = setup.strip().splitlines()
+    assert len(commands) == 2 and all(c.startswith("pip install ") for c in commands)
+    assert "&&" not in setup and "nanlint check" not in setup
+    assert test.strip() == "pytest"
     ci = (ROOT / ".ci" / "run").read_text()
-    assert "torch==2.13.0" in ci and "-e '.[dev]'" in ci and "nanlint check fixtures/" in ci
-    assert re.search(r"^pytest$", ci, re.M)
+    assert "## Set-up" in ci and "torch==" not in ci and ".[dev]" not in ci
+    # the CPU-only build is documented through PyTorch's public CPU wheel index
+    assert "--index-url https://download.pytorch.org/whl/cpu" in _setup_section()
+
+
+def test_dev_extra_installs_what_the_tests_import():
+    """torch's wheels do not bring numpy, and without it `import torch` writes a
+    two-line warning to stderr: the dev extra (via dynamic) must install it."""
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+
+    reqs = [Requirement(r) for r in requires("nanlint")]
+    dynamic = {r.name for r in reqs if r.marker and r.marker.evaluate({"extra": "dynamic"})}
+    dev = {(r.name, tuple(sorted(r.extras))) for r in reqs if r.marker and r.marker.evaluate({"extra": "dev"})}
+    assert {"torch", "numpy"} <= dynamic
+    assert ("nanlint", ("dynamic",)) in dev
+
+
+def test_no_example_installs_nanlint_from_pypi():
+    """nanlint is not on PyPI: every copy-paste install names a git URL or a path."""
+    for line in README.splitlines():
+        for match in re.finditer(r"pip install\s+('[^']*'|\"[^\"]*\"|[^\s`]+)", line):
+            spec = match.group(1).strip("'\"")
+            if "nanlint" in spec:
+                assert "git+" in spec or "/" in spec or spec.startswith("."), line
+
+
+def test_quick_start_output_is_what_nanlint_prints(tmp_path):
+    section = README.split("## Use it on your project", 1)[1].split("\n## ", 1)[0]
+    install, command = re.search(r"```sh\n(.*?)```", section, re.S).group(1).strip().splitlines()
+    assert install.startswith("pip install 'nanlint @ git+https://") and command == "nanlint check ."
+    expected = re.search(r"```\n(model\.py:.*?)```", section, re.S).group(1)
+    (tmp_path / "model.py").write_text("import torch\n" + "\n" * 11 + "def f(x):\n    weights = torch.exp(x)\n")
+    proc = _shell(command, tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout == expected
 
 
 def test_confirm_example_output_is_what_nanlint_prints(tmp_path):
@@ -125,8 +170,11 @@ def test_pre_commit_snippet_runs_the_hooks(tmp_path):
     config = yaml.safe_load(_block("### pre-commit", "yaml"))
     hooks = config["repos"][0]["hooks"]
     assert [h["id"] for h in hooks] == ["nanlint"]
+    # the README shows the form pre-commit needs without release tags: a full commit SHA
+    assert config["repos"][0]["rev"] == "<full commit sha>"
     config["repos"][0]["repo"] = str(source)
-    config["repos"][0]["rev"] = "HEAD"
+    config["repos"][0]["rev"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True,
+                                               text=True, check=True, env=env).stdout.strip()
     config["repos"][0]["hooks"] = [{"id": "nanlint"}, {"id": "nanlint-fix"}]
     # the user's repository
     work = tmp_path / "work"

@@ -20,3 +20,9 @@ FORMATS: Dict[str, Reporter] = {
     "sarif": sarif_report.render,
     "junit": junit_report.render,
 }
+
+#: ``--statistics``: one count per rule, in the formats that have a shape for it
+STATISTICS: Dict[str, Reporter] = {
+    "text": text_report.render_statistics,
+    "json": json_report.render_statistics,
+}

@@ -18,14 +18,12 @@ def summary(findings: Sequence[Finding]) -> str:
     safe = sum(1 for f in findings if f.fix is not None and f.fix.applicability == SAFE)
     unsafe = sum(1 for f in findings if f.fix is not None and f.fix.applicability != SAFE)
     line = f"Found {_plural(len(findings), 'finding')}."
-    hints = []
-    if safe:
-        hints.append(f"{safe} fixable with `nanlint fix`")
-    if unsafe:
-        more = "more " if safe else ""
-        hints.append(f"{unsafe} {more}with `nanlint fix --unsafe-fixes`")
-    if hints:
-        line += " " + "; ".join(hints) + "."
+    if safe and unsafe:
+        line += f" {safe} fixable with `nanlint fix`, {unsafe} more with `nanlint fix --unsafe-fixes`."
+    elif safe:
+        line += f" {safe} fixable with `nanlint fix`."
+    elif unsafe:
+        line += f" {unsafe} fixable with `nanlint fix --unsafe-fixes`."
     return line + "\n"
 
 
