@@ -91,6 +91,19 @@ def read_bytes(path: Path, limit: int = 0) -> bytes:
     return data
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (a temp file named after it may be in use)."""
+    if os.name == "nt":  # os.kill(pid, 0) would terminate it there
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # another user's process, or not a pid: assume it is in use
+    return True
+
+
 def read_source(path: Path) -> Source:
     return decode(read_bytes(path))
 

@@ -43,7 +43,8 @@ class Selection:
         if not directory.is_absolute():
             directory = self.settings.root / directory
         fingerprint = json.dumps(
-            [[d.name for d in self.dtypes], self.settings.rule_options], sort_keys=True, default=str
+            [[d.name for d in self.dtypes], self.settings.rule_options, self.settings.max_file_size],
+            sort_keys=True, default=str,
         )
         self.cache = Cache(directory, fingerprint)
 
