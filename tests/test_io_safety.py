@@ -81,3 +81,60 @@ def test_a_file_over_max_file_size_is_not_read(tmp_path, command):
     assert proc.returncode in (0, 1), proc.stderr
     assert "warning: big.py: skipped, 3,000,000,000 bytes is over max-file-size" in proc.stderr
     assert big.stat().st_size == 3_000_000_000
+
+
+# -- .gitignore patterns: git's semantics, in linear time -------------------------------
+
+
+def _git_ignored(repo: Path, pattern: str, paths):
+    (repo / ".gitignore").write_bytes(pattern.encode("utf-8", "surrogateescape") + b"\n")
+    proc = subprocess.run(["git", "check-ignore", "--no-index", "--stdin", "-z"], cwd=repo,
+                          input=b"\0".join(p.encode() for p in paths) + b"\0", capture_output=True)
+    assert proc.returncode in (0, 1), proc.stderr
+    return {p.decode() for p in proc.stdout.split(b"\0") if p}
+
+
+def _random_pattern(rng: random.Random) -> str:
+    atoms = ["a", "b", "é", "*", "**", "?", "/", "[ab]", "[!a]", "[a-b]", "[z-a]", "[", "]", "\\*", "-",
+             "[[:alpha:]]", "[[:bogus:]]", "\\", "[]a]", "[\\]]"]
+    while True:
+        text = "".join(rng.choice(atoms) for _ in range(rng.randint(1, 7)))
+        if not text.startswith(("!", "#")) and not text.endswith(("/", " ")) and text.strip("/"):
+            return text
+
+
+def _random_path(rng: random.Random) -> str:
+    parts = ["".join(rng.choice("ab*?[]-é\\") for _ in range(rng.randint(1, 4)))
+             for _ in range(rng.randint(1, 3))]
+    return "/".join(parts)
+
+
+@pytest.mark.skipif(subprocess.run(["git", "--version"], capture_output=True).returncode != 0,
+                    reason="needs git")
+def test_gitignore_patterns_match_as_git_matches_them(tmp_path):
+    from nanlint.gitignore import parse
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    rng = random.Random(12)
+    for _ in range(150):
+        pattern = _random_pattern(rng)
+        paths = sorted({_random_path(rng) for _ in range(40)} | {"a", "b/a", "ab", "é", "a/b/a"})
+        expected = _git_ignored(tmp_path, pattern, paths)
+        (rule,) = parse(pattern + "\n")
+        glob = rule[0]
+        # git ignores a path when it, or a directory above it, matches
+        ours = {p for p in paths if any(glob.match("/".join(p.split("/")[:n]))
+                                         for n in range(1, p.count("/") + 2))}
+        assert ours == expected, pattern
+
+
+def test_pathological_gitignore_lines(tmp_path):
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / ".gitignore").write_text("[z-a].py\n[unclosed\n" + "*a" * 12 + "*b\n")
+    (tmp_path / ("a" * 60 + ".py")).write_text(HAZARD)
+    (tmp_path / "z.py").write_text(HAZARD)  # git ignores it: `[z-a]` holds the `z` it starts with
+    # a backtracking matcher would run for years on the 60-character name; the timeout only stops a hang
+    proc = run("check", "--no-cache", "--show-files", cwd=tmp_path, timeout=120)
+    no_traceback(proc)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["a" * 60 + ".py"]
