@@ -339,7 +339,7 @@ def _fix_notebook_file(path: Path, display: str, original: bytes, selection: Sel
     if changed and write:
         bom = b"\xef\xbb\xbf" if original.startswith(b"\xef\xbb\xbf") else b""
         try:
-            write_atomic(path, bom + outcome.text.encode("utf-8"), original)
+            write_atomic(path, bom + outcome.text.encode("utf-8"), original, selection.settings.root)
         except WriteError as exc:
             return FixResult(display, False, outcome, errors + [f"{display}: {exc}"])
     return FixResult(display, changed, outcome, errors, diff)
@@ -373,7 +373,7 @@ def fix_file(path: Path, selection: Selection, unsafe: bool, write: bool) -> Fix
             return FixResult(display, False, outcome, errors + [
                 f"{display}: the fix needs characters that {source.encoding} cannot encode; left untouched"])
         try:
-            write_atomic(path, data, original)
+            write_atomic(path, data, original, selection.settings.root)
         except WriteError as exc:
             return FixResult(display, False, outcome, errors + [f"{display}: {exc}"])
     return FixResult(display, changed, outcome, errors, diff, noqa_warnings(source.text, display))

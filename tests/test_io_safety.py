@@ -138,3 +138,102 @@ def test_pathological_gitignore_lines(tmp_path):
     no_traceback(proc)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["a" * 60 + ".py"]
+
+
+# -- fix: where it writes, and what it keeps -----------------------------------------------
+
+
+def test_fix_does_not_write_through_a_symlink_that_leaves_the_project(tmp_path):
+    repo, outside = tmp_path / "repo", tmp_path / "outside"
+    (repo / "pkg").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "victim.py").write_text(HAZARD)
+    (repo / "common.py").write_text(HAZARD)
+    (repo / "link.py").symlink_to("../outside/victim.py")
+    (repo / "pkg" / "inner.py").symlink_to("../common.py")  # inside the project: written through
+    proc = run("fix", "--unsafe-fixes", "--no-cache", "link.py", "pkg/inner.py", cwd=repo)
+    no_traceback(proc)
+    assert proc.returncode == 2
+    (line,) = error_lines(proc)
+    assert line.startswith("error: link.py: is a symlink to ") and "outside the project" in line
+    assert (outside / "victim.py").read_text() == HAZARD
+    assert os.readlink(repo / "link.py") == "../outside/victim.py"
+    assert os.readlink(repo / "pkg" / "inner.py") == "../common.py"
+    assert FIXED_FRAGMENT in (repo / "common.py").read_text()
+
+
+def test_fix_keeps_hard_links(tmp_path):
+    (tmp_path / "a.py").write_text(HAZARD)
+    os.link(tmp_path / "a.py", tmp_path / "b.py")
+    proc = run("fix", "--unsafe-fixes", "--no-cache", "a.py", cwd=tmp_path)
+    no_traceback(proc)
+    assert proc.returncode == 2
+    assert error_lines(proc) == [
+        "error: a.py: has 2 hard links: replacing it would detach them, and writing in place would "
+        "change every linked copy; left untouched"]
+    assert os.path.samefile(tmp_path / "a.py", tmp_path / "b.py")
+    assert (tmp_path / "b.py").read_text() == HAZARD
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to give a file away")
+def test_fix_as_root_keeps_owner_group_and_mode(tmp_path):
+    target = tmp_path / "m.py"
+    target.write_text(HAZARD)
+    os.chown(target, 12345, 23456)
+    target.chmod(0o640)
+    proc = run("fix", "--unsafe-fixes", "--no-cache", "m.py", cwd=tmp_path)
+    no_traceback(proc)
+    assert proc.returncode == 0, proc.stderr
+    st = target.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (12345, 23456, 0o640)
+    assert FIXED_FRAGMENT in target.read_text()
+
+
+# A read-only directory (EACCES, EROFS) or no free inodes (ENOSPC) makes the
+# temp file impossible to create; injected here, since root may write anywhere.
+INJECT = """
+import errno, os, sys
+real = os.open
+def fail(path, flags, *args, **kwargs):
+    if str(path).endswith(".nanlint-tmp"):
+        raise OSError(errno.{code}, os.strerror(errno.{code}), str(path))
+    return real(path, flags, *args, **kwargs)
+os.open = fail
+from nanlint.cli import main
+sys.argv = ["nanlint", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.parametrize("code", ["EACCES", "EROFS", "ENOSPC"])
+def test_fix_cannot_create_its_temp_file(tmp_path, code):
+    (tmp_path / "m.py").write_text(HAZARD)
+    (tmp_path / "ok.py").write_text(HAZARD)
+    proc = subprocess.run([sys.executable, "-c", INJECT.format(code=code), "fix", "--unsafe-fixes",
+                           "--no-cache", "m.py"], cwd=tmp_path, capture_output=True, text=True)
+    no_traceback(proc)
+    assert proc.returncode == 2
+    (line,) = error_lines(proc)
+    assert line.startswith(f"error: m.py: cannot create a temporary file in {tmp_path}: ")
+    assert os.strerror(getattr(errno, code)) in line and line.endswith("left untouched")
+    assert (tmp_path / "m.py").read_text() == HAZARD
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.py", "ok.py"]
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_fix_removes_the_temp_files_a_killed_run_left_and_nothing_else(tmp_path):
+    (tmp_path / "m.py").write_text(HAZARD)
+    dead = tmp_path / f".m.py.{_dead_pid()}.0123456789abcdef.nanlint-tmp"
+    alive = tmp_path / f".m.py.{os.getpid()}.0123456789abcdef.nanlint-tmp"
+    other_file = tmp_path / f".n.py.{_dead_pid()}.0123456789abcdef.nanlint-tmp"
+    odd = tmp_path / ".m.py.notapid.nanlint-tmp"
+    for p in (dead, alive, other_file, odd):
+        p.write_text("partial")
+    proc = run("fix", "--unsafe-fixes", "--no-cache", "m.py", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.py", alive.name, other_file.name, odd.name])
