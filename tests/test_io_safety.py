@@ -237,3 +237,39 @@ def test_fix_removes_the_temp_files_a_killed_run_left_and_nothing_else(tmp_path)
     proc = run("fix", "--unsafe-fixes", "--no-cache", "m.py", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.py", alive.name, other_file.name, odd.name])
+
+
+# -- output: a file name cannot forge a line or break XML -----------------------------------
+
+
+@POSIX
+def test_control_characters_in_a_file_name_cannot_forge_output(tmp_path):
+    name = "a.py\nfake.py:1:1: NL999 [forged] gotcha\x01.py"
+    (tmp_path / name).write_text(HAZARD)
+    proc = run("check", "--no-cache", ".", cwd=tmp_path)
+    assert proc.returncode == 1
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 2 and lines[1].startswith("Found 1 finding.")
+    assert lines[0].startswith('"a.py\\nfake.py:1:1: NL999 [forged] gotcha\\x01.py":4:12: NL002')
+    junit = run("check", "--no-cache", "--output-format", "junit", ".", cwd=tmp_path)
+    root = ET.fromstring(junit.stdout)  # XML 1.0 cannot hold \x01: it must be escaped
+    (case,) = root.iter("testcase")
+    assert case.get("file") == "a.py\\nfake.py:1:1: NL999 [forged] gotcha\\x01.py"
+    data = json.loads(run("check", "--no-cache", "--output-format", "json", ".", cwd=tmp_path).stdout)
+    assert data[0]["path"] == name  # JSON can hold any name: it is the real one
+
+
+@POSIX
+@pytest.mark.parametrize("output_format", ["text", "json", "github", "sarif", "junit"])
+def test_a_file_name_that_is_not_utf8(tmp_path, output_format):
+    (tmp_path / os.fsdecode(b"bad\xff.py")).write_text(HAZARD)
+    proc = run("check", "--no-cache", "--output-format", output_format, ".", cwd=tmp_path)
+    no_traceback(proc)
+    assert proc.returncode == 1
+    if output_format == "text":
+        assert proc.stdout.startswith('"bad\\xff.py":4:12: NL002')
+    elif output_format == "sarif":
+        (result,) = json.loads(proc.stdout)["runs"][0]["results"]
+        assert result["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] == "bad%FF.py"
+    elif output_format == "junit":
+        assert ET.fromstring(proc.stdout).find("testsuite").get("name") == "bad\\xff.py"
