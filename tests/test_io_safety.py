@@ -273,3 +273,36 @@ def test_a_file_name_that_is_not_utf8(tmp_path, output_format):
         assert result["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] == "bad%FF.py"
     elif output_format == "junit":
         assert ET.fromstring(proc.stdout).find("testsuite").get("name") == "bad\\xff.py"
+
+
+# -- notebooks ----------------------------------------------------------------------------------
+
+
+def test_a_deeply_nested_notebook_is_a_clear_error(tmp_path):
+    (tmp_path / "deep.ipynb").write_text('{"cells": [], "metadata": ' + "[" * 5000 + "]" * 5000 + "}")
+    (tmp_path / "ok.py").write_text(HAZARD)
+    for command in ("check", "fix"):
+        proc = run(command, "--no-cache", ".", cwd=tmp_path)
+        no_traceback(proc)
+        assert proc.returncode == 2
+        (line,) = error_lines(proc)
+        assert line.startswith("error: deep.ipynb: not a valid notebook: ") and "nested too deeply" in line
+
+
+def _notebook(source) -> str:
+    cell = {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": source}
+    return json.dumps({"cells": [cell], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}, indent=1)
+
+
+@pytest.mark.parametrize("ending", ["\r", "\r\n", "\n"])
+@pytest.mark.parametrize("style", ["string", "lines"])
+def test_fix_keeps_a_cells_line_endings(tmp_path, ending, style):
+    text = ending.join(["import torch", "", "def f(logvar):", "    return torch.exp(logvar)", "y = 1"])
+    source = text if style == "string" else [line + ending for line in text.split(ending)]
+    (tmp_path / "n.ipynb").write_text(_notebook(source))
+    proc = run("fix", "--unsafe-fixes", "--no-cache", "n.ipynb", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    cell = json.loads((tmp_path / "n.ipynb").read_text())["cells"][0]["source"]
+    fixed = cell if isinstance(cell, str) else "".join(cell)
+    assert FIXED_FRAGMENT in fixed
+    assert set(re.findall(r"\r\n|\r|\n", fixed)) == {ending}  # the added import line too
