@@ -309,9 +309,9 @@ class Cache:
                 raise
         os.close(fd)
         self.problem = (
-            f"cache disabled: {self.root} is not a cache directory nanlint created (it has no "
-            f"nanlint {TAG_NAME}); nanlint writes and deletes nothing there. Set `cache-dir` "
-            "to a new or empty directory"
+            f"cache disabled: {self.root} is not a cache directory nanlint created (no nanlint "
+            f"{TAG_NAME}), so nothing there is written or deleted; set `cache-dir` to a new or "
+            "empty directory (or delete a cache left by an older nanlint)"
         )
         return None
 
