@@ -193,6 +193,13 @@ class Cache:
         self._tmp_fd: Optional[int] = None
         self._opened = False
 
+    def __getstate__(self) -> Dict[str, Any]:
+        """A worker process gets the cache unopened: descriptors are not
+        shared through pickling (a number could name another file there)."""
+        state = dict(self.__dict__)
+        state.update(_fd=None, _tmp_fd=None, _opened=False)
+        return state
+
     def key(self, data: bytes, display: str, codes: Sequence[str]) -> str:
         h = hashlib.sha256(data)
         h.update(b"\0" + display.encode("utf-8", "surrogateescape"))

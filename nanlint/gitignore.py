@@ -151,7 +151,7 @@ class Glob:
     the whole path (relative to the pattern's base), or its last component
     for a pattern without a slash."""
 
-    MAX_STATES = 4096  # the DFA table is a cache: past this, states are recomputed
+    MAX_STATES = 4096  # the DFA is a cache: past this many states it starts afresh
 
     def __init__(self, pattern: str, basename_only: bool) -> None:
         try:
@@ -159,6 +159,9 @@ class Glob:
         except InvalidPattern:
             self._tokens = None  # git matches nothing with it: neither do we
         self._basename_only = basename_only
+        self._reset()
+
+    def _reset(self) -> None:
         self._ids: Dict[FrozenSet[int], int] = {}
         self._sets: List[FrozenSet[int]] = []
         self._next: Dict[Tuple[int, int], int] = {}
@@ -180,8 +183,7 @@ class Glob:
         if found is None:
             found = len(self._sets)
             self._sets.append(states)
-            if len(self._sets) <= self.MAX_STATES:
-                self._ids[states] = found
+            self._ids[states] = found
         return found
 
     def _step(self, state: int, byte: int) -> int:
@@ -214,17 +216,16 @@ class Glob:
     def match(self, path: str) -> bool:
         if self._tokens is None:
             return False
+        if len(self._sets) > self.MAX_STATES:  # one match adds at most one state per byte
+            self._reset()
         if self._basename_only:
             path = path.rpartition("/")[2]
         state = self._start
         table = self._next
         for byte in path.encode("utf-8", "surrogateescape"):
-            key = (state, byte)
-            nxt = table.get(key)
+            nxt = table.get((state, byte))
             if nxt is None:
-                nxt = self._step(state, byte)
-                if len(table) < self.MAX_STATES * 64:
-                    table[key] = nxt
+                nxt = table[state, byte] = self._step(state, byte)
             state = nxt
             if not self._sets[state]:
                 return False

@@ -329,3 +329,13 @@ def test_temp_files_of_killed_runs_are_removed_and_nothing_else(tmp_path):
     assert run("check", ".", cwd=tmp_path).returncode == 1
     assert sorted(p.name for p in tmp.iterdir()) == sorted([alive.name, foreign.name, link.name])
     assert foreign.read_text() == "x"
+
+
+def test_worker_processes_write_and_read_the_cache(tmp_path):
+    for i in range(8):
+        (tmp_path / f"m{i}.py").write_text(HAZARD)
+    first = run("check", "-j", "2", ".", cwd=tmp_path)
+    assert first.returncode == 1 and not first.stderr
+    assert len(_entries(tmp_path)) == 8
+    again = run("check", "-j", "2", ".", cwd=tmp_path)
+    assert (again.returncode, again.stdout, again.stderr) == (1, first.stdout, "")
