@@ -159,6 +159,15 @@ class Glob:
         except InvalidPattern:
             self._tokens = None  # git matches nothing with it: neither do we
         self._basename_only = basename_only
+        # fast paths for the common shapes: "name" and "*.ext"
+        self._literal: Optional[bytes] = None
+        self._suffix: Optional[bytes] = None
+        if self._tokens is not None:
+            kinds = [kind for kind, _ in self._tokens]
+            if all(kind == _LITERAL for kind in kinds):
+                self._literal = bytes(arg for _, arg in self._tokens)  # type: ignore[misc]
+            elif kinds[0] == _STAR and all(kind == _LITERAL for kind in kinds[1:]):
+                self._suffix = bytes(arg for _, arg in self._tokens[1:])  # type: ignore[misc]
         self._reset()
 
     def _reset(self) -> None:
@@ -220,9 +229,14 @@ class Glob:
             self._reset()
         if self._basename_only:
             path = path.rpartition("/")[2]
+        data = path.encode("utf-8", "surrogateescape")
+        if self._literal is not None:
+            return data == self._literal
+        if self._suffix is not None:
+            return data.endswith(self._suffix) and b"/" not in data[:len(data) - len(self._suffix)]
         state = self._start
         table = self._next
-        for byte in path.encode("utf-8", "surrogateescape"):
+        for byte in data:
             nxt = table.get((state, byte))
             if nxt is None:
                 nxt = table[state, byte] = self._step(state, byte)
