@@ -301,6 +301,8 @@ def _run_check(paths, select, extend_select, ignore, target_dtypes, config, outp
             findings.extend(result.findings)
             errors.extend(result.errors)
             warnings.extend(result.warnings)
+    if selection.cache is not None and selection.cache.problem:
+        warnings.insert(0, selection.cache.problem)
     findings.sort(key=lambda f: f.sort_key())
 
     for message in errors:

@@ -6,6 +6,7 @@ import codecs
 import fnmatch
 import io
 import os
+import stat
 import tokenize
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,13 +50,58 @@ def decode(data: bytes) -> Source:
     return Source(text, encoding, bom)
 
 
-def read_bytes(path: Path) -> bytes:
+class TooLarge(ReadError):
+    """A file over ``max-file-size``: skipped (a warning), not an error."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"{size:,} bytes")
+        self.size = size
+
+
+_KINDS = {stat.S_IFIFO: "a named pipe", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+          stat.S_IFSOCK: "a socket"}
+
+
+def read_bytes(path: Path, limit: int = 0) -> bytes:
+    """The bytes of a regular file (through symlinks), reading at most
+    ``limit`` + 1 bytes (0: no limit): its type and size are checked on the
+    opened descriptor first, so a FIFO, a device (``/dev/zero``) or a file over
+    the limit is never read, and the open does not block."""
     try:
-        return path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     except IsADirectoryError:
         raise ReadError("is a directory") from None
     except OSError as exc:
         raise ReadError(exc.strerror or str(exc)) from None
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise ReadError("is a directory")
+            if not stat.S_ISREG(st.st_mode):
+                kind = _KINDS.get(stat.S_IFMT(st.st_mode), "a special file")
+                raise ReadError(f"is {kind}, not a regular file; not read")
+            if limit and st.st_size > limit:
+                raise TooLarge(st.st_size)
+            data = handle.read(limit + 1) if limit else handle.read()
+        except OSError as exc:
+            raise ReadError(exc.strerror or str(exc)) from None
+    if limit and len(data) > limit:  # it grew after the fstat
+        raise TooLarge(len(data))
+    return data
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (a temp file named after it may be in use)."""
+    if os.name == "nt":  # os.kill(pid, 0) would terminate it there
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # another user's process, or not a pid: assume it is in use
+    return True
 
 
 def read_source(path: Path) -> Source:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
+import secrets
 import stat
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, List, Sequence, Tuple
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 from .finding import SAFE, Edit, Finding, Fix
 from .positions import line_starts
@@ -163,27 +164,84 @@ class WriteError(Exception):
     pass
 
 
-def write_atomic(path: Path, data: bytes, expected_old: bytes) -> None:
-    """Replace ``path``'s content with ``data`` atomically (a temp file in the
-    same directory, then rename), keeping its permissions, writing through
-    symlinks, and refusing when the file changed since it was read."""
-    real = Path(os.path.realpath(path))
+TEMP_SUFFIX = ".nanlint-tmp"
+#: ``.<file name>.<pid>.<16 hex>.nanlint-tmp``, next to the file being written
+_TEMP = re.compile(r"\.(.+)\.(\d+)\.[0-9a-f]{16}" + re.escape(TEMP_SUFFIX) + r"\Z", re.DOTALL)
+
+
+def _inside(path: str, directory: str) -> bool:
+    return os.path.commonpath([path, directory]) == directory
+
+
+def remove_stale_temps(target: Path) -> None:
+    """Remove temp files that an earlier, killed ``fix`` left next to
+    ``target``: only regular files of our name pattern for this very file,
+    owned by this user, whose process is gone."""
+    from .files import process_alive
+
     try:
-        current = real.read_bytes()
-    except OSError as exc:
-        raise WriteError(f"cannot re-read before writing: {exc.strerror or exc}") from None
+        entries = list(os.scandir(target.parent))
+    except OSError:
+        return
+    for entry in entries:
+        m = _TEMP.match(entry.name)
+        if m is None or m.group(1) != target.name or process_alive(int(m.group(2))):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid():
+                os.unlink(entry.path)
+        except OSError:
+            pass
+
+
+def write_atomic(path: Path, data: bytes, expected_old: bytes, root: Optional[Path] = None) -> None:
+    """Replace ``path``'s content with ``data`` atomically (a temp file in the
+    same directory, then rename), keeping its permissions, owner and group,
+    and refusing (WriteError, nothing written) when the file changed since it
+    was read, is read-only, has other hard links (a rename would detach them),
+    is a symlink to a file outside ``root`` (default: the working directory),
+    or its owner cannot be kept. A symlink inside ``root`` is written through."""
+    from .files import ReadError, read_bytes
+
+    real = Path(os.path.realpath(path))
+    if os.path.islink(path):
+        project = os.path.realpath(root if root is not None else Path.cwd())
+        if not _inside(str(real), project):
+            raise WriteError(f"is a symlink to {real}, outside the project ({project}); left untouched")
+    try:
+        current = read_bytes(real)
+    except ReadError as exc:
+        raise WriteError(f"cannot re-read before writing: {exc}") from None
     if current != expected_old:
         raise WriteError("changed on disk while nanlint was fixing it; left untouched")
     if not os.access(real, os.W_OK):
         raise WriteError("is read-only; left untouched")
-    mode = stat.S_IMODE(real.stat().st_mode)
-    fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".nanlint-tmp", dir=real.parent)
+    old = real.stat()
+    if old.st_nlink > 1:
+        raise WriteError(f"has {old.st_nlink} hard links: replacing it would detach them, and writing "
+                         "in place would change every linked copy; left untouched")
+    remove_stale_temps(real)
+    tmp = real.parent / f".{real.name}.{os.getpid()}.{secrets.token_hex(8)}{TEMP_SUFFIX}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+                     | getattr(os, "O_BINARY", 0), 0o600)
+    except OSError as exc:
+        raise WriteError(f"cannot create a temporary file in {real.parent}: "
+                         f"{exc.strerror or exc}; left untouched") from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
+            new = os.fstat(handle.fileno())
+            if (new.st_uid, new.st_gid) != (old.st_uid, old.st_gid):
+                try:
+                    os.fchown(handle.fileno(), old.st_uid, old.st_gid)
+                except PermissionError:
+                    raise WriteError("belongs to another user or group, which a rewritten file "
+                                     "would not keep; left untouched") from None
+        os.chmod(tmp, stat.S_IMODE(old.st_mode))  # after chown, which clears set-id bits
         os.replace(tmp, real)
     except BaseException as exc:
         try:
@@ -191,5 +249,5 @@ def write_atomic(path: Path, data: bytes, expected_old: bytes) -> None:
         except OSError:
             pass
         if isinstance(exc, OSError):
-            raise WriteError(f"cannot write: {exc.strerror or exc}") from None
+            raise WriteError(f"cannot write: {exc.strerror or exc}; left untouched") from None
         raise

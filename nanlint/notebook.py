@@ -24,9 +24,11 @@ stay byte-identical.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import re
 import secrets
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -39,6 +41,7 @@ PYTHON_CELL_MAGICS = frozenset({"time", "timeit", "capture", "prun"})
 _SEPARATOR = re.compile(r"^# nanlint-cell (\d+) ([0-9a-f]+)$")
 _PLACEHOLDER = re.compile(r"^([ \t]*)(?:pass  )?# nanlint-ipython ([0-9a-f]+) (\d+)$")
 _ASSIGNED_MAGIC = re.compile(r"^[ \t]*[\w.,\[\]() \t]+=[ \t]*[!%]")
+_BREAK = re.compile(r"\r\n|\r|\n")
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _SCALAR = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?|true|false|null")
 
@@ -155,7 +158,7 @@ def _is_ipython(stripped: str) -> bool:
 
 
 def _virtualise(text: str, token: str) -> Tuple[str, Dict[int, str]]:
-    lines = text.split("\n")
+    lines = _BREAK.split(text)  # "\r" and "\r\n" end a line too, for Python as for Jupyter
     if lines and lines[-1] == "":
         lines.pop()
     out: List[str] = []
@@ -176,7 +179,6 @@ def _virtualise(text: str, token: str) -> Tuple[str, Dict[int, str]]:
     seen_first = False
     continued = False
     for line in lines:
-        line = line.rstrip("\r")
         stripped = line.strip()
         indent = line[: len(line) - len(line.lstrip())]
         if whole_cell and not seen_first and stripped:
@@ -200,6 +202,8 @@ def load(raw: str, path: str) -> Notebook:
         data = json.loads(raw)
     except ValueError as exc:
         raise ReadError(f"not a valid notebook: invalid JSON ({exc})") from None
+    except RecursionError:
+        raise ReadError("not a valid notebook: its JSON is nested too deeply") from None
     if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
         raise ReadError("not a valid notebook: no `cells` list")
     scanner = _Scanner(raw)
@@ -207,6 +211,8 @@ def load(raw: str, path: str) -> Notebook:
         scanner.value(0, ())
     except (ValueError, IndexError) as exc:  # json.loads accepted it, so this is a bug; fail safe
         raise ReadError(f"cannot locate the cells in the notebook JSON ({exc})") from None
+    except RecursionError:
+        raise ReadError("not a valid notebook: its JSON is nested too deeply") from None
     token = secrets.token_hex(4)
     cells: List[Cell] = []
     for i, cell in enumerate(data["cells"]):
@@ -312,7 +318,9 @@ def split_cells(nb: Notebook, virtual: str) -> Dict[int, str]:
 
 def _restore(cell: Cell, virtual: str, token: str) -> str:
     """A fixed cell's virtual text with its IPython lines put back, ending the
-    way the original cell ended."""
+    way the original cell ended, and with the original cell's line breaks
+    ("\n", "\r\n" or "\r"): an unchanged line keeps its own, a new or changed
+    line gets the cell's most common one."""
     lines = virtual.split("\n")
     out = []
     for line in lines:
@@ -321,8 +329,19 @@ def _restore(cell: Cell, virtual: str, token: str) -> str:
             out.append(cell.ipython[int(m.group(3))])
         else:
             out.append(line)
-    text = "\n".join(out).rstrip("\n")
-    return text + cell.text[len(cell.text.rstrip("\n")):]
+    new = "\n".join(out).rstrip("\n").split("\n")
+    body = cell.text.rstrip("\r\n")
+    tail = cell.text[len(body):]
+    old, old_breaks = _BREAK.split(body), _BREAK.findall(body)
+    counts = Counter(old_breaks + _BREAK.findall(tail))
+    breaks = [counts.most_common(1)[0][0] if counts else "\n"] * (len(new) - 1)
+    matcher = difflib.SequenceMatcher(None, old, new, autojunk=False)
+    for tag, i1, i2, j1, _ in matcher.get_opcodes():
+        if tag == "equal":
+            for k in range(i2 - i1):
+                if i1 + k < len(old_breaks) and j1 + k < len(breaks):
+                    breaks[j1 + k] = old_breaks[i1 + k]
+    return "".join(line + end for line, end in zip(new, breaks + [""])) + tail
 
 
 def _source_lines(text: str) -> List[str]:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 from .config import Settings
 from .dtypes import DTYPES, DtypeFacts
 from .engine import SYNTAX_ERROR_CODE, lint_source
-from .files import ReadError, Source, decode, discover, display_path, read_bytes
+from .files import ReadError, Source, TooLarge, decode, discover, display_path, read_bytes
 from .finding import Finding, at_least
 from .fix import FixOutcome, write_atomic
 from .registry import reports_syntax_errors, select_rules
@@ -45,7 +45,8 @@ class Selection:
         if not directory.is_absolute():
             directory = self.settings.root / directory
         fingerprint = json.dumps(
-            [[d.name for d in self.dtypes], self.settings.rule_options, self.settings.min_confidence],
+            [[d.name for d in self.dtypes], self.settings.rule_options, self.settings.min_confidence,
+             self.settings.max_file_size],
             sort_keys=True, default=str,
         )
         self.cache = Cache(directory, fingerprint)
@@ -109,12 +110,18 @@ class FileResult:
     warnings: List[str] = field(default_factory=list)
 
 
-def too_large(data: bytes, display: str, selection: Selection) -> Optional[str]:
+def too_large(size: int, display: str, selection: Selection) -> Optional[str]:
     limit = selection.settings.max_file_size
-    if limit and len(data) > limit:
-        return (f"{display}: skipped, {len(data):,} bytes is over max-file-size "
+    if limit and size > limit:
+        return (f"{display}: skipped, {size:,} bytes is over max-file-size "
                 f"({limit:,} bytes; raise it, or set 0 for no limit, in [tool.nanlint])")
     return None
+
+
+def read_input(path: Path, selection: Selection) -> bytes:
+    """A file's bytes; TooLarge past max-file-size (for a notebook the limit
+    is on its code, measured after reading), ReadError when it cannot be read."""
+    return read_bytes(path, 0 if is_notebook(path) else selection.settings.max_file_size)
 
 
 def check_text(text: str, display: str, path: Path, selection: Selection) -> Tuple[List[Finding], List[str]]:
@@ -163,7 +170,7 @@ def _check_notebook_file(data: bytes, display: str, path: Path, selection: Selec
         return FileResult(display, [], [f"{display}: {exc}"])
     virtual = nb.virtual_source()
     # outputs (images) can make a notebook large: the limit is on its code
-    skipped = too_large(virtual.encode("utf-8"), display, selection)
+    skipped = too_large(len(virtual.encode("utf-8")), display, selection)
     if skipped:
         return FileResult(display, [], [], warnings=[skipped])
     key, hit = _cache_lookup(data, display, path, selection)
@@ -178,14 +185,13 @@ def _check_notebook_file(data: bytes, display: str, path: Path, selection: Selec
 def check_file(path: Path, selection: Selection) -> FileResult:
     display = display_path(path)
     try:
-        data = read_bytes(path)
+        data = read_input(path, selection)
+    except TooLarge as exc:
+        return FileResult(display, [], [], warnings=[too_large(exc.size, display, selection)])
     except ReadError as exc:
         return FileResult(display, [], [f"{display}: {exc}"])
     if is_notebook(path):
         return _check_notebook_file(data, display, path, selection)
-    skipped = too_large(data, display, selection)
-    if skipped:
-        return FileResult(display, [], [], warnings=[skipped])
     key, hit = _cache_lookup(data, display, path, selection)
     if hit is not None:
         return hit
@@ -292,8 +298,8 @@ def _cache_lookup(data: bytes, display: str, path: Path, selection: Selection) -
 
 def _cached(path: Path, selection: Selection) -> Optional[FileResult]:
     try:
-        data = path.read_bytes()
-    except OSError:
+        data = read_input(path, selection)
+    except ReadError:
         return None  # the worker reports it
     return _cache_lookup(data, display_path(path), path, selection)[1]
 
@@ -358,7 +364,7 @@ def _fix_notebook_file(path: Path, display: str, original: bytes, selection: Sel
     if changed and write:
         bom = b"\xef\xbb\xbf" if original.startswith(b"\xef\xbb\xbf") else b""
         try:
-            write_atomic(path, bom + outcome.text.encode("utf-8"), original)
+            write_atomic(path, bom + outcome.text.encode("utf-8"), original, selection.settings.root)
         except WriteError as exc:
             return FixResult(display, False, outcome, errors + [f"{display}: {exc}"])
     return FixResult(display, changed, outcome, errors, diff)
@@ -370,14 +376,13 @@ def fix_file(path: Path, selection: Selection, unsafe: bool, write: bool) -> Fix
 
     display = display_path(path)
     try:
-        original = read_bytes(path)
+        original = read_input(path, selection)
+    except TooLarge as exc:
+        return FixResult(display, False, None, [], warnings=[too_large(exc.size, display, selection)])
     except ReadError as exc:
         return FixResult(display, False, None, [f"{display}: {exc}"])
     if is_notebook(path):
         return _fix_notebook_file(path, display, original, selection, unsafe, write)
-    skipped = too_large(original, display, selection)
-    if skipped:
-        return FixResult(display, False, None, [], warnings=[skipped])
     try:
         source = decode(original)
     except ReadError as exc:
@@ -393,7 +398,7 @@ def fix_file(path: Path, selection: Selection, unsafe: bool, write: bool) -> Fix
             return FixResult(display, False, outcome, errors + [
                 f"{display}: the fix needs characters that {source.encoding} cannot encode; left untouched"])
         try:
-            write_atomic(path, data, original)
+            write_atomic(path, data, original, selection.settings.root)
         except WriteError as exc:
             return FixResult(display, False, outcome, errors + [f"{display}: {exc}"])
     return FixResult(display, changed, outcome, errors, diff, noqa_warnings(source.text, display))

@@ -33,7 +33,8 @@ def _artifact(path: str) -> Dict[str, str]:
     p = PurePath(path)
     if p.is_absolute():
         return {"uri": p.as_uri()}
-    return {"uri": quote(p.as_posix()), "uriBaseId": "%SRCROOT%"}
+    # the name's own bytes, percent-encoded (a name that is not UTF-8 included)
+    return {"uri": quote(p.as_posix().encode("utf-8", "surrogateescape")), "uriBaseId": "%SRCROOT%"}
 
 
 def _region(line: int, column: int, end_line: int, end_column: int) -> Dict[str, int]:
