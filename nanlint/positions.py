@@ -11,6 +11,7 @@ cost is a list append, as in plain code generation.
 from __future__ import annotations
 
 import re
+import sys
 from bisect import bisect_right
 from contextlib import contextmanager
 from itertools import accumulate
@@ -93,6 +94,23 @@ class _WatchingState(CodegenState):
         self.inner[node] = (start, end)
 
 
+#: libcst generates code recursively, a few Python frames per tree level: enough
+#: for the deepest tree the engine accepts (engine.MAX_TREE_DEPTH levels plus
+#: brackets), well within the native stack
+CODEGEN_RECURSION_LIMIT = 20_000
+
+
+@contextmanager
+def deep_codegen() -> Iterator[None]:
+    """Let libcst's recursive code generation reach the accepted depth."""
+    previous = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(previous, CODEGEN_RECURSION_LIMIT))
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(previous)
+
+
 def line_starts(source: str) -> List[int]:
     starts = [0]
     starts.extend(m.end() for m in NEWLINE_RE.finditer(source))
@@ -113,7 +131,8 @@ def compute_ranges(
         return {}
     state = _WatchingState(module, watched)
     try:
-        module._codegen(state)
+        with deep_codegen():
+            module._codegen(state)
     except _Done:
         pass
     offsets = [0]
