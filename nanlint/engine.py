@@ -273,6 +273,8 @@ def syntax_error_finding(path: str, exc: Exception, source: str) -> Finding:
 #: files above this size get their large pure-data statements blanked before parsing
 DATA_BLANKING_MIN_BYTES = 200_000
 DATA_BLOCK_MIN_LINES = 100
+#: ... or this many characters (a 300,000-element list on one line)
+DATA_BLOCK_MIN_CHARS = 20_000
 
 
 def blank_data_blocks(source: str, tree: Any = None) -> str:
@@ -295,10 +297,12 @@ def blank_data_blocks(source: str, tree: Any = None) -> str:
     blanked = False
     for stmt in tree.body:
         first, last = stmt.lineno, stmt.end_lineno or stmt.lineno
-        if last - first + 1 < DATA_BLOCK_MIN_LINES or not _pure_data(stmt):
+        if last - first + 1 < DATA_BLOCK_MIN_LINES and sum(
+            len(lines[index]) for index in range(first - 1, last)
+        ) < DATA_BLOCK_MIN_CHARS:
             continue
-        if lines[last - 1][stmt.end_col_offset or 0:].strip():
-            continue  # shares its last line with other code
+        if stmt.col_offset or lines[last - 1][stmt.end_col_offset or 0:].strip() or not _pure_data(stmt):
+            continue  # shares its first or last line with other code, or is not data
         for index in range(first - 1, last):
             text = lines[index]
             ending = text[len(text.rstrip("\r\n")):]
