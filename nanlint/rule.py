@@ -25,6 +25,7 @@ import libcst as cst
 
 from .dtypes import DtypeFacts
 from .finding import APPLICABILITIES
+from .positions import NodeText
 from .resolve import Names
 
 
@@ -111,6 +112,7 @@ class Context:
         #: the target dtypes from the configuration (float16 first when present)
         self.dtypes: Tuple[DtypeFacts, ...] = tuple(dtypes)
         self.reports: List[Report] = []
+        self._text = NodeText(module, len(source))
 
     # -- names ------------------------------------------------------------
     def resolve(self, node: cst.BaseExpression) -> Optional[str]:
@@ -143,7 +145,7 @@ class Context:
 
     def code(self, node: cst.CSTNode) -> str:
         """The source text of a node, as written."""
-        return self.module.code_for_node(node)
+        return self._text(node)
 
     @property
     def dtype(self) -> DtypeFacts:
