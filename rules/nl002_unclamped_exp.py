@@ -47,7 +47,9 @@ class UnclampedExp(Rule):
     `x.to(torch.float32)`), since exp then runs in float32, and a module
     attribute (`self.logit_scale.exp()`), a learned log-scale parameter that
     would need a value above 11.09 (a scale above 65504) to overflow.
-    `math.exp` and `np.exp` are not torch and are never flagged.
+    `math.exp`, `np.exp` and an exp called with an argument on something that is
+    not torch (inductor's `ops.exp(x)`, triton's `libdevice.exp(x)`) are not
+    torch ops and are never flagged.
 
     ## Example
     ```python
