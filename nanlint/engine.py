@@ -13,7 +13,7 @@ import libcst as cst
 
 from .dtypes import DtypeFacts
 from .finding import Edit, Finding, Fix
-from .positions import Range, compute_ranges, line_starts
+from .positions import Range, compute_ranges, deep_codegen, line_starts
 from .resolve import Names
 from .rule import Context, FixSpec, Report, Rule
 
@@ -285,9 +285,11 @@ def syntax_error_finding(path: str, exc: Exception, source: str) -> Finding:
 #: files above this size get their large pure-data statements blanked before parsing
 DATA_BLANKING_MIN_BYTES = 200_000
 DATA_BLOCK_MIN_LINES = 100
+#: ... or this many characters (a 300,000-element list on one line)
+DATA_BLOCK_MIN_CHARS = 20_000
 
 
-def blank_data_blocks(source: str) -> str:
+def blank_data_blocks(source: str, tree: Any = None) -> str:
     """Replace large top-level statements that hold only literal data (a table
     of numbers, a dict of names to strings) with empty lines.
 
@@ -299,20 +301,20 @@ def blank_data_blocks(source: str) -> str:
     """
     if len(source) < DATA_BLANKING_MIN_BYTES:
         return source
-    import ast
-
-    try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
+    if tree is None:
+        tree = python_tree(source)[0]
+    if tree is None:
         return source  # the libcst parse reports the problem
     lines = physical_lines(source, keepends=True)
     blanked = False
     for stmt in tree.body:
         first, last = stmt.lineno, stmt.end_lineno or stmt.lineno
-        if last - first + 1 < DATA_BLOCK_MIN_LINES or not _pure_data(stmt):
+        if last - first + 1 < DATA_BLOCK_MIN_LINES and sum(
+            len(lines[index]) for index in range(first - 1, last)
+        ) < DATA_BLOCK_MIN_CHARS:
             continue
-        if lines[last - 1][stmt.end_col_offset or 0:].strip():
-            continue  # shares its last line with other code
+        if stmt.col_offset or lines[last - 1][stmt.end_col_offset or 0:].strip() or not _pure_data(stmt):
+            continue  # shares its first or last line with other code, or is not data
         for index in range(first - 1, last):
             text = lines[index]
             ending = text[len(text.rstrip("\r\n")):]
@@ -374,17 +376,100 @@ def _widened(trigger: "re.Pattern[str]") -> "re.Pattern[str]":
     return fast
 
 
-def _python_syntax_error(source: str) -> Optional[Tuple[str, int, int]]:
-    """Python's own message and position for a syntax error: libcst's native
-    parser reports where it gave up, often a line later than the mistake."""
+def python_tree(source: str) -> Tuple[Optional[Any], Optional[Tuple[str, int, int]]]:
+    """(Python's own syntax tree or None, its syntax error or None). Python's
+    parser is written in C, several times faster than libcst's, and bounds
+    its own stack."""
     import ast
 
     try:
-        ast.parse(source)
+        return ast.parse(source), None
     except SyntaxError as err:
-        return err.msg or "invalid syntax", err.lineno or 1, max(err.offset or 1, 1)
+        return None, (err.msg or "invalid syntax", err.lineno or 1, max(err.offset or 1, 1))
     except (ValueError, RecursionError, MemoryError) as err:  # null bytes, deep nesting
-        return str(err) or type(err).__name__, 1, 1
+        return None, (str(err) or type(err).__name__, 1, 1)
+
+
+def _python_syntax_error(source: str) -> Optional[Tuple[str, int, int]]:
+    """Python's own message and position for a syntax error: libcst's native
+    parser reports where it gave up, often a line later than the mistake."""
+    return python_tree(source)[1]
+
+
+# -- native-stack hazards ----------------------------------------------------------
+#
+# libcst's parser is native code that recurses once per nesting level and
+# slows down quadratically with an expression's depth: 3,000 nested brackets
+# or a 4,000-link method chain overflow its stack (the process dies of
+# SIGSEGV, which no `except` catches), and a 2,000-link chain takes 9 s to
+# parse. Such input is refused before libcst sees it.
+
+#: Python's own tokenizer refuses deeper nesting, so no runnable file is refused
+MAX_BRACKET_DEPTH = 200
+#: levels of Python's syntax tree: a 500-link method chain, a 1,000-term `+` chain
+MAX_TREE_DEPTH = 1000
+#: Python's messages for input too deep for its own (bounded) parser
+_PYTHON_TOO_DEEP = ("too many nested parentheses", "maximum recursion depth", "MemoryError")
+
+_BRACKET_LEXEMES = re.compile(
+    r"#[^\r\n]*"
+    r"|[rRbBuUfF]{0,2}(?:'''(?:[^'\\]|\\.|'(?!''))*(?:'''|\Z)"
+    r'|"""(?:[^"\\]|\\.|"(?!""))*(?:"""|\Z)'
+    r"|'(?:[^'\\\r\n]|\\.)*'?"
+    r'|"(?:[^"\\\r\n]|\\.)*"?)'
+    r"|[(\[{]|[)\]}]",
+    re.DOTALL,
+)
+
+
+def bracket_depth(source: str) -> int:
+    """The deepest bracket nesting outside strings and comments (a lexical
+    scan: it works on a file with syntax errors too)."""
+    if sum(source.count(c) for c in "([{") <= MAX_BRACKET_DEPTH:
+        return 0  # cannot be deeper than the limit: skip the scan
+    depth = deepest = 0
+    for match in _BRACKET_LEXEMES.finditer(source):
+        char = match.group()
+        if char in "([{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in ")]}":
+            depth = max(depth - 1, 0)
+    return deepest
+
+
+def tree_depth(tree: Any, source: str, limit: int = MAX_TREE_DEPTH) -> int:
+    """The depth of Python's syntax tree where it exceeds ``limit`` (else a
+    lower bound). Only subtrees that span enough text to exceed ``limit`` are
+    entered (a child spans less text than its parent), so ordinary statements
+    cost a node or two each."""
+    import ast
+
+    starts = line_starts(source)
+    deepest = 0
+    stack: List[Tuple[Any, int]] = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        end_line = getattr(node, "end_lineno", None)
+        if end_line is not None and end_line - 1 < len(starts):
+            # columns count UTF-8 bytes, never fewer than characters: an over-estimate
+            span = starts[end_line - 1] + (node.end_col_offset or 0) - starts[node.lineno - 1]
+            if depth + span + 2 <= limit:  # +2: operator and context leaves
+                continue
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+    return deepest
+
+
+def nesting_problem(source: str, tree: Any) -> Optional[str]:
+    """Why ``source`` must not be given to libcst's native parser, or None."""
+    depth = bracket_depth(source)
+    if depth > MAX_BRACKET_DEPTH:
+        return f"{depth} nested brackets (Python allows {MAX_BRACKET_DEPTH})"
+    if tree is not None:
+        depth = tree_depth(tree, source)
+        if depth > MAX_TREE_DEPTH:
+            return f"an expression {depth} levels deep (the limit is {MAX_TREE_DEPTH})"
     return None
 
 
@@ -404,14 +489,19 @@ def lint_source(
     reported for every file.
     """
     rules = [r for r in rules if may_trigger(r, source)]
-    if not rules:
-        problem = _python_syntax_error(source)
-        if problem is None:
-            return Result([], [])
-        return Result([syntax_error_finding(path, SyntaxError(problem[0]), source)], [])
     parsed_text = source
     if module is None:
-        parsed_text = blank_data_blocks(source)
+        tree, problem = python_tree(source)
+        hazard = nesting_problem(source, tree)
+        if hazard is None and problem is not None and problem[0].startswith(_PYTHON_TOO_DEEP):
+            hazard = f"Python's parser gave up ({problem[0]})"
+        if hazard is not None:
+            return Result([], [f"{path}: too deeply nested to check: {hazard}; not checked"])
+        if not rules:
+            if problem is None:
+                return Result([], [])
+            return Result([syntax_error_finding(path, SyntaxError(problem[0]), source)], [])
+        parsed_text = blank_data_blocks(source, tree)
         try:
             module = parse(parsed_text)
         except Exception as exc:  # libcst raises several kinds on bad input
@@ -429,7 +519,8 @@ def lint_source(
             table.setdefault(node_cls, []).append(getattr(rule, attr))
     errors: List[str] = []
     try:
-        walk(module, on_visit, on_leave)
+        with deep_codegen():  # rules read nodes' source text (ctx.code)
+            walk(module, on_visit, on_leave)
     except RecursionError:
         errors.append(f"{path}: too deeply nested for the rules; not checked")
         return Result([], errors)
@@ -439,7 +530,8 @@ def lint_source(
     if not ctx.reports:
         return Result([], errors)
     try:
-        return Result(_materialise(ctx, module, source, path, parsed_text), errors)
+        with deep_codegen():
+            return Result(_materialise(ctx, module, source, path, parsed_text), errors)
     except RecursionError:  # libcst's code generation recurses (a 5000-term `+` chain)
         errors.append(f"{path}: too deeply nested for the rules; not checked")
         return Result([], errors)

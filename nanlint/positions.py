@@ -11,6 +11,7 @@ cost is a list append, as in plain code generation.
 from __future__ import annotations
 
 import re
+import sys
 from bisect import bisect_right
 from contextlib import contextmanager
 from itertools import accumulate
@@ -93,6 +94,23 @@ class _WatchingState(CodegenState):
         self.inner[node] = (start, end)
 
 
+#: libcst generates code recursively, a few Python frames per tree level: enough
+#: for the deepest tree the engine accepts (engine.MAX_TREE_DEPTH levels plus
+#: brackets), well within the native stack
+CODEGEN_RECURSION_LIMIT = 20_000
+
+
+@contextmanager
+def deep_codegen() -> Iterator[None]:
+    """Let libcst's recursive code generation reach the accepted depth."""
+    previous = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(previous, CODEGEN_RECURSION_LIMIT))
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(previous)
+
+
 def line_starts(source: str) -> List[int]:
     starts = [0]
     starts.extend(m.end() for m in NEWLINE_RE.finditer(source))
@@ -113,7 +131,8 @@ def compute_ranges(
         return {}
     state = _WatchingState(module, watched)
     try:
-        module._codegen(state)
+        with deep_codegen():
+            module._codegen(state)
     except _Done:
         pass
     offsets = [0]
@@ -132,3 +151,51 @@ def compute_ranges(
             offset_to_pos(starts, offsets[ib]),
         )
     return result
+
+
+class NodeText:
+    """The source text of nodes, as ``module.code_for_node`` gives it, at a
+    bounded total cost.
+
+    Generating a node's code costs its size, so asking for each link of a
+    long chain (rules read a call's receiver) costs the chain's length
+    squared: 400 `.masked_fill(m, -1e9)` links took 17 s. Once the text
+    generated exceeds a few times the module's size, the text of every
+    expression is recorded in one pass over the module and sliced from then
+    on. Statements keep their own generation: their text depends on the
+    enclosing indentation."""
+
+    BUDGET_FACTOR = 4
+
+    def __init__(self, module: cst.Module, size: int) -> None:
+        self.module = module
+        self.budget = self.BUDGET_FACTOR * max(size, 1)
+        self.text: Optional[str] = None
+        self.spans: Dict[cst.CSTNode, Tuple[int, int]] = {}
+
+    def __call__(self, node: cst.CSTNode) -> str:
+        if self.budget <= 0 and isinstance(node, cst.BaseExpression):
+            if self.text is None:
+                self._record()
+            span = self.spans.get(node)
+            if span is not None:
+                text = self.text[span[0]:span[1]]  # type: ignore[index]
+                if "\n" not in text and "\r" not in text:
+                    return text  # (a node's own generation dedents its continuation lines)
+        with deep_codegen():
+            code = self.module.code_for_node(node)
+        self.budget -= len(code)
+        return code
+
+    def _record(self) -> None:
+        from .engine import subtree
+
+        expressions = {n for n in subtree(self.module) if isinstance(n, cst.BaseExpression)}
+        state = _WatchingState(self.module, expressions)
+        state.remaining = -1  # never stop early
+        with deep_codegen():
+            self.module._codegen(state)
+        offsets = [0]
+        offsets.extend(accumulate(map(len, state.tokens)))
+        self.text = "".join(state.tokens)
+        self.spans = {node: (offsets[a], offsets[b]) for node, (a, b) in state.outer.items() if node in expressions}

@@ -25,6 +25,7 @@ import libcst as cst
 
 from .dtypes import DtypeFacts
 from .finding import APPLICABILITIES, CONFIDENCES, HIGH
+from .positions import NodeText
 from .resolve import Names
 
 
@@ -112,6 +113,7 @@ class Context:
         #: the target dtypes from the configuration (float16 first when present)
         self.dtypes: Tuple[DtypeFacts, ...] = tuple(dtypes)
         self.reports: List[Report] = []
+        self._text = NodeText(module, len(source))
         self._facts = None
 
     @property
@@ -155,7 +157,7 @@ class Context:
 
     def code(self, node: cst.CSTNode) -> str:
         """The source text of a node, as written."""
-        return self.module.code_for_node(node)
+        return self._text(node)
 
     @property
     def dtype(self) -> DtypeFacts:

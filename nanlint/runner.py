@@ -8,10 +8,11 @@ import os
 import re
 import signal
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Type
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type
 
 from .config import Settings
 from .dtypes import DTYPES, DtypeFacts
@@ -219,14 +220,70 @@ def default_jobs() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _init_worker() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
-
-
 def _check_lean(path: Path, selection: Selection) -> FileResult:
     result = check_file(path, selection)
     result.source = None  # the caller only needs findings: keep results small
     return result
+
+
+def _die_with_parent(parent: int) -> None:
+    """End this worker when the parent process ends, even while it is inside
+    native code (kill -9 of the parent must not leave workers writing files
+    and holding the caller's pipes open)."""
+    try:
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl")
+    except (OSError, AttributeError):  # not Linux: watch the parent from a thread
+        import threading
+        import time
+
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(0.2)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True).start()
+    if os.getppid() != parent:  # the parent ended before the watch began
+        os._exit(1)
+
+
+def _worker(conn, func: Callable[[Path], Any], parent: int) -> None:
+    """A worker's loop: receive (index, path), send back (index, ok, result)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # stop at once, even in native code
+    _die_with_parent(parent)
+    while True:
+        try:
+            task = conn.recv()
+        except EOFError:
+            return
+        if task is None:
+            return
+        index, path = task
+        try:
+            reply = (index, True, func(path))
+        except Exception as exc:  # a bug must cost only its file
+            reply = (index, False, f"internal error: {type(exc).__name__}: {exc}")
+        conn.send(reply)
+
+
+@contextmanager
+def termination_deferred() -> Iterator[None]:
+    """Hold SIGTERM and SIGINT back while a file is written: a worker told to
+    stop ends right after its write, never in the middle of it."""
+    if not hasattr(signal, "pthread_sigmask"):  # pragma: no cover - not POSIX
+        yield
+        return
+    held = {signal.SIGTERM, signal.SIGINT}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _pool_context():
@@ -239,25 +296,111 @@ def _pool_context():
     return multiprocessing.get_context("spawn")
 
 
-def map_files(func: Callable[[Path], Any], files: Sequence[Path], jobs: int) -> List[Any]:
+def _death(process) -> str:
+    code = process.exitcode
+    if code is not None and code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+class _Pool:
+    """Worker processes that take one file at a time. A worker that dies (a
+    segfault in native code, the out-of-memory killer) costs only the file it
+    held: that file gets ``crashed(path, why)`` as its result, a new worker
+    takes its place, and the other files are checked as usual."""
+
+    def __init__(self, func: Callable[[Path], Any], crashed: Callable[[Path, str], Any], size: int) -> None:
+        self.func = func
+        self.crashed = crashed
+        self.size = size
+        self.context = _pool_context()
+        self.workers: Dict[Any, Tuple[Any, Optional[int]]] = {}  # conn -> (process, task index)
+
+    def _start(self) -> Any:
+        parent_end, child_end = self.context.Pipe()
+        process = self.context.Process(target=_worker, args=(child_end, self.func, os.getpid()), daemon=True)
+        process.start()
+        child_end.close()  # the parent sees EOF when the worker dies
+        self.workers[parent_end] = (process, None)
+        return parent_end
+
+    def run(self, files: Sequence[Path]) -> List[Any]:
+        from multiprocessing.connection import wait
+
+        results: List[Any] = [None] * len(files)
+        todo = list(reversed(range(len(files))))
+        try:
+            for _ in range(min(self.size, len(files))):
+                self._give(self._start(), todo, files)
+            while any(index is not None for _, index in self.workers.values()):
+                for conn in wait([c for c, (_, index) in self.workers.items() if index is not None]):
+                    process, index = self.workers[conn]
+                    try:
+                        done, ok, value = conn.recv()
+                    except (EOFError, OSError):
+                        process.join()
+                        why = f"the worker process died while checking it ({_death(process)}); not checked"
+                        results[index] = self.crashed(files[index], why)
+                        del self.workers[conn]
+                        conn.close()
+                        if todo:
+                            conn = self._start()
+                        else:
+                            continue
+                    else:
+                        results[done] = value if ok else self.crashed(files[done], value)
+                    self._give(conn, todo, files)
+        except BaseException:
+            self._stop(terminate=True)  # interrupted: workers end now (a write in progress completes)
+            raise
+        self._stop(terminate=False)
+        return results
+
+    def _give(self, conn, todo: List[int], files: Sequence[Path]) -> None:
+        process, _ = self.workers[conn]
+        index = todo.pop() if todo else None
+        self.workers[conn] = (process, index)
+        if index is not None:
+            conn.send((index, files[index]))
+
+    def _stop(self, terminate: bool) -> None:
+        for conn, (process, _) in self.workers.items():
+            try:
+                if terminate:
+                    process.terminate()
+                else:
+                    conn.send(None)
+            except (OSError, ValueError):
+                pass
+        for conn, (process, _) in self.workers.items():
+            process.join()
+            conn.close()
+        self.workers.clear()
+
+
+def map_files(
+    func: Callable[[Path], Any], files: Sequence[Path], jobs: int, crashed: Callable[[Path, str], Any]
+) -> List[Any]:
     """``func(path)`` for each file, results in file order, on up to ``jobs``
     processes (``func`` must be picklable: a module-level function or a
-    ``functools.partial`` of one)."""
+    ``functools.partial`` of one). A file whose worker dies, or whose ``func``
+    raises, gets ``crashed(path, why)`` instead."""
     if jobs <= 1 or len(files) < 4:
         return [func(f) for f in files]
-    from concurrent.futures import ProcessPoolExecutor
+    return _Pool(func, crashed, min(jobs, len(files))).run(files)
 
-    workers = min(jobs, len(files))
-    chunk = max(1, min(16, len(files) // (workers * 8)))
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(), initializer=_init_worker)
-    try:
-        results = list(pool.map(func, files, chunksize=chunk))
-    except BaseException:
-        # interrupted: let running chunks finish their (atomic) writes, start no more
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
-    return results
+
+def _check_crashed(path: Path, why: str) -> FileResult:
+    display = display_path(path)
+    return FileResult(display, [], [f"{display}: {why}"])
+
+
+def _fix_crashed(path: Path, why: str) -> "FixResult":
+    display = display_path(path)
+    return FixResult(display, False, None, [f"{display}: {why}; left untouched"])
 
 
 def discover_files(paths: Sequence[Path], settings: Settings):
@@ -280,7 +423,7 @@ def check_paths(
                 todo.append(f)
             else:
                 done[f] = hit
-    for f, result in zip(todo, map_files(partial(_check_lean, selection=selection), todo, jobs)):
+    for f, result in zip(todo, map_files(partial(_check_lean, selection=selection), todo, jobs, _check_crashed)):
         done[f] = result
     return [done[f] for f in files], errors
 
@@ -364,7 +507,8 @@ def _fix_notebook_file(path: Path, display: str, original: bytes, selection: Sel
     if changed and write:
         bom = b"\xef\xbb\xbf" if original.startswith(b"\xef\xbb\xbf") else b""
         try:
-            write_atomic(path, bom + outcome.text.encode("utf-8"), original, selection.settings.root)
+            with termination_deferred():
+                write_atomic(path, bom + outcome.text.encode("utf-8"), original, selection.settings.root)
         except WriteError as exc:
             return FixResult(display, False, outcome, errors + [f"{display}: {exc}"])
     return FixResult(display, changed, outcome, errors, diff)
@@ -398,7 +542,8 @@ def fix_file(path: Path, selection: Selection, unsafe: bool, write: bool) -> Fix
             return FixResult(display, False, outcome, errors + [
                 f"{display}: the fix needs characters that {source.encoding} cannot encode; left untouched"])
         try:
-            write_atomic(path, data, original, selection.settings.root)
+            with termination_deferred():
+                write_atomic(path, data, original, selection.settings.root)
         except WriteError as exc:
             return FixResult(display, False, outcome, errors + [f"{display}: {exc}"])
     return FixResult(display, changed, outcome, errors, diff, noqa_warnings(source.text, display))
@@ -410,4 +555,4 @@ def fix_paths(
     files, problems = discover_files(paths, selection.settings)
     errors = [f"{p}: {why}" for p, why in problems]
     func = partial(fix_file, selection=selection, unsafe=unsafe, write=write)
-    return map_files(func, files, jobs), errors
+    return map_files(func, files, jobs, _fix_crashed), errors

@@ -47,7 +47,9 @@ class UnclampedExp(Rule):
     `x.to(torch.float32)`), since exp then runs in float32, and a module
     attribute (`self.logit_scale.exp()`), a learned log-scale parameter that
     would need a value above 11.09 (a scale above 65504) to overflow.
-    `math.exp` and `np.exp` are not torch and are never flagged.
+    `math.exp`, `np.exp` and an exp called with an argument on something that is
+    not torch (inductor's `ops.exp(x)`, triton's `libdevice.exp(x)`) are not
+    torch ops and are never flagged.
 
     ## Example
     ```python
@@ -89,6 +91,9 @@ class UnclampedExp(Rule):
         ),
         Valid("import torch.nn.functional as F\nimport torch\np = torch.exp(F.log_softmax(x, -1))\n"),
         Valid("import torch\nscale = self.logit_scale.exp()\n"),
+        # inductor's and triton's exp are not torch ops (a tensor's exp takes no argument)
+        Valid("import torch\nfrom .virtualized import ops\ny = ops.exp(x)\n"),
+        Valid("import torch\nfrom .triton_compat import libdevice\ny = libdevice.exp(x)\n"),
         Valid("import torch\nA = -torch.exp(A_log.float())\n"),
         Valid("import torch\nA = -torch.exp(A_log.float())\nL = torch.exp(torch.cumsum(A, dim=-1))\n"),
     ]
@@ -108,6 +113,10 @@ class UnclampedExp(Rule):
             ),
         ),
         Invalid("from torch import exp\ny = exp(a @ b)\n"),
+        Invalid(
+            "import torch\nimport math\ny = torch.exp2(x)\n",
+            fixed="import torch\nimport math\ny = torch.exp2(x.clamp(max=math.log2(torch.finfo(x.dtype).max) - 0.01))\n",
+        ),
         Invalid("import torch\ny = torch.exp(x.clamp(min=-5))\n"),
         Invalid("import torch\nnum = torch.exp(x)\nden = torch.exp(x).sum(-1)\n", count=2),
     ]
@@ -135,6 +144,8 @@ class UnclampedExp(Rule):
         op = torch_op(self.ctx, node)
         if op not in EXP_OPS:
             return
+        if node.args and is_method_call(self.ctx, node):
+            return  # `ops.exp(x)`, `libdevice.exp(x)`: a tensor's exp takes no argument
         x = subject(self.ctx, node)
         if x is None or bounded_above(self.ctx, x, self.bindings):
             return
@@ -146,15 +157,15 @@ class UnclampedExp(Rule):
             node,
             f"`{spelled}` of an argument that is not bounded above: float16 overflows to inf "
             f"for x >= {fmt(limit)} (max {fmt(FLOAT16.max)}); clamp it or max-stabilise it",
-            self._fix(node, x),
+            self._fix(node, x, "log2" if op.startswith("exp2") else "log"),
         )
 
-    def _fix(self, call: cst.Call, x: cst.BaseExpression) -> Optional[FixSpec]:
+    def _fix(self, call: cst.Call, x: cst.BaseExpression, log: str) -> Optional[FixSpec]:
         if not is_reference(x) or x.lpar:
             return None
         text = self.ctx.code(x)
         torch = self.ctx.torch_name()
-        bound = f"math.log({torch}.finfo({text}.dtype).max) - 0.01"
+        bound = f"math.{log}({torch}.finfo({text}.dtype).max) - 0.01"
         clamped = cst.parse_expression(f"{text}.clamp(max={bound})")
         if is_method_call(self.ctx, call):
             assert isinstance(call.func, cst.Attribute)
@@ -164,7 +175,7 @@ class UnclampedExp(Rule):
             new, target = clamped, x
         return FixSpec(
             UNSAFE,
-            "Clamp the argument at log(finfo(dtype).max) - 0.01 so exp stays finite",
+            f"Clamp the argument at {log}(finfo(dtype).max) - 0.01 so it stays finite",
             replace=[(target, new)],
             imports=("math", "torch"),
         )

@@ -167,3 +167,29 @@ def test_large_pure_data_statements_are_blanked_but_positions_kept():
     # a statement with calls is never blanked
     calls = "OPS = [\n" + "".join(f"    f({i}),\n" for i in range(9000)) + "]\n"
     assert blank_data_blocks(calls) == calls
+
+
+def test_node_text_after_its_budget_is_the_generated_code_of_every_expression():
+    """Context.code slices recorded text once generating costs too much (a
+    400-link chain read link by link took 17 s); the text must not change."""
+    import glob
+    import importlib.util
+    import os
+
+    from nanlint.engine import subtree
+    from nanlint.positions import NodeText
+
+    torch_dir = os.path.dirname(importlib.util.find_spec("torch").origin)
+    paths = sorted(glob.glob(os.path.join(torch_dir, "nn", "modules", "*.py")))[:6]
+    paths += sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "fixtures", "NL*", "*.py")))
+    checked = 0
+    for path in paths:
+        with open(path, encoding="utf-8") as handle:
+            module = cst.parse_module(handle.read())
+        text = NodeText(module, 1)
+        text.budget = 0  # slice from the start
+        for node in subtree(module):
+            if isinstance(node, cst.BaseExpression):
+                assert text(node) == module.code_for_node(node), (path, module.code_for_node(node))
+                checked += 1
+    assert checked > 10_000

@@ -211,3 +211,72 @@ def test_sigterm_mid_fix_leaves_every_file_old_or_new(tmp_path, jobs):
     assert not list(tree.glob("*.nanlint-tmp"))
     if proc.returncode == 130:
         assert "interrupted" in err
+
+
+# -- nested sites and scale (issue 12) -----------------------------------------------------
+
+NESTED = {
+    "mask_chain": lambda n: "def f(x, m):\n    return x" + ".masked_fill(m, -1e9)" * n + "\n",
+    "nested_exp": lambda n: "def f(x):\n    return " + "torch.exp(" * n + "x" + ")" * n + "\n",
+    "exp_then_masks": lambda n: "def f(x, m):\n    return torch.exp(x)" + ".masked_fill(m, -1e9)" * n + "\n",
+    "nested_where": lambda n: "def f(x, m):\n    return " + "torch.where(m, " * n + "torch.exp(x)" + ", -1e9)" * n + "\n",
+    "fill_of_fill": lambda n: "def f(x, m):\n    y = x\n" + "".join(
+        f"    y = y.masked_fill(m{i}, -1e9).masked_fill(m, float('-inf'))\n" for i in range(n)) + "    return y\n",
+}
+
+
+@pytest.mark.parametrize("n", [2, 10, 20])
+def test_nested_sites_are_fixed_once_each(tmp_path, n):
+    """A fix that copies the text of another site (the receiver of the next
+    link of a chain) must not be applied in the same round as that site's own
+    fix: 10 links once gave 1,023 fixes and 42 KB, 20 links never ended."""
+    import json
+
+    for name, make in NESTED.items():
+        (tmp_path / f"{name}.py").write_text("import torch\n\n" + make(n))
+    before = {p.name: p.read_text() for p in tmp_path.glob("*.py")}
+    found = json.loads(run("check", "--no-cache", "--output-format", "json", ".", cwd=tmp_path).stdout)
+    fixable = {name: sum(1 for f in found if f["path"] == name and f["fix"]) for name in before}
+    proc = subprocess.run([sys.executable, "-m", "nanlint", "fix", "--unsafe-fixes", "--no-cache",
+                           "--output-format", "json", "."], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert "Traceback" not in proc.stderr and proc.returncode in (0, 1), proc.stderr
+    applied = run("fix", "--unsafe-fixes", "--no-cache", "--diff", ".", cwd=tmp_path)
+    assert applied.stdout == ""  # a second run finds nothing more to fix: nothing was copied unfixed
+    for name, old in before.items():
+        new = (tmp_path / name).read_text()
+        compile(new, name, "exec")
+        # each site's fix adds at most one clamp or finfo expression (and an import)
+        assert len(new) <= len(old) + 120 * max(fixable[name], 1), (name, len(new))
+        assert new.count("masked_fill(") == old.count("masked_fill("), name
+        assert new.count("torch.exp(") == old.count("torch.exp("), name
+
+
+def _peak_rss(args, cwd) -> int:
+    """Peak resident memory (kB) of one nanlint run."""
+    proc = subprocess.Popen([sys.executable, "-m", "nanlint", *args], cwd=cwd,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode in (0, 1), proc.returncode
+    return usage.ru_maxrss
+
+
+@pytest.mark.skipif(not hasattr(os, "wait4"), reason="needs wait4")
+@pytest.mark.parametrize("shape", ["table", "one_line"])
+def test_fix_of_a_large_data_file_needs_the_memory_check_needs(tmp_path, shape):
+    """`fix` re-parses its result with the data blanking `check` uses: with
+    `max-file-size = 0` a 3.5 MB table took 2.6 GB to fix (and a one-line
+    300,000-element list over 300 s). Memory of both measured in one run."""
+    if shape == "table":
+        row = "    [" + ", ".join(f"{i * 0.5}" for i in range(20)) + "],\n"
+        data = "TABLE = [\n" + row * (700_000 // len(row)) + "]\n"
+    else:
+        data = "DATA = [" + ", ".join(str(i) for i in range(100_000)) + "]\n"
+    (tmp_path / "pyproject.toml").write_text("[tool.nanlint]\nmax-file-size = 0\n")
+    (tmp_path / "m.py").write_text("import torch\n" + data + "\ndef f(logvar):\n    return torch.exp(logvar)\n")
+    check = _peak_rss(["check", "--no-cache", "m.py"], tmp_path)
+    fix = _peak_rss(["fix", "--unsafe-fixes", "--no-cache", "m.py"], tmp_path)
+    fixed = (tmp_path / "m.py").read_text()
+    assert "torch.exp(logvar.clamp(" in fixed and data in fixed
+    assert fix < 1.5 * check, (fix, check)

@@ -1,0 +1,79 @@
+"""NL002 on calls that look like torch's exp but are not (issue 12): inductor's
+`ops.exp(x)` and triton's `libdevice.exp(x)` were flagged and "fixed" into code
+using unbound names; and the `exp2` clamp bound, which is log2(65504), not ln."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+NOT_TORCH = {
+    # the 7 sites in torch's own sources have these shapes
+    "inductor.py": "from torch._inductor.virtualized import ops\n"
+                   "def f(a, b):\n    return ops.log1p(ops.exp(a - b)) + ops.exp(ops.neg(a))\n",
+    "relative.py": "import torch\nfrom .triton_compat import libdevice\n"
+                   "def f(x):\n    return libdevice.exp(x) + libdevice.exp2(x)\n",
+    "params.py": "import torch\ndef f(ops, tl, x):\n    return ops.exp(x) + tl.exp(x) + tl.exp2(x, )\n",
+    "attribute.py": "import torch\nclass K:\n    def f(self, x):\n        return self.ops.exp(x) + V.ops.exp(x)\n",
+}
+TORCH = {
+    # name -> (source, the calls reported)
+    "functions.py": ("import torch\nimport torch as T\nfrom torch import exp\n"
+                     "def f(x):\n    return torch.exp(x) + T.special.exp2(x) + exp(x)\n",
+                     ["torch.exp(x)", "T.special.exp2(x)", " exp(x)"]),
+    "methods.py": ("import torch\ndef f(x, ops):\n    return x.exp() + ops.x.exp2() + x.exp_() + x.expm1()\n",
+                   ["x.exp()", "ops.x.exp2()", "x.exp_()", "x.expm1()"]),
+}
+
+
+def _where(text, calls):
+    """'line:column' of each call in ``text``."""
+    out = []
+    for call in calls:
+        offset = text.index(call) + (len(call) - len(call.lstrip()))
+        line = text.count("\n", 0, offset) + 1
+        out.append(f"{line}:{offset - text.rfind(chr(10), 0, offset)}")
+    return out
+
+
+def run(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "nanlint", *args], cwd=cwd, capture_output=True, text=True)
+
+
+def test_only_torch_ops_and_tensor_methods_are_reported_and_fixed(tmp_path):
+    for name, text in NOT_TORCH.items():
+        (tmp_path / name).write_text(text)
+    for name, (text, _) in TORCH.items():
+        (tmp_path / name).write_text(text)
+    proc = run("check", "--no-cache", "--select", "NL002", ".", cwd=tmp_path)
+    found = sorted(line.split(": ")[0] for line in proc.stdout.splitlines() if " NL002 " in line)
+    expected = sorted(f"{name}:{at}" for name, (text, calls) in TORCH.items() for at in _where(text, calls))
+    assert found == expected
+
+    proc = run("fix", "--unsafe-fixes", "--no-cache", "--select", "NL002", ".", cwd=tmp_path)
+    assert "Traceback" not in proc.stderr
+    for name, text in NOT_TORCH.items():
+        assert (tmp_path / name).read_text() == text, name
+    for name in TORCH:
+        fixed = (tmp_path / name).read_text()
+        compile(fixed, name, "exec")
+    # the fixed files lint clean
+    assert run("check", "--no-cache", "--select", "NL002", ".", cwd=tmp_path).returncode == 0
+
+
+@pytest.mark.parametrize("call", ["torch.exp2(x)", "x.exp2()", "torch.special.exp2(x)"])
+def test_exp2_is_clamped_at_log2_of_the_largest_half(tmp_path, call):
+    (tmp_path / "m.py").write_text(f"import torch\n\ndef f(x):\n    return {call}\n")
+    proc = run("fix", "--unsafe-fixes", "--no-cache", "--select", "NL002", "m.py", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    namespace: dict = {}
+    exec(compile((tmp_path / "m.py").read_text(), "m.py", "exec"), namespace)
+    x = torch.tensor([15.0, 15.99, 16.0, 1000.0], dtype=torch.float16)
+    y = namespace["f"](x)
+    assert torch.isfinite(y).all()
+    assert y[0].item() == 2.0 ** 15  # in range: unchanged by the clamp
+    assert y[1].item() == torch.exp2(x[1]).item()
+    assert y[3].item() > 60000  # clamped just below the largest float16
