@@ -78,6 +78,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch.overrides import TorchFunctionMode
 
+from .target import describe
+
 Loc = Tuple[str, int]
 
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
@@ -272,8 +274,9 @@ class _ForwardMode(TorchFunctionMode):
         try:
             out = func(*args, **kwargs)
         except RuntimeError as exc:
-            if "without overflow" in str(exc):
-                m.emit("fill-overflow", loc, name, f"PyTorch refused the fill: {str(exc).splitlines()[0]}")
+            text = describe(exc)
+            if "without overflow" in text:
+                m.emit("fill-overflow", loc, name, f"PyTorch refused the fill: {text.partition(': ')[2]}")
             raise
 
         outputs = _tensors(out)
@@ -309,10 +312,14 @@ class _ForwardMode(TorchFunctionMode):
             if not t.is_floating_point():
                 continue
             finite = is_finite(t)
-            if finite and t.requires_grad and t.grad_fn is not None and loc is not None:
+            if finite and loc is not None and t.requires_grad and torch.is_grad_enabled():
                 # a node whose forward value is already non-finite only passes
-                # that on in backward: the forward event is the origin
-                m.tag_node(t.grad_fn, loc)
+                # that on in backward: the forward event is the origin. Under
+                # no_grad nothing is recorded, and reading ``grad_fn`` of a view
+                # made there raises (nn.Embedding's padding_idx zeroing)
+                node = _grad_fn(t)
+                if node is not None:
+                    m.tag_node(node, loc)
             if finite:
                 continue
             if name in _EMPTY_OPS:
@@ -346,6 +353,15 @@ class _ForwardMode(TorchFunctionMode):
             elif cause is not None and name in _KEEP_TAINT_OPS:
                 m.taint(t, cause)
         return out
+
+
+def _grad_fn(t: torch.Tensor) -> Any:
+    """``t.grad_fn``, or None where torch refuses to give it (a view created in
+    no_grad mode whose base was modified in place since)."""
+    try:
+        return t.grad_fn
+    except RuntimeError:
+        return None
 
 
 def _grad_hook(monitor: "Monitor", loc: Loc, name: str):
