@@ -283,8 +283,8 @@ class Runner:
     def push(self, findings: Sequence[Finding], abspaths: Dict[str, str]) -> None:
         """GRIST-style: a few signed-gradient steps on the floating inputs that
         drive each reached, unconfirmed finding's op toward its danger zone."""
-        if self.options.push_steps <= 0 or not _floating_leaves(self.inputs):
-            return
+        if self.options.push_steps <= 0 or not any(t.numel() for t in _floating_leaves(self.inputs)):
+            return  # nothing to push (an empty batch included)
         for finding in findings:
             path = abspaths.get(finding.path)
             if path is None or self._confirmed(path, finding):
@@ -373,7 +373,7 @@ def _objective(captured: Sequence[Tuple[str, torch.Tensor]]) -> Optional[torch.T
     """A scalar whose increase moves the captured operands toward danger."""
     terms = []
     for kind, t in captured:
-        if not t.requires_grad:
+        if not t.requires_grad or t.numel() == 0:
             continue
         t = t.float()
         if kind == "max":
@@ -479,6 +479,32 @@ def _display(path: str) -> str:
     except ValueError:
         return path
     return path if rel.startswith("..") else rel
+
+
+LABELS = {"confirmed": "CONFIRMED", "not_fired": "NOT FIRED", "not_reached": "NOT REACHED", "unflagged": "UNFLAGGED"}
+
+
+def render_text(report) -> str:
+    lines: List[str] = [
+        f"nanlint confirm: {report.device}, {report.dtype}, {report.precision}; "
+        f"regimes: {', '.join(report.regimes)}"
+    ]
+    for e in report.entries:
+        label = LABELS[e.status].ljust(11)
+        what = f"{e.code} [{e.name}]" if e.code else f"{e.event} in {e.op}"
+        detail = e.message
+        if e.status == "confirmed":
+            detail = f"{e.event} in {e.op} (regime {e.regime}): {e.message}"
+        elif e.status == "unflagged":
+            detail = f"(regime {e.regime}): {e.message}"
+        lines.append(f"{label} {e.path}:{e.line}: {what} {detail}")
+    counts = {s: sum(1 for e in report.entries if e.status == s) for s in LABELS}
+    lines.append(
+        f"{counts['confirmed']} confirmed, {counts['not_fired']} not fired, "
+        f"{counts['not_reached']} not reached, {counts['unflagged']} unflagged."
+    )
+    lines.extend(f"note: {n}" for n in report.notes)
+    return "\n".join(lines)
 
 
 def run(target: Target, options: Options, findings: Sequence[Finding], abspaths: Dict[str, str]) -> Report:
