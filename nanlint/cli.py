@@ -427,6 +427,9 @@ Exit codes:
               help="Seeds torch before the factory and the run: the same seed gives the same report.")
 @click.option("--push-steps", type=click.IntRange(min=0), default=20, show_default=True,
               help="Signed-gradient steps on the inputs per reached finding (0 turns the push off).")
+@click.option("--regimes", metavar="LIST",
+              help="Comma-separated regimes to run (example,zeros,near-zero,scaled-x10,scaled-x100,scaled-x1000,"
+                   "masked-row,masked-row-inverse,train,grad-push), or to skip when each is prefixed with -.")
 @click.option("--output-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="json: one object per report entry on stdout (the target's own prints go to stderr).")
 @click.option("--timeout", type=click.FloatRange(min=0), default=600, show_default=True, metavar="SECONDS",
@@ -434,7 +437,7 @@ Exit codes:
               help="Stop a target that runs longer than this (import, factory and run; 0 or inf: no limit); exit 2.")
 @click.option("--verbose", is_flag=True, help="Show the traceback behind an error.")
 def confirm(target, select, extend_select, ignore, target_dtypes, config, device, dtype, precision, steps,
-            seed, push_steps, output_format, timeout, verbose) -> None:
+            seed, push_steps, regimes, output_format, timeout, verbose) -> None:
     """Run TARGET in low precision and show which static findings actually fire.
 
     TARGET is path/to/file.py:factory or package.module:factory; factory()
@@ -448,8 +451,8 @@ def confirm(target, select, extend_select, ignore, target_dtypes, config, device
         first = Path(where) if where.endswith(".py") else None
         selection = _load_selection(config, first, select, extend_select, ignore, target_dtypes)
         code = run_confirm(target, selection, device=device, dtype=dtype, precision=precision, steps=steps,
-                           seed=seed, push_steps=push_steps, output_format=output_format, verbose=verbose,
-                           timeout=timeout)
+                           seed=seed, push_steps=push_steps, regimes=regimes, output_format=output_format,
+                           verbose=verbose, timeout=timeout)
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED
     sys.exit(code)

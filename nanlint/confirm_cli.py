@@ -54,11 +54,11 @@ def _ended(returncode: int) -> str:
 
 def run_confirm(target_spec: str, selection: Selection, *, device: str, dtype: str, precision: str,
                 steps: Optional[int], seed: int, push_steps: int, output_format: str, verbose: bool,
-                timeout: float = 0) -> int:
+                regimes: Optional[str] = None, timeout: float = 0) -> int:
     limit = None if not timeout or math.isinf(timeout) else timeout
     request = dict(target_spec=target_spec, selection=selection, device=device, dtype=dtype, precision=precision,
-                   steps=steps, seed=seed, push_steps=push_steps, output_format=output_format, verbose=verbose,
-                   parent=os.getpid())
+                   steps=steps, seed=seed, push_steps=push_steps, regimes=regimes, output_format=output_format,
+                   verbose=verbose, parent=os.getpid())
     with tempfile.TemporaryDirectory(prefix="nanlint-confirm-") as tmp:
         request_path, result_path = Path(tmp, "request.pickle"), Path(tmp, "result.json")
         with open(request_path, "wb") as handle:

@@ -26,15 +26,9 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from ..finding import Finding
 from ..runner import Selection, check_file
 from .target import describe
-
-
-def _dtype_unsupported(text: str) -> bool:
-    if "not implemented for" in text:
-        return True
-    lowered = text.lower()
-    return "not supported" in lowered and any(w in text for w in ("Half", "BFloat16", "dtype"))
 
 
 class Failed(Exception):
@@ -46,8 +40,10 @@ TORCH_HINT = ("`nanlint confirm` needs torch: pip install -e '.[dynamic]' in a n
 
 
 def run(target_spec: str, selection: Selection, *, device: str, dtype: str, precision: str, steps: Optional[int],
-        seed: int, push_steps: int, output_format: str, verbose: bool) -> Tuple[int, str]:
-    """(exit code, report for stdout); raises ``Failed`` with the one-line error."""
+        seed: int, push_steps: int, regimes: Optional[str], output_format: str,
+        verbose: bool) -> Tuple[int, str, Optional[str]]:
+    """(exit code, report for stdout, one-line error); raises ``Failed`` when
+    there is no report to give."""
     try:
         import torch
     except ImportError:
@@ -63,20 +59,24 @@ def run(target_spec: str, selection: Selection, *, device: str, dtype: str, prec
         raise Failed(describe(exc).partition(": ")[2]) from exc
     where = target_spec.rpartition(":")[0]
     factory_file = where if where.endswith(".py") else None
-    findings = []
+    def lint(path: str) -> Tuple[str, List[Finding]]:
+        result = check_file(Path(path), selection)
+        return result.path, [f for f in result.findings if f.code != "NL000"]
+
+    findings: List[Finding] = []
     abspaths: Dict[str, str] = {}
     for path in dyn.source_files(target, factory_file):
-        result = check_file(Path(path), selection)
-        abspaths[result.path] = os.path.realpath(path)
-        findings.extend(f for f in result.findings if f.code != "NL000")
+        shown, found = lint(path)
+        abspaths[shown] = os.path.realpath(path)
+        findings.extend(found)
     findings.sort(key=lambda f: f.sort_key())
 
     tty = sys.stderr.isatty() and not os.environ.get("CI")
     progress = (lambda msg: print(f"  … {msg}", file=sys.stderr, flush=True)) if tty else None
     options = dyn.Options(device=device, dtype=dtype, precision=precision, steps=steps, seed=seed,
-                          push_steps=push_steps, progress=progress)
+                          push_steps=push_steps, progress=progress, regimes=regimes)
     try:
-        report = dyn.run(target, options, findings, abspaths)
+        report = dyn.run(target, options, findings, abspaths, lint)
     except dyn.ConfirmError as exc:
         raise Failed(describe(exc).partition(": ")[2]) from exc
     except MemoryError as exc:
@@ -85,7 +85,7 @@ def run(target_spec: str, selection: Selection, *, device: str, dtype: str, prec
         text = describe(exc).partition(": ")[2] or type(exc).__name__
         if "out of memory" in text.lower():
             raise Failed(f"the device ran out of memory: {text}") from exc
-        if _dtype_unsupported(text):
+        if dyn.dtype_caused(text):
             raise Failed(f"an op is not implemented for {dtype} on this device: {text}") from exc
         raise Failed(f"the model raised RuntimeError: {text}") from exc
     except Exception as exc:  # the user's model code failed
@@ -95,8 +95,15 @@ def run(target_spec: str, selection: Selection, *, device: str, dtype: str, prec
         text = json.dumps([e.to_dict() for e in report.entries], indent=2)
     else:
         text = dyn.render_text(report)
-    fired = any(e.status in (dyn.CONFIRMED, dyn.UNFLAGGED) for e in report.entries)
-    return (1 if fired else 0), text
+    if any(e.status in (dyn.CONFIRMED, dyn.UNFLAGGED) for e in report.entries):
+        return 1, text, None
+    errors = [e for e in report.entries if e.status == dyn.ERROR]
+    if errors:
+        # nothing fired, but not everything ran: no "all clear"
+        first = errors[0]
+        return 2, text, (f"the run raised {len(errors)} exception{'s' if len(errors) != 1 else ''} "
+                         f"(first: {first.path}:{first.line}: {first.message}); see the report")
+    return 0, text, None
 
 
 def _leave_with_parent(parent: int) -> None:
@@ -122,7 +129,7 @@ def main(argv: List[str]) -> None:
     with warnings.catch_warnings(record=True) as caught:
         failure: Optional[BaseException] = None
         try:
-            code, out = run(**request)
+            code, out, error = run(**request)
         except BaseException as exc:  # whatever the target raises is reported, never a traceback
             failure = exc
             if isinstance(exc, Failed):
