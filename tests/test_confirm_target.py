@@ -368,12 +368,16 @@ def test_an_empty_batch_is_run_not_blamed_on_the_model(runs):
     assert [(e["status"], e["code"]) for e in json.loads(proc.stdout)] == [("not_fired", "NL002")]
 
 
-@pytest.mark.parametrize("key, fragment", [
-    ("bad-str-factory", "the factory raised Unprintable"),
-    ("bad-str-forward", "the model raised Unprintable"),
-])
-def test_an_exception_whose_str_raises_is_one_line(runs, key, fragment):
-    assert fragment in _one_error_line(runs[key])
+def test_an_exception_whose_str_raises_is_one_line(runs):
+    assert "the factory raised Unprintable" in _one_error_line(runs["bad-str-factory"])
+    # raised in every regime: an error entry in the report, exit 2, one line on stderr
+    proc = runs["bad-str-forward"]
+    assert proc.returncode == 2, proc.stderr
+    entries = json.loads(proc.stdout)
+    assert [(e["status"], e["line"], e["op"]) for e in entries] == [("error", 11, "Unprintable")]
+    assert entries[0]["message"].startswith("raised Unprintable (regimes example, zeros")
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: the run raised 1 exception") and "Traceback" not in lines[0]
 
 
 def test_embedding_with_padding_idx_in_the_factory(runs):
