@@ -551,7 +551,7 @@ def join(findings: Sequence[Finding], abspaths: Dict[str, str], recorder: Record
             regimes = raised[key]
             where = f"regime{'s' if len(regimes) > 1 else ''} {', '.join(regimes)}"
             entries.append(Entry(ERROR, None, path, event.line, event.regime, event.kind, event.op, device, dtype,
-                                 f"{'' if event.message.startswith(event.op + ':') else event.op + ' '}raised "
+                                 f"{'' if event.message.partition(':')[0] == event.op else event.op + ' '}raised "
                                  f"{event.message} ({where})"))
             continue
         entries.append(Entry(UNFLAGGED, None, path, event.line, event.regime, event.kind, event.op, device, dtype,
