@@ -446,26 +446,35 @@ Exit codes:
   1  a finding was confirmed or a non-finite value appeared where no rule looked
   2  error: the target cannot be imported, its factory raised or returned the
      wrong type, the device is unavailable or out of memory, an op is not
-     implemented for the dtype, the run exceeded --timeout
+     implemented for the dtype, the run exceeded --timeout, the target exited
+     (sys.exit, os._exit) or raised KeyboardInterrupt before the run finished
+  130  interrupted (Ctrl-C, SIGTERM): the target's process is killed
 """)
 @click.argument("target")
 @selection_options
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True,
               help="auto: cuda, then mps, then cpu.")
-@click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32"]), default="float16", show_default=True)
+@click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32"]), default="float16", show_default=True,
+              help="The dtype the model runs in. (--target-dtype only chooses which static findings are joined.)")
 @click.option("--precision", type=click.Choice(["half", "autocast"]), default="half", show_default=True,
               help="half: cast the model to --dtype; autocast: float32 weights under torch.autocast.")
 @click.option("--steps", type=click.IntRange(min=0), default=None,
               help="Training steps when the target gives an optimizer or train_step (default 5).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seeds torch before the factory and the run: the same seed gives the same report.")
 @click.option("--push-steps", type=click.IntRange(min=0), default=20, show_default=True,
               help="Signed-gradient steps on the inputs per reached finding (0 turns the push off).")
-@click.option("--output-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--regimes", metavar="LIST",
+              help="Comma-separated regimes to run (example,zeros,near-zero,scaled-x10,scaled-x100,scaled-x1000,"
+                   "masked-row,masked-row-inverse,train,grad-push), or to skip when each is prefixed with -.")
+@click.option("--output-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json: one object per report entry on stdout (the target's own prints go to stderr).")
 @click.option("--timeout", type=click.FloatRange(min=0), default=600, show_default=True, metavar="SECONDS",
-              help="Stop a target that runs longer than this (import, factory and run; 0: no limit); exit 2.")
+              callback=lambda ctx, param, value: _not_nan(value, param),
+              help="Stop a target that runs longer than this (import, factory and run; 0 or inf: no limit); exit 2.")
 @click.option("--verbose", is_flag=True, help="Show the traceback behind an error.")
 def confirm(target, select, extend_select, ignore, target_dtypes, config, device, dtype, precision, steps,
-            seed, push_steps, output_format, timeout, verbose, min_confidence) -> None:
+            seed, push_steps, regimes, output_format, timeout, verbose, min_confidence) -> None:
     """Run TARGET in low precision and show which static findings actually fire.
 
     TARGET is path/to/file.py:factory or package.module:factory; factory()
@@ -474,15 +483,25 @@ def confirm(target, select, extend_select, ignore, target_dtypes, config, device
     """
     from .confirm_cli import run_confirm
 
-    where = target.rpartition(":")[0]
-    first = Path(where) if where.endswith(".py") else None
-    # every static finding is joined, whatever its confidence, unless asked otherwise:
-    # a low-confidence finding that fires is worth seeing
-    selection = _load_selection(config, first, select, extend_select, ignore, target_dtypes,
-                                min_confidence=min_confidence or "low")
-    sys.exit(run_confirm(target, selection, device=device, dtype=dtype, precision=precision, steps=steps,
-                         seed=seed, push_steps=push_steps, output_format=output_format, verbose=verbose,
-                         timeout=timeout))
+    try:
+        where = target.rpartition(":")[0]
+        first = Path(where) if where.endswith(".py") else None
+        # every static finding is joined, whatever its confidence, unless asked otherwise:
+        # a low-confidence finding that fires is worth seeing
+        selection = _load_selection(config, first, select, extend_select, ignore, target_dtypes,
+                                    min_confidence=min_confidence or "low")
+        code = run_confirm(target, selection, device=device, dtype=dtype, precision=precision, steps=steps,
+                           seed=seed, push_steps=push_steps, regimes=regimes, output_format=output_format,
+                           verbose=verbose, timeout=timeout)
+    except KeyboardInterrupt:
+        code = EXIT_INTERRUPTED
+    sys.exit(code)
+
+
+def _not_nan(value: float, param: click.Parameter) -> float:
+    if value != value:
+        raise click.BadParameter("must be a number of seconds, not nan", param=param)
+    return value
 
 
 @main.command(short_help="Show a rule's documentation, or list every rule.")

@@ -281,8 +281,8 @@ def test_json_schema_is_exactly_the_public_fields(runs):
         if isinstance(key, tuple) or key.startswith(("bf16", "autocast")):
             for entry in _json(proc):
                 assert set(entry) == SCHEMA, key
-                assert entry["status"] in ("confirmed", "not_fired", "not_reached", "unflagged")
-                assert (entry["code"] is None) == (entry["status"] == "unflagged")
+                assert entry["status"] in ("confirmed", "not_fired", "not_reached", "unflagged", "error")
+                assert (entry["code"] is None) == (entry["status"] in ("unflagged", "error"))
                 assert isinstance(entry["line"], int)
 
 
@@ -347,8 +347,6 @@ def test_nanlints_own_training_loop_names_the_optimizer_factory(runs):
     ("err-timeout", "did not finish within --timeout 2 s"),
     ("err-oom", "ran out of memory: CUDA out of memory"),
     ("err-oom-runtime", "ran out of memory: CUDA out of memory"),
-    ("err-half-cdist", "not implemented for float16"),
-    ("err-half-inv", "not implemented for float16"),
     ("err-multiline", "the factory raised ValueError: first line"),
     pytest.param("err-cuda", "no CUDA device", marks=pytest.mark.skipif(HAS_CUDA, reason="CUDA is available")),
 ])
@@ -360,6 +358,20 @@ def test_errors_exit_2_with_one_line(runs, key, fragment):
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("error: ") and fragment in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("key, op", [("err-half-cdist", "cdist"), ("err-half-inv", "linalg_inv")])
+def test_an_op_not_implemented_for_half_is_an_error_entry_in_the_report(runs, key, op):
+    # every regime raised and nothing fired: the report shows where, exit 2 (no "all clear")
+    proc = runs[key]
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stdout.splitlines() if line.startswith("ERROR")]
+    assert len(errors) == 1, proc.stdout
+    # "not implemented for 'Half'" (cdist), "Low precision dtypes not supported. Got Half" (inv)
+    assert f":6: {op} raised " in errors[0] and "Half" in errors[0]
+    assert "regimes example, zeros, near-zero, scaled-x10, scaled-x100, scaled-x1000" in errors[0]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: the run raised 1 exception") and "Traceback" not in lines[0]
 
 
 # -- CUDA / MPS: the same confirmation on the device ---------------------------------

@@ -1,6 +1,19 @@
-"""The dynamic checker (`nanlint confirm`): the only part of nanlint that imports torch."""
+"""The dynamic checker (`nanlint confirm`): the only part of nanlint that imports torch.
 
-from .monitor import Event, NonFiniteError, Recorder, watch
-from .target import Target
+Importing this package does not import torch yet (``nanlint.dynamic.worker``
+silences torch's import-time warnings before it imports it); its names do.
+"""
 
 __all__ = ["Event", "NonFiniteError", "Recorder", "Target", "watch"]
+
+
+def __getattr__(name):
+    if name == "Target":
+        from .target import Target
+
+        return Target
+    if name in ("Event", "NonFiniteError", "Recorder", "watch"):
+        from . import monitor
+
+        return getattr(monitor, name)
+    raise AttributeError(f"module 'nanlint.dynamic' has no attribute {name!r}")

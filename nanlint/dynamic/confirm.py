@@ -6,14 +6,16 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
 from ..finding import Finding
-from .monitor import Event, Loc, Monitor, Recorder, is_finite, user_location
-from .target import Target, TargetError
+from .monitor import (_LOW, _TORCH_DIR, Event, Loc, Monitor, Recorder, _is_library, _rounds_to_zero, is_finite,
+                      raise_site, user_location)
+from .target import Target, describe
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -21,10 +23,40 @@ CONFIRMED = "confirmed"
 NOT_FIRED = "not_fired"
 NOT_REACHED = "not_reached"
 UNFLAGGED = "unflagged"
+ERROR = "error"
+
+REGIMES = ("example", "zeros", "near-zero", "scaled-x10", "scaled-x100", "scaled-x1000", "masked-row",
+           "masked-row-inverse", "train", "grad-push")
+# losses whose targets an input regime can make invalid (a VAE's input is its BCE target)
+_LOSSES = frozenset({"binary_cross_entropy", "cross_entropy", "nll_loss", "kl_div", "poisson_nll_loss",
+                     "multilabel_soft_margin_loss", "multi_margin_loss", "ctc_loss"})
 
 
 class ConfirmError(Exception):
     """A problem with the run itself (exit code 2)."""
+
+
+def dtype_caused(text: str) -> bool:
+    """An exception an op raises because of the low-precision dtype."""
+    if "not implemented for" in text or "without overflow" in text:
+        return True
+    lowered = text.lower()
+    return "not supported" in lowered and any(w in text for w in ("Half", "BFloat16", "dtype"))
+
+
+def chosen_regimes(spec: Optional[str]) -> List[str]:
+    """``--regimes``: ``a,b`` runs only those, ``-a,-b`` all but those."""
+    if not spec:
+        return list(REGIMES)
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    skip = [n.startswith("-") for n in names]
+    if any(skip) and not all(skip):
+        raise ConfirmError(f"--regimes {spec!r}: either name the regimes to run or (with -) the ones to skip")
+    bare = [n.lstrip("-") for n in names]
+    unknown = [n for n in bare if n not in REGIMES]
+    if unknown or not bare:
+        raise ConfirmError(f"--regimes: unknown regime {(unknown or [spec])[0]!r} (known: {', '.join(REGIMES)})")
+    return [r for r in REGIMES if (r in bare) != all(skip)]
 
 
 @dataclass
@@ -36,6 +68,7 @@ class Options:
     seed: int = 0
     push_steps: int = 20
     progress: Optional[Callable[[str], None]] = None
+    regimes: Optional[str] = None  # "a,b" runs only those, "-a,-b" skips those
 
 
 @dataclass
@@ -268,13 +301,30 @@ class Runner:
 
         def step(*args: Any, **kwargs: Any) -> Any:
             loc = user_location() or fallback
-            monitor.check_step(params, loc)
+            if loc is not None:
+                monitor.recorder.reached[loc] += 1  # a Python call the torch-function mode does not see
+            with torch._C.DisableTorchFunction():
+                diverged = any(not is_finite(p) for p in params)
+            if not diverged:  # NaN weights give NaN gradients: that is propagation, not a new cause
+                monitor.check_step(params, loc)
             result = original(*args, **kwargs)
             with torch._C.DisableTorchFunction():
                 bad = [p for p in params if not is_finite(p)]
-            if bad:
-                monitor.emit("new-nan", loc, "step",
-                             f"{len(bad)} parameter tensor(s) became non-finite in this optimizer step")
+                grads_finite = all(p.grad is None or is_finite(p.grad) for p in params)
+            if bad and not diverged:
+                eps = _vanishing_eps(optimizer)
+                if grads_finite and eps is not None:
+                    # the optimizer's state, not the gradients' size: reported
+                    # where the optimizer (and its eps) is made
+                    value, dtype = eps
+                    monitor.emit("optimizer-state", fallback or loc, "step",
+                                 f"{type(optimizer).__name__}'s eps {value:g} is 0 in {dtype}: where exp_avg_sq "
+                                 f"underflows to 0 the update is 0/0, and {len(bad)} parameter tensor(s) became "
+                                 f"non-finite from finite gradients (optimizer state, not gradient size: clipping "
+                                 f"does not help); use eps >= 1e-4 or float32 master weights", phase="step")
+                else:
+                    monitor.emit("new-nan", loc, "step",
+                                 f"{len(bad)} parameter tensor(s) became non-finite in this optimizer step")
             return result
 
         optimizer.step = step
@@ -283,8 +333,8 @@ class Runner:
     def push(self, findings: Sequence[Finding], abspaths: Dict[str, str]) -> None:
         """GRIST-style: a few signed-gradient steps on the floating inputs that
         drive each reached, unconfirmed finding's op toward its danger zone."""
-        if self.options.push_steps <= 0 or not _floating_leaves(self.inputs):
-            return
+        if self.options.push_steps <= 0 or not any(t.numel() for t in _floating_leaves(self.inputs)):
+            return  # nothing to push (an empty batch included)
         for finding in findings:
             path = abspaths.get(finding.path)
             if path is None or self._confirmed(path, finding):
@@ -313,7 +363,7 @@ class Runner:
             try:
                 with self.monitor.active(), capture, self._autocast():
                     output = call_model(self.model, inputs)
-            except RuntimeError:
+            except Exception:  # pushed inputs the model refuses: nothing more to learn here
                 return
             fired = [e for e in self.recorder.events[before:] if e.path == path and e.line in lines]
             if fired:
@@ -331,6 +381,19 @@ class Runner:
                     scale = leaf.detach().float().abs().mean().item() + 1e-2
                     leaf.add_((leaf.grad.sign() * 0.5 * scale).to(leaf.dtype))
             del output
+
+
+def _vanishing_eps(optimizer: Any) -> Optional[Tuple[float, str]]:
+    """(eps, dtype) of a parameter group whose float ``eps`` rounds to 0 in
+    its parameters' low-precision dtype (Adam's 1e-8 in float16)."""
+    for group in getattr(optimizer, "param_groups", ()):
+        eps = group.get("eps")
+        if not isinstance(eps, float):
+            continue
+        for p in group.get("params", ()):
+            if p.dtype in _LOW and _rounds_to_zero(eps, p.dtype):
+                return eps, _LOW[p.dtype]
+    return None
 
 
 def _definition(fn: Any) -> Optional[Loc]:
@@ -373,7 +436,7 @@ def _objective(captured: Sequence[Tuple[str, torch.Tensor]]) -> Optional[torch.T
     """A scalar whose increase moves the captured operands toward danger."""
     terms = []
     for kind, t in captured:
-        if not t.requires_grad:
+        if not t.requires_grad or t.numel() == 0:
             continue
         t = t.float()
         if kind == "max":
@@ -425,6 +488,9 @@ def source_files(target: Target, factory_file: Optional[str]) -> List[str]:
     return files
 
 
+# rules that only some events confirm: NaN weights from Adam's eps in half are
+# not a missing gradient clip
+_CONFIRMS = {"NL004": ("grad-nonfinite", "grad-overflow")}
 _NONFINITE_KINDS = ("new-nan", "new-inf", "grad-nonfinite", "grad-overflow", "fill-overflow")
 
 
@@ -432,10 +498,15 @@ def join(findings: Sequence[Finding], abspaths: Dict[str, str], recorder: Record
          device: str, dtype: str) -> List[Entry]:
     entries: List[Entry] = []
     explained: set = set()
+    uses = _eps_uses(findings, abspaths, recorder)
     for finding in findings:
         path = abspaths.get(finding.path, finding.path)
-        events = recorder.events_at(path, finding.line, finding.end_line)
-        reached = sum(recorder.reached.get((path, l), 0) for l in range(finding.line, finding.end_line + 1))
+        lines = set(range(finding.line, finding.end_line + 1)) | uses.get(id(finding), set())
+        # an exception confirms a finding only when the dtype caused it (a
+        # Half-overflowing fill, an op not implemented for Half)
+        events = [e for e in recorder.events if e.path == path and e.line in lines
+                  and (e.kind != "error" or dtype_caused(e.message)) and e.kind in _CONFIRMS.get(finding.code, (e.kind,))]
+        reached = sum(recorder.reached.get((path, l), 0) for l in lines)
         # what this line's non-finite values caused elsewhere (the NaN a -inf
         # fill makes in softmax) is the same hazard, not an unflagged one
         for e in recorder.events:
@@ -458,19 +529,74 @@ def join(findings: Sequence[Finding], abspaths: Dict[str, str], recorder: Record
                                  dtype, "never reached", finding.name, 0))
     seen: set = set()
     display = {v: k for k, v in abspaths.items()}
+    # the same exception in several regimes is one entry naming them all
+    raised: Dict[Tuple[str, int, str], List[str]] = {}
+    for event in recorder.events:
+        if event.kind == "error":
+            raised.setdefault((event.path, event.line, event.message), []).append(event.regime or "?")
     for event in recorder.events:
         if (event.path, event.line) in explained:
             continue
-        key = (event.path, event.line, event.kind)
+        key = (event.path, event.line, event.message if event.kind == "error" else event.kind)
         if key in seen:
             continue
         seen.add(key)
         path = display.get(event.path) or _display(event.path)
+        if _regime_artefact(event):
+            continue  # a note (see run), not a low-precision hazard
+        if event.kind == "error":
+            if dtype_caused(event.message) and any(e.kind != "error" and (e.path, e.line) == key[:2]
+                                                   for e in recorder.events):
+                continue  # the fill-overflow event at this line says it already
+            regimes = raised[key]
+            where = f"regime{'s' if len(regimes) > 1 else ''} {', '.join(regimes)}"
+            entries.append(Entry(ERROR, None, path, event.line, event.regime, event.kind, event.op, device, dtype,
+                                 f"{'' if event.message.partition(':')[0] == event.op else event.op + ' '}raised "
+                                 f"{event.message} ({where})"))
+            continue
         entries.append(Entry(UNFLAGGED, None, path, event.line, event.regime, event.kind, event.op, device, dtype,
                              event.message))
-    order = {CONFIRMED: 0, UNFLAGGED: 1, NOT_FIRED: 2, NOT_REACHED: 3}
+    order = {CONFIRMED: 0, UNFLAGGED: 1, ERROR: 2, NOT_FIRED: 3, NOT_REACHED: 4}
     entries.sort(key=lambda e: (order[e.status], e.path, e.line, e.code or ""))
     return entries
+
+
+_LITERAL = re.compile(r"^`([^`]+)`")
+_VANISHED = re.compile(r"^(\S+) rounds to 0")
+
+
+def _number(pattern: "re.Pattern[str]", text: str) -> Optional[float]:
+    match = pattern.match(text)
+    try:
+        return float(match.group(1)) if match else None
+    except ValueError:
+        return None
+
+
+def _eps_uses(findings: Sequence[Finding], abspaths: Dict[str, str], recorder: Recorder) -> Dict[int, set]:
+    """id(finding) -> the lines where the eps an NL001 finding binds (a default
+    argument, a constant) vanished: one hazard, at its binding and its uses.
+    A line that has an NL001 finding of its own keeps its events."""
+    flagged = {(abspaths.get(f.path, f.path), line) for f in findings if f.code == "NL001"
+               for line in range(f.line, f.end_line + 1)}
+    uses: Dict[int, set] = {}
+    for finding in findings:
+        value = _number(_LITERAL, finding.message) if finding.code == "NL001" else None
+        if value is None:
+            continue
+        path = abspaths.get(finding.path, finding.path)
+        for e in recorder.events:
+            if (e.kind == "eps-vanishes" and e.path == path and (e.path, e.line) not in flagged
+                    and math.isclose(_number(_VANISHED, e.message) or 0.0, value, rel_tol=1e-6)):
+                uses.setdefault(id(finding), set()).add(e.line)
+    return uses
+
+
+def _regime_artefact(event: Event) -> bool:
+    """A float32/float64 value that went non-finite only because a regime
+    altered the inputs: not what low precision does to the user's code."""
+    return (event.dtype is not None and event.dtype not in _LOW
+            and event.regime not in (None, "example", "train"))
 
 
 def _display(path: str) -> str:
@@ -481,39 +607,128 @@ def _display(path: str) -> str:
     return path if rel.startswith("..") else rel
 
 
-def run(target: Target, options: Options, findings: Sequence[Finding], abspaths: Dict[str, str]) -> Report:
+LABELS = {"confirmed": "CONFIRMED", "not_fired": "NOT FIRED", "not_reached": "NOT REACHED", "unflagged": "UNFLAGGED",
+          "error": "ERROR"}
+
+
+def render_text(report) -> str:
+    lines: List[str] = [
+        f"nanlint confirm: {report.device}, {report.dtype}, {report.precision}; "
+        f"regimes: {', '.join(report.regimes)}"
+    ]
+    for e in report.entries:
+        label = LABELS[e.status].ljust(11)
+        what = f"{e.code} [{e.name}]" if e.code else f"{e.event} in {e.op}"
+        detail = e.message
+        if e.status == "confirmed":
+            detail = f"{e.event} in {e.op} (regime {e.regime}): {e.message}"
+        elif e.status == "unflagged":
+            detail = f"(regime {e.regime}): {e.message}"
+        if e.status == "error":
+            lines.append(f"{label} {e.path}:{e.line}: {e.message}")
+            continue
+        lines.append(f"{label} {e.path}:{e.line}: {what} {detail}")
+    counts = {s: sum(1 for e in report.entries if e.status == s) for s in LABELS}
+    lines.append(
+        f"{counts['confirmed']} confirmed, {counts['not_fired']} not fired, "
+        f"{counts['not_reached']} not reached, {counts['unflagged']} unflagged"
+        + (f", {counts['error']} error{'s' if counts['error'] != 1 else ''}." if counts["error"] else ".")
+    )
+    lines.extend(f"note: {n}" for n in report.notes)
+    return "\n".join(lines)
+
+
+def _fatal(exc: BaseException) -> bool:
+    """Out of memory ends the whole run: every other regime would fail the same way."""
+    return isinstance(exc, MemoryError) or "out of memory" in describe(exc).lower()
+
+
+def _record_failure(runner: "Runner", regime: str, exc: Exception, notes: List[str]) -> None:
+    """An exception in a regime is an ``error`` event at the user's line (or a
+    note when the regime itself made the inputs invalid for the loss)."""
+    text = describe(exc)
+    loc, op = raise_site(exc)
+    if regime not in ("example", "train") and op in _LOSSES and "target" in text.lower():
+        notes.append(f"regime {regime} skipped: it makes the inputs invalid as the target of {op} ({text})")
+        return
+    runner.recorder.regime = regime
+    if runner.recorder.add("error", loc, op, text) is None and loc is None:
+        notes.append(f"regime {regime} raised outside your code: {text}")
+
+
+def _project_files(recorder: Recorder, joined: Iterable[str]) -> List[str]:
+    """Files of the user's project (not torch, not an installed library) that
+    an event landed in and whose findings are not joined yet."""
+    known = set(joined)
+    return sorted(p for p in {e.path for e in recorder.events} - known
+                  if os.path.isfile(p) and not p.startswith(_TORCH_DIR) and not _is_library(p))
+
+
+def run(target: Target, options: Options, findings: Sequence[Finding], abspaths: Dict[str, str],
+        lint: Optional[Callable[[str], Tuple[str, List[Finding]]]] = None) -> Report:
+    """Run the regimes and join what fired with ``findings``; ``lint(path)``
+    gives (display path, findings) of any other project file an event lands in."""
     torch.manual_seed(options.seed)
+    wanted = chosen_regimes(options.regimes)
     runner = Runner(target, options)
     generator = torch.Generator().manual_seed(options.seed)
-    regimes = input_regimes(runner.inputs, generator)
-    names = []
+    regimes = [(n, i) for n, i in input_regimes(runner.inputs, generator) if n in wanted]
+    names: List[str] = []
+    notes: List[str] = []
+    # each regime is isolated: what one raises is recorded, the others still run
     for name, inputs in regimes:
         runner._progress(f"regime {name}")
         names.append(name)
         try:
             runner.forward_backward(name, inputs)
-        except RuntimeError as exc:
-            if "without overflow" in str(exc):
-                continue  # recorded as fill-overflow
-            if "not implemented for" in str(exc):
-                raise ConfirmError(f"an op is not implemented for {options.dtype} on {runner.device.type}: "
-                                   f"{str(exc).splitlines()[0]}") from exc
-            raise
+        except Exception as exc:
+            if _fatal(exc):
+                raise
+            _record_failure(runner, name, exc, notes)
     has_training = target.optimizer is not None or target.train_step is not None
     steps = options.steps if options.steps is not None else (5 if has_training else 0)
-    if steps > 0 and (target.loss_fn is not None or target.train_step is not None or has_training):
+    if "train" in wanted and steps > 0 and (target.loss_fn is not None or has_training):
         names.append("train")
         try:
             runner.train(steps)
-        except RuntimeError as exc:
-            if "without overflow" not in str(exc):
+        except Exception as exc:
+            if _fatal(exc):
                 raise
-    if findings:
+            _record_failure(runner, "train", exc, notes)
+    if "grad-push" in wanted and findings:
         names.append("grad-push")
         runner.push(findings, abspaths)
+    if lint is not None:
+        abspaths = dict(abspaths)
+        findings = list(findings)
+        for path in _project_files(runner.recorder, abspaths.values()):
+            shown, more = lint(path)
+            abspaths[shown] = path
+            findings.extend(more)
+        findings.sort(key=lambda f: f.sort_key())
     precision = "pure half (model cast)" if options.precision == "half" else f"autocast on {runner.device.type}"
     report = Report(runner.device.type, options.dtype, precision, names)
     report.entries = join(findings, abspaths, runner.recorder, runner.device.type, options.dtype)
+    artefacts: Dict[Tuple[str, int], List[Event]] = {}
+    listed = {(abspaths.get(e.path, e.path), e.line) for e in report.entries}
+    for e in runner.recorder.events:
+        if _regime_artefact(e) and (e.path, e.line) not in listed:
+            artefacts.setdefault((e.path, e.line), []).append(e)
+    for (path, line), events in artefacts.items():
+        first = events[0]
+        notes.append(f"{_display(path)}:{line}: {first.kind} in {first.op} in {str(first.dtype).replace('torch.', '')} "
+                     f"only under regime {', '.join(sorted({e.regime or '?' for e in events}))}: the regime's "
+                     f"inputs overflow that dtype too, not a low-precision hazard")
+    shown = {(e.path, e.line) for e in report.entries if e.status == ERROR}
+    stopped: Dict[Tuple[str, int, str], List[str]] = {}
+    for e in runner.recorder.events:
+        if e.kind == "error":
+            stopped.setdefault((_display(e.path), e.line, e.message), []).append(e.regime or "?")
+    for (path, line, message), which in stopped.items():
+        if (path, line) not in shown:
+            notes.append(f"regime{'s' if len(which) > 1 else ''} {', '.join(which)} stopped at {path}:{line} "
+                         f"({message}): what follows that line did not run there")
+    report.notes.extend(notes)
     if options.precision == "autocast" and runner.device.type == "cpu":
         report.notes.append("CPU autocast keeps exp, log, softmax, layer_norm and sums in the low precision "
                             "dtype; CUDA autocast runs them in float32, so CUDA may not fire what CPU does.")

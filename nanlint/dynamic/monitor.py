@@ -78,6 +78,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch.overrides import TorchFunctionMode
 
+from .target import describe
+
 Loc = Tuple[str, int]
 
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
@@ -118,6 +120,7 @@ class Event:
     message: str
     phase: str = "forward"
     cause: Optional[Loc] = None
+    dtype: Optional[torch.dtype] = None  # of the value that went non-finite, where one did
 
 
 @dataclass
@@ -130,14 +133,14 @@ class Recorder:
     _seen: set = field(default_factory=set)
 
     def add(self, kind: str, loc: Optional[Loc], op: str, message: str, phase: str = "forward",
-            cause: Optional[Loc] = None) -> Optional[Event]:
+            cause: Optional[Loc] = None, dtype: Optional[torch.dtype] = None) -> Optional[Event]:
         if loc is None:
             return None
         key = (kind, loc, op, self.regime, phase)
         if key in self._seen:
             return None
         self._seen.add(key)
-        event = Event(kind, loc[0], loc[1], op, self.regime, message, phase, cause)
+        event = Event(kind, loc[0], loc[1], op, self.regime, message, phase, cause, dtype)
         self.events.append(event)
         return event
 
@@ -167,6 +170,23 @@ def user_location() -> Optional[Loc]:
             return os.path.realpath(filename) if not filename.startswith("<") else filename, frame.f_lineno
         frame = frame.f_back
     return None
+
+
+def raise_site(exc: BaseException) -> Tuple[Optional[Loc], str]:
+    """Where an exception came from: the user's line and the torch op that
+    raised there (recorded by the monitor), else the innermost frame of the
+    user's code in its traceback and the exception's type."""
+    site = getattr(exc, "nanlint_site", None)
+    if site is not None:
+        return site
+    loc: Optional[Loc] = None
+    tb = exc.__traceback__
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if not filename.startswith(_SKIP_PREFIXES) and not filename.startswith("<"):
+            loc = (os.path.realpath(filename), tb.tb_lineno)
+        tb = tb.tb_next
+    return loc, type(exc).__name__
 
 
 def _op_name(func: Any) -> str:
@@ -271,9 +291,15 @@ class _ForwardMode(TorchFunctionMode):
                                f"fill value {value:g} is outside {_LOW[dtype]} (max {limit:g}): it becomes inf")
         try:
             out = func(*args, **kwargs)
-        except RuntimeError as exc:
-            if "without overflow" in str(exc):
-                m.emit("fill-overflow", loc, name, f"PyTorch refused the fill: {str(exc).splitlines()[0]}")
+        except Exception as exc:
+            text = describe(exc)
+            if "without overflow" in text:
+                m.emit("fill-overflow", loc, name, f"PyTorch refused the fill: {text.partition(': ')[2]}")
+            if loc is not None and not hasattr(exc, "nanlint_site"):
+                try:
+                    exc.nanlint_site = (loc, name)  # the innermost op that raised, at the user's line
+                except Exception:  # an exception that takes no attributes
+                    pass
             raise
 
         outputs = _tensors(out)
@@ -309,10 +335,14 @@ class _ForwardMode(TorchFunctionMode):
             if not t.is_floating_point():
                 continue
             finite = is_finite(t)
-            if finite and t.requires_grad and t.grad_fn is not None and loc is not None:
+            if finite and loc is not None and t.requires_grad and torch.is_grad_enabled():
                 # a node whose forward value is already non-finite only passes
-                # that on in backward: the forward event is the origin
-                m.tag_node(t.grad_fn, loc)
+                # that on in backward: the forward event is the origin. Under
+                # no_grad nothing is recorded, and reading ``grad_fn`` of a view
+                # made there raises (nn.Embedding's padding_idx zeroing)
+                node = _grad_fn(t)
+                if node is not None:
+                    m.tag_node(node, loc)
             if finite:
                 continue
             if name in _EMPTY_OPS:
@@ -332,20 +362,29 @@ class _ForwardMode(TorchFunctionMode):
                 continue
             if inputs_finite:
                 m.emit("new-nan" if nan_out else "new-inf", loc, name,
-                       f"{name} produced {'NaN' if nan_out else 'inf'} from finite inputs ({t.dtype})")
+                       f"{name} produced {'NaN' if nan_out else 'inf'} from finite inputs ({t.dtype})", dtype=t.dtype)
                 if not nan_out:
                     m.taint(t, loc)
             elif nan_out and not inputs_nan:
                 message = f"{name} turned inf into NaN ({t.dtype})"
                 if cause is not None and cause != loc:
                     message += f"; the inf came from line {cause[1]}"
-                m.emit("new-nan", loc, name, message, cause=cause)
+                m.emit("new-nan", loc, name, message, cause=cause, dtype=t.dtype)
                 if cause is not None and cause != loc and loc is not None:
                     m.emit("new-nan", cause, name,
                            f"the inf/-inf from this line became NaN in {name} at line {loc[1] if loc else '?'}")
             elif cause is not None and name in _KEEP_TAINT_OPS:
                 m.taint(t, cause)
         return out
+
+
+def _grad_fn(t: torch.Tensor) -> Any:
+    """``t.grad_fn``, or None where torch refuses to give it (a view created in
+    no_grad mode whose base was modified in place since)."""
+    try:
+        return t.grad_fn
+    except RuntimeError:
+        return None
 
 
 def _grad_hook(monitor: "Monitor", loc: Loc, name: str):
@@ -434,8 +473,8 @@ class Monitor:
 
     # -- bookkeeping -------------------------------------------------------
     def emit(self, kind: str, loc: Optional[Loc], op: str, message: str, phase: str = "forward",
-             cause: Optional[Loc] = None) -> None:
-        event = self.recorder.add(kind, loc, op, message, phase, cause)
+             cause: Optional[Loc] = None, dtype: Optional[torch.dtype] = None) -> None:
+        event = self.recorder.add(kind, loc, op, message, phase, cause, dtype)
         if event is not None and self.raise_on_event:
             raise NonFiniteError(event)
 

@@ -11,6 +11,16 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 
+def describe(exc: BaseException) -> str:
+    """``Type: first line`` of an exception, even when its ``__str__`` raises."""
+    try:
+        text = str(exc)
+    except Exception:
+        text = ""
+    lines = [line for line in text.splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
 class TargetError(Exception):
     """The target cannot be loaded or its factory misbehaved (exit code 2)."""
 
@@ -40,18 +50,32 @@ class Target:
     train_step: Optional[Callable[..., Any]] = None
 
 
+def _on_path(directory: str) -> None:
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+
+
 def _import_file(path: Path) -> Any:
     if not path.is_file():
         raise TargetError(f"no such file: {path}")
+    # a file inside a package (folders with __init__.py) is imported as
+    # package.module from the folder above the package: its relative imports work
+    real = path.resolve()
+    parts = [] if real.stem == "__init__" else [real.stem]
+    root = real.parent
+    while (root / "__init__.py").is_file():
+        parts.insert(0, root.name)
+        root = root.parent
+    if real.parent != root and all(part.isidentifier() for part in parts):
+        _on_path(str(root))
+        return importlib.import_module(".".join(parts))
     name = "nanlint_target_" + str(abs(hash(str(path.resolve()))))
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise TargetError(f"cannot import {path}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    directory = str(path.resolve().parent)
-    if directory not in sys.path:
-        sys.path.insert(0, directory)  # sibling imports of the target file
+    _on_path(str(real.parent))  # sibling imports of the target file
     spec.loader.exec_module(module)
     return module
 
@@ -61,17 +85,20 @@ def load_factory(spec: str) -> Callable[[], Any]:
     if ":" not in spec:
         raise TargetError(f"target must be FILE.py:FACTORY or MODULE:FACTORY, got {spec!r}")
     where, _, attr = spec.rpartition(":")
-    if not where or not attr.isidentifier():
+    drive = len(os.path.splitdrive(where)[0])  # C:\models\gpt.py on Windows
+    if not where or not attr.isidentifier() or ":" in where[drive:]:
         raise TargetError(f"target must be FILE.py:FACTORY or MODULE:FACTORY, got {spec!r}")
     try:
         if where.endswith(".py") or os.sep in where or "/" in where:
             module = _import_file(Path(where))
         else:
+            # MODULE:FACTORY resolves from the current directory, as `python -m` does
+            _on_path(os.getcwd())
             module = importlib.import_module(where)
     except TargetError:
         raise
     except Exception as exc:
-        raise TargetError(f"importing {where} failed: {type(exc).__name__}: {exc}") from exc
+        raise TargetError(f"importing {where} failed: {describe(exc)}") from exc
     factory = getattr(module, attr, None)
     if factory is None:
         raise TargetError(f"{where} has no attribute {attr!r}")
@@ -106,7 +133,7 @@ def load_target(spec: str) -> Target:
         with building() as allocations:
             result = factory()
     except Exception as exc:
-        raise TargetError(f"the factory raised {type(exc).__name__}: {exc}") from exc
+        raise TargetError(f"the factory raised {describe(exc)}") from exc
     target = normalise(result)
     target._allocations = allocations  # type: ignore[attr-defined]
     return target
