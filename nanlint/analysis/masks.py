@@ -118,8 +118,8 @@ def _strip(facts, node: cst.BaseExpression, depth: int):
             node, depth = value, depth + 1
         elif isinstance(node, cst.UnaryOperation) and isinstance(node.operator, (cst.BitInvert, cst.Not)):
             node, flipped = node.expression, not flipped
-        elif isinstance(node, cst.Subscript):
-            node = node.value  # a slice of a mask keeps its pattern (`self.bias[:, :, :T, :T]`)
+        elif isinstance(node, cst.Subscript) and _prefix_view(node):
+            node = node.value  # a leading block keeps the diagonal (`self.bias[:, :, :T, :T]`)
         elif isinstance(node, cst.Comparison) and len(node.comparisons) == 1:
             target = node.comparisons[0]
             value = number(target.comparator)
@@ -183,6 +183,21 @@ def diagonal_value(facts, mask: cst.BaseExpression, depth: int = 0) -> Optional[
     return value != flipped
 
 
+def _prefix_view(node: cst.Subscript) -> bool:
+    """``m[:, :, :T, :T]``, ``i[:, None]``: new axes and leading blocks only, which
+    keep entry (k, k) at (k, k) -- not ``m[0]`` or ``i[1:]``."""
+    for element in node.slice:
+        s = element.slice
+        if isinstance(s, cst.Slice):
+            if s.lower is not None or s.step is not None:
+                return False
+        elif not (isinstance(s, cst.Index) and (
+            isinstance(s.value, cst.Ellipsis) or (isinstance(s.value, cst.Name) and s.value.value == "None")
+        )):
+            return False
+    return True
+
+
 def _diagonal_arg(facts, call: cst.Call) -> Optional[int]:
     found = arg(call, 0 if is_method_call(facts.ctx, call) else 1, "diagonal")
     if found is None:
@@ -213,7 +228,7 @@ def _grid(facts, node: cst.BaseExpression, depth: int = 0) -> Optional[str]:
     if depth > 8:
         return None
     if isinstance(node, cst.Subscript):
-        return _grid(facts, node.value, depth + 1)
+        return _grid(facts, node.value, depth + 1) if _prefix_view(node) else None
     if isinstance(node, cst.Name):
         value = definition(facts, node)
         return _grid(facts, value, depth + 1) if value is not None else None

@@ -217,3 +217,17 @@ def test_a_name_read_in_its_own_assignment_sees_the_value_before():
         "    return scores.softmax(-1)\n"
     )
     assert codes(src) == []
+
+
+def test_a_row_or_a_shifted_grid_is_not_a_causal_mask():
+    src = (
+        "import torch\n"
+        "def f(s, n):\n"
+        "    keep = torch.tril(torch.ones(n, n))\n"
+        "    i = torch.arange(n)\n"
+        "    a = s.masked_fill(keep[1:] == 0, float('-inf')).softmax(-1)\n"
+        "    b = torch.where(i[1:, None] >= i[None, :], s, float('-inf')).softmax(-1)\n"
+        "    c = s.masked_fill(keep[:, :, :n, :n] == 0, float('-inf')).softmax(-1)\n"
+        "    return a, b, c\n"
+    )
+    assert codes(src) == [5, 6]
