@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Callable, Dict, FrozenSet, List, Optional, Tuple
+from typing import Dict, FrozenSet, List, Optional, Tuple
 
 import libcst as cst
 
-from .engine import subtree
 from .resolve import dotted_name
 from .rule import Context
 
@@ -171,25 +170,6 @@ def name_chain(node: cst.BaseExpression, partial: bool = False) -> List[str]:
             return []
     names.reverse()
     return names
-
-
-def mask_like(node: cst.BaseExpression, lookup: Callable[[str], Optional[cst.BaseExpression]],
-              depth: int = 0) -> bool:
-    """`mask`, `attention_mask.float()`, `(1 - mask)`, `~keep`: the other factor
-    of an additive-mask product (NL003 reports those; NL108 leaves them to it).
-    ``lookup`` gives the value a local name was assigned, if known."""
-    if isinstance(node, cst.Name) and depth < 3:
-        bound = lookup(node.value)
-        if bound is not None and mask_like(bound, lookup, depth + 1):
-            return True
-    for n in subtree(node):
-        if isinstance(n, cst.Name) and "mask" in n.value.lower():
-            return True
-    if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.Subtract):
-        return number(node.left) == 1.0
-    if isinstance(node, cst.UnaryOperation) and isinstance(node.operator, cst.BitInvert):
-        return True
-    return False
 
 
 def look_through(ctx: Context, node: cst.BaseExpression, methods: FrozenSet[str],

@@ -3,46 +3,27 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Set, Tuple
+from typing import Optional, Tuple
 
 import libcst as cst
 
-from nanlint.engine import subtree, iter_tree
+from nanlint.analysis import HALF, HOST, INTEGER, WIDE
+from nanlint.analysis import masks
+from nanlint.engine import subtree
 
 from nanlint.dtypes import FLOAT32_MAX, fmt
-from nanlint.finding import SAFE, UNSAFE
-from nanlint.patterns import mask_like, arg, is_method_call, number, subject, torch_op
+from nanlint.finding import HIGH, LOW, MEDIUM, SAFE, UNSAFE
+from nanlint.patterns import arg, is_method_call, number, subject, torch_op
 from nanlint.rule import FixSpec, Invalid, Rule, Valid
 
 FLOAT64_MAX = 1.7976931348623157e308
 
-FILL_OPS = frozenset({"masked_fill", "masked_fill_"})
 TRIANGLE_OPS = frozenset({"triu", "tril", "triu_", "tril_"})
-# Ops that consume a filled tensor without any arithmetic that -inf could turn into NaN:
-# selection (a -inf entry is simply never chosen, like a running-max initialiser) and exp
-# (exp(-inf) = 0 exactly, the intended value).
-SAFE_CONSUMERS = frozenset(
-    {
-        "max", "amax", "argmax", "min", "amin", "argmin", "topk", "sort", "argsort",
-        "kthvalue", "cummax", "cummin", "exp", "exp_",
-    }
-)
 # `torch.where(torch.isnan(x), inf, x)`: the branch repairs or propagates special values
 SPECIAL_VALUE_TESTS = frozenset({"isnan", "isinf", "isposinf", "isneginf", "isfinite", "isreal"})
-# Ops that keep a tensor's dtype (for "known to be float32")
-_SAME_DTYPE = frozenset(
-    {
-        "masked_fill", "masked_fill_", "view", "reshape", "unsqueeze", "squeeze", "expand",
-        "expand_as", "flatten", "permute", "transpose", "contiguous", "clone", "detach",
-        "repeat", "tril", "triu", "__getitem__",
-    }
-)
 _FLOAT32_NAMES = frozenset({"torch.float32", "torch.float", "numpy.float32"})
 _FLOAT64_NAMES = frozenset({"torch.float64", "torch.double", "numpy.float64"})
-_METADATA = frozenset({"shape", "size", "dtype", "device", "ndim", "dim", "numel", "is_cuda", "layout"})
 _CONTAINER_CALLS = frozenset({"dict", "list", "set", "defaultdict", "OrderedDict", "Counter", "deque"})
-# pure tensor methods: evaluating them twice (in the fix) costs time but changes nothing
-_PURE_METHODS = _SAME_DTYPE | frozenset({"float", "half", "bfloat16", "to", "type_as", "t", "mT"})
 
 
 @dataclass
@@ -66,15 +47,37 @@ class NonfiniteMask(Rule):
     of a tensor filled with -inf, and multiplied by a mask (`mask * -inf`).
     Also flags finite fill literals outside the range of a target dtype
     (`-1e9`, `1e10`: float16's max is 65504) and a hard-coded
-    `torch.finfo(torch.float32).min` in those places, unless the filled tensor
-    is known to be float32 (`x.float().masked_fill(...)`).
+    `torch.finfo(torch.float32).min` in those places.
+
+    Each finding says how sure it is (the shared analysis decides dtypes, where
+    values go and what a mask is, see `nanlint.analysis.masks`):
+    - high: a finite fill beyond the target dtype's range into a tensor that
+      may be float16 (`masked_fill` raises; `where`, index assignment and a
+      mask product turn it into -inf); `mask * -inf` (0 * inf is NaN wherever
+      the mask is 0); `triu`/`tril` of a -inf tensor that keeps the diagonal
+      filled (its first or last row is all -inf);
+    - medium: a -inf fill with a mask from data (key padding, a selection):
+      NaN needs a row with every entry masked, such as an all-padding sample;
+    - low: the mask cannot blank a row by itself -- it is causal and keeps the
+      diagonal, a top-k/top-p/min-p filter keeps each row's top entry (or the
+      mask has an entry reset to False), or the index reaches only some columns
+      (`x[:, eos] = -inf`, `x[:, :k]`, `x[1:][m]`) -- and the filled value
+      leaves the function, where another mask may be added; a -inf fill into a
+      tensor that is float32 here (not a float16 hazard); `+inf` (more often a
+      sentinel for a min or a sort); an integer literal into a tensor that may
+      hold integers (`ids[m] = 128000`).
 
     Not flagged: `torch.finfo(x.dtype).min`, in-range fills such as `-1e4`,
     `torch.full(..., -inf)` used as a running-max initialiser, comparisons
     with inf, `torch.where(torch.isnan(x), ...)`-style repairs of special
-    values, index assignments into dicts and lists, and fills consumed
-    directly by a selection (`max`, `topk`, `sort`...) or by `exp`, where -inf
-    is exactly what is meant (it is never selected; exp(-inf) = 0).
+    values, index assignments into dicts and lists, fills into integer or bool
+    tensors, finite fills into tensors known to be float32
+    (`x.float().masked_fill(m, -1e9)`), fills consumed only by a selection
+    (`max`, `topk`, `sort`...) or by `exp`, where -inf is exactly what is meant
+    (it is never selected; exp(-inf) = 0), and masks that cannot blank a row
+    (as above) whose result goes straight into a softmax or a selection.
+    Where nothing else tells a mask from a list of positions, a name
+    containing `mask` counts as a mask.
 
     ## Why is this bad?
     After a `-inf` fill, softmax over a row whose every entry is masked
@@ -139,6 +142,22 @@ class NonfiniteMask(Rule):
         Valid("import torch\nidx = s.masked_fill(~m, float('-inf')).argmax(-1)\n"),
         Valid("import torch\nd = (g[:, None] - g[None]).masked_fill(upper, float('-inf')).exp()\n"),
         Valid("import torch\ny = torch.where(torch.isnan(x), float('inf'), x)\n"),
+        # causal: the diagonal stays, and the softmax follows right here
+        Valid(
+            "import torch\ndef attend(att, T):\n"
+            "    att = att.masked_fill(torch.ones(T, T).tril() == 0, float('-inf'))\n"
+            "    return att.softmax(-1)\n"
+        ),
+        # top-k filter: each row keeps its top entry
+        Valid(
+            "import torch\ndef sample(logits, k):\n    v, _ = torch.topk(logits, k)\n"
+            "    logits[logits < v[:, [-1]]] = -float('Inf')\n    return torch.softmax(logits, dim=-1)\n"
+        ),
+        # beam search: one column of log-probabilities, then a selection
+        Valid("import math\nimport torch\ndef step(lprobs, eos, k):\n    lprobs[:, eos] = -math.inf\n"
+              "    return torch.topk(lprobs, k)\n"),
+        # token ids are never float16
+        Valid("import torch\nids = torch.zeros(n, dtype=torch.long)\nids[empty] = 128000\n"),
     ]
     invalid = [
         Invalid(
@@ -157,6 +176,8 @@ class NonfiniteMask(Rule):
             "import torch\nmask = torch.triu(torch.full((n, n), float('-inf')), diagonal=1)\n",
         ),
         Invalid("import torch\nbias = (1.0 - mask) * -float('inf')\n"),
+        # diagonal=0 keeps the diagonal filled: row 0 is all -inf
+        Invalid("import torch\nmask = torch.triu(torch.full((n, n), float('-inf')))\n"),
         Invalid(
             "import torch\nw = w.masked_fill_(pad, torch.finfo(torch.float32).min)\n",
             fixed="import torch\nw = w.masked_fill_(pad, torch.finfo(w.dtype).min)\n",
@@ -169,202 +190,40 @@ class NonfiniteMask(Rule):
         ),
     ]
 
-    def __init__(self, ctx, options=None) -> None:
-        super().__init__(ctx, options)
-        # name -> value (None: a parameter, loop variable or unpacked name), per function
-        self.scopes: List[Dict[str, Optional[cst.BaseExpression]]] = [{}]
-        self.loop_vars: List[Set[str]] = [set()]
-        self._parent_map: Optional[Dict[int, cst.CSTNode]] = None
-
-    # -- scopes ------------------------------------------------------------------
-    def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
-        scope: Dict[str, Optional[cst.BaseExpression]] = {}
-        params = node.params
-        for p in (*params.posonly_params, *params.params, *params.kwonly_params):
-            scope[p.name.value] = p.default
-        for star in (params.star_arg, params.star_kwarg):
-            if isinstance(star, cst.Param):
-                scope[star.name.value] = None
-        self.scopes.append(scope)
-        self.loop_vars.append(set())
-
-    def leave_FunctionDef(self, node: cst.FunctionDef) -> None:
-        self.scopes.pop()
-        self.loop_vars.pop()
-
-    def leave_Assign(self, node: cst.Assign) -> None:
-        for target in node.targets:
-            self._bind(target.target, node.value)
-
-    def leave_AnnAssign(self, node: cst.AnnAssign) -> None:
-        if node.value is not None:
-            self._bind(node.target, node.value)
-
-    def visit_For(self, node: cst.For) -> None:
-        self._bind(node.target, None)
-        self.loop_vars[-1].update(n.value for n in subtree(node.target) if isinstance(n, cst.Name))
-
-    def _bind(self, target: cst.BaseExpression, value: Optional[cst.BaseExpression]) -> None:
-        scope = self.scopes[-1]
-        if isinstance(target, cst.Name):
-            scope[target.value] = value
-        elif isinstance(target, (cst.Tuple, cst.List)):
-            for element in target.elements:
-                self._bind(element.value, None)
-
-    def _lookup(self, name: str) -> Optional[cst.BaseExpression]:
-        if name in self.scopes[-1]:
-            return self.scopes[-1][name]
-        return self.scopes[0].get(name)
-
     # -- detection ---------------------------------------------------------------
     def visit_Call(self, node: cst.Call) -> None:
         op = torch_op(self.ctx, node)
         if op is None:
             return
         method = is_method_call(self.ctx, node)
-        if op in FILL_OPS:
+        if op in masks.FILL_OPS:
             value = arg(node, 1 if method else 2, "value")
+            mask = arg(node, 0 if method else 1, "mask")
             filled = subject(self.ctx, node)
             if value is not None:
-                self._check(value.value, filled, "masked_fill", node, None)
+                self._check(value.value, filled, "masked_fill", node, mask.value if mask is not None else None)
         elif op == "where":
             self._check_where(node, method)
         elif op in TRIANGLE_OPS:
             inner = subject(self.ctx, node)
             if inner is not None:
-                self._check_triangle(inner, op)
-
-    # -- where does the filled tensor go? ------------------------------------------------
-    def _parents(self) -> Dict[int, cst.CSTNode]:
-        """child id -> parent for the whole file, built once and only for files with a
-        candidate finding."""
-        if self._parent_map is None:
-            self._parent_map = {}
-            for node, parent in iter_tree(self.ctx.module):
-                if parent is not None:
-                    self._parent_map[id(node)] = parent
-        return self._parent_map
-
-    def _only_selected(self, call: cst.Call) -> bool:
-        """Whether the filled tensor is only ever selected from (`max`, `topk`, ...) or
-        exponentiated: directly, through a name assigned in the same function
-        (`s = x.masked_fill(m, -inf)`, then only `s.topk(k)`), or through the return value
-        of a function whose every call in the file is (`torch.exp(segment_sum(a))`)."""
-        return self._flows_to_selection(call, self._parents(), 0)
-
-    def _flows_to_selection(self, expr: cst.CSTNode, parents: Dict[int, cst.CSTNode], depth: int) -> bool:
-        if depth > 4:
-            return False
-        # through shape changes and further fills to the consumer
-        for _ in range(8):
-            parent = parents.get(id(expr))
-            call: Optional[cst.CSTNode] = None
-            if isinstance(parent, cst.Attribute) and parent.value is expr:
-                call = parents.get(id(parent))
-                if not (isinstance(call, cst.Call) and call.func is parent):
-                    return False
-            elif isinstance(parent, cst.Arg) and parent.keyword is None:
-                call = parents.get(id(parent))
-                if not (isinstance(call, cst.Call) and call.args and call.args[0] is parent):
-                    return False
-                if is_method_call(self.ctx, call):
-                    return False
-            elif isinstance(parent, cst.Assign) and parent.value is expr:
-                return self._name_flows(parent, parents, depth)
-            elif isinstance(parent, cst.Return):
-                return self._calls_flow(expr, parents, depth)
-            else:
-                return False
-            op = torch_op(self.ctx, call)
-            if op in SAFE_CONSUMERS:
-                return True
-            if op in FILL_OPS or op in _PURE_METHODS:
-                expr = call
-                continue
-            return False
-        return False
-
-    def _name_flows(self, assign: cst.Assign, parents: Dict[int, cst.CSTNode], depth: int) -> bool:
-        """`name = <filled>`: every later use of name in the function (until it is
-        reassigned) flows to a selection."""
-        if len(assign.targets) != 1 or not isinstance(assign.targets[0].target, cst.Name):
-            return False
-        name = assign.targets[0].target.value
-        body = self._enclosing(assign, parents)
-        inside = {id(n) for n in subtree(assign)}
-        uses = 0
-        started = False
-        reassigned: Optional[Set[int]] = None
-        for node, parent in iter_tree(body):
-            if node is assign:
-                started = True
-                continue
-            if not started or id(node) in inside:
-                continue
-            if reassigned is not None and id(node) not in reassigned:
-                break  # past `name = ...`: later uses read the new value
-            if isinstance(node, cst.Assign) and reassigned is None and any(
-                isinstance(t.target, cst.Name) and t.target.value == name for t in node.targets
-            ):
-                reassigned = {id(n) for n in subtree(node)}  # its value still reads ours
-                continue
-            if isinstance(node, (cst.FunctionDef, cst.Lambda, cst.ClassDef)) and node is not body:
-                if any(isinstance(n, cst.Name) and n.value == name for n in subtree(node)):
-                    return False  # captured by a closure: cannot follow
-                continue
-            if not (isinstance(node, cst.Name) and node.value == name):
-                continue
-            if isinstance(parent, (cst.AssignTarget, cst.Param)) or (
-                isinstance(parent, cst.Attribute) and parent.attr is node
-            ):
-                continue
-            if isinstance(parent, cst.Attribute) and parent.attr.value in _METADATA:
-                continue  # s.shape, s.size(0), s.dtype: no values read
-            uses += 1
-            if not self._flows_to_selection(node, parents, depth + 1):
-                return False
-        return uses > 0
-
-    def _calls_flow(self, returned: cst.CSTNode, parents: Dict[int, cst.CSTNode], depth: int) -> bool:
-        """`return <filled>` in def f: every call f(...) in the file flows to a selection."""
-        func = self._enclosing(returned, parents)
-        if not isinstance(func, cst.FunctionDef):
-            return False
-        name = func.name.value
-        calls = 0
-        for node, _ in iter_tree(self.ctx.module):
-            if isinstance(node, cst.Call):
-                callee = node.func
-                if (isinstance(callee, cst.Name) and callee.value == name) or (
-                    isinstance(callee, cst.Attribute) and callee.attr.value == name
-                ):
-                    calls += 1
-                    if not self._flows_to_selection(node, parents, depth + 1):
-                        return False
-        return calls > 0
-
-    @staticmethod
-    def _enclosing(node: cst.CSTNode, parents: Dict[int, cst.CSTNode]) -> cst.CSTNode:
-        current = parents.get(id(node))
-        while current is not None and not isinstance(current, (cst.FunctionDef, cst.Module)):
-            current = parents.get(id(current))
-        return current if current is not None else node
+                self._check_triangle(node, inner, op)
 
     def _check_where(self, node: cst.Call, method: bool) -> None:
         if method:  # x.where(cond, other)
             cond, other = arg(node, 0, "condition"), arg(node, 1, "other")
-            branches = [(other, node.func.value)] if other is not None else []  # type: ignore[union-attr]
+            # x.where(cond, other): `other` where cond is False
+            branches = [(other, node.func.value, False)] if other is not None else []  # type: ignore[union-attr]
         else:
             cond, a, b = arg(node, 0, "condition"), arg(node, 1, "input"), arg(node, 2, "other")
             if a is None or b is None:
                 return
-            branches = [(a, b.value), (b, a.value)]
+            branches = [(a, b.value, True), (b, a.value, False)]
         if cond is not None and self._special_value_test(cond.value):
             return
-        for branch, filled in branches:
+        for branch, filled, fill_when in branches:
             assert branch is not None
-            self._check(branch.value, filled, "where", node, cond.value if cond is not None else None)
+            self._check(branch.value, filled, "where", node, cond.value if cond is not None else None, fill_when)
 
     def _special_value_test(self, cond: cst.BaseExpression) -> bool:
         for n in subtree(cond):
@@ -377,24 +236,38 @@ class NonfiniteMask(Rule):
                         return True
         return False
 
-    def _check_triangle(self, inner: cst.BaseExpression, op: str) -> None:
+    def _check_triangle(self, call: cst.Call, inner: cst.BaseExpression, op: str) -> None:
         if isinstance(inner, cst.Name):
-            bound = self._lookup(inner.value)
+            bound = masks.definition(self.ctx.facts, inner)
             if bound is None:
                 return
             inner = bound
         literal = self._infinite_filler(inner)
         if literal is None:
             return
-        hazard = self._hazard(literal, None)
+        hazard = self._hazard(literal)
         if hazard is None or hazard.finite:
             return
-        self.report(
-            literal,
-            f"`torch.{op.rstrip('_')}` of a tensor filled with {hazard.quoted}: every row this mask fully "
-            f"masks, alone or combined with a padding mask, is NaN after softmax (-inf - -inf = NaN); "
-            f"fill with `torch.finfo(dtype).min` instead",
-        )
+        name = op.rstrip("_")
+        diagonal = masks.triangle_fill_diagonal(self.ctx.facts, call)
+        if diagonal:
+            row = "first" if name == "triu" else "last"
+            message = (
+                f"`torch.{name}` of a tensor filled with {hazard.quoted} keeps the diagonal filled: the {row} "
+                f"row is entirely {hazard.short} and NaN after softmax (-inf - -inf = NaN); fill with "
+                f"`torch.finfo(dtype).min` instead"
+            )
+            confidence = HIGH
+        else:
+            message = (
+                f"`torch.{name}` of a tensor filled with {hazard.quoted}: every row this mask fully "
+                f"masks, combined with a padding mask, is NaN after softmax (-inf - -inf = NaN); "
+                f"fill with `torch.finfo(dtype).min` instead"
+            )
+            # the diagonal stays finite: NaN needs another mask on top (low); an offset that is
+            # not a literal may or may not keep it (medium)
+            confidence = LOW if diagonal is False else MEDIUM
+        self.report(literal, message, confidence=confidence)
 
     def _infinite_filler(self, node: cst.BaseExpression) -> Optional[cst.BaseExpression]:
         """The fill value of `torch.full(size, v)`, `x.new_full(size, v)`, `full_like(x, v)`,
@@ -423,14 +296,18 @@ class NonfiniteMask(Rule):
         for target in node.targets:
             t = target.target
             if isinstance(t, cst.Subscript) and self._tensor_index(t):
-                self._check(node.value, t.value, "index", None, t)
+                # `x[m] = v`: the mask is the index; `x[:, cols] = v`: the subscript as a whole
+                only = t.slice[0].slice if len(t.slice) == 1 else None
+                mask = only.value if isinstance(only, cst.Index) else t
+                self._check(node.value, t.value, "index", None, mask, target=t, statement=node)
 
     def _tensor_index(self, node: cst.Subscript) -> bool:
         """Whether `x[...] = v` looks like a masked tensor assignment rather than an
         item of a dict or list."""
         container = node.value
+        facts = self.ctx.facts
         if isinstance(container, cst.Name):
-            bound = self._lookup(container.value)
+            bound = masks.definition(facts, container)
             if isinstance(bound, (cst.Dict, cst.List, cst.Set, cst.DictComp, cst.ListComp, cst.SetComp)):
                 return False
             if isinstance(bound, cst.Call) and isinstance(bound.func, (cst.Name, cst.Attribute)):
@@ -453,7 +330,7 @@ class NonfiniteMask(Rule):
             value = node.slice[0].slice.value
             if isinstance(value, (cst.SimpleString, cst.ConcatenatedString, cst.FormattedString, cst.Integer)):
                 return False
-            if isinstance(value, cst.Name) and value.value in self.loop_vars[-1]:
+            if isinstance(value, cst.Name) and any(b.kind == "for" for b in facts.scopes.reaching(value)[:1]):
                 return False
         return True
 
@@ -461,13 +338,14 @@ class NonfiniteMask(Rule):
         if not isinstance(node.operator, cst.Multiply):
             return
         for lit, other in ((node.left, node.right), (node.right, node.left)):
-            hazard = self._hazard(lit, None)
+            hazard = self._hazard(lit)
             if hazard is None:
                 continue
             if self._nonzero(other):
                 continue
+            mask = masks.is_mask_factor(self.ctx.facts, other)
             if hazard.finite:
-                if not mask_like(other, self._lookup):
+                if not mask or not self.ctx.facts.can_be_half(other):
                     continue
                 self.report(
                     lit,
@@ -481,6 +359,8 @@ class NonfiniteMask(Rule):
                     lit,
                     f"{hazard.quoted} times a mask: 0 * inf is NaN, so every entry where the mask "
                     f"is 0 becomes NaN; use `torch.finfo(dtype).min` (or a `masked_fill`) instead",
+                    # a 0/1 mask has zeros for ordinary inputs; another factor only may
+                    confidence=HIGH if mask else LOW,
                 )
 
     # -- values ----------------------------------------------------------------
@@ -511,13 +391,13 @@ class NonfiniteMask(Rule):
                         return -big if node.attr.value == "min" else big
         return None
 
-    def _hazard(self, node: cst.BaseExpression, filled: Optional[cst.BaseExpression]) -> Optional[Hazard]:
+    def _hazard(self, node: cst.BaseExpression) -> Optional[Hazard]:
         literal = True
         short = self.ctx.code(node).strip()
         quoted = f"`{short}`"
         v = self._value(node)
         if v is None and isinstance(node, cst.Name):
-            bound = self._lookup(node.value)
+            bound = masks.definition(self.ctx.facts, node)
             if bound is None:
                 return None
             v = self._value(bound)
@@ -533,8 +413,6 @@ class NonfiniteMask(Rule):
         overflows = tuple(d.name for d in self.ctx.dtypes if abs(v) > d.max)
         if not overflows:
             return None
-        if filled is not None and abs(v) <= FLOAT32_MAX and self._known_float32(filled):
-            return None
         return Hazard(v, quoted, short, literal, True, overflows)
 
     def _range_text(self, hazard: Hazard) -> str:
@@ -543,33 +421,6 @@ class NonfiniteMask(Rule):
             f"{fmt(hazard.value)} is outside the {' and '.join(d.name for d in names)} range "
             f"(max {' / '.join(fmt(d.max) for d in names)})"
         )
-
-    def _known_float32(self, node: cst.BaseExpression, depth: int = 0) -> bool:
-        if depth > 6:
-            return False
-        if isinstance(node, cst.Name):
-            bound = self._lookup(node.value)
-            return bound is not None and self._known_float32(bound, depth + 1)
-        if isinstance(node, cst.Subscript):
-            return self._known_float32(node.value, depth + 1)
-        if isinstance(node, cst.BinaryOperation):
-            return self._known_float32(node.left, depth + 1) or self._known_float32(node.right, depth + 1)
-        if not isinstance(node, cst.Call):
-            return False
-        for a in node.args:
-            if a.keyword is not None and a.keyword.value == "dtype":
-                return self.ctx.resolve(a.value) in _FLOAT32_NAMES | _FLOAT64_NAMES
-        op = torch_op(self.ctx, node)
-        if not is_method_call(self.ctx, node):
-            return False
-        receiver = node.func.value  # type: ignore[union-attr]
-        if op in ("float", "double"):
-            return True
-        if op in ("to", "type") and node.args:
-            return self.ctx.resolve(node.args[0].value) in _FLOAT32_NAMES | _FLOAT64_NAMES
-        if op in _SAME_DTYPE:
-            return self._known_float32(receiver, depth + 1)
-        return False
 
     def _nonzero(self, node: cst.BaseExpression) -> bool:
         """A factor that is never 0: a nonzero number or a tensor of ones."""
@@ -591,29 +442,40 @@ class NonfiniteMask(Rule):
         where: str,
         call: Optional[cst.Call],
         mask: Optional[cst.BaseExpression],
+        fill_when: bool = True,
+        target: Optional[cst.Subscript] = None,
+        statement: Optional[cst.CSTNode] = None,
     ) -> None:
         """value: the fill; filled: the tensor it goes into; where: masked_fill, where or
-        index; call: the filling call; mask: the where condition or the index."""
-        hazard = self._hazard(value, filled)
+        index; call: the filling call; mask: the mask, where condition or index, filled
+        where it is ``fill_when``; target/statement: the subscript and statement of an
+        index assignment."""
+        hazard = self._hazard(value)
         if hazard is None:
             return
-        if hazard.value > 0 and not hazard.finite and where != "masked_fill" and not _mentions_mask(mask):
+        if hazard.value > 0 and not hazard.finite and where != "masked_fill" and not _mentions_mask(target or mask):
             # +inf outside masked_fill is a value, not a mask: an infinite KL divergence or
             # variance (`result[p.alpha <= 1] = inf`), a distance for a min
             return
-        if filled is not None and self._value(filled) is not None:
+        facts = self.ctx.facts
+        literal_tensor = filled is not None and (
+            self._value(filled) is not None
+            or (isinstance(filled, cst.Name) and self._value(masks.definition(facts, filled) or filled) is not None)
+        )
+        if literal_tensor:
             # `torch.where(m, 0.0, -inf)`: no tensor to take the dtype from; the result has
             # the default dtype (float32), where a finite -1e10 is representable
             if hazard.finite:
                 return
             filled = None
-        if filled is not None and isinstance(filled, cst.Name):
-            bound = self._lookup(filled.value)
-            if bound is not None and self._value(bound) is not None:
-                if hazard.finite:
-                    return
-                filled = None
-        if call is not None and self._only_selected(call):
+        dtype = facts.dtype(filled) if filled is not None else WIDE
+        if dtype in (INTEGER, HOST):
+            return  # token ids, counts, bool masks, Python lists: never a float16 tensor
+        if self._selected_only(filled, call, statement):
+            return
+        confidence, why = self._confidence(hazard, value, filled, dtype, where, mask, fill_when, target,
+                                           call, statement)
+        if confidence is None:
             return
         target = "dtype"
         if filled is not None:
@@ -645,7 +507,70 @@ class NonfiniteMask(Rule):
             message = (
                 f"{hazard.quoted} as a fill: inf - inf and 0 * inf are NaN in whatever consumes it; use {instead}"
             )
-        self.report(value, message, self._fix(value, filled, hazard))
+        self.report(value, message + why, self._fix(value, filled, hazard), confidence=confidence)
+
+    def _selected_only(self, filled: Optional[cst.BaseExpression], call: Optional[cst.Call],
+                       statement: Optional[cst.CSTNode]) -> bool:
+        """The filled value only meets selections (`max`, `topk`, `sort`...) or `exp`."""
+        facts = self.ctx.facts
+        if call is not None and masks.only_selected(facts, call):
+            return True
+        in_place = statement is not None or (
+            call is not None and torch_op(self.ctx, call) == "masked_fill_"
+            and isinstance(facts.scopes.parent.get(call), cst.Expr)
+        )
+        if in_place and isinstance(filled, cst.Name):
+            stmt = statement if statement is not None else facts.scopes.statement_of(call)
+            return stmt is not None and masks.later_reads_only_selected(facts, filled, stmt)
+        return False
+
+    def _confidence(self, hazard: Hazard, value: cst.BaseExpression, filled: Optional[cst.BaseExpression],
+                    dtype: str, where: str, mask: Optional[cst.BaseExpression], fill_when: bool,
+                    target: Optional[cst.Subscript], call: Optional[cst.Call],
+                    statement: Optional[cst.CSTNode]) -> Tuple[Optional[str], str]:
+        """How sure the finding is, and why when not sure (appended to the message)."""
+        facts = self.ctx.facts
+        in_float32 = dtype == WIDE or (filled is not None and facts.in_float32_region(filled))
+        if hazard.finite:
+            if in_float32 and abs(hazard.value) <= FLOAT32_MAX:
+                return None, ""  # representable where it is used
+            if dtype != HALF and self._integer_literal(value):
+                return LOW, " (an integer fill: the tensor may hold integers, such as token ids)"
+            if where == "masked_fill":
+                return HIGH, ""  # raises on a float16 tensor, whatever the mask
+        structure = self._never_full_row(mask, fill_when, target)
+        if structure:
+            if masks.consumed_here(facts, call, filled, statement):
+                return None, ""  # normalised right here: no other mask can blank the kept entry
+            return LOW, f" ({structure}: only a row that another mask blanks as well is NaN)"
+        if hazard.finite:
+            return HIGH, ""
+        if in_float32:
+            return LOW, " (the filled tensor is float32 here: not a float16 hazard)"
+        if hazard.value > 0:
+            return LOW, " (+inf is often a sentinel for a min or a sort)"
+        # a mask from data: NaN needs a row with every entry masked (an all-padding sample)
+        return MEDIUM, ""
+
+    def _integer_literal(self, value: cst.BaseExpression) -> bool:
+        """`-100000`, `TOKEN_ID` (= `151654`): a number written without a float."""
+        if isinstance(value, cst.Name):
+            value = masks.definition(self.ctx.facts, value) or value
+        return number(value) is not None and not any(isinstance(n, cst.Float) for n in subtree(value))
+
+    def _never_full_row(self, mask: Optional[cst.BaseExpression], fill_when: bool,
+                        target: Optional[cst.Subscript]) -> str:
+        """Why the fill can never cover a whole row, or ""."""
+        facts = self.ctx.facts
+        if target is not None and masks.partial_index(facts, target):
+            return "the index reaches only some columns of each row"
+        if mask is None or mask is target:
+            return ""
+        if masks.keeps_diagonal(facts, mask, fill_when):
+            return "the mask is causal and keeps the diagonal"
+        if masks.keeps_top_entry(facts, mask, fill_when):
+            return "the mask keeps an entry of each row (a top-k/top-p threshold or an entry reset to False)"
+        return ""
 
     def _fix(self, value: cst.BaseExpression, filled: Optional[cst.BaseExpression], hazard: Hazard) -> Optional[FixSpec]:
         if filled is None or not hazard.literal:
@@ -687,7 +612,7 @@ def _side_effect_free(ctx, node: cst.BaseExpression) -> bool:
         if isinstance(n, (cst.Await, cst.Yield, cst.NamedExpr, cst.Lambda)):
             return False
         if isinstance(n, cst.Call):
-            if not (is_method_call(ctx, n) and torch_op(ctx, n) in _PURE_METHODS):
+            if not (is_method_call(ctx, n) and torch_op(ctx, n) in masks.PURE_METHODS):
                 return False
     return True
 

@@ -9,7 +9,8 @@ import libcst as cst
 from nanlint.dtypes import FLOAT16, fmt
 from nanlint.engine import subtree, children
 from nanlint.finding import UNSAFE
-from nanlint.patterns import mask_like, arg, is_method_call, is_reference, subject
+from nanlint.analysis.masks import is_mask_factor
+from nanlint.patterns import arg, is_method_call, is_reference, subject
 from nanlint.patterns import number as _any_number
 from nanlint.resolve import dotted_name
 from nanlint.rule import FixSpec, Invalid, Rule, Valid
@@ -229,10 +230,6 @@ class Fp16OverflowLiteral(Rule):
         text = dotted_name(target)
         if text is not None:
             self.scopes[-1][text] = value
-
-    def _bound_value(self, text: str) -> Optional[cst.BaseExpression]:
-        bound, value = self._lookup(text)
-        return value if bound else None
 
     def _lookup(self, text: str) -> Tuple[bool, Optional[cst.BaseExpression]]:
         """(bound in this function or at module level, its value)."""
@@ -472,7 +469,7 @@ class Fp16OverflowLiteral(Rule):
             kind = self._hazard_kind(value, symbol, where)
             if kind is None:
                 continue
-            if symbol == "*" and mask_like(other, self._bound_value):
+            if symbol == "*" and is_mask_factor(self.ctx.facts, other):
                 continue  # NL003's additive-mask product
             tensor = self._tensor(other)
             if not tensor or (not _has_float(lit) and tensor == "tensor"):

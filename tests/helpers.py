@@ -14,7 +14,10 @@ from nanlint.registry import all_rules
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
-MARKER_RE = re.compile(r"#\s*expect:\s*(?P<codes>NL\d{3}(?:\s*,\s*NL\d{3})*)")
+# `# expect: NL003`, `# expect: NL003 (medium), NL108`: a code and the confidence it is
+# reported with (high unless given)
+MARKER_RE = re.compile(r"#\s*expect:\s*(?P<codes>NL\d{3}(?:\s*\(\w+\))?(?:\s*,\s*NL\d{3}(?:\s*\(\w+\))?)*)")
+CODE_RE = re.compile(r"(NL\d{3})(?:\s*\((\w+)\))?")
 
 
 def lint(source: str, codes: Optional[Sequence[str]] = None, dtypes: Sequence[str] = ("float16",),
@@ -40,13 +43,14 @@ def fix_all(source: str, codes: Sequence[str], rounds: int = 5, **kw) -> str:
     return source
 
 
-def markers(path: Path) -> Set[Tuple[int, str]]:
+def markers(path: Path) -> Set[Tuple[int, str, str]]:
+    """(line, code, confidence) for every `# expect:` marker of a file."""
     out = set()
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         m = MARKER_RE.search(line)
         if m:
-            for code in re.findall(r"NL\d{3}", m.group("codes")):
-                out.add((number, code))
+            for code, confidence in CODE_RE.findall(m.group("codes")):
+                out.add((number, code, confidence or "high"))
     return out
 
 

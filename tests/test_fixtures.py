@@ -1,7 +1,8 @@
 """fixtures/<CODE>/*.py and fixtures/models/*.py: every line marked
-`# expect: CODE` is reported with that code, and nothing else is reported
-(negatives stay clean), with the configuration in fixtures/pyproject.toml
-(which opts into NL005)."""
+`# expect: CODE` is reported with that code at high confidence (`# expect:
+CODE (medium)` / `(low)`: at that confidence), and nothing else is reported at
+any confidence (negatives stay clean), with the configuration in
+fixtures/pyproject.toml (which opts into NL005)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from helpers import FIXTURES, ROOT, fix_all, fixture_files, lint, markers
 
 def _check_fixtures():
     proc = subprocess.run(
-        [sys.executable, "-m", "nanlint", "check", "--output-format", "json", "fixtures"],
+        [sys.executable, "-m", "nanlint", "check", "--output-format", "json", "--min-confidence", "low",
+         "fixtures"],
         cwd=ROOT, capture_output=True, text=True,
     )
     assert proc.returncode in (0, 1), proc.stderr
@@ -29,7 +31,7 @@ def test_fixture_markers_match_findings_exactly():
     findings = _check_fixtures()
     got = defaultdict(set)
     for f in findings:
-        got[f["path"].replace("\\", "/")].add((f["line"], f["code"]))
+        got[f["path"].replace("\\", "/")].add((f["line"], f["code"], f["confidence"]))
     expected = {}
     # fixtures/models/: the `nanlint confirm` models (tests/test_confirm.py)
     for path in fixture_files() + sorted(FIXTURES.glob("models/*.py")):

@@ -3,7 +3,8 @@ origin, gradient, consumers), computed lazily for the expressions rules ask
 about. Data flows one way: files -> parse -> analysis -> rules -> findings.
 
 - ``scopes``: bindings, scopes, parents and source order of one module;
-- ``values``: :class:`Facts`, the queries rules make.
+- ``values``: :class:`Facts`, the queries rules make;
+- ``masks``: which rows a mask fill can blank, and where a filled tensor goes.
 """
 
 from .values import ACTIVATION, HALF, HOST, INTEGER, UNKNOWN, WIDE, Facts

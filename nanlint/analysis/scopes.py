@@ -24,6 +24,8 @@ import libcst as cst
 from ..engine import iter_tree
 
 SCOPE_NODES = (cst.Module, cst.ClassDef, cst.FunctionDef)
+# bindings made by a statement whose own value is read before the name is bound
+_STATEMENT_KINDS = frozenset({"assign", "augassign", "walrus"})
 
 
 @dataclass(frozen=True)
@@ -171,7 +173,10 @@ class Scopes:
             found = table.get(name.value)
             if found:
                 if isinstance(scope, cst.FunctionDef) and first:
-                    before = [b for b in found if b.order < where]
+                    # `x = f(x)`: the read inside the statement sees the binding before it
+                    inside = set(self.ancestors(name))
+                    before = [b for b in found if b.order < where
+                              and not (b.kind in _STATEMENT_KINDS and b.node in inside)]
                     if before:
                         return list(reversed(before))
                     params = [b for b in found if b.kind == "param"]
@@ -195,11 +200,28 @@ class Scopes:
         return up
 
     def reads_of(self, binding: Binding, scope: Optional[cst.CSTNode] = None) -> List[cst.Name]:
-        """Reads of the binding's name after it, in the scope it was bound in."""
+        """Reads of the binding's name after it, in the scope it was bound in: not
+        those in its own statement (``x = f(x)`` reads the binding before), and
+        in a function not those after the name is bound again (but those in the
+        value of that rebinding: ``x = x.view(...)`` reads this one)."""
         scope = scope if scope is not None else self.scope_of.get(binding.node)
         if scope is None:
             return []
-        return [n for n in self.reads.get(scope, {}).get(binding.name, []) if self.order[n] > binding.order]
+        later = [b for b in self.bindings.get(scope, {}).get(binding.name, [])
+                 if b.order > binding.order and b.kind in _STATEMENT_KINDS]
+        until = min(later, key=lambda b: b.order) if later and isinstance(scope, cst.FunctionDef) else None
+        out = []
+        for n in self.reads.get(scope, {}).get(binding.name, []):
+            if self.order[n] <= binding.order:
+                continue
+            if binding.kind in _STATEMENT_KINDS or until is not None:
+                ups = set(self.ancestors(n))
+                if binding.kind in _STATEMENT_KINDS and binding.node in ups:
+                    continue
+                if until is not None and self.order[n] > until.order and until.node not in ups:
+                    continue
+            out.append(n)
+        return out
 
     def self_attribute(self, node: cst.Attribute) -> List[Tuple[cst.CSTNode, Optional[cst.BaseExpression]]]:
         """Every ``self.<attr> = value`` in the class around a ``self.<attr>`` read."""

@@ -65,3 +65,169 @@ def test_fix_safety_follows_the_filled_expression():
     assert unsafe.fix.applicability == "unsafe"
     [none] = lint("import torch\ns = self.proj(x).masked_fill(m, float('-inf'))\n", ["NL003"])
     assert none.fix is None  # the fix would run the projection twice
+
+
+# -- confidence: what a user sees by default ------------------------------------------------
+import json  # noqa: E402
+import subprocess  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+def check(tmp_path, source, minimum="low"):
+    """(line, confidence) of NL003 as `nanlint check` reports them, run as users run it."""
+    path = tmp_path / "model.py"
+    path.write_text(source, encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, "-m", "nanlint", "check", "--no-cache", "--select", "NL003", "--min-confidence", minimum,
+         "--output-format", "json", "--exit-zero", str(path)],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return [(f["line"], f["confidence"]) for f in json.loads(proc.stdout)]
+
+
+# masks that cannot blank a row by themselves: (the mask's construction, the fill line)
+STRUCTURAL = {
+    "causal buffer": ("    keep = torch.tril(torch.ones(n, n))\n", "    s = s.masked_fill(keep == 0, float('-inf'))\n"),
+    "strict upper": ("    up = torch.ones(n, n, dtype=torch.bool).triu(1)\n", "    s = s.masked_fill(up, -math.inf)\n"),
+    "inverted lower": ("    keep = torch.ones(n, n).tril().bool()\n", "    s = s.masked_fill(~keep, -math.inf)\n"),
+    "index grid": ("    i = torch.arange(n)\n", "    s = torch.where(i[:, None] >= i[None, :], s, float('-inf'))\n"),
+    "meshgrid": ("    x, y = torch.meshgrid(torch.arange(n), torch.arange(n), indexing='xy')\n",
+                 "    s = torch.where(x <= y, s, float('-inf'))\n"),
+    "top-k": ("    v, _ = torch.topk(s, 5)\n", "    s[s < v[:, [-1]]] = -float('inf')\n"),
+    "min-p": ("    top = s.softmax(-1).amax(-1, keepdim=True)\n",
+              "    s = s.masked_fill(s.softmax(-1) < 0.1 * top, -math.inf)\n"),
+    "top-p": ("    drop = s.sort(-1)[0].softmax(-1).cumsum(-1) > 0.9\n    drop[..., 0] = False\n",
+              "    s = s.masked_fill(drop, -math.inf)\n"),
+    "one column": ("", "    s[:, eos] = -math.inf\n"),
+    "a slice of columns": ("", "    s[:, : eos] = -math.inf\n"),
+    "after a slice": ("", "    s[1:][same] = -math.inf\n"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STRUCTURAL))
+def test_a_mask_that_keeps_an_entry_of_every_row_is_never_shown_by_default(tmp_path, name):
+    make, fill = STRUCTURAL[name]
+    head = "import math\nimport torch\ndef f(s, n, eos, same):\n" + make + fill
+    line = head.count("\n")
+    # normalised right here: nothing can blank the kept entry, no finding at any confidence
+    # (`s[1:][m]` keeps row 0 only along the first dimension: low whichever is normalised)
+    here = [(line, "low")] if name == "after a slice" else []
+    assert check(tmp_path, head + "    return torch.softmax(s, dim=-1)\n") == here
+    # returned: another mask may be added elsewhere -- low, never shown by default
+    assert check(tmp_path, head + "    return s\n") == [(line, "low")]
+    assert check(tmp_path, head + "    return s\n", "medium") == []
+
+
+@pytest.mark.parametrize("name", sorted(STRUCTURAL))
+def test_look_alikes_that_can_blank_a_row_are_not_excused(tmp_path, name):
+    """The same fills with the structure broken: the diagonal masked, `<=` a top value
+    (the top entry goes too), a whole row indexed: a data mask again (medium)."""
+    broken = {
+        "causal buffer": ("    keep = torch.tril(torch.ones(n, n), diagonal=-1)\n", None),
+        "strict upper": ("    up = torch.ones(n, n, dtype=torch.bool).triu(0)\n", None),
+        "inverted lower": ("    keep = torch.ones(n, n).tril(-1).bool()\n", None),
+        "index grid": (None, "    s = torch.where(i[:, None] > i[None, :], s, float('-inf'))\n"),
+        "meshgrid": ("    x, y = torch.meshgrid(torch.arange(n), torch.arange(m), indexing='xy')\n", None),
+        "top-k": (None, "    s[s <= v[:, [0]]] = -float('inf')\n"),
+        "min-p": (None, "    s = s.masked_fill(s.softmax(-1) <= top, -math.inf)\n"),
+        "top-p": ("    drop = s.sort(-1)[0].softmax(-1).cumsum(-1) > 0.9\n", None),
+        "one column": (None, "    s[eos, :] = -math.inf\n"),
+        "a slice of columns": (None, "    s[: eos, :] = -math.inf\n"),
+        "after a slice": (None, "    s[:][same] = -math.inf\n"),
+    }[name]
+    make, fill = STRUCTURAL[name]
+    make = broken[0] if broken[0] is not None else make
+    fill = broken[1] if broken[1] is not None else fill
+    head = "import math\nimport torch\ndef f(s, n, m, eos, same):\n" + make + fill
+    line = head.count("\n")
+    assert check(tmp_path, head + "    return torch.softmax(s, dim=-1)\n") == [(line, "medium")]
+
+
+@pytest.mark.parametrize("op,diagonal,filled", [
+    ("triu", "", True), ("triu", ", diagonal=0", True), ("triu", ", diagonal=-1", True),
+    ("triu", ", diagonal=1", False), ("triu", ", 2", False),
+    ("tril", "", True), ("tril", ", diagonal=1", True), ("tril", ", diagonal=-1", False),
+])
+def test_a_triangle_of_minus_inf_that_keeps_the_diagonal_filled_is_high(tmp_path, op, diagonal, filled):
+    src = f"import torch\ndef mask(n):\n    return torch.{op}(torch.full((n, n), float('-inf')){diagonal})\n"
+    assert check(tmp_path, src) == [(3, "high" if filled else "low")]
+
+
+def test_overflowing_literal_is_high_and_only_where_half_can_reach(tmp_path):
+    src = (
+        "import torch\n"
+        "def f(scores, pad, ids, q):\n"
+        "    a = scores.masked_fill(pad, -1e9)\n"                # may be float16: raises
+        "    wide = q.float()\n"
+        "    wide = wide.masked_fill(pad, -1e9)\n"                # float32: representable
+        "    tokens = ids.long()\n"
+        "    tokens[pad] = 128000\n"                              # integer tensor: a token id
+        "    ids[pad] = 128000\n"                                 # maybe integers: low
+        "    return a, wide, tokens, ids\n"
+    )
+    assert check(tmp_path, src) == [(3, "high"), (8, "low")]
+    assert check(tmp_path, src, "high") == [(3, "high")]
+
+
+def test_padding_mask_is_medium_and_a_mask_product_high(tmp_path):
+    src = (
+        "import torch\n"
+        "def f(scores, key_padding_mask):\n"
+        "    scores = scores.masked_fill(key_padding_mask[:, None, None, :], float('-inf'))\n"
+        "    bias = (1.0 - key_padding_mask.to(scores.dtype)) * -float('inf')\n"
+        "    return torch.softmax(scores + bias, dim=-1)\n"
+    )
+    assert check(tmp_path, src) == [(3, "medium"), (4, "high")]
+    assert check(tmp_path, src, "high") == [(4, "high")]
+
+
+def test_in_place_fill_read_only_by_a_selection_is_clean():
+    src = (
+        "import torch\n"
+        "def align(attn, src_invalid):\n"
+        "    attn[:, src_invalid] = float('-inf')\n"
+        "    _, best = attn.max(dim=1)\n"
+        "    return best\n"
+        "def route(scores, keep):\n"
+        "    scores.masked_fill_(~keep, float('-inf'))\n"
+        "    return scores.topk(2).indices\n"
+    )
+    assert codes(src) == []
+    # a later reassignment starts a new value: its reads do not count for the fill
+    src = (
+        "import torch\n"
+        "def f(scores, keep):\n"
+        "    scores.masked_fill_(~keep, float('-inf'))\n"
+        "    best = scores.argmax(-1)\n"
+        "    scores = scores.softmax(-1)\n"
+        "    return scores, best\n"
+    )
+    assert codes(src) == [3]
+
+
+def test_a_name_read_in_its_own_assignment_sees_the_value_before():
+    """`scores = scores.masked_fill(...)` reads the float32 `scores` bound before it."""
+    src = (
+        "import torch\n"
+        "def f(q, pad):\n"
+        "    scores = q.float()\n"
+        "    scores = scores.masked_fill(pad, -1e9)\n"
+        "    return scores.softmax(-1)\n"
+    )
+    assert codes(src) == []
+
+
+def test_a_row_or_a_shifted_grid_is_not_a_causal_mask():
+    src = (
+        "import torch\n"
+        "def f(s, n):\n"
+        "    keep = torch.tril(torch.ones(n, n))\n"
+        "    i = torch.arange(n)\n"
+        "    a = s.masked_fill(keep[1:] == 0, float('-inf')).softmax(-1)\n"
+        "    b = torch.where(i[1:, None] >= i[None, :], s, float('-inf')).softmax(-1)\n"
+        "    c = s.masked_fill(keep[:, :, :n, :n] == 0, float('-inf')).softmax(-1)\n"
+        "    return a, b, c\n"
+    )
+    assert codes(src) == [5, 6]

@@ -31,10 +31,13 @@ def test_quiet_where_nl003_reports():
         "    a = scores.masked_fill(mask, 1e9)\n"
         "    b = torch.where(mask, scores, -1e9)\n"
         "    scores[mask] = -1e9\n"
-        "    return a + b + (1 - mask.float()) * -1e9\n"
+        "    return a + b + (1 - mask.to(scores.dtype)) * -1e9\n"
     )
     assert lint(src, ["NL108"]) == []
     assert len(lint(src, ["NL003"])) == 4
+    # a mask product known to be float32 holds -1e9: neither rule reports it
+    wide = "import torch\ndef f(mask):\n    return (1 - mask.float()) * -1e9\n"
+    assert lint(wide, ["NL108"]) == lint(wide, ["NL003"]) == []
 
 
 def test_integer_literal_needs_a_floating_tensor():
