@@ -14,7 +14,9 @@ from nanlint.registry import all_rules
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
-MARKER_RE = re.compile(r"#\s*expect:\s*(?P<codes>NL\d{3}(?:\s*,\s*NL\d{3})*)")
+# `# expect: NL104` (shown by default) or `# expect: NL104 (medium)` (reported at that confidence)
+_CODE = r"NL\d{3}(?:\s*\((?:high|medium|low)\))?"
+MARKER_RE = re.compile(rf"#\s*expect:\s*(?P<codes>{_CODE}(?:\s*,\s*{_CODE})*)")
 
 
 def lint(source: str, codes: Optional[Sequence[str]] = None, dtypes: Sequence[str] = ("float16",),
@@ -40,13 +42,20 @@ def fix_all(source: str, codes: Sequence[str], rounds: int = 5, **kw) -> str:
     return source
 
 
-def markers(path: Path) -> Set[Tuple[int, str]]:
-    out = set()
+def markers(path: Path, confidence: Optional[str] = "high") -> Set[Tuple[int, str]]:
+    """(line, code) of the markers expecting that confidence (a bare marker
+    means "high"); every marker when ``confidence`` is None."""
+    return {(n, code) for (n, code), level in confidence_markers(path).items() if confidence in (None, level)}
+
+
+def confidence_markers(path: Path) -> Dict[Tuple[int, str], str]:
+    """(line, code) -> the confidence a marker expects."""
+    out = {}
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         m = MARKER_RE.search(line)
         if m:
-            for code in re.findall(r"NL\d{3}", m.group("codes")):
-                out.add((number, code))
+            for code, level in re.findall(r"(NL\d{3})(?:\s*\((\w+)\))?", m.group("codes")):
+                out[(number, code)] = level or "high"
     return out
 
 
