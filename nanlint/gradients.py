@@ -6,7 +6,7 @@ NL109 where-nan-grad).
 from __future__ import annotations
 
 import re
-from typing import Dict, Iterator, List, Optional, Set, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import libcst as cst
 
