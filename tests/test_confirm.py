@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -61,7 +62,7 @@ HAS_MPS = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_av
 
 def _marker_line(path: Path, marker: str) -> int:
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.rstrip().endswith(marker):
+        if re.search(rf"{re.escape(marker)}(?: \((?:high|medium|low)\))?$", line.rstrip()):  # `(medium)`: its confidence
             return number
     raise AssertionError(f"no line ending in `{marker}` in {path}")
 
