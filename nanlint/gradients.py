@@ -6,11 +6,12 @@ NL109 where-nan-grad).
 from __future__ import annotations
 
 import re
-from typing import Dict, Iterator, List, Optional, Set, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import libcst as cst
 
-from .engine import children, subtree
+from .analysis import HOST, INTEGER
+from .engine import children, iter_tree, subtree
 from .finding import SAFE
 from .patterns import look_through, arg, is_method_call, is_reference, number, subject, torch_op
 from .rule import Context
@@ -278,43 +279,50 @@ NOGRAD_OPS = frozenset(
     | LOGIC_OPS
 )
 _REDUCTIONS = frozenset({"sum", "mean", "cumsum", "amax", "amin", "max", "min", "prod", "float", "double", "half", "to", "type_as"})
-_DATA_FILE = re.compile(
-    r"^(?:feature_extraction|image_processing|video_processing|processing|preprocess(?:ing)?|"
-    r"postprocess(?:ing)?|metrics?|evaluat(?:e|ion)|audio_utils)(?:_|\.|$)"
-)
 
 
-# functions that compute features, metrics or post-processing: no gradient flows
-_NO_GRAD_FUNCTION = re.compile(
-    r"extract\w*features?|^_?(?:pre|post)_?process|(?:^|_)metrics?(?:_|$)|^_?compute_metrics", re.IGNORECASE
-)
+# ops that cut a tensor into pieces: each piece carries what the tensor carries
+_PARTS = frozenset({"split", "chunk", "unbind", "tensor_split"})
 
 
-def data_pipeline_file(path: str) -> bool:
-    """A preprocessing/metrics module (``feature_extraction_*.py``,
-    ``processing_*.py``, ``metrics.py``): no gradient flows there."""
-    name = path.replace("\\", "/").rsplit("/", 1)[-1]
-    return bool(_DATA_FILE.match(name))
-
-
-def no_grad_value(ctx, node: cst.BaseExpression, lookup, depth: int = 0) -> bool:
-    """Proved to carry no gradient: literals, comparisons, counts of a
-    comparison (``(m > 0).sum().float()``), fresh tensors (``torch.randn``),
-    ``.detach()``, ``p.grad``, ``w.data``, and arithmetic of these."""
+def no_grad_value(ctx, node: cst.BaseExpression, depth: int = 0) -> bool:
+    """Proved to carry no gradient: literals and Python numbers, integer
+    tensors, comparisons, counts of a comparison (``(m > 0).sum().float()``),
+    fresh tensors (``torch.randn``, ``torch.arange``), ``.detach()``,
+    ``p.grad``, ``w.data``, and arithmetic of these -- following a name to
+    every assignment that reaches it."""
     if depth > 8:
         return False
     if number(node) is not None:
         return True
-    rec = lambda n: no_grad_value(ctx, n, lookup, depth + 1)  # noqa: E731
+    rec = lambda n: no_grad_value(ctx, n, depth + 1)  # noqa: E731
+    facts = ctx.facts
     if isinstance(node, cst.Comparison):
         return True
+    if facts.dtype(node) in (HOST, INTEGER):
+        return True
     if isinstance(node, cst.Name):
-        value = lookup(node.value)
-        return value is not None and rec(value)
+        inside = set(facts.scopes.ancestors(node))
+        bindings = [b for b in facts.scopes.reaching(node) if b.node not in inside]
+        if not all(rec(value) for value in _written_into(facts, node)):
+            return False
+        # the nearest binding decides (as everywhere in the analysis); an
+        # augmented assignment adds its operand to the one before it
+        for b in bindings:
+            if b.kind == "augassign":
+                if not rec(b.node.value):
+                    return False
+                continue
+            if b.kind in ("assign", "walrus") and b.value is not None:
+                return rec(b.value)
+            return b.kind == "for" and _element_of(b, node.value, rec)
+        return False
     if isinstance(node, cst.UnaryOperation):
         return rec(node.expression)
     if isinstance(node, cst.BinaryOperation):
         return rec(node.left) and rec(node.right)
+    if isinstance(node, cst.IfExp):
+        return rec(node.body) and rec(node.orelse)
     if isinstance(node, cst.Subscript):
         return rec(node.value)
     if isinstance(node, cst.Attribute) and node.attr.value in ("grad", "data"):
@@ -325,10 +333,52 @@ def no_grad_value(ctx, node: cst.BaseExpression, lookup, depth: int = 0) -> bool
             return False
         if op in NOGRAD_OPS:
             return not any(a.keyword is not None and a.keyword.value == "requires_grad" for a in node.args)
-        if op in _REDUCTIONS or op in PASS_THROUGH:
+        if op in _REDUCTIONS or op in _PARTS or op in PASS_THROUGH:
             inner = subject(ctx, node)
             return inner is not None and rec(inner)
+        # any other torch op of inputs that carry no gradient has none either
+        inputs = [a.value for a in node.args if not a.star]
+        if is_method_call(ctx, node):
+            inputs.append(node.func.value)  # type: ignore[union-attr]
+        return bool(inputs) and all(rec(i) for i in inputs)
     return False
+
+
+def _element_of(binding, name: str, rec) -> bool:
+    """A loop variable carries no gradient: ``for x in xs`` when ``xs`` does
+    not, ``for a, b in zip(xs, ys)`` when the matching iterable does not."""
+    target = binding.node.target
+    iterable = binding.value
+    if isinstance(target, cst.Name):
+        return rec(iterable)
+    if not isinstance(target, (cst.Tuple, cst.List)):
+        return False
+    names = [e.value.value if isinstance(e.value, cst.Name) else None for e in target.elements]
+    if name not in names or not (isinstance(iterable, cst.Call) and isinstance(iterable.func, cst.Name)
+                                 and iterable.func.value == "zip"):
+        return False
+    args = [a.value for a in iterable.args if not a.star]
+    position = names.index(name)
+    return position < len(args) and rec(args[position])
+
+
+def _written_into(facts, name: cst.Name) -> List[cst.BaseExpression]:
+    """The values written into the tensor a name holds, in its function:
+    ``name[i] = v``, ``name[i] += v``, ``name += v``."""
+    scope = facts.scopes.enclosing_function(name) or facts.scopes.module
+    out: List[cst.BaseExpression] = []
+    for n, _ in iter_tree(scope):
+        if isinstance(n, cst.AugAssign):
+            target = n.target
+        elif isinstance(n, cst.Assign) and len(n.targets) == 1 and isinstance(n.targets[0].target, cst.Subscript):
+            target = n.targets[0].target
+        else:
+            continue
+        while isinstance(target, cst.Subscript):
+            target = target.value
+        if isinstance(target, cst.Name) and target.value == name.value:
+            out.append(n.value)
+    return out
 
 
 class _Scopes:
@@ -377,24 +427,16 @@ class _Scopes:
 
 
 class ScopeTracking:
-    """Mixin: keeps ``self.scopes`` (single assignments per function) and
-    ``self.no_grad`` (depth of `torch.no_grad()`/`inference_mode()` code)."""
+    """Mixin: keeps ``self.scopes`` (single assignments per function)."""
 
     def _init_tracking(self) -> None:
         self.scopes = _Scopes()
-        self.no_grad = 0
-        self._no_grad_nodes: Set[int] = set()
 
     def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
         self.scopes.push(node.params)
-        if _NO_GRAD_FUNCTION.search(node.name.value) or any(self._is_no_grad(d.decorator) for d in node.decorators):
-            self.no_grad += 1
-            self._no_grad_nodes.add(id(node))
 
     def leave_FunctionDef(self, node: cst.FunctionDef) -> None:
         self.scopes.pop()
-        if id(node) in self._no_grad_nodes:
-            self.no_grad -= 1
 
     def visit_ClassDef(self, node: cst.ClassDef) -> None:
         self.scopes.push()
@@ -403,16 +445,9 @@ class ScopeTracking:
         self.scopes.pop()
 
     def visit_With(self, node: cst.With) -> None:
-        if any(self._is_no_grad(item.item) for item in node.items):
-            self.no_grad += 1
-            self._no_grad_nodes.add(id(node))
         for item in node.items:
             if item.asname is not None:
                 self.scopes.bind(item.asname.name, None)  # type: ignore[arg-type]
-
-    def leave_With(self, node: cst.With) -> None:
-        if id(node) in self._no_grad_nodes:
-            self.no_grad -= 1
 
     def leave_Assign(self, node: cst.Assign) -> None:
         for t in node.targets:
@@ -429,23 +464,3 @@ class ScopeTracking:
 
     def visit_NamedExpr(self, node: cst.NamedExpr) -> None:
         self.scopes.bind(node.target, None)
-
-    def _is_no_grad(self, node: cst.BaseExpression) -> bool:
-        call = node
-        if isinstance(node, cst.Call):
-            call = node.func
-            if self._grad_disabled_call(node):
-                return True
-        qualified = self.ctx.resolve(call)  # type: ignore[attr-defined]
-        name = qualified or (call.attr.value if isinstance(call, cst.Attribute) else call.value if isinstance(call, cst.Name) else "")
-        return name.rsplit(".", 1)[-1] in ("no_grad", "inference_mode")
-
-    def _grad_disabled_call(self, call: cst.Call) -> bool:
-        func = call.func
-        name = func.attr.value if isinstance(func, cst.Attribute) else func.value if isinstance(func, cst.Name) else ""
-        if name != "set_grad_enabled" or len(call.args) != 1:
-            return False
-        value = call.args[0].value
-        return isinstance(value, cst.Name) and value.value == "False"
-
-

@@ -8,7 +8,7 @@ import libcst as cst
 
 from nanlint.engine import children
 
-from nanlint.finding import UNSAFE
+from nanlint.finding import HIGH, LOW, MEDIUM, UNSAFE
 from nanlint.dtypes import fmt
 from nanlint.patterns import calls_in_order, snake_words, arg, is_reference
 from nanlint.rule import FixSpec, Invalid, Rule, Valid
@@ -24,10 +24,14 @@ class MissingGradClip(Rule):
     backward call (`loss.backward()`, `scaler.scale(loss).backward()`,
     `accelerator.backward(loss)`, `fabric.backward(loss)`,
     `torch.autograd.backward(...)`) in the same function, or at module level,
-    with no gradient clipping (`clip_grad_norm_`, `clip_grad_value_`,
-    `accelerator.clip_grad_norm_`, `fabric.clip_gradients`, any call whose name
-    contains `clip` and `grad` or `norm`, or a clamp of a `.grad`) between them
-    on that path.
+    with no gradient clipping between them on that path. Clipping is any
+    call that `nanlint.analysis.safeguards` recognises as one: `clip_grad_norm_`,
+    `clip_grad_value_`, `accelerator.clip_grad_norm_`, `fabric.clip_gradients`,
+    any call whose name contains `clip` and `grad` or `norm`, a clamp of a
+    `.grad`, a call handed a clipping setting (`max_norm=cfg.max_norm`,
+    `gradient_clip_val=...`, not `None`/`0`), and a call of a function of this
+    file that clips, to any depth (`self._clip()` defined in the class or a
+    base class of the file, `clip_all(model)`).
 
     "On that path" is read from the code's structure: statements run in source
     order, inside loops and `if` blocks too; a branch that ends in `return`,
@@ -45,7 +49,21 @@ class MissingGradClip(Rule):
     the same function; `scaler.step(opt)` counts when the receiver is a
     scaler. `scheduler.step()`, `lr_scheduler.step()`, `env.step(action)` and
     `self.step()` are never steps. An optimizer built with its own clipping
-    (`Adafactor`, a `max_grad_norm=`/`clip_*=` argument) is not flagged.
+    (`Adafactor`, a `max_grad_norm=`/`clip_*=` argument, a class of this file
+    whose `step` clips) is not flagged.
+
+    ## Confidence
+    A missing clip is a float16 hazard only where the gradients and weights
+    can be float16, so the confidence is what the training code shows (the
+    class around the step, else its top-level function, and the module's own
+    statements): **high** when a model or tensor is made float16 (`.half()`,
+    `torch.float16`) with no GradScaler: float16 weights take the whole
+    update; **medium** under mixed precision (a GradScaler, a float16
+    autocast, a "16-mixed"/`fp16` setting): the scaler skips the steps whose
+    gradients overflow, so only a large finite spike gets through; **low**
+    when nothing shows float16 (a bfloat16 or float32 loop), or in a
+    benchmark (a file or function named `bench*`/`benchmark*`/`profile*`: a
+    name heuristic, since nothing else tells a timing loop from training).
 
     ## Why is this bad?
     Without clipping, a single outlier batch turns into an update of any size.
@@ -142,6 +160,29 @@ class MissingGradClip(Rule):
                     loss.backward()
                     return loss
                 optimizer.step(closure)
+            """
+        ),
+        Valid(
+            """
+            import torch
+            def clip_all(model):
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            class Base:
+                def _clip(self):
+                    clip_all(self.model)
+            class Trainer(Base):
+                def step(self, loss):
+                    loss.backward()
+                    self._clip()
+                    self.optimizer.step()
+            """
+        ),
+        Valid(
+            """
+            def train(model, loss, optimizer, cfg):
+                loss.backward()
+                sync_gradients(model, max_norm=cfg.max_norm)
+                optimizer.step()
             """
         ),
         Valid(
@@ -286,7 +327,15 @@ class MissingGradClip(Rule):
                 f"batch becomes an unbounded update, and {dtype.name} weights or activations pushed "
                 f"past {fmt(dtype.max)} turn inf (then every loss is NaN); clip_grad_norm_ before the step"
             )
-        self.report(step, message, self._fix(flow, step, state, kind, stmt))
+        safeguards = self.ctx.facts.safeguards
+        precision = "mixed" if kind == "scaler" or state.scaled else safeguards.precision(step)
+        if safeguards.benchmark(step) or precision is None:
+            confidence = LOW  # a timing loop, or nothing shows float16 in this training code
+        elif precision == "mixed":
+            confidence = MEDIUM  # the scaler skips overflowing steps: a large finite spike is needed
+        else:
+            confidence = HIGH  # float16 weights and gradients, no loss-scale guard
+        self.report(step, message, self._fix(flow, step, state, kind, stmt), confidence=confidence)
 
     def _fix(self, flow: "_Flow", step: cst.Call, state: "_State", kind: str, stmt: Optional[cst.SimpleStatementLine]) -> Optional[FixSpec]:
         if stmt is None:
@@ -472,7 +521,7 @@ class _Flow:
         backward = _backward(self.ctx, call)
         if backward is not None:
             return _State(bw=call, scaled=backward == "scaled", via=backward)
-        if _is_clip(call):
+        if self.ctx.facts.safeguards.clips_call(call):
             if state.bw is not None:
                 return _State(clipped=True)
             return state
@@ -506,7 +555,7 @@ class _Flow:
         if any(t.endswith("scaler") for t in tokens) or _is_scaler_factory(self.ctx, built):
             return "scaler" if arg(call, 0, "optimizer") is not None else None
         if _OPT_RE.search(words) or _is_optimizer_factory(self.ctx, built):
-            if _self_clipping(self.ctx, built):
+            if _self_clipping(self.ctx, built) or self.ctx.facts.safeguards.optimizer_clips(built):
                 return None
             return "optimizer"
         return None
@@ -569,49 +618,6 @@ def _backward(ctx, call: cst.Call) -> Optional[str]:
     if method == "manual_backward":
         return "lightning"
     return "plain"
-
-
-_TENSOR_CLAMPS = frozenset({"clamp", "clamp_", "clip", "clip_"})
-
-
-def _is_clip(call: cst.Call) -> bool:
-    """`clip_grad_norm_`, `clip_grad_value_`, `accelerator.clip_grad_norm_`,
-    `fabric.clip_gradients`, `self.clip_gradients`, any helper named like
-    *clip*grad* or *clip*norm*, and `p.grad.clamp_(-1, 1)`."""
-    func = call.func
-    if isinstance(func, cst.Name):
-        name = func.value
-    elif isinstance(func, cst.Attribute):
-        name = func.attr.value
-    else:
-        return False
-    lowered = name.lower()
-    if "clip" in lowered and ("grad" in lowered or "norm" in lowered):
-        return True
-    if lowered in _TENSOR_CLAMPS or lowered in ("mul_", "div_"):
-        target = func.value if isinstance(func, cst.Attribute) else None
-        if target is None and call.args:
-            target = call.args[0].value
-        if target is not None and _mentions_grad(target):
-            if lowered in _TENSOR_CLAMPS:
-                return True
-            # p.grad.mul_(clip_coef): a hand-written norm clip
-            return any("clip" in snake_words(_last_name(a.value) or "") or "coef" in (_last_name(a.value) or "").lower()
-                       for a in call.args)
-    return False
-
-
-def _mentions_grad(node: cst.BaseExpression) -> bool:
-    while isinstance(node, (cst.Attribute, cst.Subscript, cst.Call)):
-        if isinstance(node, cst.Attribute):
-            if node.attr.value == "grad":
-                return True
-            node = node.value
-        elif isinstance(node, cst.Subscript):
-            node = node.value
-        else:
-            node = node.func
-    return False
 
 
 def _callee_name(ctx, call: cst.Call) -> Tuple[Optional[str], Optional[str]]:

@@ -5,12 +5,12 @@ from typing import Optional, Set, Tuple
 
 import libcst as cst
 
-from nanlint.finding import UNSAFE
+from nanlint.finding import HIGH, MEDIUM, UNSAFE
 from nanlint.patterns import arg, is_method_call, is_reference, subject, torch_op
 from nanlint.rule import FixSpec, Invalid, Rule, Valid
 from nanlint.engine import subtree
 from nanlint.gradients import (
-    ScopeTracking, const, data_pipeline_file, guarded_calls, no_grad_value, strip, text,
+    ScopeTracking, const, guarded_calls, no_grad_value, strip, text,
 )
 
 ROOT_OPS = frozenset({"sqrt", "sqrt_"})
@@ -57,11 +57,23 @@ class ZeroGradSqrt(ScopeTracking, Rule):
     (`noise ** 2 + self.sigma ** 2`); values with no gradient (fresh
     `torch.randn(...)`, counts of a comparison) and results read as Python
     numbers (`.item()`); `sqrt(v)` inside a `torch.where` whose condition
-    guards `v` (NL109's); and code where no gradient flows: under
-    `torch.no_grad()`, `torch.inference_mode()` or
-    `torch.set_grad_enabled(False)`, in functions named like feature
-    extraction, pre/post-processing or metrics, and in
-    `feature_extraction_*`/`processing_*`/`metrics` modules.
+    guards `v` (NL109's); and code where no gradient flows
+    (`Facts.grad_flows`): under `torch.no_grad()`, `torch.inference_mode()`
+    or `torch.set_grad_enabled(False)`, in the methods of a class whose
+    `__call__` runs under them (an inference pipeline), in a method of a
+    plain data class that updates its own tensors in place (boxes scaled in
+    place), for a result only read as integers (`.long()`, `floor`), in
+    functions named like feature extraction, pre/post-processing or metrics,
+    and in `feature_extraction_*`/`processing_*`/`metrics` modules.
+
+    ## Confidence
+    **High** for an all-pairs distance (`x[:, None] - y[None]`,
+    `x.unsqueeze(1) - y.unsqueeze(0)`): whenever the two sets share a point
+    (always, for the distances of a set to itself) the diagonal is exactly 0.
+    **Medium** otherwise: a norm of one vector, a distance between two
+    points, `sqrt(re**2 + im**2)`, `1 - c**2` or a variance is exactly 0 only
+    for a zero vector, coincident points, a silent input or a constant row --
+    real, but rare.
 
     ## Why is this bad?
     The derivative of `sqrt(v)` is `1 / (2 sqrt(v))`, which is inf at v = 0,
@@ -124,6 +136,11 @@ class ZeroGradSqrt(ScopeTracking, Rule):
         Valid("import torch\ns = (x ** 2).sum(-1)\nd = torch.where(s > 0, s.sqrt(), 0)\n"),
         Valid("import torch\ns = (x ** 2).sum(-1)\ns = s + 1e-6\nd = s.sqrt()\n"),
         Valid("import torch\ny = torch.sqrt(x)\n"),
+        Valid(
+            "import torch\nclass Boxes:\n    def scale(self, sx, sy):\n        c = torch.cos(self.tensor[:, 4])\n"
+            "        self.tensor[:, 2] *= torch.sqrt((sx * c) ** 2 + (sy * c) ** 2)\n"
+        ),
+        Valid("import torch\nk = torch.sqrt(((a[:, None] - b[None]) ** 2).sum(-1)).long()\n"),
     ]
     invalid = [
         Invalid(
@@ -161,12 +178,9 @@ class ZeroGradSqrt(ScopeTracking, Rule):
         self.guarded: Set[int] = set()
         # square roots whose result is read as a Python number (`.item()`, `float(...)`)
         self.consumed: Set[int] = set()
-        self.data_file = data_pipeline_file(ctx.path)
 
     # -- detection ---------------------------------------------------------------
     def visit_Call(self, node: cst.Call) -> None:
-        if self.no_grad or self.data_file:
-            return
         func = node.func
         if isinstance(func, cst.Attribute) and func.attr.value in _SCALAR_READS and not node.args:
             self.consumed.add(id(strip(self.ctx, func.value)))
@@ -190,7 +204,7 @@ class ZeroGradSqrt(ScopeTracking, Rule):
             self._check(node, x, torch_spelled)
 
     def visit_BinaryOperation(self, node: cst.BinaryOperation) -> None:
-        if self.no_grad or self.data_file or not isinstance(node.operator, cst.Power) or const(node.right) != 0.5:
+        if not isinstance(node.operator, cst.Power) or const(node.right) != 0.5:
             return
         if not _HALF_POWER.search(self.ctx.code(node)):
             return  # an unusual spelling of 1/2: keep in step with the text trigger
@@ -202,11 +216,13 @@ class ZeroGradSqrt(ScopeTracking, Rule):
         form = self._form(x)
         if form is None:
             return
-        if form.operand is not None and no_grad_value(self.ctx, form.operand, self.scopes.lookup):
+        if form.operand is not None and no_grad_value(self.ctx, form.operand):
             return  # `torch.randn(...)`, counts of a comparison: no gradient flows
         if not (torch_spelled or form.tensor):
             return  # `((x1 - x2) ** 2 + ...) ** 0.5` may be Python numbers
         if form.operand is not None and self._scalar(form.operand):
+            return
+        if not self.ctx.facts.grad_flows(node):
             return
         if form.kind == "a variance":
             advice = "use `.std(...)` (gradient 0 on a constant input) or clamp the value inside the root"
@@ -214,12 +230,30 @@ class ZeroGradSqrt(ScopeTracking, Rule):
             advice = "clamp the value inside the root (rounding can also make it negative: NaN)"
         else:
             advice = "use `torch.linalg.vector_norm` (gradient 0 at 0) or clamp the value inside the root"
+        pairwise = form.operand is not None and self._pairwise(form.operand)
+        when = (
+            "an all-pairs distance, which is exactly 0 wherever a point meets itself"
+            if pairwise else "which is exactly 0 for a zero vector, coincident points or a constant row"
+        )
         self.report(
             node,
-            f"square root of {form.kind}, which is exactly 0 at an ordinary input: the derivative "
+            f"square root of {form.kind}, {when}: the derivative "
             f"1/(2*sqrt(v)) is inf at 0 and the chain rule makes the gradient NaN (inf * 0) in every dtype; "
             f"{advice}",
             None if _in_place(node) else self._fix(node, x, form),
+            confidence=HIGH if pairwise else MEDIUM,
+        )
+
+    def _pairwise(self, t: cst.BaseExpression, depth: int = 0) -> bool:
+        """``a[:, None] - b[None, :]`` (or ``unsqueeze``): a difference
+        broadcast over all pairs, read through local names."""
+        t = strip(self.ctx, t)
+        if isinstance(t, cst.Name) and depth < 4:
+            value = self.scopes.lookup(t.value)
+            return value is not None and self._pairwise(value, depth + 1)
+        return (
+            isinstance(t, cst.BinaryOperation) and isinstance(t.operator, cst.Subtract)
+            and _broadcast(t.left) and _broadcast(t.right)
         )
 
     def _form(self, x: cst.BaseExpression, depth: int = 0) -> Optional[Form]:
@@ -414,6 +448,16 @@ class ZeroGradSqrt(ScopeTracking, Rule):
         if keepdim is not None:
             parts.append(f"keepdim={self.ctx.module.code_for_node(keepdim.value)}")
         return f"{torch}.linalg.vector_norm({', '.join(parts)})"
+
+
+def _broadcast(node: cst.BaseExpression) -> bool:
+    """``x[:, None]``, ``x[None]``, ``x.unsqueeze(1)``: a new axis for all pairs."""
+    if isinstance(node, cst.Subscript):
+        return any(
+            isinstance(e.slice, cst.Index) and isinstance(e.slice.value, cst.Name) and e.slice.value.value == "None"
+            for e in node.slice
+        )
+    return isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute) and node.func.attr.value == "unsqueeze"
 
 
 def _in_place(node: cst.CSTNode) -> bool:

@@ -47,6 +47,11 @@ class UnclampedAcos(ScopeTracking, Rule):
     arguments with no sign of being cosine-like, `math.acos`, and an `acos`
     inside a `torch.where` whose condition guards its argument (NL109's).
 
+    Quiet where no gradient flows (`Facts.grad_flows`: `no_grad` code, the
+    methods of a class whose `__call__` runs under `no_grad` such as an
+    inference pipeline, results read as integers): the infinite derivative
+    is never taken there.
+
     ## Why is this bad?
     Normalised vectors are unit length only up to rounding: measured on torch
     2.13 with 1000 random 64-d vectors, `(a * a).sum(-1)` after `F.normalize`
@@ -156,7 +161,7 @@ class UnclampedAcos(ScopeTracking, Rule):
         if f is None or id(node) in self.guarded:
             return
         x = subject(self.ctx, node)
-        if x is None:
+        if x is None or not self.ctx.facts.grad_flows(node):
             return
         clamp = self._clamp(x)
         if clamp is not None:

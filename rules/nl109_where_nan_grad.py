@@ -6,7 +6,7 @@ from typing import Dict, Iterator, List, Optional, Set, Tuple
 import libcst as cst
 
 from nanlint.engine import children, subtree
-from nanlint.finding import SAFE
+from nanlint.finding import HIGH, MEDIUM, SAFE
 from nanlint.patterns import arg, is_method_call, is_reference, number, subject, torch_op
 from nanlint.rule import FixSpec, Invalid, Rule, Valid
 from nanlint.gradients import (
@@ -16,7 +16,6 @@ from nanlint.gradients import (
     strip,
     text,
     guarded_calls,
-    data_pipeline_file,
     no_grad_value,
     ScopeTracking,
 )
@@ -39,9 +38,18 @@ class WhereNanGrad(ScopeTracking, Rule):
     applied outside the `where` (`torch.sqrt(torch.where(x > 0, x, 1))`, the
     correct form), operands that carry no gradient (counts of a comparison,
     `(m > 0).sum().float()`; fresh `torch.rand(...)`), and code where no
-    gradient flows: under `torch.no_grad()` / `torch.inference_mode()`, in
-    functions named like feature extraction, pre/post-processing or metrics,
-    and in `feature_extraction_*`/`processing_*`/`metrics` modules.
+    gradient flows (`Facts.grad_flows`): under `torch.no_grad()` /
+    `torch.inference_mode()`, in the methods of a class whose `__call__` runs
+    under them (an inference pipeline), in functions named like feature
+    extraction, pre/post-processing or metrics, and in
+    `feature_extraction_*`/`processing_*`/`metrics` modules.
+
+    ## Confidence
+    **High** when the guarded value carries a gradient (an activation: values
+    at the avoided point are ordinary); **medium** when it carries none (a
+    count or a mask sum built from fresh tensors, followed through loops,
+    `zip`, `split` and in-place accumulation): it reaches the avoided point
+    only for an empty window or an all-padding row.
 
     ## Why is this bad?
     `torch.where` selects values, but autograd still differentiates both
@@ -131,7 +139,6 @@ class WhereNanGrad(ScopeTracking, Rule):
         self.statement: Optional[cst.SimpleStatementLine] = None
         self.barriers = 0
         self.taken: Set[str] = set()
-        self.data_file = data_pipeline_file(ctx.path)
 
     def visit_SimpleStatementLine(self, node: cst.SimpleStatementLine) -> None:
         self.statement = node
@@ -152,13 +159,11 @@ class WhereNanGrad(ScopeTracking, Rule):
     leave_IfExp = leave_BooleanOperation = _leave_barrier
 
     def visit_Call(self, node: cst.Call) -> None:
-        if self.no_grad or self.data_file:
-            return
         guarded = [
             g for g in guarded_calls(self.ctx, node, self.scopes.lookup)
-            if not all(no_grad_value(self.ctx, leaf, self.scopes.lookup) for leaf in _leaves(self.ctx, g[0]))
+            if not all(no_grad_value(self.ctx, leaf) for leaf in _leaves(self.ctx, g[0]))
         ]
-        if not guarded:
+        if not guarded or not self.ctx.facts.grad_flows(node):
             return
         first, f, x, _ = guarded[0]
         spelled = _SPACES.sub(" ", self.ctx.code(first).strip())
@@ -169,12 +174,17 @@ class WhereNanGrad(ScopeTracking, Rule):
         cond_text = _SPACES.sub(" ", self.ctx.code(cond.value).strip())
         if len(cond_text) > 40:
             cond_text = cond_text[:37] + "..."
+        # a guarded value with no gradient of its own (a count, a mask sum) reaches the
+        # avoided point only for an empty window or an all-padding row
+        rare = no_grad_value(self.ctx, x)
         self.report(
             node,
             f"`torch.where({cond_text}, ...)` masks `{spelled}` but autograd still differentiates it in the "
-            f"masked lanes, where its derivative is inf/NaN at the point the condition avoids: 0 * inf = NaN "
+            f"masked lanes, where its derivative is inf/NaN at the point the condition avoids"
+            f"{' (here a count: 0 for an empty or all-padding row)' if rare else ''}: 0 * inf = NaN "
             f"in the gradient; evaluate `{f}` on a value made safe by a first `where`",
             self._fix(node, guarded),
+            confidence=MEDIUM if rare else HIGH,
         )
 
     def _fix(self, where: cst.Call, guarded) -> Optional[FixSpec]:

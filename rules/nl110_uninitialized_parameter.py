@@ -6,6 +6,7 @@ from typing import Dict, List, Optional, Set, Tuple
 
 import libcst as cst
 
+from nanlint.finding import HIGH, LOW
 from nanlint.dtypes import fmt
 from nanlint.patterns import last_name, name_chain, arg, number
 from nanlint.resolve import dotted_name
@@ -105,7 +106,8 @@ class UninitializedParameter(Rule):
     (`self.w.normal_()`, `.uniform_()`, `.zero_()`, `.fill_()`, `.copy_()`,
     `.data.xxx_()`, also under `torch.no_grad()`); an assignment
     `self.w.data = ...` or `self.w[...] = ...`; a loop that initialises every
-    element of it (`for p in self.ws: nn.init.normal_(p)`); a
+    element of it (`for p in self.ws: nn.init.normal_(p)`), also by element
+    (`self.ws.append(nn.Parameter(...))` then `nn.init.uniform_(self.ws[i])`); a
     `reset_parameters` / `_reset_parameters` / `init_weights` /
     `_init_weights` (and similar) method of the class or of a base class in
     the file -- the whole class when that method is generic (iterates
@@ -129,6 +131,13 @@ class UninitializedParameter(Rule):
     is a parameter or `skip_init` module that a function returns (a factory:
     its caller initialises it), nor a parameter made by a helper method of a
     class that has an init hook.
+
+    ## Confidence
+    **High**, except in a class whose weights come from a checkpoint
+    (`nanlint.analysis.safeguards`: a transformers `*PreTrainedModel` or
+    diffusers `ModelMixin` subclass, or a layer built only inside such
+    classes in the file): **low**, since only a model trained from scratch
+    keeps the memory as it was.
 
     ## Why is this bad?
     `torch.empty` returns whatever bytes were in that memory. Reinterpreted as
@@ -463,7 +472,10 @@ class UninitializedParameter(Rule):
                 if c.local is not None and c.local in c.frame.local_inits:
                     continue
             self.reported.add(id(c.node))
-            self.report(c.node, self._message(c))
+            cls_node = self.ctx.facts.scopes.enclosing_class(c.node)
+            loaded = cls_node is not None and self.ctx.facts.safeguards.checkpoint_loaded(cls_node)
+            # a checkpoint's loader fills it, unless the model is trained from scratch
+            self.report(c.node, self._message(c), confidence=LOW if loaded else HIGH)
 
     def _foreign(self, c: _Creation) -> bool:
         """`weight` initialised as `m.weight` (any module), or as `self.child.weight` in
@@ -599,6 +611,10 @@ class UninitializedParameter(Rule):
         if last is None:
             return
         receiver = node.func.value if isinstance(node.func, cst.Attribute) and qualified is None else None
+        if last in ("append", "extend", "insert") and receiver is not None:
+            chain = name_chain(receiver)
+            if len(chain) == 2 and chain[0] == "self":
+                self._registers.append((node, chain[1]))  # self.ws.append(nn.Parameter(...))
         if last in ("register_parameter", "setattr"):
             name_arg = arg(node, 1 if last == "setattr" else 0, "name")
             if name_arg is not None and isinstance(name_arg.value, cst.SimpleString):

@@ -33,6 +33,8 @@ import libcst as cst
 
 from ..patterns import arg, number, subject, torch_op, value_facts, is_method_call, NONPOS, UPPER
 from ..resolve import dotted_name
+from ..engine import iter_tree
+from .safeguards import Safeguards
 from .scopes import Binding, Scopes
 
 HALF = "half"
@@ -89,6 +91,16 @@ _HOST_MODULES = ("math", "numpy", "np", "random", "scipy")
 
 _FP32_DECORATORS = re.compile(r"(force_fp32|float32_region|no_autocast|disable_autocast)")
 _NO_GRAD = frozenset({"no_grad", "inference_mode"})
+#: reads that leave autograd: integer casts, rounding, Python numbers
+_NUMBER_READS = frozenset({"long", "int", "floor", "ceil", "round", "trunc", "item", "tolist", "numpy", "argmax", "argmin"})
+#: preprocessing/metrics modules and functions (a name heuristic: no gradient flows there)
+_DATA_FILE = re.compile(
+    r"^(?:feature_extraction|image_processing|video_processing|processing|preprocess(?:ing)?|"
+    r"postprocess(?:ing)?|metrics?|evaluat(?:e|ion)|audio_utils)(?:_|\.|$)"
+)
+_NO_GRAD_FUNCTION = re.compile(
+    r"extract\w*features?|^_?(?:pre|post)_?process|(?:^|_)metrics?(?:_|$)|^_?compute_metrics", re.IGNORECASE
+)
 _MODULE_BASE = re.compile(
     r"(^|\.)(Module|ModuleList|Sequential|PreTrainedModel|ModelMixin|LightningModule|"
     r"\w*(Layer|Block|Attention|Model|Net|Encoder|Decoder|Head|Embedding|Transformer|MLP))$"
@@ -103,6 +115,14 @@ class Facts:
         self.scopes = Scopes(ctx.module)
         self._dtype: Dict[cst.CSTNode, str] = {}
         self._module_class: Dict[cst.ClassDef, bool] = {}
+        self._safeguards: Optional[Safeguards] = None
+
+    @property
+    def safeguards(self) -> Safeguards:
+        """Safeguards that live elsewhere (clipping helpers, checkpoints...)."""
+        if self._safeguards is None:
+            self._safeguards = Safeguards(self)
+        return self._safeguards
 
     # -- dtype ---------------------------------------------------------------
     def dtype(self, node: cst.BaseExpression, depth: int = 0) -> str:
@@ -407,17 +427,63 @@ class Facts:
     # -- gradients ----------------------------------------------------------
     def grad_flows(self, node: cst.CSTNode) -> bool:
         """False where no gradient can flow: inside ``with torch.no_grad()`` /
-        ``inference_mode()``, or a function decorated with them."""
+        ``inference_mode()``, or a function decorated with them; in a method
+        of a class whose ``__call__`` runs without gradients (an inference
+        pipeline); in a method of a plain data class (not a module, no
+        ``forward``/``__call__``) that updates its own tensors in place (boxes
+        scaled in place); when the value is only read as integers or Python
+        numbers (``.long()``, ``floor``, ``round``, ``.item()``); and -- a name
+        heuristic where nothing else decides -- in functions named like
+        feature extraction, pre/post-processing or metrics and in
+        ``feature_extraction_*``/``processing_*``/``metrics`` modules."""
+        if _DATA_FILE.match(self.ctx.path.replace("\\", "/").rsplit("/", 1)[-1]):
+            return False
         for up in self.scopes.ancestors(node):
             if isinstance(up, cst.With):
                 for item in up.items:
                     if self._no_grad(item.item):
                         return False
             elif isinstance(up, cst.FunctionDef):
+                if _NO_GRAD_FUNCTION.search(up.name.value):
+                    return False
                 for dec in up.decorators:
                     if self._no_grad(dec.decorator):
                         return False
+            elif isinstance(up, cst.ClassDef):
+                if self._inference_class(up) or self._data_class_update(up, node):
+                    return False
+        if isinstance(node, cst.BaseExpression):
+            uses = self.consumers(node)
+            if uses and all(u in _NUMBER_READS for u in uses):
+                return False
         return True
+
+    def _inference_class(self, cls: cst.ClassDef) -> bool:
+        for c in self.safeguards.lineage(cls):
+            for b in self.scopes.bindings.get(c, {}).get("__call__", []):
+                if isinstance(b.node, cst.FunctionDef) and any(self._no_grad(d.decorator) for d in b.node.decorators):
+                    return True
+        return False
+
+    def _data_class_update(self, cls: cst.ClassDef, node: cst.CSTNode) -> bool:
+        if self.is_module_class(cls) or any(
+            name in self.scopes.bindings.get(cls, {}) for name in ("forward", "__call__", "backward")
+        ):
+            return False
+        func = self.scopes.enclosing_function(node)
+        if func is None or self.scopes.enclosing_class(func) is not cls:
+            return False
+        for n, _ in iter_tree(func.body):
+            target = n.target if isinstance(n, cst.AugAssign) else None
+            if isinstance(n, cst.Assign) and len(n.targets) == 1:
+                target = n.targets[0].target
+            while isinstance(target, cst.Subscript):
+                target = target.value
+                if isinstance(target, cst.Attribute) and _is_self(target.value):
+                    return True
+            if isinstance(n, cst.AugAssign) and isinstance(target, cst.Attribute) and _is_self(target.value):
+                return True
+        return False
 
     def _no_grad(self, node: cst.BaseExpression) -> bool:
         target = node.func if isinstance(node, cst.Call) else node

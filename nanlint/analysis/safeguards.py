@@ -1,0 +1,308 @@
+"""Safeguards that live somewhere else than the line a rule looks at.
+
+Two kinds of questions:
+
+- **per function** -- :func:`summarize` reads one ``FunctionDef`` and nothing
+  else (a plain function of the function's source, so that it can be computed
+  for a function of another module too): does it clip gradients itself
+  (``clip_grad_norm_``, ``fabric.clip_gradients``, a clamp of ``p.grad``...),
+  and which helpers does it call (``self._clip()`` -> ``"self._clip"``,
+  ``clip_all(model)`` -> ``"clip_all"``). :class:`Safeguards` follows those
+  calls through the methods of the class, its base classes in the same file
+  and the module's functions;
+- **per file/class** -- whether float16 is in play around a training step
+  (a GradScaler or float16 autocast: "mixed"; a model made half with no
+  scaler: "half"), whether a class's weights come from a checkpoint
+  (transformers ``PreTrainedModel`` / diffusers ``ModelMixin`` subclasses, and
+  the classes only they build), and whether a loop is a benchmark.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Dict, FrozenSet, Iterator, List, Optional, Set
+
+import libcst as cst
+
+from ..engine import iter_tree
+from ..patterns import name_chain, snake_words
+
+#: a keyword argument that hands clipping to the callee (`max_norm=cfg.clip`)
+_CLIP_KEYWORD = re.compile(r"^(?:max_(?:grad_)?norm|(?:grad(?:ient)?_)?clip\w*|clip_grad\w*|gradient_clip_val)$")
+_TENSOR_CLAMPS = frozenset({"clamp", "clamp_", "clip", "clip_"})
+#: classes whose weights come from a checkpoint (their loaders fill every tensor)
+_CHECKPOINT_BASE = re.compile(r"(?:^|\.)(?:\w*PreTrainedModel|ModelMixin)$")
+#: files and functions that time a loop rather than train a model
+_BENCHMARK = re.compile(r"(?:^|_)(?:bench(?:mark)?s?|profil(?:e|ing|er))(?:_|$)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What one function does, read from its own source only."""
+
+    #: the function clips gradients itself
+    clips: bool
+    #: the helpers it calls: ``"self.name"`` for methods, ``"name"`` for functions
+    calls: FrozenSet[str]
+
+
+def summarize(func: cst.FunctionDef) -> Summary:
+    """The :class:`Summary` of a function (nested functions included: a
+    closure defined and called in it runs as part of it)."""
+    clips = False
+    calls: Set[str] = set()
+    for node, _ in iter_tree(func.body):
+        if not isinstance(node, cst.Call):
+            continue
+        if is_clip(node):
+            clips = True
+        chain = name_chain(node.func)
+        if len(chain) == 1:
+            calls.add(chain[0])
+        elif len(chain) == 2 and chain[0] == "self":
+            calls.add("self." + chain[1])
+    return Summary(clips, frozenset(calls))
+
+
+def is_clip(call: cst.Call) -> bool:
+    """A call that clips gradients by itself: `clip_grad_norm_`,
+    `clip_grad_value_`, `accelerator.clip_grad_norm_`, `fabric.clip_gradients`,
+    `self.clip_gradients`, any function named like *clip*grad* or
+    *clip*norm*, a clamp of a `.grad` (`p.grad.clamp_(-1, 1)`), a
+    hand-written norm clip (`p.grad.mul_(clip_coef)`), or a call that is handed
+    a clipping setting (`step(opt, max_norm=cfg.max_norm)`,
+    `Trainer(gradient_clip_val=1.0)`) that is not switched off (`None`, `0`)."""
+    func = call.func
+    if isinstance(func, cst.Name):
+        name = func.value
+    elif isinstance(func, cst.Attribute):
+        name = func.attr.value
+    else:
+        return False
+    lowered = name.lower()
+    if "clip" in lowered and ("grad" in lowered or "norm" in lowered):
+        return True
+    for a in call.args:
+        if a.keyword is not None and _CLIP_KEYWORD.match(a.keyword.value) and not _off(a.value):
+            return True
+    if lowered in _TENSOR_CLAMPS or lowered in ("mul_", "div_"):
+        target = func.value if isinstance(func, cst.Attribute) else None
+        if target is None and call.args:
+            target = call.args[0].value
+        if target is not None and _mentions_grad(target):
+            if lowered in _TENSOR_CLAMPS:
+                return True
+            return any(
+                "clip" in snake_words(_last(a.value)) or "coef" in _last(a.value).lower() for a in call.args
+            )
+    return False
+
+
+def _off(value: cst.BaseExpression) -> bool:
+    if isinstance(value, cst.Name):
+        return value.value in ("None", "False")
+    if isinstance(value, (cst.Integer, cst.Float)):
+        return float(value.value) == 0.0
+    return False
+
+
+def _last(node: cst.BaseExpression) -> str:
+    chain = name_chain(node, partial=True)
+    return chain[-1] if chain else ""
+
+
+def _mentions_grad(node: cst.BaseExpression) -> bool:
+    return "grad" in name_chain(node, partial=True)
+
+
+class Safeguards:
+    """The file-level answers, built on :class:`nanlint.analysis.values.Facts`."""
+
+    def __init__(self, facts) -> None:
+        self.facts = facts
+        self.ctx = facts.ctx
+        self.scopes = facts.scopes
+        self._summaries: Dict[cst.FunctionDef, Summary] = {}
+        self._clips: Dict[cst.FunctionDef, bool] = {}
+        self._checkpoint: Dict[cst.ClassDef, bool] = {}
+
+    # -- gradient clipping ----------------------------------------------------
+    def summary(self, func: cst.FunctionDef) -> Summary:
+        found = self._summaries.get(func)
+        if found is None:
+            found = self._summaries[func] = summarize(func)
+        return found
+
+    def clips(self, func: cst.FunctionDef) -> bool:
+        """The function clips gradients, itself or through the helpers of this
+        file it calls (methods of its class and of base classes in the file,
+        module functions), to any depth."""
+        if func in self._clips:
+            return self._clips[func]
+        self._clips[func] = False  # a recursion ends here
+        summary = self.summary(func)
+        result = summary.clips or any(
+            callee is not None and self.clips(callee) for callee in (self.callee(name, func) for name in summary.calls)
+        )
+        self._clips[func] = result
+        return result
+
+    def clips_call(self, call: cst.Call) -> bool:
+        """The call clips gradients: directly (:func:`is_clip`) or by calling a
+        function of this file that does (``self._clip()``, ``clip_all(model)``)."""
+        if is_clip(call):
+            return True
+        chain = name_chain(call.func)
+        if len(chain) == 1:
+            name = chain[0]
+        elif len(chain) == 2 and chain[0] == "self":
+            name = "self." + chain[1]
+        else:
+            return False
+        callee = self.callee(name, call)
+        return callee is not None and self.clips(callee)
+
+    def callee(self, name: str, near: cst.CSTNode) -> Optional[cst.FunctionDef]:
+        """The function of this file a summary's call name stands for."""
+        if name.startswith("self."):
+            method = name[len("self."):]
+            cls = self.scopes.enclosing_class(near)
+            for c in self.lineage(cls) if cls is not None else ():
+                for b in self.scopes.bindings.get(c, {}).get(method, []):
+                    if isinstance(b.node, cst.FunctionDef):
+                        return b.node
+            return None
+        for b in self.scopes.bindings.get(self.scopes.module, {}).get(name, []):
+            if isinstance(b.node, cst.FunctionDef):
+                return b.node
+        return None
+
+    def lineage(self, cls: cst.ClassDef, depth: int = 0) -> Iterator[cst.ClassDef]:
+        """A class and its base classes defined in the same file."""
+        yield cls
+        if depth > 8:
+            return
+        for base in cls.bases:
+            if isinstance(base.value, cst.Name):
+                for b in self.scopes.bindings.get(self.scopes.module, {}).get(base.value.value, []):
+                    if isinstance(b.node, cst.ClassDef) and b.node is not cls:
+                        yield from self.lineage(b.node, depth + 1)
+
+    def optimizer_clips(self, built: Optional[cst.BaseExpression]) -> bool:
+        """An optimizer that clips in its own ``step``: built from a class of
+        this file whose ``step`` clips (an optimizer wrapper)."""
+        if not isinstance(built, cst.Call) or not isinstance(built.func, cst.Name):
+            return False
+        for b in self.scopes.bindings.get(self.scopes.module, {}).get(built.func.value, []):
+            if isinstance(b.node, cst.ClassDef):
+                for c in self.lineage(b.node):
+                    for s in self.scopes.bindings.get(c, {}).get("step", []):
+                        if isinstance(s.node, cst.FunctionDef) and self.clips(s.node):
+                            return True
+        return False
+
+    # -- float16 in play ------------------------------------------------------
+    def precision(self, node: cst.CSTNode) -> Optional[str]:
+        """How float16 reaches the training code around ``node``: "mixed" (a
+        GradScaler, an autocast that is not bfloat16, a "16-mixed"/"fp16"
+        setting), "half" (a model or tensor made float16 with none of those),
+        or None (nothing shows float16). Read in the class around ``node``
+        (else its top-level function) and the module's own statements."""
+        mixed = half = False
+        for region in self._regions(node):
+            for n, _ in iter_tree(region):
+                kind = self._precision_mark(n)
+                if kind == "mixed":
+                    mixed = True
+                elif kind == "half":
+                    half = True
+        return "mixed" if mixed else "half" if half else None
+
+    def _regions(self, node: cst.CSTNode) -> List[cst.CSTNode]:
+        top = node
+        for up in self.scopes.ancestors(node):
+            if isinstance(up, cst.Module):
+                break
+            top = up
+        regions: List[cst.CSTNode] = [] if top is node else [top]
+        for stmt in self.scopes.module.body:
+            if isinstance(stmt, cst.SimpleStatementLine) and all(
+                isinstance(small, (cst.Import, cst.ImportFrom)) for small in stmt.body
+            ):
+                continue  # importing GradScaler is not using it
+            if not isinstance(stmt, (cst.FunctionDef, cst.ClassDef)) and stmt is not top:
+                regions.append(stmt)
+        return regions
+
+    def _precision_mark(self, n: cst.CSTNode) -> Optional[str]:
+        if isinstance(n, (cst.Name, cst.Attribute)):
+            last = n.value if isinstance(n, cst.Name) else n.attr.value
+            if last == "GradScaler" or last in ("fp16", "use_fp16", "amp", "use_amp"):
+                return "mixed"
+            if last in ("float16", "half") and isinstance(n, cst.Attribute):
+                qualified = self.ctx.resolve(n) or ""
+                if qualified in ("torch.float16", "torch.half"):
+                    return "half"
+            return None
+        if isinstance(n, cst.Call):
+            last = _last(n.func)
+            if last == "autocast" and "bfloat16" not in self.ctx.code(n):
+                enabled = next((a for a in n.args if a.keyword is not None and a.keyword.value == "enabled"), None)
+                return None if enabled is not None and _off(enabled.value) else "mixed"
+            if last == "half" and isinstance(n.func, cst.Attribute) and not n.args:
+                return "half"
+            return None
+        if isinstance(n, cst.SimpleString):
+            value = n.evaluated_value
+            if isinstance(value, str) and value in ("16-mixed", "16", "fp16", "16-true"):
+                return "mixed" if value != "16-true" else "half"
+        return None
+
+    def benchmark(self, node: cst.CSTNode) -> bool:
+        """Code that times a loop rather than trains a model: a file or a
+        function named like a benchmark or a profile (``bench.py``,
+        ``benchmark_step``). A name heuristic: nothing else tells a timing
+        loop from a training loop."""
+        stem = self.ctx.path.replace("\\", "/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        if _BENCHMARK.search(stem):
+            return True
+        func = self.scopes.enclosing_function(node)
+        return func is not None and bool(_BENCHMARK.search(func.name.value))
+
+    # -- weights from a checkpoint -----------------------------------------------
+    def checkpoint_loaded(self, cls: cst.ClassDef, depth: int = 0) -> bool:
+        """The class's weights come from a checkpoint: it subclasses a
+        pretrained-model base (transformers ``*PreTrainedModel``, diffusers
+        ``ModelMixin``, directly or through classes of this file), or it is
+        built only inside classes that are (a sub-layer of such a model)."""
+        if cls in self._checkpoint:
+            return self._checkpoint[cls]
+        self._checkpoint[cls] = False
+        result = any(
+            _CHECKPOINT_BASE.search(".".join(name_chain(base.value)))
+            for c in self.lineage(cls) for base in c.bases if base.keyword is None
+        )
+        if not result and depth < 8:
+            builders = self._builders(cls.name.value)
+            result = bool(builders) and all(self.checkpoint_loaded(b, depth + 1) for b in builders)
+        self._checkpoint[cls] = result
+        return result
+
+    def _builders(self, name: str) -> List[cst.ClassDef]:
+        """The classes whose code constructs ``name(...)``; empty when it is
+        also built outside every class (or never)."""
+        out: List[cst.ClassDef] = []
+        for n in self.scopes.reads.get(self.scopes.module, {}).get(name, []) + [
+            r for scope, table in self.scopes.reads.items() if scope is not self.scopes.module
+            for r in table.get(name, [])
+        ]:
+            call = self.scopes.parent.get(n)
+            if not (isinstance(call, cst.Call) and call.func is n):
+                continue
+            owner = self.scopes.enclosing_class(n)
+            if owner is None:
+                return []
+            if owner not in out:
+                out.append(owner)
+        return out
