@@ -11,7 +11,7 @@ from pathlib import Path
 from nanlint.cache import Cache
 from nanlint.finding import Finding
 
-HAZARD = "import torch\ny = torch.exp(x)\n"
+HAZARD = "import torch\ny = torch.exp(q @ k)\n"
 
 
 def run(*args, cwd):
@@ -41,7 +41,7 @@ def test_changed_content_or_settings_miss(tmp_path):
     target = tmp_path / "m.py"
     target.write_text(HAZARD)
     run("check", ".", cwd=tmp_path)
-    target.write_text(HAZARD + "z = torch.exp(w)\n")
+    target.write_text(HAZARD + "z = torch.exp(a @ b)\n")
     proc = run("check", "--output-format", "json", ".", cwd=tmp_path)
     assert len(json.loads(proc.stdout)) == 2
     proc = run("check", "--ignore", "NL002", ".", cwd=tmp_path)
@@ -79,3 +79,19 @@ def test_other_versions_are_pruned_and_keys_depend_on_version(tmp_path, monkeypa
 
     monkeypatch.setattr(module, "__version__", "9.9.9")
     assert Cache(tmp_path, "settings").get(key) is None
+
+
+def test_code_fingerprint_covers_the_analysis_subpackage():
+    import os
+
+    import nanlint.analysis.values as values
+    from nanlint.cache import code_fingerprint
+
+    before = code_fingerprint()
+    st = os.stat(values.__file__)
+    try:
+        os.utime(values.__file__, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+        assert code_fingerprint() != before
+    finally:
+        os.utime(values.__file__, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert code_fingerprint() == before
