@@ -14,7 +14,9 @@ from nanlint.registry import all_rules
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
-MARKER_RE = re.compile(r"#\s*expect:\s*(?P<codes>NL\d{3}(?:\s*,\s*NL\d{3})*)")
+# `# expect: NL002` (a high-confidence finding) or `# expect: NL002 (low), NL103`
+_MARKED = r"NL\d{3}(?:\s*\((?:high|medium|low)\))?"
+MARKER_RE = re.compile(rf"#\s*expect:\s*(?P<codes>{_MARKED}(?:\s*,\s*{_MARKED})*)")
 
 
 def lint(source: str, codes: Optional[Sequence[str]] = None, dtypes: Sequence[str] = ("float16",),
@@ -40,13 +42,15 @@ def fix_all(source: str, codes: Sequence[str], rounds: int = 5, **kw) -> str:
     return source
 
 
-def markers(path: Path) -> Set[Tuple[int, str]]:
+def markers(path: Path) -> Set[Tuple[int, str, str]]:
+    """(line, code, confidence) of every `# expect:` marker; "high" unless the
+    marker names another confidence."""
     out = set()
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         m = MARKER_RE.search(line)
         if m:
-            for code in re.findall(r"NL\d{3}", m.group("codes")):
-                out.add((number, code))
+            for code, confidence in re.findall(r"(NL\d{3})(?:\s*\((\w+)\))?", m.group("codes")):
+                out.add((number, code, confidence or "high"))
     return out
 
 

@@ -1,5 +1,6 @@
 """fixtures/<CODE>/*.py and fixtures/models/*.py: every line marked
-`# expect: CODE` is reported with that code, and nothing else is reported
+`# expect: CODE` is reported with that code at high confidence (`# expect:
+CODE (medium)` / `(low)`: at that confidence), and nothing else is reported
 (negatives stay clean), with the configuration in fixtures/pyproject.toml
 (which opts into NL005)."""
 
@@ -17,7 +18,7 @@ from helpers import FIXTURES, ROOT, fix_all, fixture_files, lint, markers
 
 def _check_fixtures():
     proc = subprocess.run(
-        [sys.executable, "-m", "nanlint", "check", "--output-format", "json", "fixtures"],
+        [sys.executable, "-m", "nanlint", "check", "--min-confidence", "low", "--output-format", "json", "fixtures"],
         cwd=ROOT, capture_output=True, text=True,
     )
     assert proc.returncode in (0, 1), proc.stderr
@@ -29,7 +30,7 @@ def test_fixture_markers_match_findings_exactly():
     findings = _check_fixtures()
     got = defaultdict(set)
     for f in findings:
-        got[f["path"].replace("\\", "/")].add((f["line"], f["code"]))
+        got[f["path"].replace("\\", "/")].add((f["line"], f["code"], f["confidence"]))
     expected = {}
     # fixtures/models/: the `nanlint confirm` models (tests/test_confirm.py)
     for path in fixture_files() + sorted(FIXTURES.glob("models/*.py")):
