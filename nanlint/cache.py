@@ -35,7 +35,7 @@ import secrets
 import stat
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import __version__
 from .files import process_alive
@@ -78,11 +78,19 @@ def code_fingerprint() -> str:
     h = hashlib.sha256(__version__.encode())
     for package in (nanlint, nanlint.rules):
         for folder in package.__path__:
-            for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-                if entry.name.endswith(".py"):
-                    st = entry.stat()
-                    h.update(f"{entry.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+            _fingerprint_folder(h, folder, "")
     return h.hexdigest()[:16]
+
+
+def _fingerprint_folder(h, folder: str, prefix: str) -> None:
+    """Sizes and mtimes of the .py files of a package and its subpackages
+    (``nanlint/analysis/`` decides findings as much as the rules do)."""
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.name.endswith(".py"):
+            st = entry.stat()
+            h.update(f"{prefix}{entry.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+        elif entry.is_dir() and os.path.isfile(os.path.join(entry.path, "__init__.py")):
+            _fingerprint_folder(h, entry.path, f"{prefix}{entry.name}/")
 
 
 # -- reading entries: a strict schema, anything else is a miss ---------------------------
@@ -210,8 +218,13 @@ class Cache:
         state.update(_fd=None, _tmp_fd=None, _opened=False)
         return state
 
-    def key(self, data: bytes, display: str, codes: Sequence[str]) -> str:
+    def key(self, data: bytes, display: str, codes: Sequence[str],
+            dependencies: Sequence[Tuple[str, str]] = ()) -> str:
+        """``dependencies``: (path, content hash) of the project modules the
+        file imports directly, whose summaries its findings may use."""
         h = hashlib.sha256(data)
+        for dep_path, digest in dependencies:
+            h.update(b"\0" + dep_path.encode("utf-8", "surrogateescape") + b"=" + digest.encode())
         h.update(b"\0" + display.encode("utf-8", "surrogateescape"))
         h.update(b"\0" + ",".join(codes).encode())
         h.update(b"\0" + self.settings_fingerprint.encode())

@@ -480,15 +480,19 @@ def lint_source(
     dtypes: Sequence[DtypeFacts],
     rule_options: Optional[Mapping[str, Mapping[str, Any]]] = None,
     module: Optional[cst.Module] = None,
+    project=None,
 ) -> Result:
     """Lint one unit of Python source with the given rule classes.
 
     A source that contains none of the selected rules' text triggers is not
     parsed with libcst (no rule could report anything in it); Python's own
     parser, about ten times faster, still checks its syntax so NL000 is
-    reported for every file.
+    reported for every file. ``project`` (:class:`nanlint.analysis.project.ProjectFile`)
+    is the file's view of the checked project, for rules that follow values
+    across modules.
     """
-    rules = [r for r in rules if may_trigger(r, source)]
+    rules = [r for r in rules if may_trigger(r, source)
+             or (r.cross_module and project is not None and project.imports_trigger(r, may_trigger))]
     parsed_text = source
     if module is None:
         tree, problem = python_tree(source)
@@ -508,7 +512,7 @@ def lint_source(
             return Result([syntax_error_finding(path, exc, source)], [])
     names = Names()
     names.scan(module.body)
-    ctx = Context(path, source, module, names, dtypes)
+    ctx = Context(path, source, module, names, dtypes, project)
     options = rule_options or {}
     instances = [cls(ctx, options.get(cls.code)) for cls in rules]
     on_visit: Dict[type, List[Handler]] = {cst.Import: [names.add_import], cst.ImportFrom: [names.add_import_from]}

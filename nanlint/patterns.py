@@ -1,15 +1,16 @@
 """Small, cheap expression predicates shared by rules.
 
-Everything here looks at one expression (and, where a ``Bindings`` is given,
-at the names assigned earlier in the same function); nothing walks the whole
-file.
+Everything here looks at one expression (and, where a ``lookup`` is given --
+an object with ``lookup_node(name)`` and optionally ``call_facts(call)``, see
+``nanlint.analysis.values`` -- at what names and calls stand for); nothing
+walks the whole file.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from typing import Dict, FrozenSet, List, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 
 import libcst as cst
 
@@ -250,32 +251,6 @@ def snake_words(name: str) -> str:
 # -- bindings -----------------------------------------------------------------
 
 
-class Bindings:
-    """Names assigned so far in the current function (and at module level),
-    for rules that follow ``m = x.max(); exp(x - m)``. Call ``assign`` from
-    ``leave_Assign``: in ``x = f(x)`` the ``x`` inside is the previous one."""
-
-    def __init__(self) -> None:
-        self.scopes: List[Dict[str, cst.BaseExpression]] = [{}]
-
-    def push(self) -> None:
-        self.scopes.append({})
-
-    def pop(self) -> None:
-        if len(self.scopes) > 1:
-            self.scopes.pop()
-
-    def assign(self, node: cst.Assign) -> None:
-        if len(node.targets) == 1 and isinstance(node.targets[0].target, cst.Name):
-            self.scopes[-1][node.targets[0].target.value] = node.value
-
-    def lookup(self, name: str) -> Optional[cst.BaseExpression]:
-        value = self.scopes[-1].get(name)
-        if value is None and len(self.scopes) > 1:
-            value = self.scopes[0].get(name)
-        return value
-
-
 # -- value ranges -------------------------------------------------------------
 
 NONNEG = "nonneg"  # >= 0
@@ -300,6 +275,8 @@ _BOUNDED_BOTH = frozenset(
 )
 _NONPOS_OPS = frozenset({"logsigmoid", "log_softmax"})
 _MAX_OPS = frozenset({"max", "amax", "logsumexp", "cummax"})
+# torch_scatter's segment maxima: `x - scatter_max(x, index)[0][index]` is <= 0
+_SCATTER_MAX = frozenset({"scatter_max", "scatter_logsumexp", "segment_max_csr", "segment_max_coo"})
 
 
 _MAX_NAME = re.compile(r"(^|_)(max|maxes|amax|lse|logsumexp)(_|$)|^m?max|max$", re.IGNORECASE)
@@ -320,7 +297,7 @@ def name_facts(name: str) -> Facts:
 
 
 def value_facts(
-    ctx: Context, node: cst.BaseExpression, bindings: Optional[Bindings] = None, depth: int = 0
+    ctx: Context, node: cst.BaseExpression, bindings: Optional[Any] = None, depth: int = 0
 ) -> Facts:
     """What can be proved about the sign/bounds of an expression's values."""
     if depth > 12:
@@ -368,8 +345,8 @@ def value_facts(
     if isinstance(node, cst.Subscript):
         # x.max(dim)[0] is the max values; indexing keeps a tensor's bounds
         base = node.value
-        if isinstance(base, cst.Call):
-            return rec(base)
+        if isinstance(base, (cst.Call, cst.Subscript)):
+            return rec(base)  # also scatter_max(x, index)[0][index]
         return _NONE
     if isinstance(node, cst.Call):
         qualified, method = ctx.callee(node)
@@ -385,6 +362,12 @@ def value_facts(
             ):
                 facts.add(NONNEG)
             return frozenset(facts)
+        call_facts = getattr(bindings, "call_facts", None)
+        known = call_facts(node) if call_facts is not None else None
+        if known:
+            return known  # a helper or layer whose result the analysis knows
+        if (qualified or "").rsplit(".", 1)[-1] in _SCATTER_MAX:
+            return frozenset({MAXLIKE})
         op = torch_op(ctx, node)
         if op is None:
             return _NONE
@@ -519,6 +502,6 @@ def _scalar_like(node: cst.BaseExpression) -> bool:
     return False
 
 
-def bounded_above(ctx: Context, node: cst.BaseExpression, bindings: Optional[Bindings] = None) -> bool:
+def bounded_above(ctx: Context, node: cst.BaseExpression, bindings: Optional[Any] = None) -> bool:
     facts = value_facts(ctx, node, bindings)
     return UPPER in facts or NONPOS in facts

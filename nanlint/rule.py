@@ -105,8 +105,12 @@ class Context:
         module: cst.Module,
         names: Names,
         dtypes: Sequence[DtypeFacts],
+        project=None,
     ) -> None:
         self.path = path
+        #: the file's view of the checked project (:class:`nanlint.analysis.project.ProjectFile`),
+        #: None when the source is not a file of a project (a snippet)
+        self.project = project
         self.source = source
         self.module = module
         self.names = names
@@ -181,6 +185,10 @@ class Rule:
     #: cheap text triggers (substrings or compiled regular expressions): a file
     #: matching none of them cannot produce a finding and is not parsed
     triggers: ClassVar[Tuple[Union[str, "re.Pattern[str]"], ...]] = ()
+    #: the rule follows values defined in other modules of the project (an
+    #: imported constant): it also runs on a file when a project module the
+    #: file imports matches its triggers
+    cross_module: ClassVar[bool] = False
     #: per-rule options (``[tool.nanlint.NL001] threshold = 1e-5``) and their defaults
     options: ClassVar[Dict[str, Any]] = {}
     #: executable documentation

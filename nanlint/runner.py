@@ -24,6 +24,7 @@ from .registry import reports_syntax_errors, select_rules
 from .rule import Rule
 
 if TYPE_CHECKING:
+    from .analysis.project import ProjectFile
     from .cache import Cache
 
 
@@ -125,13 +126,23 @@ def read_input(path: Path, selection: Selection) -> bytes:
     return read_bytes(path, 0 if is_notebook(path) else selection.settings.max_file_size)
 
 
-def check_text(text: str, display: str, path: Path, selection: Selection) -> Tuple[List[Finding], List[str]]:
+def project_file(path: Path, text: str, selection: Selection) -> "ProjectFile":
+    """The file's view of the checked project: its imports resolved to the
+    project's modules (read from the text, no parse)."""
+    from .analysis.project import ProjectFile
+
+    return ProjectFile(str(path), text, str(selection.settings.root))
+
+
+def check_text(text: str, display: str, path: Path, selection: Selection,
+               project: Optional["ProjectFile"] = None) -> Tuple[List[Finding], List[str]]:
     result = lint_source(
         text,
         display,
         selection.rules_for(path),
         selection.dtypes,
         selection.settings.rule_options,
+        project=project or project_file(path, text, selection),
     )
     return selection.keep(result.findings, path), result.errors
 
@@ -155,10 +166,11 @@ def check_notebook_text(raw: str, display: str, path: Path, selection: Selection
     return _lint_notebook(nb, nb.virtual_source(), display, path, selection)
 
 
-def _lint_notebook(nb, virtual: str, display: str, path: Path, selection: Selection) -> Tuple[List[Finding], List[str]]:
+def _lint_notebook(nb, virtual: str, display: str, path: Path, selection: Selection,
+                   project: Optional["ProjectFile"] = None) -> Tuple[List[Finding], List[str]]:
     from .notebook import map_findings
 
-    findings, errors = check_text(virtual, display, path, selection)
+    findings, errors = check_text(virtual, display, path, selection, project)
     return selection.keep(map_findings(nb, virtual, findings), path), errors
 
 
@@ -174,10 +186,11 @@ def _check_notebook_file(data: bytes, display: str, path: Path, selection: Selec
     skipped = too_large(len(virtual.encode("utf-8")), display, selection)
     if skipped:
         return FileResult(display, [], [], warnings=[skipped])
-    key, hit = _cache_lookup(data, display, path, selection)
+    project = project_file(path, virtual, selection)
+    key, hit = _cache_lookup(data, display, path, selection, project)
     if hit is not None:
         return hit
-    findings, errors = _lint_notebook(nb, virtual, display, path, selection)
+    findings, errors = _lint_notebook(nb, virtual, display, path, selection, project)
     if selection.cache is not None and not errors:
         selection.cache.put(key, findings)
     return FileResult(display, findings, errors)
@@ -193,14 +206,15 @@ def check_file(path: Path, selection: Selection) -> FileResult:
         return FileResult(display, [], [f"{display}: {exc}"])
     if is_notebook(path):
         return _check_notebook_file(data, display, path, selection)
-    key, hit = _cache_lookup(data, display, path, selection)
+    project = project_file(path, data.decode("utf-8", "replace"), selection) if selection.cache is not None else None
+    key, hit = _cache_lookup(data, display, path, selection, project)
     if hit is not None:
         return hit
     try:
         source = decode(data)
     except ReadError as exc:
         return FileResult(display, [], [f"{display}: {exc}"])
-    findings, errors = check_text(source.text, display, path, selection)
+    findings, errors = check_text(source.text, display, path, selection, project)
     if selection.cache is not None and not errors:
         selection.cache.put(key, findings)
     return FileResult(display, findings, errors, source, noqa_warnings(source.text, display))
@@ -428,11 +442,14 @@ def check_paths(
     return [done[f] for f in files], errors
 
 
-def _cache_lookup(data: bytes, display: str, path: Path, selection: Selection) -> Tuple[str, Optional[FileResult]]:
-    """(cache key, the cached result or None); ("", None) without a cache."""
-    if selection.cache is None:
+def _cache_lookup(data: bytes, display: str, path: Path, selection: Selection,
+                  project: Optional["ProjectFile"]) -> Tuple[str, Optional[FileResult]]:
+    """(cache key, the cached result or None); ("", None) without a cache.
+    The key covers the content of the project modules the file imports
+    directly: a change there (an imported constant) is a miss."""
+    if selection.cache is None or project is None:
         return "", None
-    key = selection.cache.key(data, display, selection.codes_for(path))
+    key = selection.cache.key(data, display, selection.codes_for(path), project.dependencies())
     hit = selection.cache.get(key)
     if hit is None:
         return key, None
@@ -444,7 +461,16 @@ def _cached(path: Path, selection: Selection) -> Optional[FileResult]:
         data = read_input(path, selection)
     except ReadError:
         return None  # the worker reports it
-    return _cache_lookup(data, display_path(path), path, selection)[1]
+    if is_notebook(path):
+        from .notebook import load
+
+        try:
+            text = load(decode_notebook(data), display_path(path)).virtual_source()
+        except ReadError:
+            return None  # the worker reports it
+    else:
+        text = data.decode("utf-8", "replace")
+    return _cache_lookup(data, display_path(path), path, selection, project_file(path, text, selection))[1]
 
 
 _NOQA_BYTES = re.compile(rb"noqa", re.IGNORECASE)

@@ -8,6 +8,7 @@ import libcst as cst
 
 from nanlint.engine import subtree, children
 
+from nanlint.analysis import HOST, INTEGER, WIDE
 from nanlint.dtypes import FLOAT16, fmt
 from nanlint.finding import UNSAFE
 from nanlint.patterns import look_through, arg, is_method_call, is_reference, number, torch_op
@@ -154,7 +155,7 @@ class Source:
     """Where a value may come from: a literal, a parameter, a module-level name,
     a ``self.<attr>``, or several of these (``eps or 1e-8``)."""
 
-    kind: str  # "lit", "param", "module", "attr", "any"
+    kind: str  # "lit", "param", "module", "attr", "const", "any"
     node: Optional[cst.CSTNode] = None
     scope: Optional["FuncScope"] = None
     name: str = ""
@@ -232,13 +233,27 @@ class TinyEpsilon(Rule):
     such a guard), or as the `eps` of a `torch.optim` optimizer in a file that
     runs the model in half precision (`.half()`, `.to(torch.float16)`) without
     AMP. A guard given through a name (`EPS = 1e-12` ... `x / (n + EPS)`, a
-    parameter default `eps=1e-8`, `self.eps = eps`) is reported on the binding.
+    parameter default `eps=1e-8`, `self.eps = eps`, `self.eps = 1e-8` in
+    `__init__`) is reported on the binding. A guard whose value is defined in
+    another module of the checked project (`from .consts import EPS`,
+    `consts.EPS`, a re-export through an `__init__`) or is a config field's
+    default (`config.eps` with `config: Config` annotated or `config =
+    Config()`, where `Config` -- a dataclass, a config class -- declares
+    `eps: float = 1e-8`, in this file or an imported one) is reported where it
+    enters this file's guard (the name or attribute read), and the message
+    says where it is defined: a file's findings can only point into the file.
+    Every finding is high confidence: the guard fails for the ordinary zero
+    divisor (an all-zero row, an empty count) it exists for.
 
     Not flagged: the `eps` of the built-in `LayerNorm`/`GroupNorm`/`RMSNorm`
     modules and functional forms (they accumulate in float32), learning rates,
     tolerances (`allclose`, `assert`), values added to a tensor explicitly cast
     to float32 first (`x.float()`, `.to(torch.float32)`), and any literal that
-    is not a guard. Active only when float16 is a target dtype.
+    is not a guard, and guards on values that cannot be float16 (the shared
+    dtype facts: a tensor made with an explicit float32/float64 dtype, from
+    Python data (`torch.tensor(lengths)`) or numpy, an integer tensor, Python
+    numbers, a float32 region such as `autocast(enabled=False)`). Active only
+    when float16 is a target dtype.
 
     ## Why is this bad?
     float16 has no number below 5.96e-8: any literal under about 2.98e-8 rounds
@@ -279,7 +294,8 @@ class TinyEpsilon(Rule):
     parameter default) becomes `1e-4` where it ends in a reciprocal (a normal
     float16 number whose reciprocal, 1e4, is finite) and `1e-6` under a square
     root. A guard given through a module or local constant is reported without
-    a fix (the constant may have other uses).
+    a fix (the constant may have other uses), and so is one defined in
+    another module or a config class.
     """
 
     code = "NL001"
@@ -288,8 +304,17 @@ class TinyEpsilon(Rule):
     fix_applicability = UNSAFE
     # a literal below 6.1e-5: `1e-12`, `1.E-8`, `0.00001`, `10 ** -8`
     triggers = (re.compile(r"[\d.][eE]-\d|\.0000|\*\*\s*\(?-"),)
+    # an eps imported from another module of the project
+    cross_module = True
     options = {"threshold": 6.1e-5}
     valid = [
+        Valid("import torch\nn = torch.tensor(lengths)\nw = total / (n + 1e-8)\n"),
+        Valid("ns = [log.get('sample_size', 0) for log in logs]\nntot = sum(ns)\nws = [n / (ntot + 1e-8) for n in ns]\n"),
+        Valid(
+            "from dataclasses import dataclass\n\n"
+            "@dataclass\nclass Config:\n    eps: float = 1e-4\n\n"
+            "def f(x, n, config: Config):\n    return x / (n + config.eps)\n"
+        ),
         Valid("import torch.nn as nn\nnorm = nn.LayerNorm(768, eps=1e-12)\n"),
         Valid("import torch.nn.functional as F\ny = F.layer_norm(x, (768,), eps=1e-12)\n"),
         Valid("import torch\nopt = torch.optim.Adam(model.parameters(), lr=1e-5, eps=1e-8)\n"),
@@ -309,6 +334,11 @@ class TinyEpsilon(Rule):
         ),
     ]
     invalid = [
+        Invalid(
+            "from dataclasses import dataclass\n\n"
+            "@dataclass\nclass Config:\n    eps: float = 1e-8\n\n"
+            "def f(x, n, config: Config):\n    return x / (n + config.eps)\n"
+        ),
         Invalid(
             "import torch\ny = x / (n + 1e-12)\n",
             fixed="import torch\ny = x / (n + torch.finfo(n.dtype).eps)\n",
@@ -372,7 +402,7 @@ class TinyEpsilon(Rule):
         self.module_funcs: Dict[str, List[FuncScope]] = {}
         self.module_classes: Dict[str, List[ClassInfo]] = {}
         self.class_uses: List[Tuple[ClassInfo, str, Use, Optional[str]]] = []
-        self.module_uses: List[Tuple[str, Use, Optional[str]]] = []
+        self.module_uses: List[Tuple[str, Use, Optional[str], Optional[cst.CSTNode]]] = []
         self.call_sites: List[CallSite] = []
         self.optimizer_uses: List[Tuple[Optional[Source], Use, Optional[str]]] = []
         self.quiet = 0  # inside assert / tolerance calls
@@ -501,11 +531,13 @@ class TinyEpsilon(Rule):
                     return Source("param", scope=scope, name=name)
             if self.scope is self.module_scope:
                 binding = self.module_scope.lookup(name)
-                return binding.source if binding is not None else None
-            return Source("module", name=name)
+                return binding.source if binding is not None else Source("const", node=value)
+            return Source("module", name=name, node=value)
         attr = _self_attr(value)
         if attr is not None and self.scope.klass is not None:
             return Source("attr", name=attr, klass=self.scope.klass)
+        if isinstance(value, cst.Attribute) and attr is None:
+            return Source("const", node=value)  # `consts.EPS`, `config.eps`
         if isinstance(value, cst.IfExp):
             parts = tuple(s for s in (self._source(value.body, depth + 1), self._source(value.orelse, depth + 1)) if s)
             return Source("any", parts=parts) if parts else None
@@ -713,9 +745,11 @@ class TinyEpsilon(Rule):
             others = [t for j, t in enumerate(terms) if j != i]
             if not others or all(number(o) is not None for o in others):
                 continue
-            if isinstance(term, cst.Float) or isinstance(term, cst.Name) or _self_attr(term) is not None:
+            if isinstance(term, (cst.Float, cst.Name, cst.Attribute)):
                 if any(self._upcast(o) for o in others) or all(_scalar_like(o) for o in others):
                     return
+                if all(self.ctx.facts.dtype(o) == HOST for o in others):
+                    continue  # added to Python numbers: never a float16 tensor
                 subject = others[0] if len(others) == 1 else None
                 masked = use.cls == RECIP and any(self._mentions_mask(o) for o in others)
                 self._term(term, use.but(subject=subject, finfo="eps", masked=masked))
@@ -725,7 +759,8 @@ class TinyEpsilon(Rule):
         ``.to(torch.float32)``, ``dtype=torch.float32``, ``dtype=acc_type``,
         ``torch.tensor(data)``, ``torch.from_numpy``), looking through the
         local names it was computed from (any of their assignments)."""
-        if self.scope.fp32:
+        facts = self.ctx.facts
+        if self.scope.fp32 or facts.dtype(node) in (WIDE, INTEGER) or facts.in_float32_region(node):
             return True
         return self._derived(node, self._upcast_here, depth, set())
 
@@ -803,7 +838,11 @@ class TinyEpsilon(Rule):
             if isinstance(param.default, cst.Float):
                 self._report_literal(param.default, use.but(fixable=True), label or source.name)
         elif source.kind == "module":
-            self.module_uses.append((source.name, use, label))
+            self.module_uses.append((source.name, use, label, source.node))
+        elif source.kind == "const":
+            const = self.ctx.facts.constant(source.node)
+            if const is not None and (const.imported or not isinstance(source.node, cst.Name)):
+                self._report_value(source.node, const.value, const.origin, use.but(fixable=False), label)
         elif source.kind == "attr":
             self.class_uses.append((source.klass, source.name, use, label))  # type: ignore[arg-type]
         elif source.kind == "any":
@@ -866,10 +905,12 @@ class TinyEpsilon(Rule):
                 break
             module_uses, self.module_uses = self.module_uses, []
             class_uses, self.class_uses = self.class_uses, []
-            for name, use, label in module_uses:
+            for name, use, label, node in module_uses:
                 bindings = self.module_scope.assigns.get(name, [])
                 if len(bindings) == 1 and bindings[0].source is not None:
                     self._resolve(bindings[0].source, use, label or name)
+                elif not bindings and node is not None:
+                    self._resolve(Source("const", node=node), use, label or name)
             for klass, attr, use, label in class_uses:
                 if (id(klass), attr) in done:
                     continue
@@ -927,17 +968,25 @@ class TinyEpsilon(Rule):
 
     # -- reporting ---------------------------------------------------------------------
     def _report_literal(self, literal: cst.CSTNode, use: Use, label: Optional[str] = None) -> None:
-        if not isinstance(literal, cst.Float) or id(literal) in self.reported:
-            return
-        value = number(literal)
-        if value is None or not 0 < value < self.threshold:
+        if isinstance(literal, cst.Float):
+            self._report_value(literal, number(literal), literal.value, use, label)
+
+    def _report_value(self, literal: cst.CSTNode, value: Optional[float], text: str, use: Use,
+                      label: Optional[str] = None) -> None:
+        """Report a guard's value at ``literal``: the literal itself, or -- for a
+        value defined in another module or a config field -- the name that
+        brings it here (``text`` then says where it is defined)."""
+        if id(literal) in self.reported or value is None or not 0 < value < self.threshold:
             return
         if (use.cls == ROOT or use.masked) and value >= FLOAT16.zero_below:
             # a subnormal guard is enough under a square root, for a clamped log,
             # and for a mask count (0 / eps = 0, no gradient through the mask)
             return
         self.reported.add(id(literal))
-        text = literal.value
+        shown, reciprocal = f"`{text}`", text
+        if not isinstance(literal, cst.Float):
+            # a value defined elsewhere: the name that brings it, and where from
+            shown, reciprocal, label = f"`{self.ctx.code(literal)}` (= {fmt(value)}, from `{text}`)", fmt(value), None
         role = use.role
         if use.quote:
             snippet = _SPACES.sub(" ", self.ctx.code(use.node).strip())
@@ -947,24 +996,25 @@ class TinyEpsilon(Rule):
         who = f"`{label}`" if label else "it"
         if value < FLOAT16.zero_below:
             message = (
-                f"`{text}` rounds to 0 in float16 (below {fmt(FLOAT16.zero_below)}), so the guard does "
+                f"{shown} rounds to 0 in float16 (below {fmt(FLOAT16.zero_below)}), so the guard does "
                 f"nothing: {who} {role}, {use.zero}"
             )
         elif value < FLOAT16.recip_overflow:
             message = (
-                f"`{text}` is subnormal in float16 (smallest normal {fmt(FLOAT16.tiny)}): {who} {role}; "
-                f"the forward pass stays finite, but 1/{text} = {fmt(1 / value)} overflows float16 "
+                f"{shown} is subnormal in float16 (smallest normal {fmt(FLOAT16.tiny)}): {who} {role}; "
+                f"the forward pass stays finite, but 1/{reciprocal} = {fmt(1 / value)} overflows float16 "
                 f"(max {fmt(FLOAT16.max)}), so the reciprocal or its gradient at 0 is inf"
             )
         else:
             message = (
-                f"`{text}` is subnormal in float16 (smallest normal {fmt(FLOAT16.tiny)}): {who} {role}; "
+                f"{shown} is subnormal in float16 (smallest normal {fmt(FLOAT16.tiny)}): {who} {role}; "
                 f"it loses precision, becomes 0 where subnormals are flushed to zero, and "
-                f"1/{text} = {fmt(1 / value)} leaves little headroom below {fmt(FLOAT16.max)}"
+                f"1/{reciprocal} = {fmt(1 / value)} leaves little headroom below {fmt(FLOAT16.max)}"
             )
-        self.pending.append((literal, message, self._fix(literal, use), use.node))
+        fix = self._fix(literal, use) if isinstance(literal, cst.Float) else None
+        self.pending.append((literal, message, fix, use.node))
 
-    def _fix(self, literal: cst.Float, use: Use) -> Optional[FixSpec]:
+    def _fix(self, literal: cst.CSTNode, use: Use) -> Optional[FixSpec]:
         if use.fixable:
             value = SAFE_VALUE[use.cls]
             if float(value) < self.threshold and use.cls == RECIP:

@@ -6,14 +6,18 @@ from typing import Optional
 
 import libcst as cst
 
+from nanlint.analysis import ACTIVATION
 from nanlint.dtypes import FLOAT16, fmt
-from nanlint.finding import UNSAFE
-from nanlint.patterns import is_upcast, Bindings, bounded_above, is_method_call, is_reference, subject, torch_op
+from nanlint.engine import subtree
+from nanlint.finding import HIGH, LOW, UNSAFE
+from nanlint.patterns import is_upcast, is_method_call, is_reference, subject, torch_op
 from nanlint.rule import FixSpec, Invalid, Rule, Valid
 
 EXP_OPS = {"exp": "exp", "exp_": "exp_", "expm1": "expm1", "expm1_": "expm1_", "exp2": "exp2", "exp2_": "exp2_"}
 # exp2 overflows float16 above log2(65504) = 15.999
 EXP2_OVERFLOW = 15.999
+# reductions that add the exps up: clamping each term does not keep them finite
+SUM_OPS = frozenset({"sum", "nansum", "cumsum"})
 
 
 class UnclampedExp(Rule):
@@ -21,7 +25,14 @@ class UnclampedExp(Rule):
     ## What it does
     Flags `torch.exp(x)`, `x.exp()`, `torch.exp_`, `torch.expm1` and
     `torch.exp2`/`torch.special.exp2` whose argument is not provably bounded
-    above.
+    above and may be a float16 tensor.
+
+    Confidence: **high** where an ordinary input overflows: the argument is an
+    activation (a matmul/einsum score, the output of a layer, a parameter of
+    `forward`) with no bound, or the exp is summed or normalised (a manual
+    softmax: `exp(x).sum()`, `e = exp(x); e / e.sum()`). **low** where the
+    analysis cannot tell where the argument comes from (schedule arithmetic,
+    a helper's parameter): shown with `--min-confidence low`.
 
     ## Why is this bad?
     The largest float16 value is 65504, so `exp(x)` is `inf` for every
@@ -29,37 +40,51 @@ class UnclampedExp(Rule):
     attention score above 11 is ordinary, and once one element is `inf` the
     next subtraction or normalisation makes it NaN. A manual softmax
     `exp(x) / exp(x).sum()` is already NaN at x = 20, where `torch.softmax` is
-    fine. (bfloat16 and float32 overflow only above 88.7, so this rule is active
+    fine; and clamping each term does not save it, since the sum of many
+    finite terms still overflows: there the message points to
+    `torch.logsumexp`/`torch.softmax` or an upcast instead of a clamp.
+    (bfloat16 and float32 overflow only above 88.7, so this rule is active
     only when float16 is a target dtype.)
 
-    An argument counts as bounded when it is clamped or clipped from above
-    (`clamp(max=...)`, `clamp_max`, `torch.minimum`), max-stabilised
-    (`x - x.max(...)`, `x - x.amax(...)`, `x - torch.logsumexp(...)`, or
-    `x - m` with `m` assigned such a max), provably <= 0 (`-x**2`,
-    `-x.pow(2)`, `-abs(x)`, `-relu(x)`, `-softplus(x)`, `log_softmax`,
-    `logsigmoid`, a non-negative `arange` times a negative constant, a
-    cumulative sum of such values), a bounded function (`tanh`, `sigmoid`,
-    `sin`, `cos`, `uniform_(a, b)`) or a literal. Variable names help where the
-    code shows nothing else: a subtrahend named like a running max (`max_`,
-    `row_max`, `lse`) stabilises, a `log_probs` is <= 0.
+    Quiet when the argument is bounded above (the shared range facts): clamped
+    or clipped from above (`clamp(max=...)`, `clamp_max`, `torch.minimum`),
+    max-stabilised (`x - x.max(...)`, `x - x.amax(...)`, `x - torch.logsumexp(...)`,
+    `x - scatter_max(x, index)[0][index]`, or `x - m` with `m` assigned such a
+    max), provably <= 0 (`-x**2`, `-0.5 * (d / s) ** 2`, `-abs(x)`, `-relu(x)`,
+    `log_softmax`, `logsigmoid`, `-cumsum` of non-negative values, the values
+    of `torch.sort`/`topk` of such a tensor), a bounded function (`tanh`,
+    `sigmoid`, `sin`, `cos`, `uniform_(a, b)`), a literal, or the result of a
+    helper whose summary says it returns log-probabilities -- a function or
+    method of this file or of an imported project module
+    (`def log_probs(x): return F.log_softmax(x, -1)`), or a layer attribute
+    built as `nn.LogSoftmax`/`nn.LogSigmoid` (`self.logsoftmax(x)`). Variable
+    names decide only where nothing else does: a subtrahend named like a
+    running max (`max_`, `row_max`, `lse`) stabilises, a `log_probs` is <= 0.
 
-    Not flagged either: an argument explicitly upcast (`x.float().exp()`,
-    `x.to(torch.float32)`), since exp then runs in float32, and a module
-    attribute (`self.logit_scale.exp()`), a learned log-scale parameter that
-    would need a value above 11.09 (a scale above 65504) to overflow.
-    `math.exp`, `np.exp` and an exp called with an argument on something that is
+    Quiet too when the value cannot be float16: an explicit upcast
+    (`x.float().exp()`), a provably float32/float64, integer or host value
+    (`torch.linspace(..., dtype=torch.float64)`, numpy data, Python numbers),
+    inside a float32 region (`autocast(enabled=False)`, `@force_fp32`); a
+    module attribute (`self.logit_scale.exp()`), a learned log-scale parameter
+    that would need a value above 11.09 (a scale above 65504) to overflow; a
+    complex exponential (`(1j * x).exp()`); and a user's own `exp`, which is
+    not the tensor op: `Tensor.exp()` takes no argument, so `SO3.exp(omega)` or
+    `cls.exp(v)` is a method of the project, and so is `self.exp()` when the
+    class defines `exp`. `math.exp`, `np.exp` and an exp called with an argument on something that is
     not torch (inductor's `ops.exp(x)`, triton's `libdevice.exp(x)`) are not
     torch ops and are never flagged.
 
     ## Example
     ```python
-    std = torch.exp(0.5 * logvar)
+    std = torch.exp(0.5 * self.fc_logvar(h))
+    p = torch.exp(scores) / torch.exp(scores).sum(-1, keepdim=True)
     ```
 
     ## Use instead
     ```python
+    logvar = self.fc_logvar(h)
     std = torch.exp((0.5 * logvar).clamp(max=math.log(torch.finfo(logvar.dtype).max) - 0.01))
-    # or a stabilised form: torch.softmax, torch.logsumexp, F.softplus
+    p = torch.softmax(scores, dim=-1)  # or torch.logsumexp for the normaliser
     ```
 
     ## Fix safety
@@ -68,7 +93,8 @@ class UnclampedExp(Rule):
     the exact `log(finfo.max)` is rounded *up* when the clamp casts it to the
     tensor's dtype (11.0899 becomes 11.09375 in float16, whose exp is inf), so
     the margin is what keeps the result finite. The fix is offered only when
-    the argument is a plain name or attribute, which it must read twice.
+    the argument is a plain name or attribute, which it must read twice, and
+    never for a summed exp (a clamp would leave the sum overflowing).
     """
 
     code = "NL002"
@@ -96,6 +122,36 @@ class UnclampedExp(Rule):
         Valid("import torch\nfrom .triton_compat import libdevice\ny = libdevice.exp(x)\n"),
         Valid("import torch\nA = -torch.exp(A_log.float())\n"),
         Valid("import torch\nA = -torch.exp(A_log.float())\nL = torch.exp(torch.cumsum(A, dim=-1))\n"),
+        # bounded through a layer attribute, a helper, a reduction, a sort
+        Valid(
+            "import torch\nimport torch.nn as nn\n\n"
+            "class Head(nn.Module):\n"
+            "    def __init__(self):\n"
+            "        super().__init__()\n"
+            "        self.logsoftmax = nn.LogSoftmax(dim=-1)\n\n"
+            "    def forward(self, x):\n"
+            "        return torch.exp(self.logsoftmax(x))\n"
+        ),
+        Valid(
+            "import torch\nimport torch.nn.functional as F\n\n"
+            "def log_probs(x):\n    return F.log_softmax(x, -1)\n\n"
+            "p = torch.exp(log_probs(x))\n"
+        ),
+        Valid("import torch.nn.functional as F\nlprobs = F.log_softmax(x, -1)\nprobs = lprobs.exp_()\n"),
+        Valid("import torch\nimport torch.nn.functional as F\nT = torch.exp(-torch.cumsum(F.relu(d) * dt, -1))\n"),
+        Valid("from torch_scatter import scatter_max\ne = (x - scatter_max(x, i, dim=0)[0][i]).exp()\n"),
+        Valid("import torch.nn.functional as F\nimport torch\nv, i = torch.sort(F.log_softmax(x, -1))\np = torch.exp(v)\n"),
+        Valid("import torch\nk = torch.exp(-0.5 * (d / sigma) ** 2)\n"),
+        # never float16, or not the tensor op
+        Valid("import torch\nt = torch.linspace(0, 1, 10, dtype=torch.float64)\ny = torch.exp(t * 20)\n"),
+        Valid("import torch\nphase = (1j * x).exp()\n"),
+        Valid(
+            "class SO3:\n"
+            "    @classmethod\n"
+            "    def exp(cls, omega):\n        return omega\n\n"
+            "    @classmethod\n"
+            "    def compose(cls, a, b):\n        return cls.exp(a + b)\n"
+        ),
     ]
     invalid = [
         Invalid(
@@ -119,46 +175,68 @@ class UnclampedExp(Rule):
         ),
         Invalid("import torch\ny = torch.exp(x.clamp(min=-5))\n"),
         Invalid("import torch\nnum = torch.exp(x)\nden = torch.exp(x).sum(-1)\n", count=2),
+        # an activation (high confidence); a summed exp (no clamp: logsumexp/softmax)
+        Invalid(
+            "import torch\nimport torch.nn as nn\n\n"
+            "class Gate(nn.Module):\n"
+            "    def __init__(self):\n"
+            "        super().__init__()\n"
+            "        self.proj = nn.Linear(8, 8)\n\n"
+            "    def forward(self, x):\n"
+            "        return torch.exp(self.proj(x))\n"
+        ),
+        Invalid("import torch\np = torch.exp(q @ k) / torch.exp(q @ k).sum(-1, keepdim=True)\n", count=2),
+        # a helper of this file that does not bound its result
+        Invalid("import torch\n\ndef logits(x):\n    return x * 2\n\ny = torch.exp(logits(x))\n"),
     ]
 
     @classmethod
     def active(cls, dtypes) -> bool:
         return any(d.name == FLOAT16.name for d in dtypes)
 
-    def __init__(self, ctx, options=None) -> None:
-        super().__init__(ctx, options)
-        self.bindings = Bindings()
-
-    def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
-        self.bindings.push()
-
-    def leave_FunctionDef(self, node: cst.FunctionDef) -> None:
-        self.bindings.pop()
-
-    def leave_Assign(self, node: cst.Assign) -> None:
-        # bound after the value is visited: in `x = torch.exp(x)` the x inside
-        # is the previous x, not this assignment
-        self.bindings.assign(node)
-
     def visit_Call(self, node: cst.Call) -> None:
         op = torch_op(self.ctx, node)
-        if op not in EXP_OPS:
+        if op not in EXP_OPS or _not_torch(self.ctx, node):
             return
         if node.args and is_method_call(self.ctx, node):
             return  # `ops.exp(x)`, `libdevice.exp(x)`: a tensor's exp takes no argument
         x = subject(self.ctx, node)
-        if x is None or bounded_above(self.ctx, x, self.bindings):
+        facts = self.ctx.facts
+        if x is None or facts.bounded_above(x) or _complex(x):
             return
-        if is_upcast(self.ctx, x) or _module_attribute(self.ctx, x):
+        if is_upcast(self.ctx, x) or _module_attribute(self.ctx, x) or not facts.can_be_half(x):
             return
         limit = EXP2_OVERFLOW if op.startswith("exp2") else FLOAT16.exp_overflow
         spelled = f"{op}" if op.startswith("exp") else op
+        if self._summed(node):
+            self.report(
+                node,
+                f"`{spelled}` of an argument that is not bounded above is summed: float16 overflows to inf "
+                f"for x >= {fmt(limit)} (max {fmt(FLOAT16.max)}), and clamping each term leaves the sum "
+                "overflowing; use `torch.logsumexp` / `torch.softmax`, or upcast (`x.float().exp()`)",
+                None,
+                confidence=HIGH,
+            )
+            return
         self.report(
             node,
             f"`{spelled}` of an argument that is not bounded above: float16 overflows to inf "
             f"for x >= {fmt(limit)} (max {fmt(FLOAT16.max)}); clamp it or max-stabilise it",
             self._fix(node, x, "log2" if op.startswith("exp2") else "log"),
+            confidence=HIGH if facts.origin(x) == ACTIVATION else LOW,
         )
+
+    def _summed(self, call: cst.Call) -> bool:
+        """The exp is summed (``exp(x).sum()``, ``e = exp(x); e / e.sum()``) or is
+        the numerator of a division by a sum (``exp(x) / exp(x).sum()``)."""
+        if any(c in SUM_OPS for c in self.ctx.facts.consumers(call)):
+            return True
+        up = self.ctx.facts.scopes.parent.get(call)
+        if isinstance(up, cst.BinaryOperation) and isinstance(up.operator, cst.Divide) and up.left is call:
+            return any(
+                isinstance(sub, cst.Call) and torch_op(self.ctx, sub) in SUM_OPS for sub in subtree(up.right, 200)
+            )
+        return False
 
     def _fix(self, call: cst.Call, x: cst.BaseExpression, log: str) -> Optional[FixSpec]:
         if not is_reference(x) or x.lpar:
@@ -212,3 +290,26 @@ def _module_attribute(ctx, node: cst.BaseExpression) -> bool:
     return isinstance(node, cst.Name) and node.value == "self"
 
 
+
+
+def _not_torch(ctx, call: cst.Call) -> bool:
+    """A user's own ``exp``, not the tensor op: ``Tensor.exp()`` takes no
+    argument, so ``cls.exp(v)`` / ``SO3.exp(omega)`` is a method of the
+    project (a Lie group's exponential map); so is ``self.exp(...)`` when the
+    class around it defines ``exp``."""
+    if not is_method_call(ctx, call):
+        return False
+    if call.args:
+        return True
+    func = call.func
+    if isinstance(func, cst.Attribute) and isinstance(func.value, cst.Name) and func.value.value in ("self", "cls"):
+        return ctx.facts.scopes.function_named(func.attr.value, call) is not None
+    return False
+
+
+def _complex(node: cst.BaseExpression) -> bool:
+    """``(1j * x).exp()``: a complex exponential, of modulus ``exp(real part)``
+    -- a phase here, never a float16 tensor."""
+    return isinstance(node, cst.BinaryOperation) and any(
+        isinstance(side, cst.Imaginary) for side in (node.left, node.right)
+    )

@@ -15,7 +15,7 @@ import pytest
 from nanlint.cache import Cache
 from nanlint.finding import Finding
 
-HAZARD = "import torch\ny = torch.exp(x)\n"
+HAZARD = "import torch\ny = torch.exp(q @ k)\n"
 
 
 def run(*args, cwd):
@@ -56,7 +56,7 @@ def test_changed_content_or_settings_miss(tmp_path):
     target = tmp_path / "m.py"
     target.write_text(HAZARD)
     run("check", ".", cwd=tmp_path)
-    target.write_text(HAZARD + "z = torch.exp(w)\n")
+    target.write_text(HAZARD + "z = torch.exp(a @ b)\n")
     proc = run("check", "--output-format", "json", ".", cwd=tmp_path)
     assert len(json.loads(proc.stdout)) == 2
     proc = run("check", "--ignore", "NL002", ".", cwd=tmp_path)
@@ -339,3 +339,19 @@ def test_worker_processes_write_and_read_the_cache(tmp_path):
     assert len(_entries(tmp_path)) == 8
     again = run("check", "-j", "2", ".", cwd=tmp_path)
     assert (again.returncode, again.stdout, again.stderr) == (1, first.stdout, "")
+
+
+def test_code_fingerprint_covers_the_analysis_subpackage():
+    import os
+
+    import nanlint.analysis.values as values
+    from nanlint.cache import code_fingerprint
+
+    before = code_fingerprint()
+    st = os.stat(values.__file__)
+    try:
+        os.utime(values.__file__, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+        assert code_fingerprint() != before
+    finally:
+        os.utime(values.__file__, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert code_fingerprint() == before

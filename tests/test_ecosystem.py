@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
 NOTEBOOK = DATA / "notebook.ipynb"
 
-HAZARD = "import torch\n\ndef f(logvar):\n    return torch.exp(logvar)\n"
+HAZARD = "import torch\nclass VAE(torch.nn.Module):\n    def forward(self, logvar):\n        return torch.exp(logvar)\n"
 FIXABLE = "import torch\nh = x * (1 + torch.tanh(s))\n"
 CLEAN = "import torch\n\ndef f(x):\n    return torch.exp(x - x.amax(-1, keepdim=True))\n"
 
@@ -49,7 +49,7 @@ def test_github_annotations(project):
     assert proc.returncode == 1, proc.stderr
     lines = proc.stdout.splitlines()
     assert len(lines) == 3
-    assert lines[0].startswith("::error title=nanlint NL002 (unclamped-exp),file=bad.py,line=4,col=12,"
+    assert lines[0].startswith("::error title=nanlint NL002 (unclamped-exp),file=bad.py,line=4,col=16,"
                                "endLine=4,endColumn=")
     assert "::NL002 `exp` of an argument" in lines[0]
     # property values escape `,` `:` `%` so the runner does not split them
@@ -123,7 +123,7 @@ def test_junit(project):
     suites = {s.get("name"): s for s in root}
     assert set(suites) == {"bad.py", "gate.py"}
     case = suites["bad.py"].find("testcase")
-    assert case.get("name") == "NL002 unclamped-exp at 4:12"
+    assert case.get("name") == "NL002 unclamped-exp at 4:16"
     assert case.find("failure").get("type") == "NL002"
     clean = ET.fromstring(run("check", "--output-format", "junit", "good.py", cwd=project).stdout)
     assert (clean.get("tests"), clean.get("failures")) == ("1", "0")
@@ -191,7 +191,7 @@ def test_notebook_with_a_broken_cell_checks_the_others(tmp_path):
     proc = run("check", "b.ipynb", cwd=tmp_path)
     assert proc.returncode == 1
     assert proc.stdout.startswith("b.ipynb:cell 1:1:12: NL000 [syntax-error]")
-    assert "b.ipynb:cell 2:4:12: NL002" in proc.stdout
+    assert "b.ipynb:cell 2:4:16: NL002" in proc.stdout
 
 
 def test_invalid_notebook_is_one_error_line(tmp_path):
@@ -201,7 +201,7 @@ def test_invalid_notebook_is_one_error_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: bad.ipynb: not a valid notebook: invalid JSON")
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
-    assert "ok.py:4:12: NL002" in proc.stdout
+    assert "ok.py:4:16: NL002" in proc.stdout
     before = (tmp_path / "bad.ipynb").read_bytes()
     run("fix", ".", cwd=tmp_path)
     assert (tmp_path / "bad.ipynb").read_bytes() == before
@@ -364,4 +364,4 @@ def test_notebook_answers_are_the_same_from_the_cache(tmp_path):
     assert (tmp_path / ".nanlint_cache").is_dir()
     assert cold.returncode == warm.returncode == 1
     assert (cold.stdout, cold.stderr) == (warm.stdout, warm.stderr)
-    assert "c.ipynb:cell 1:4:12: NL002" in warm.stdout
+    assert "c.ipynb:cell 1:4:16: NL002" in warm.stdout

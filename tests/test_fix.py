@@ -24,6 +24,10 @@ FIXED = (
 
 
 def run(*args, cwd=None, stdin=None):
+    # HAZARD (`torch.exp` of a function's parameter) is a low-confidence NL002
+    # finding: these tests are about fixing, so they show every confidence
+    if args and args[0] in ("check", "fix"):
+        args = (args[0], "--min-confidence", "low", *args[1:])
     return subprocess.run([sys.executable, "-m", "nanlint", *args], cwd=cwd, input=stdin,
                           capture_output=True, text=True)
 

@@ -24,6 +24,9 @@ def test_wheel_maps_rules_folder_to_nanlint_rules(tmp_path):
     assert "nanlint/rules/__init__.py" in names
     assert "nanlint/rules/nl002_unclamped_exp.py" in names
     assert not any(n.startswith("rules/") for n in names)
+    # every subpackage of nanlint/ ships (nanlint.analysis is imported by the rules)
+    for init in sorted((ROOT / "nanlint").glob("*/__init__.py")):
+        assert init.relative_to(ROOT).as_posix() in names
     top_level = {n.split("/")[0] for n in names}
     assert top_level <= {"nanlint", f"{wheel.name.split('-')[0]}-{wheel.name.split('-')[1]}.dist-info"}
 

@@ -86,7 +86,7 @@ def test_confirm_example_output_is_what_nanlint_prints(tmp_path):
 
 # -- the ecosystem sections: each example is executed -------------------------------------------
 
-HAZARD = "import torch\n\ndef f(logvar):\n    return torch.exp(logvar)\n"
+HAZARD = "import torch\nclass VAE(torch.nn.Module):\n    def forward(self, logvar):\n        return torch.exp(logvar)\n"
 
 
 def _block(heading: str, lang: str) -> str:

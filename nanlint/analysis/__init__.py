@@ -5,6 +5,9 @@ about. Data flows one way: files -> parse -> analysis -> rules -> findings.
 - ``scopes``: bindings, scopes, parents and source order of one module;
 - ``values``: :class:`Facts`, the queries rules make;
 - ``masks``: which rows a mask fill can blank, and where a filled tensor goes.
+- ``project``: what other modules of the checked project define (constants,
+  config defaults, function summaries), read with ``ast`` and cached by
+  content hash; ``Facts.constant`` and ``Facts.summary_of_call`` ask it.
 """
 
 from .values import ACTIVATION, HALF, HOST, INTEGER, UNKNOWN, WIDE, Facts

@@ -31,10 +31,11 @@ from typing import Dict, FrozenSet, List, Optional, Set
 
 import libcst as cst
 
-from ..patterns import arg, number, subject, torch_op, value_facts, is_method_call, NONPOS, UPPER
+from ..patterns import arg, number, subject, torch_op, value_facts, is_method_call, NONNEG, NONPOS, LOWER, UPPER
 from ..resolve import dotted_name
 from ..engine import iter_tree
 from .safeguards import Safeguards
+from .project import LOG_PROBABILITY, PROBABILITY
 from .scopes import Binding, Scopes
 
 HALF = "half"
@@ -116,6 +117,7 @@ class Facts:
         self._dtype: Dict[cst.CSTNode, str] = {}
         self._module_class: Dict[cst.ClassDef, bool] = {}
         self._safeguards: Optional[Safeguards] = None
+        self._project = None
 
     @property
     def safeguards(self) -> Safeguards:
@@ -123,6 +125,26 @@ class Facts:
         if self._safeguards is None:
             self._safeguards = Safeguards(self)
         return self._safeguards
+
+    # -- across functions and modules (``project``) ---------------------------
+    @property
+    def project(self):
+        if self._project is None:
+            from .project import ProjectFacts
+
+            self._project = ProjectFacts(self)
+        return self._project
+
+    def constant(self, node: cst.BaseExpression):
+        """The numeric value an expression stands for (a literal, ``-INF``, a
+        module constant of this file or imported from the project, a class or
+        config field default), as a :class:`project.Constant`, or None."""
+        return self.project.constant(node)
+
+    def summary_of_call(self, call: cst.Call):
+        """The :class:`project.FunctionSummary` of the function of this file
+        or of the project that ``call`` reaches, or None."""
+        return self.project.summary_of_call(call)
 
     # -- dtype ---------------------------------------------------------------
     def dtype(self, node: cst.BaseExpression, depth: int = 0) -> str:
@@ -365,8 +387,10 @@ class Facts:
         if isinstance(node, cst.Name):
             bindings = self.scopes.reaching(node)
             for b in bindings[:1]:
-                if b.kind in ("assign", "walrus") and b.value is not None:
-                    return rec(b.value)
+                if b.kind in ("assign", "walrus"):
+                    # a name unpacked from a tuple (``a, b = f(x).chunk(2)``) is part of its value
+                    value = b.value if b.value is not None else getattr(b.node, "value", None)
+                    return rec(value) if value is not None else UNKNOWN
                 if b.kind == "param" and self.is_forward_param(b):
                     return ACTIVATION
             return UNKNOWN
@@ -549,6 +573,10 @@ class Facts:
             return
         if isinstance(up, cst.BinaryOperation):
             out.append("arith")
+            # scaling keeps the value's role: `e * mask` then summed is still
+            # a summed exp (a sum or difference with other terms is not)
+            if isinstance(up.operator, cst.Multiply):
+                self._consumers_of(up, out, seen, depth + 1)
             return
         out.append("other")
 
@@ -566,8 +594,60 @@ class _Lookup:
     def lookup_node(self, node: cst.Name) -> Optional[cst.BaseExpression]:
         for b in self.facts.scopes.reaching(node)[:1]:
             if b.kind in ("assign", "walrus"):
-                return b.value
+                return b.value if b.value is not None else _sorted_values(self.facts, b)
         return None
+
+    def call_facts(self, call: cst.Call) -> FrozenSet[str]:
+        """The range of a call the analysis knows beyond torch ops: a helper
+        of this file or the project whose summary says it returns (log-)
+        probabilities, or a layer attribute ``self.f = nn.LogSoftmax(...)``."""
+        kind = _layer_kind(self.facts, call)
+        if kind is None:
+            summary = self.facts.summary_of_call(call)
+            kind = summary.returns if summary is not None else None
+        if kind == LOG_PROBABILITY:
+            return frozenset({NONPOS, UPPER})
+        if kind == PROBABILITY:
+            return frozenset({NONNEG, UPPER, LOWER})
+        return frozenset()
+
+
+# ops returning (values, indices) whose values are elements of their input
+_SELECTING = frozenset({"sort", "topk", "max", "min", "kthvalue", "cummax", "cummin", "median", "mode"})
+
+
+def _sorted_values(facts: Facts, b: Binding) -> Optional[cst.BaseExpression]:
+    """``values, idx = torch.sort(x)``: ``values`` holds elements of ``x``, so
+    it has x's bounds."""
+    stmt = b.node
+    if not (isinstance(stmt, cst.Assign) and len(stmt.targets) == 1 and isinstance(stmt.value, cst.Call)):
+        return None
+    target = stmt.targets[0].target
+    if not (isinstance(target, (cst.Tuple, cst.List)) and target.elements):
+        return None
+    first = target.elements[0].value
+    if not (isinstance(first, cst.Name) and first.value == b.name):
+        return None
+    if torch_op(facts.ctx, stmt.value) not in _SELECTING:
+        return None
+    return subject(facts.ctx, stmt.value)
+
+
+_LAYER_KINDS = {"LogSoftmax": LOG_PROBABILITY, "LogSigmoid": LOG_PROBABILITY,
+                "Softmax": PROBABILITY, "Sigmoid": PROBABILITY, "Softmin": PROBABILITY}
+
+
+def _layer_kind(facts: Facts, call: cst.Call) -> Optional[str]:
+    """``self.f(x)`` where every ``self.f = ...`` builds ``nn.LogSoftmax`` (or
+    another layer of known range)."""
+    func = call.func
+    if not (isinstance(func, cst.Attribute) and _is_self(func.value)):
+        return None
+    kinds = set()
+    for _, value in facts.scopes.self_attribute(func):
+        qualified = facts.ctx.resolve(value.func) if isinstance(value, cst.Call) else None
+        kinds.add(_LAYER_KINDS.get((qualified or "").rsplit(".", 1)[-1]) if (qualified or "").startswith("torch.nn.") else None)
+    return kinds.pop() if len(kinds) == 1 else None
 
 
 def _is_self(node: cst.BaseExpression) -> bool:

@@ -1,0 +1,729 @@
+"""Facts that cross module boundaries: what the other modules of the checked
+project define, as far as a rule needs it.
+
+A module's *summary* is computed with Python's ``ast`` (about ten times
+cheaper than libcst; no other module is ever parsed with libcst) and holds:
+
+- numeric module constants (``EPS = 1e-8``, ``NEG_INF = -INF``,
+  ``float("-inf")``, ``10 ** -8``);
+- per function (``helper`` and ``Class.method``): its numeric parameter
+  defaults and whether it returns a probability (softmax/sigmoid),
+  log-probabilities (log_softmax/logsigmoid) or an unbounded ``exp``, clips
+  gradients, initialises modules (``nn.init.*``) or fills a mask with -inf;
+- per class: numeric field defaults (dataclass / config-class fields
+  ``eps: float = 1e-8``, class attributes, ``self.eps = 1e-8`` or
+  ``self.eps = eps`` with a numeric default in ``__init__``).
+
+Summaries are cached per process and keyed by the module's content hash.
+
+Imports are read with a regular expression over the text (no parse), so the
+runner can compute a file's project dependencies -- the modules its findings
+may draw a summary from -- before deciding whether its cached findings still
+hold. ``from .consts import EPS``, ``from pkg.utils import helper`` and
+``import pkg.mod as m`` resolve to files below the file's package root (the
+nearest directory above it without ``__init__.py``) or the project root.
+Only direct imports are followed (a re-export through an ``__init__`` is
+followed one step, and then it is a direct import of that ``__init__``).
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+PROBABILITY = "probability"
+LOG_PROBABILITY = "log_probability"
+EXP = "exp"
+
+# -- imports, read from the text --------------------------------------------------
+
+_FROM = re.compile(r"^[ \t]*from[ \t]+(\.*)([\w.]*)[ \t]+import[ \t]+(\([^)]*\)|[^\n#;]*)", re.MULTILINE)
+_IMPORT = re.compile(r"^[ \t]*import[ \t]+([\w., \t]+)", re.MULTILINE)
+_ALIAS = re.compile(r"^([\w.]+)(?:\s+as\s+(\w+))?$")
+
+
+@dataclass(frozen=True)
+class Imported:
+    """A name bound by an import: ``local`` stands for ``symbol`` of module
+    ``module`` (``symbol`` is None for ``import a.b as m``)."""
+
+    local: str
+    module: str
+    symbol: Optional[str]
+
+
+def read_imports(text: str, package: Sequence[str]) -> List[Imported]:
+    """The imports of a source text, relative ones made absolute against the
+    importing module's package (``package``: its dotted parts)."""
+    out: List[Imported] = []
+    for m in _FROM.finditer(text):
+        dots, module, names = m.group(1), m.group(2), m.group(3)
+        if dots:
+            up = len(dots) - 1
+            if up > len(package):
+                continue
+            base = list(package[: len(package) - up]) if up else list(package)
+            module = ".".join(base + ([module] if module else []))
+        if not module:
+            continue
+        for part in names.strip("() \t\r\n\\").replace("\n", ",").split(","):
+            alias = _ALIAS.match(part.strip())
+            if alias and alias.group(1) != "*":
+                out.append(Imported(alias.group(2) or alias.group(1), module, alias.group(1)))
+    for m in _IMPORT.finditer(text):
+        for part in m.group(1).split(","):
+            alias = _ALIAS.match(part.strip())
+            if alias is None:
+                continue
+            name, asname = alias.group(1), alias.group(2)
+            if asname:
+                out.append(Imported(asname, name, None))
+            else:
+                head = name.split(".")[0]
+                out.append(Imported(head, head, None))
+    return out
+
+
+# -- where modules live -----------------------------------------------------------
+
+
+def package_root(path: str) -> str:
+    """The nearest directory above ``path`` that is not a package."""
+    folder = os.path.dirname(os.path.abspath(path))
+    while os.path.isfile(os.path.join(folder, "__init__.py")):
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    return folder
+
+
+def module_parts(path: str, root: str) -> List[str]:
+    rel = os.path.relpath(os.path.abspath(path), root)
+    parts = rel[:-3].split(os.sep) if rel.endswith(".py") else rel.split(os.sep)
+    if parts and parts[-1] == "__init__":
+        parts = parts[:-1]
+    return parts
+
+
+_FOUND: Dict[Tuple[str, str], Optional[str]] = {}
+
+
+def find_module(module: str, roots: Sequence[str]) -> Optional[str]:
+    """The file of a dotted module below one of ``roots``, or None."""
+    for root in roots:
+        key = (root, module)
+        if key not in _FOUND:
+            base = os.path.join(root, *module.split("."))
+            found = None
+            for candidate in (base + ".py", os.path.join(base, "__init__.py")):
+                if os.path.isfile(candidate):
+                    found = candidate
+                    break
+            _FOUND[key] = found
+        if _FOUND[key] is not None:
+            return _FOUND[key]
+    return None
+
+
+_IMPORTS: Dict[str, Dict[str, Imported]] = {}
+
+
+def module_imports(path: str) -> Dict[str, Imported]:
+    """The names a project module imports (read once per process)."""
+    if path not in _IMPORTS:
+        try:
+            with open(path, "rb") as handle:
+                text = handle.read().decode("utf-8", "replace")
+        except OSError:
+            text = ""
+        parts = module_parts(path, package_root(path))
+        package = parts if path.endswith("__init__.py") else parts[:-1]
+        table: Dict[str, Imported] = {}
+        for imp in read_imports(text, package):
+            table.setdefault(imp.local, imp)
+        _IMPORTS[path] = table
+    return _IMPORTS[path]
+
+
+_HASHES: Dict[str, Optional[str]] = {}
+#: (module path, rule code) -> whether the module matches the rule's triggers
+_TRIGGERED: Dict[Tuple[str, str], bool] = {}
+
+
+def content_hash(path: str) -> Optional[str]:
+    """sha256 of a module's bytes (read once per process: a run does not
+    expect the files it checks to change under it)."""
+    if path not in _HASHES:
+        try:
+            with open(path, "rb") as handle:
+                _HASHES[path] = hashlib.sha256(handle.read()).hexdigest()
+        except OSError:
+            _HASHES[path] = None
+    return _HASHES[path]
+
+
+class ProjectFile:
+    """One checked file's view of its project: its imports resolved to files."""
+
+    def __init__(self, path: str, text: str, project_root: Optional[str] = None) -> None:
+        self.path = os.path.abspath(path)
+        root = package_root(self.path)
+        self.roots = [root] + ([os.path.abspath(project_root)] if project_root and os.path.abspath(project_root) != root else [])
+        parts = module_parts(self.path, root)
+        package = parts if self.path.endswith("__init__.py") else parts[:-1]
+        self.imports: Dict[str, Imported] = {}
+        for imp in read_imports(text, package):
+            self.imports.setdefault(imp.local, imp)
+        self._dependencies: Optional[List[Tuple[str, str]]] = None
+
+    def dotted(self, local: str) -> str:
+        """What an imported name stands for, spelled ``pkg.mod.NAME``."""
+        imp = self.imports[local]
+        return f"{imp.module}.{imp.symbol}" if imp.symbol is not None else imp.module
+
+    def module_file(self, module: str) -> Optional[str]:
+        found = find_module(module, self.roots)
+        return None if found == self.path else found
+
+    def target(self, local: str) -> Optional[Tuple[str, Optional[str]]]:
+        """(file, symbol) a local imported name stands for: ``symbol`` is None
+        when the name is a module (``import pkg.mod as m``, ``from pkg import mod``)."""
+        imp = self.imports.get(local)
+        if imp is None:
+            return None
+        if imp.symbol is not None:
+            sub = self.module_file(f"{imp.module}.{imp.symbol}")
+            if sub is not None:
+                return sub, None
+            owner = self.module_file(imp.module)
+            return (owner, imp.symbol) if owner is not None else None
+        owner = self.module_file(imp.module)
+        return (owner, None) if owner is not None else None
+
+    def imports_trigger(self, rule, may_trigger) -> bool:
+        """Whether a project module this file imports matches the rule's text
+        triggers (so an imported value may bring the rule a finding here)."""
+        for path, _ in self.dependencies():
+            key = (path, rule.code)
+            if key not in _TRIGGERED:
+                try:
+                    with open(path, "rb") as handle:
+                        text = handle.read().decode("utf-8", "replace")
+                except OSError:
+                    text = ""
+                _TRIGGERED[key] = may_trigger(rule, text)
+            if _TRIGGERED[key]:
+                return True
+        return False
+
+    def dependencies(self) -> List[Tuple[str, str]]:
+        """(path, content hash) of the project modules this file imports
+        directly -- and of the module a name re-exported by one of them comes
+        from (``from .consts import EPS`` in an ``__init__``) -- sorted: what
+        its cached findings depend on besides itself."""
+        if self._dependencies is None:
+            paths = set()
+            for imp in self.imports.values():
+                if imp.symbol is not None:
+                    sub = self.module_file(f"{imp.module}.{imp.symbol}")
+                    if sub is not None:
+                        paths.add(sub)
+                        continue
+                owner = self.module_file(imp.module)
+                if owner is None:
+                    continue
+                paths.add(owner)
+                again = module_imports(owner).get(imp.symbol or "")
+                if again is not None and again.symbol is not None:
+                    origin = find_module(again.module, [package_root(owner)])
+                    if origin is not None and origin != self.path:
+                        paths.add(origin)
+            self._dependencies = sorted((p, content_hash(p) or "") for p in paths)
+        return self._dependencies
+
+
+# -- summaries ---------------------------------------------------------------------
+
+
+@dataclass
+class FunctionSummary:
+    name: str
+    #: numeric parameter defaults
+    defaults: Dict[str, float] = field(default_factory=dict)
+    #: PROBABILITY / LOG_PROBABILITY / EXP: what every return of it is
+    returns: Optional[str] = None
+    clips_gradients: bool = False
+    initialises: bool = False
+    fills_neg_inf: bool = False
+
+
+@dataclass
+class ModuleSummary:
+    path: str
+    constants: Dict[str, float] = field(default_factory=dict)
+    #: ``helper`` and ``Class.method``
+    functions: Dict[str, FunctionSummary] = field(default_factory=dict)
+    #: class name -> field name -> numeric default
+    fields: Dict[str, Dict[str, float]] = field(default_factory=dict)
+
+
+_SUMMARIES: Dict[str, Tuple[str, ModuleSummary]] = {}
+
+
+def summary(path: str, text: Optional[str] = None) -> Optional[ModuleSummary]:
+    """The summary of a module file, cached per process by content hash."""
+    digest = content_hash(path) if text is None else hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    if digest is None:
+        return None
+    cached = _SUMMARIES.get(path)
+    if cached is not None and cached[0] == digest:
+        return cached[1]
+    if text is None:
+        try:
+            with open(path, "rb") as handle:
+                text = handle.read().decode("utf-8", "replace")
+        except OSError:
+            return None
+    try:
+        result = summarise(ast.parse(text), path)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        result = ModuleSummary(path)  # a module we cannot read tells nothing
+    _SUMMARIES[path] = (digest, result)
+    return result
+
+
+def summarise(tree: ast.Module, path: str = "") -> ModuleSummary:
+    out = ModuleSummary(path)
+    for stmt in _flat(tree.body):
+        if isinstance(stmt, (ast.Assign, ast.AnnAssign)):
+            targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+            value = number(stmt.value, out.constants) if stmt.value is not None else None
+            for t in targets:
+                if isinstance(t, ast.Name):
+                    if value is None:
+                        out.constants.pop(t.id, None)
+                    elif t.id in out.constants and out.constants[t.id] != value:
+                        out.constants.pop(t.id)  # rebound: not a constant
+                    else:
+                        out.constants[t.id] = value
+        elif isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            out.functions[stmt.name] = _function(stmt, out.constants)
+        elif isinstance(stmt, ast.ClassDef):
+            fields: Dict[str, float] = {}
+            for item in stmt.body:
+                if isinstance(item, (ast.Assign, ast.AnnAssign)) and item.value is not None:
+                    targets = item.targets if isinstance(item, ast.Assign) else [item.target]
+                    value = number(item.value, out.constants)
+                    for t in targets:
+                        if isinstance(t, ast.Name) and value is not None:
+                            fields[t.id] = value
+                elif isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    summary_ = _function(item, out.constants)
+                    out.functions[f"{stmt.name}.{item.name}"] = summary_
+                    if item.name == "__init__":
+                        for name, value in _init_fields(item, summary_.defaults, out.constants).items():
+                            fields.setdefault(name, value)
+            out.fields[stmt.name] = fields
+    return out
+
+
+def _flat(body):
+    """Module-level statements, looking into ``if``/``try`` blocks."""
+    for stmt in body:
+        if isinstance(stmt, ast.If):
+            yield from _flat(stmt.body)
+            yield from _flat(stmt.orelse)
+        elif isinstance(stmt, ast.Try):
+            yield from _flat(stmt.body)
+        else:
+            yield stmt
+
+
+def number(node: ast.AST, env: Dict[str, float]) -> Optional[float]:
+    """The numeric value of a constant expression (``-1e-8``, ``10 ** -8``,
+    ``float("-inf")``, ``-INF`` with ``INF`` in ``env``)."""
+    if isinstance(node, ast.Constant):
+        v = node.value
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+    if isinstance(node, ast.Name):
+        return env.get(node.id)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        inner = number(node.operand, env)
+        if inner is None:
+            return None
+        return -inner if isinstance(node.op, ast.USub) else inner
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in ("math", "np", "numpy"):
+        return {"inf": math.inf, "pi": math.pi, "e": math.e}.get(node.attr)
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "float" and len(node.args) == 1:
+        a = node.args[0]
+        if isinstance(a, ast.Constant) and isinstance(a.value, str):
+            try:
+                return float(a.value)
+            except ValueError:
+                return None
+        return number(a, env)
+    if isinstance(node, ast.BinOp):
+        left, right = number(node.left, env), number(node.right, env)
+        if left is None or right is None:
+            return None
+        try:
+            if isinstance(node.op, ast.Add):
+                return left + right
+            if isinstance(node.op, ast.Sub):
+                return left - right
+            if isinstance(node.op, ast.Mult):
+                return left * right
+            if isinstance(node.op, ast.Div):
+                return left / right
+            if isinstance(node.op, ast.Pow) and abs(right) < 400:
+                return float(left ** right)
+        except (ArithmeticError, ValueError, TypeError):
+            return None
+    return None
+
+
+def _short(func: ast.AST) -> str:
+    if isinstance(func, ast.Attribute):
+        return func.attr
+    if isinstance(func, ast.Name):
+        return func.id
+    return ""
+
+
+def _dotted(node: ast.AST) -> str:
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
+    return ".".join(reversed(parts))
+
+
+_PROB = frozenset({"softmax", "sigmoid"})
+_LOGPROB = frozenset({"log_softmax", "logsigmoid"})
+_BOUNDING = frozenset({"max", "amax", "logsumexp", "clamp", "clamp_max", "clip", "log_softmax", "logsigmoid", "minimum"})
+
+
+def _returns_kind(value: ast.AST, local: Dict[str, ast.AST], depth: int = 0) -> Optional[str]:
+    if depth > 4:
+        return None
+    if isinstance(value, ast.Name) and value.id in local:
+        return _returns_kind(local[value.id], local, depth + 1)
+    if not isinstance(value, ast.Call):
+        return None
+    short = _short(value.func)
+    if short in _PROB:
+        return PROBABILITY
+    if short in _LOGPROB:
+        return LOG_PROBABILITY
+    if short in ("exp", "exp_"):
+        inner = value.args[0] if value.args else getattr(value.func, "value", None)
+        if inner is None or isinstance(inner, ast.UnaryOp) and isinstance(inner.op, ast.USub):
+            return None
+        if any(isinstance(n, ast.Call) and _short(n.func) in _BOUNDING for n in ast.walk(inner)):
+            return None
+        return EXP
+    return None
+
+
+def _is_neg_inf(node: ast.AST, env: Dict[str, float]) -> bool:
+    value = number(node, env)
+    if value is not None:
+        return value == -math.inf
+    return isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub) and _dotted(node.operand).endswith("inf")
+
+
+def _function(func, env: Dict[str, float]) -> FunctionSummary:
+    out = FunctionSummary(func.name)
+    args = func.args
+    positional = list(args.posonlyargs) + list(args.args)
+    for a, default in zip(positional[len(positional) - len(args.defaults):], args.defaults):
+        value = number(default, env)
+        if value is not None:
+            out.defaults[a.arg] = value
+    for a, default in zip(args.kwonlyargs, args.kw_defaults):
+        value = number(default, env) if default is not None else None
+        if value is not None:
+            out.defaults[a.arg] = value
+    local: Dict[str, ast.AST] = {}
+    kinds: List[Optional[str]] = []
+    for node in _own_nodes(func):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            local[node.targets[0].id] = node.value
+        elif isinstance(node, ast.Return) and node.value is not None:
+            kinds.append(_returns_kind(node.value, local))
+        elif isinstance(node, ast.Call):
+            dotted = _dotted(node.func)
+            short = dotted.rsplit(".", 1)[-1]
+            if "clip_grad" in short:
+                out.clips_gradients = True
+            elif ".init." in f".{dotted}" and short.endswith("_"):
+                out.initialises = True
+            elif short in ("masked_fill", "masked_fill_", "fill_", "where", "full", "full_like") and any(
+                _is_neg_inf(a, env) for a in list(node.args) + [k.value for k in node.keywords]
+            ):
+                out.fills_neg_inf = True
+    if kinds and all(k == kinds[0] for k in kinds):
+        out.returns = kinds[0]
+    return out
+
+
+def _own_nodes(func):
+    """The nodes of a function body, not those of functions nested in it,
+    in source order."""
+    stack = list(reversed(func.body))
+    while stack:
+        node = stack.pop()
+        yield node
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            continue
+        stack.extend(reversed(list(ast.iter_child_nodes(node))))
+
+
+def _init_fields(init, defaults: Dict[str, float], env: Dict[str, float]) -> Dict[str, float]:
+    """``self.eps = 1e-8`` or ``self.eps = eps`` (a numeric default) in ``__init__``."""
+    out: Dict[str, float] = {}
+    for node in _own_nodes(init):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            t = node.targets[0]
+            if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self":
+                if isinstance(node.value, ast.Name) and node.value.id in defaults:
+                    out[t.attr] = defaults[node.value.id]
+                else:
+                    value = number(node.value, env)
+                    if value is not None:
+                        out[t.attr] = value
+    return out
+
+
+# -- the facts rules ask ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Constant:
+    """A numeric value a name stands for, and where it was defined."""
+
+    value: float
+    #: how the source spells where it comes from: ``EPS``, ``pkg.consts.EPS``,
+    #: ``Config.eps``
+    origin: str
+    #: defined in another module of the project
+    imported: bool = False
+
+
+def lookup(path: str, symbol: str, kind: str, depth: int = 0):
+    """What ``symbol`` of the module at ``path`` is: a constant (kind
+    "constant"), a function summary ("function") or a class's field defaults
+    ("fields"); a re-export (``from .consts import EPS`` in an ``__init__``)
+    is followed one step."""
+    found = summary(path)
+    if found is None:
+        return None
+    table = {"constant": found.constants, "function": found.functions, "fields": found.fields}[kind]
+    if symbol in table:
+        return table[symbol]
+    imp = module_imports(path).get(symbol)
+    if imp is None or imp.symbol is None or depth > 0:
+        return None
+    owner = find_module(imp.module, [package_root(path)])
+    if owner is None or owner == path:
+        return None
+    return lookup(owner, imp.symbol, kind, depth + 1)
+
+
+def module_symbol(project: Optional[ProjectFile], local: str, attr: Optional[str] = None) -> Optional[Tuple[str, str]]:
+    """(file, symbol) for an imported name (``EPS``) or an attribute of an
+    imported module (``consts.EPS`` with ``attr="EPS"``)."""
+    if project is None:
+        return None
+    target = project.target(local)
+    if target is None:
+        return None
+    path, symbol = target
+    if attr is None:
+        return (path, symbol) if symbol is not None else None
+    return (path, attr) if symbol is None else None
+
+
+class ProjectFacts:
+    """The cross-module queries of one checked file (``Facts.constant``,
+    ``Facts.summary_of_call``): names are followed to this file's module
+    constants, class fields and functions, and to those of the project
+    modules it imports."""
+
+    def __init__(self, facts) -> None:
+        self.facts = facts
+        self.ctx = facts.ctx
+        self.project: Optional[ProjectFile] = getattr(self.ctx, "project", None)
+        self._own: Optional[ModuleSummary] = None
+
+    @property
+    def own(self) -> ModuleSummary:
+        """This file's summary (from its text, with ``ast``), built on first use."""
+        if self._own is None:
+            if self.project is not None:
+                self._own = summary(self.project.path, self.ctx.source) or ModuleSummary(self.project.path)
+            else:
+                try:
+                    self._own = summarise(ast.parse(self.ctx.source))
+                except (SyntaxError, ValueError, RecursionError, MemoryError):
+                    self._own = ModuleSummary("")
+        return self._own
+
+    # -- constants -------------------------------------------------------------
+    def constant(self, node, depth: int = 0) -> Optional[Constant]:
+        import libcst as cst
+
+        from ..patterns import number as cst_number
+
+        if depth > 6:
+            return None
+        value = cst_number(node)
+        if value is not None:
+            return Constant(value, self.ctx.code(node))
+        if isinstance(node, cst.UnaryOperation) and isinstance(node.operator, (cst.Minus, cst.Plus)):
+            inner = self.constant(node.expression, depth + 1)
+            if inner is None:
+                return None
+            sign = -1.0 if isinstance(node.operator, cst.Minus) else 1.0
+            return Constant(sign * inner.value, inner.origin, inner.imported)
+        if isinstance(node, cst.Call) and isinstance(node.func, cst.Name) and node.func.value == "float" and len(node.args) == 1:
+            inner = node.args[0].value
+            if isinstance(inner, cst.SimpleString) and isinstance(inner.evaluated_value, str):
+                try:
+                    return Constant(float(inner.evaluated_value), self.ctx.code(node))
+                except ValueError:
+                    return None
+            return self.constant(inner, depth + 1)
+        if isinstance(node, cst.Name):
+            return self._name_constant(node, depth)
+        if isinstance(node, cst.Attribute):
+            return self._attribute_constant(node, depth)
+        return None
+
+    def _name_constant(self, node, depth: int) -> Optional[Constant]:
+        scopes = self.facts.scopes
+        bindings = scopes.reaching(node)
+        if bindings:
+            nearest = bindings[0]
+            if nearest.kind not in ("assign", "walrus") or nearest.value is None:
+                return None
+            if scopes.scope_of.get(nearest.node) is scopes.module:
+                if len(bindings) > 1:
+                    return None  # rebound at module level: not a constant
+                value = self.own.constants.get(node.value)
+                if value is not None:
+                    return Constant(value, node.value)
+            found = self.constant(nearest.value, depth + 1)
+            return found
+        found = module_symbol(self.project, node.value)
+        if found is None:
+            return None
+        value = lookup(found[0], found[1], "constant")
+        if value is None:
+            return None
+        return Constant(value, self.project.dotted(node.value), imported=True)  # type: ignore[union-attr]
+
+    def _attribute_constant(self, node, depth: int) -> Optional[Constant]:
+        import libcst as cst
+
+        owner, attr = node.value, node.attr.value
+        if not isinstance(owner, cst.Name):
+            return None
+        if owner.value == "self":
+            cls = self.facts.scopes.enclosing_class(node)
+            values = [v for _, v in self.facts.scopes.self_attribute(node)]
+            if cls is not None and values and all(v is not None for v in values):
+                found = [self.constant(v, depth + 1) for v in values]
+                if all(f is not None for f in found) and len({f.value for f in found}) == 1:  # type: ignore[union-attr]
+                    return found[0]
+            if cls is not None and not values:
+                value = self.own.fields.get(cls.name.value, {}).get(attr)
+                if value is not None:
+                    return Constant(value, f"{cls.name.value}.{attr}")
+            return None
+        # an imported module's constant: `consts.EPS`
+        found = module_symbol(self.project, owner.value, attr)
+        if found is not None:
+            value = lookup(found[0], found[1], "constant")
+            if value is not None:
+                return Constant(value, f"{self.project.dotted(owner.value)}.{attr}", imported=True)  # type: ignore[union-attr]
+        # a class's field: `Config.eps`, `config.eps` (annotated `config: Config`
+        # or assigned `config = Config(...)`)
+        fields = self._class_fields(owner)
+        if fields is not None:
+            table, label, imported, overrides = fields
+            if attr in overrides:
+                return self.constant(overrides[attr], depth + 1)
+            if attr in table:
+                return Constant(table[attr], f"{label}.{attr}", imported)
+        return None
+
+    def _class_fields(self, owner):
+        """(field defaults, class name, imported, keyword overrides) of the
+        class a name stands for or is an instance of."""
+        import libcst as cst
+
+        from ..resolve import dotted_name
+
+        overrides: Dict[str, object] = {}
+        cls_name: Optional[str] = None
+        bindings = self.facts.scopes.reaching(owner)
+        if not bindings:
+            cls_name = owner.value
+        else:
+            b = bindings[0]
+            if b.kind == "param" and b.annotation is not None:
+                cls_name = dotted_name(b.annotation)
+            elif b.kind == "class":
+                cls_name = owner.value
+            elif b.kind in ("assign", "walrus") and isinstance(b.value, cst.Call) and isinstance(b.value.func, cst.Name):
+                cls_name = b.value.func.value
+                overrides = {a.keyword.value: a.value for a in b.value.args if a.keyword is not None}
+        if not cls_name or "." in cls_name:
+            return None
+        if cls_name in self.own.fields:
+            return self.own.fields[cls_name], cls_name, False, overrides
+        found = module_symbol(self.project, cls_name)
+        if found is None:
+            return None
+        table = lookup(found[0], found[1], "fields")
+        if table is None:
+            return None
+        return table, self.project.dotted(cls_name), True, overrides  # type: ignore[union-attr]
+
+    # -- helpers -------------------------------------------------------------
+    def summary_of_call(self, call) -> Optional[FunctionSummary]:
+        """The summary of the function a call reaches: a function or method
+        of this file (``helper(x)``, ``self.helper(x)``, ``Cls.helper(x)``) or of
+        an imported project module (``helper(x)``, ``mod.helper(x)``)."""
+        import libcst as cst
+
+        func = call.func
+        if isinstance(func, cst.Name):
+            bindings = self.facts.scopes.reaching(func)
+            if bindings:
+                if bindings[0].kind == "def" and self.facts.scopes.scope_of.get(bindings[0].node) is self.facts.scopes.module:
+                    return self.own.functions.get(func.value)
+                return None
+            found = module_symbol(self.project, func.value)
+            return lookup(found[0], found[1], "function") if found is not None else None
+        if isinstance(func, cst.Attribute) and isinstance(func.value, cst.Name):
+            owner, method = func.value.value, func.attr.value
+            if owner in ("self", "cls"):
+                cls = self.facts.scopes.enclosing_class(call)
+                return self.own.functions.get(f"{cls.name.value}.{method}") if cls is not None else None
+            if not self.facts.scopes.reaching(func.value):
+                if f"{owner}.{method}" in self.own.functions:
+                    return self.own.functions[f"{owner}.{method}"]
+                found = module_symbol(self.project, owner, method)
+                if found is not None:
+                    return lookup(found[0], found[1], "function")
+        return None

@@ -1,0 +1,109 @@
+"""Facts that cross modules of the checked project: constants, config
+defaults and helper summaries imported from another module, and the cache
+that must forget a file's findings when a module it imports changes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def run(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "nanlint", *args], cwd=cwd, capture_output=True, text=True)
+
+
+def findings(proc):
+    assert proc.returncode in (0, 1), proc.stderr
+    return [(f["path"], f["line"], f["code"]) for f in json.loads(proc.stdout)]
+
+
+def package(root: Path, files: dict) -> None:
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+MODEL = "from .consts import EPS\n\n\ndef unit(x, n):\n    return x / (n + EPS)\n"
+
+
+def test_a_changed_constant_in_an_imported_module_invalidates_the_cached_findings(tmp_path):
+    package(tmp_path, {"pkg/__init__.py": "", "pkg/consts.py": "EPS = 1e-3\n", "pkg/model.py": MODEL})
+    assert findings(run("check", "--output-format", "json", ".", cwd=tmp_path)) == []
+    (tmp_path / "pkg/consts.py").write_text("EPS = 1e-8\n")
+    assert findings(run("check", "--output-format", "json", ".", cwd=tmp_path)) == [("pkg/model.py", 5, "NL001")]
+    # checking the one file (as pre-commit does) sees the imported module too
+    assert findings(run("check", "--output-format", "json", "pkg/model.py", cwd=tmp_path)) == [
+        ("pkg/model.py", 5, "NL001")]
+    (tmp_path / "pkg/consts.py").write_text("EPS = 1e-3\n")
+    assert findings(run("check", "--output-format", "json", ".", cwd=tmp_path)) == []
+
+
+@pytest.mark.parametrize("spelling", [
+    "from .consts import EPS\nG = EPS",
+    "from pkg.consts import EPS as TINY\nG = TINY",
+    "from . import consts\nG = consts.EPS",
+    "import pkg.consts as c\nG = c.EPS",
+    "from pkg import consts as k\nG = k.EPS",
+    "from .consts import Config\nG = Config.eps",
+    "from .consts import BACK\nG = BACK",
+    "from .reexport import EPS\nG = EPS",
+])
+def test_every_import_spelling_reaches_the_constant(tmp_path, spelling):
+    head, value = spelling.split("\n")
+    use = value.split(" = ")[1]
+    package(tmp_path, {
+        "pkg/__init__.py": "",
+        "pkg/consts.py": "EPS = 1e-8\nNEG = -EPS\nBACK = -NEG * 1.0\n\n\nclass Config:\n    eps: float = 1e-8\n",
+        "pkg/reexport.py": "from .consts import EPS\n",
+        "pkg/model.py": f"{head}\n\n\ndef unit(x, n):\n    return x / (n + {use})\n",
+    })
+    proc = run("check", "--no-cache", "--output-format", "json", ".", cwd=tmp_path)
+    assert findings(proc) == [("pkg/model.py", 5, "NL001")]
+    assert "from `pkg." in json.loads(proc.stdout)[0]["message"]
+
+
+def test_unresolvable_or_broken_imported_modules_are_quiet(tmp_path):
+    package(tmp_path, {
+        "pkg/__init__.py": "",
+        "pkg/consts.py": "EPS = (1e-8\n",  # a syntax error there: NL000 there, nothing here
+        "pkg/model.py": "from .consts import EPS\nfrom torch import nn\nfrom .missing import OTHER\n"
+                        "from ...outside import FAR\n\n\ndef unit(x, n):\n"
+                        "    return x / (n + EPS) + x / (n + OTHER) + x / (n + FAR)\n",
+    })
+    proc = run("check", "--no-cache", "--output-format", "json", ".", cwd=tmp_path)
+    assert findings(proc) == [("pkg/consts.py", 1, "NL000")]
+
+
+def test_helpers_and_configs_of_other_modules_give_the_same_findings_for_any_job_count(tmp_path):
+    package(tmp_path, {
+        "proj/__init__.py": "",
+        "proj/consts.py": "TINY = 1e-8\nSAFE = 1e-3\n",
+        "proj/config.py": "from dataclasses import dataclass\n\n\n@dataclass\nclass Cfg:\n    eps: float = 1e-8\n",
+        "proj/helpers.py": "import torch.nn.functional as F\n\n\ndef log_probs(x):\n    return F.log_softmax(x, -1)\n\n\n"
+                           "def logits(x):\n    return x * 2\n",
+        "proj/a.py": "import torch\nfrom .consts import TINY, SAFE\n\n\ndef f(x, n):\n"
+                     "    return x / (n + TINY) + x / (n + SAFE)\n",
+        "proj/b.py": "import torch\nfrom proj.helpers import log_probs, logits\n\n\ndef g(x):\n"
+                     "    return torch.exp(log_probs(x)) + torch.exp(logits(x))\n",
+        "proj/c.py": "from .config import Cfg\n\n\ndef h(x, n, cfg: Cfg):\n    return x / (n + cfg.eps)\n",
+        "proj/d.py": "import torch\n\n\ndef k(x):\n    return torch.exp(x)\n",
+    })
+    outputs = []
+    for jobs in ("1", "2"):
+        proc = run("check", "--no-cache", "--min-confidence", "low", "--output-format", "json", "-j", jobs, ".",
+                   cwd=tmp_path)
+        outputs.append(proc.stdout)
+    assert outputs[0] == outputs[1]
+    got = {(p, line, code) for p, line, code in findings(subprocess.CompletedProcess([], 1, outputs[0], ""))}
+    # the log-softmax helper bounds its exp; `logits` does not; the config default is a finding in c.py
+    assert got == {("proj/a.py", 6, "NL001"), ("proj/b.py", 6, "NL002"), ("proj/c.py", 5, "NL001"),
+                   ("proj/d.py", 5, "NL002")}
+    # a warm run answers the same from the cache, on one job or two
+    for jobs in ("1", "2", "2"):
+        proc = run("check", "--min-confidence", "low", "--output-format", "json", "-j", jobs, ".", cwd=tmp_path)
+        assert proc.stdout == outputs[0]
