@@ -416,8 +416,13 @@ Exit codes:
   2  error: the target cannot be imported, its factory raised or returned the
      wrong type, the device is unavailable or out of memory, an op is not
      implemented for the dtype, the run exceeded --timeout
+
+With --replay DIR: 1 the bundle's step went non-finite again (its origin is
+shown), 0 it stayed finite, 2 the bundle cannot be read or replayed.
 """)
-@click.argument("target")
+@click.argument("target", required=False)
+@click.option("--replay", "replay_dir", metavar="DIR", default=None,
+              help="Replay the step in a repro bundle that nanlint.Guard wrote (instead of TARGET).")
 @selection_options
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True,
               help="auto: cuda, then mps, then cpu.")
@@ -433,14 +438,21 @@ Exit codes:
 @click.option("--timeout", type=click.FloatRange(min=0), default=600, show_default=True, metavar="SECONDS",
               help="Stop a target that runs longer than this (import, factory and run; 0: no limit); exit 2.")
 @click.option("--verbose", is_flag=True, help="Show the traceback behind an error.")
-def confirm(target, select, extend_select, ignore, target_dtypes, config, device, dtype, precision, steps,
-            seed, push_steps, output_format, timeout, verbose, min_confidence) -> None:
+def confirm(target, replay_dir, select, extend_select, ignore, target_dtypes, config, device, dtype, precision,
+            steps, seed, push_steps, output_format, timeout, verbose, min_confidence) -> None:
     """Run TARGET in low precision and show which static findings actually fire.
 
     TARGET is path/to/file.py:factory or package.module:factory; factory()
     returns nanlint.Target(model=..., inputs=..., loss_fn=..., optimizer=...,
     train_step=...) or a (model, inputs) tuple.
     """
+    if (target is None) == (replay_dir is None):
+        _error("give either TARGET or --replay DIR")
+        sys.exit(EXIT_ERROR)
+    if replay_dir is not None:
+        from .confirm_cli import run_replay
+
+        sys.exit(run_replay(replay_dir, output_format=output_format, verbose=verbose))
     from .confirm_cli import run_confirm
 
     where = target.rpartition(":")[0]

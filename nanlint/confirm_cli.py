@@ -154,6 +154,22 @@ def _run_confirm(target_spec: str, selection: Selection, *, device: str, dtype: 
     return 1 if fired else 0
 
 
+def run_replay(directory: str, *, output_format: str, verbose: bool) -> int:
+    """`nanlint confirm --replay DIR`: replay a guard's repro bundle."""
+    try:
+        from .dynamic.replay import ReplayError, replay_bundle
+    except ImportError:
+        return _fail("`nanlint confirm` needs torch: pip install 'nanlint[dynamic]'", verbose)
+    try:
+        report = replay_bundle(directory)
+    except ReplayError as exc:
+        return _fail(str(exc), verbose)
+    except Exception as exc:  # the user's step raised
+        return _fail(f"the replayed step raised {type(exc).__name__}: {exc}", verbose)
+    click.echo(json.dumps(report.to_dict(), indent=2) if output_format == "json" else report.render())
+    return 1 if report.origin is not None else 0
+
+
 LABELS = {"confirmed": "CONFIRMED", "not_fired": "NOT FIRED", "not_reached": "NOT REACHED", "unflagged": "UNFLAGGED"}
 
 
