@@ -112,3 +112,149 @@ def run(args: List[str], cwd: Path, timeout: float = 600) -> subprocess.Complete
 
 def bundles(directory: Path) -> List[Path]:
     return sorted(p for p in directory.glob("step*") if (p / "bundle.json").is_file())
+
+
+LIGHTNING = MODEL + '''
+import lightning as L
+from torch.utils.data import DataLoader, IterableDataset
+
+from nanlint.integrations.lightning import GuardCallback
+
+
+class LitNet(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.net = Net().half()
+
+    def training_step(self, batch, batch_idx):
+        return self.net(batch["x"], batch["mask"])
+
+    def configure_optimizers(self):
+        return make_optimizer(self.parameters())
+
+
+class Steps(IterableDataset):
+    def __iter__(self):
+        return (batch_at(step) for step in range(6))
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    trainer = L.Trainer(max_steps=6, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[GuardCallback(bundle_dir=sys.argv[1])])
+    trainer.fit(LitNet(), DataLoader(Steps(), batch_size=None))
+    print("finished")
+'''
+
+HF = MODEL + '''
+from torch.utils.data import IterableDataset
+from transformers import Trainer, TrainingArguments
+
+from nanlint.integrations.transformers import GuardCallback
+
+
+class HFNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = Net()
+
+    def forward(self, x, mask, labels=None):
+        return {{"loss": self.net(x, mask)}}
+
+
+class Samples(IterableDataset):
+    def __iter__(self):
+        for step in range(6):
+            batch = batch_at(step)
+            for i in range(4):
+                yield {{"x": batch["x"][i], "mask": batch["mask"][i]}}
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    model = HFNet().half()
+    args = TrainingArguments(output_dir=sys.argv[1] + "-out", max_steps=6, per_device_train_batch_size=4,
+                             use_cpu=True, report_to=[], save_strategy="no", logging_steps=100,
+                             remove_unused_columns=False, dataloader_num_workers=0, max_grad_norm=0.0)
+    trainer = Trainer(model=model, args=args, train_dataset=Samples(),
+                      optimizers=(make_optimizer(model.parameters()), None),
+                      callbacks=[GuardCallback(bundle_dir=sys.argv[1])])
+    trainer.train()
+    print("finished")
+'''
+
+DDP = MODEL + '''
+import json
+import os
+
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel
+
+import nanlint
+
+model = optimizer = None
+
+
+def train_step(batch):
+    optimizer.zero_grad()
+    loss = model(batch["x"], batch["mask"])
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+def worker(rank, bundle_dir, port):
+    global model, optimizer
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = port
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    model = DistributedDataParallel(Net().half())
+    optimizer = make_optimizer(model.parameters())
+    guard = nanlint.Guard(model, optimizer, bundle_dir=bundle_dir, echo=False)
+    result = {{"rank": rank, "finished": False, "reason": None, "origin": None, "bundle": None}}
+    try:
+        for step in range(6):
+            guard.step(train_step, batch_at(step, poison=rank == 1))  # only rank 1 gets the bad batch
+        result["finished"] = True
+    except nanlint.GuardError as exc:
+        report = exc.report
+        result.update(reason=report.reason, bundle=report.bundle,
+                      origin=report.origin and {{"line": report.origin.line, "kind": report.origin.kind}})
+    with open(os.path.join(bundle_dir + "-results", f"rank{{rank}}.json"), "w") as fh:
+        json.dump(result, fh)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    os.makedirs(sys.argv[1] + "-results", exist_ok=True)
+    mp.spawn(worker, args=(sys.argv[1], sys.argv[2]), nprocs=2)
+'''
+
+
+# hazard -> (step that trips, static rule at the origin line, origin kind)
+EXPECTED = {
+    "fill": (4, "NL003", "new-nan"),
+    "exp": (4, "NL002", "new-inf"),
+    "adam": (2, "NL001", "optimizer-state"),
+}
+
+
+def check_origin(bundle: Path, script: Path, hazard: str) -> dict:
+    """The bundle's report places the origin at the planted line, and
+    `nanlint confirm --replay` reproduces that report from another directory."""
+    step, code, kind = EXPECTED[hazard]
+    report = __import__("json").loads((bundle / "report.json").read_text())
+    assert report["step"] == step, report
+    origin = report["origin"]
+    line = marker_line(script.read_text(), hazard)
+    assert (origin["path"], origin["line"], origin["kind"], origin["code"]) == (
+        str(script.resolve()), line, kind, code), origin
+    other = bundle.parent.parent / "elsewhere"
+    other.mkdir(exist_ok=True)
+    replay = run(["-m", "nanlint", "confirm", "--replay", str(bundle.resolve()), "--output-format", "json"], other)
+    assert replay.returncode == 1, replay.stderr
+    assert __import__("json").loads(replay.stdout)["origin"] == origin
+    return report

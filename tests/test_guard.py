@@ -13,16 +13,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from guard_scripts import HAZARDS, PLAIN, bundles, marker_line, run, write  # noqa: E402
+from guard_scripts import EXPECTED, HAZARDS, PLAIN, bundles, marker_line, run, write  # noqa: E402
 
 import nanlint  # noqa: E402
-
-# hazard -> (step that trips, static rule at the origin line, origin kind)
-EXPECTED = {
-    "fill": (4, "NL003", "new-nan"),
-    "exp": (4, "NL002", "new-inf"),
-    "adam": (2, "NL001", "optimizer-state"),
-}
 
 
 @pytest.fixture(scope="module", params=HAZARDS)

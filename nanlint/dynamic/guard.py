@@ -196,7 +196,7 @@ class Guard:
         rank, replayers = self._ranks()
         report = GuardReport(self.step_count, rank, reason, None)
         if rank not in replayers:
-            report.reason = f"{reason}; rank {replayers[0]} saw it first and replays the step"
+            report.reason = f"{reason}; rank {replayers[0]} saw it and replays the step"
             self.report = report
             raise GuardError(report)
         directory = os.path.join(self.bundle_dir, f"step{self.step_count}" + (f"-rank{rank}" if rank else ""))

@@ -17,6 +17,7 @@ A bundle is a directory holding:
 
 from __future__ import annotations
 
+import copy
 import importlib
 import importlib.util
 import json
@@ -118,6 +119,12 @@ def bare_module(model: Any) -> Any:
     return getattr(model, "module", model) if _is_wrapper(model) else model
 
 
+def bare_optimizer(optimizer: Any) -> Any:
+    """The torch optimizer inside a trainer's wrapper (accelerate's AcceleratedOptimizer)."""
+    inner = getattr(optimizer, "optimizer", None)
+    return inner if isinstance(inner, torch.optim.Optimizer) else optimizer
+
+
 def _is_wrapper(model: Any) -> bool:
     return type(model).__name__ in ("DistributedDataParallel", "DataParallel") and hasattr(model, "module")
 
@@ -128,7 +135,7 @@ def replay_step(model: Any, optimizer: Any, rng: Dict[str, Any], run: Callable[[
     step is the caller's to disable) from ``rng``, under the monitor, and
     return the origin of its first non-finite value."""
     module = bare_module(model)
-    stale = _optimizer_state_origin(module, optimizer, project_files)
+    stale = _optimizer_state_origin(module, bare_optimizer(optimizer), project_files)
     if stale is not None:
         return stale  # the weights were already non-finite: the previous step's optimizer made them so
     set_rng_state(rng)
@@ -284,6 +291,7 @@ def user_files(extra: Sequence[Any] = ()) -> List[str]:
 def _optimizer_spec(module: Any, optimizer: Any) -> Optional[Dict[str, Any]]:
     if optimizer is None:
         return None
+    optimizer = bare_optimizer(optimizer)
     index = {id(p): i for i, p in enumerate(module.parameters())}
     groups = []
     for group in optimizer.param_groups:
@@ -317,9 +325,21 @@ def write_bundle(directory: str, report: GuardReport, *, kind: str, model: Any, 
     with open(os.path.join(directory, "bundle.json"), "w", encoding="utf-8") as fh:
         json.dump(meta, fh, indent=2)
         fh.write("\n")
-    payload = {"model": module, "optimizer": _optimizer_spec(module, optimizer), "batch": batch, "rng": rng,
+    payload = {"model": _without_hooks(module), "optimizer": _optimizer_spec(module, optimizer), "batch": batch, "rng": rng,
                "scaler": scaler.state_dict() if scaler is not None else None}
     torch.save(payload, os.path.join(directory, "state.pt"))
+
+
+def _without_hooks(module: Any) -> Any:
+    """A shallow copy of the top module without the hooks and the instance
+    ``forward`` that trainers attach to it (a callback's bound method does
+    not pickle, and none of them belongs to the model)."""
+    clone = copy.copy(module)
+    for name, value in list(vars(clone).items()):
+        if name.startswith("_") and "hooks" in name and isinstance(value, dict):
+            vars(clone)[name] = type(value)()
+    vars(clone).pop("forward", None)
+    return clone
 
 
 def write_report(directory: str, report: GuardReport) -> None:
@@ -347,6 +367,10 @@ def _read_meta(directory: str) -> Dict[str, Any]:
     return meta
 
 
+# the script run as a program (`__mp_main__`: the same, in a process that multiprocessing spawned)
+_MAIN_NAMES = ("__main__", "__mp_main__")
+
+
 def _import_main(path: Optional[str]) -> Any:
     """The script that ran as ``__main__``, imported under another name so
     that its ``if __name__ == "__main__":`` block does not run."""
@@ -370,7 +394,7 @@ def _pickle_module(main_file: Optional[str]) -> Any:
 
     class Unpickler(pickle.Unpickler):
         def find_class(self, module: str, name: str) -> Any:
-            if module == "__main__":
+            if module in _MAIN_NAMES:
                 return getattr(_import_main(main_file), name)
             return super().find_class(module, name)
 
@@ -397,7 +421,8 @@ def _rebuild_optimizer(model: Any, spec: Optional[Dict[str, Any]]) -> Any:
 
 def _step_function(meta: Dict[str, Any]) -> Any:
     module_name, qualname = meta["step_fn"]
-    module = _import_main(meta["main_file"]) if module_name == "__main__" else importlib.import_module(module_name)
+    module = (_import_main(meta["main_file"]) if module_name in _MAIN_NAMES
+              else importlib.import_module(module_name))
     fn: Any = module
     for part in qualname.split("."):
         if part == "<locals>":
