@@ -6,12 +6,12 @@ Importing this package is cheap and never imports torch; only ``nanlint.dynamic`
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "Target", "watch"]
+__all__ = ["__version__", "Guard", "GuardError", "Target", "watch"]
 
 
 def __getattr__(name):
     # The dynamic checker needs torch: import it only when asked for.
-    if name in ("Target", "watch", "NonFiniteError"):
+    if name in ("Target", "watch", "NonFiniteError", "Guard", "GuardError"):
         from . import dynamic
 
         return getattr(dynamic, name)

@@ -449,8 +449,13 @@ Exit codes:
      implemented for the dtype, the run exceeded --timeout, the target exited
      (sys.exit, os._exit) or raised KeyboardInterrupt before the run finished
   130  interrupted (Ctrl-C, SIGTERM): the target's process is killed
+
+With --replay DIR: 1 the bundle's step went non-finite again (its origin is
+shown), 0 it stayed finite, 2 the bundle cannot be read or replayed.
 """)
-@click.argument("target")
+@click.argument("target", required=False)
+@click.option("--replay", "replay_dir", metavar="DIR", default=None,
+              help="Replay the step in a repro bundle that nanlint.Guard wrote (instead of TARGET).")
 @selection_options
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True,
               help="auto: cuda, then mps, then cpu.")
@@ -473,14 +478,21 @@ Exit codes:
               callback=lambda ctx, param, value: _not_nan(value, param),
               help="Stop a target that runs longer than this (import, factory and run; 0 or inf: no limit); exit 2.")
 @click.option("--verbose", is_flag=True, help="Show the traceback behind an error.")
-def confirm(target, select, extend_select, ignore, target_dtypes, config, device, dtype, precision, steps,
-            seed, push_steps, regimes, output_format, timeout, verbose, min_confidence) -> None:
+def confirm(target, replay_dir, select, extend_select, ignore, target_dtypes, config, device, dtype, precision,
+            steps, seed, push_steps, regimes, output_format, timeout, verbose, min_confidence) -> None:
     """Run TARGET in low precision and show which static findings actually fire.
 
     TARGET is path/to/file.py:factory or package.module:factory; factory()
     returns nanlint.Target(model=..., inputs=..., loss_fn=..., optimizer=...,
     train_step=...) or a (model, inputs) tuple.
     """
+    if (target is None) == (replay_dir is None):
+        _error("give either TARGET or --replay DIR")
+        sys.exit(EXIT_ERROR)
+    if replay_dir is not None:
+        from .confirm_cli import run_replay
+
+        sys.exit(run_replay(replay_dir, output_format=output_format, verbose=verbose))
     from .confirm_cli import run_confirm
 
     try:

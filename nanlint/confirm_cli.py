@@ -96,3 +96,20 @@ def run_confirm(target_spec: str, selection: Selection, *, device: str, dtype: s
     if result["error"] is not None:
         return _fail(result["error"])
     return int(result["code"])
+
+
+def run_replay(directory: str, *, output_format: str, verbose: bool) -> int:
+    """`nanlint confirm --replay DIR`: replay a guard's repro bundle."""
+    try:
+        from .dynamic.replay import ReplayError, replay_bundle
+    except ImportError:
+        return _fail("`nanlint confirm` needs torch: pip install -e '.[dynamic]' in a nanlint checkout, or "
+                     "pip install 'nanlint[dynamic] @ git+https://github.com/nanlint/nanlint'")
+    try:
+        report = replay_bundle(directory)
+    except ReplayError as exc:
+        return _fail(str(exc))
+    except Exception as exc:  # the user's step raised
+        return _fail(f"the replayed step raised {type(exc).__name__}: {exc}")
+    click.echo(json.dumps(report.to_dict(), indent=2) if output_format == "json" else report.render())
+    return 1 if report.origin is not None else 0

@@ -4,7 +4,7 @@ Importing this package does not import torch yet (``nanlint.dynamic.worker``
 silences torch's import-time warnings before it imports it); its names do.
 """
 
-__all__ = ["Event", "NonFiniteError", "Recorder", "Target", "watch"]
+__all__ = ["Event", "Guard", "GuardError", "NonFiniteError", "Recorder", "Target", "watch"]
 
 
 def __getattr__(name):
@@ -12,6 +12,10 @@ def __getattr__(name):
         from .target import Target
 
         return Target
+    if name in ("Guard", "GuardError"):
+        from . import guard
+
+        return getattr(guard, name)
     if name in ("Event", "NonFiniteError", "Recorder", "watch"):
         from . import monitor
 
