@@ -17,7 +17,16 @@ import time
 
 import pytest
 
-from test_cli import CLEAN, HAZARD, run
+from test_cli import CLEAN, HAZARD
+from test_cli import run as _run
+
+
+def run(*args, **kw):
+    # the snippets' hazards (`torch.exp` of a function's parameter) are low-confidence
+    # findings: these tests are about reading, writing and reporting, so they show every confidence
+    if args and args[0] in ("check", "fix"):
+        args = (args[0], "--min-confidence", "low", *args[1:])
+    return _run(*args, **kw)
 
 BROKEN = "print 'python 2'\n"
 # NL002 (unsafe fix) and NL006 (unsafe fix) on the same line
@@ -31,7 +40,7 @@ def test_ctrl_c_during_check_exits_130_not_1(tmp_path):
     (tmp_path / "pyproject.toml").write_text("[tool.nanlint]\nmax-file-size = 0\n")
     big = tmp_path / "big.py"
     big.write_text("import torch\n" + "".join(f"y{i} = torch.exp(x{i}) + torch.log(p{i})\n" for i in range(60000)))
-    proc = subprocess.Popen([sys.executable, "-m", "nanlint", "check", "--no-cache", "-j", "1", "big.py"],
+    proc = subprocess.Popen([sys.executable, "-m", "nanlint", "check", "--no-cache", "--min-confidence", "low", "-j", "1", "big.py"],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(2.0)  # started, and busy with the file
@@ -88,7 +97,7 @@ def test_nl000_is_a_documented_pseudo_rule_that_can_be_ignored(tmp_path):
     assert "broken.py:1:1: NL000 [syntax-error]" in run("check", "--select", "NL002", ".", cwd=tmp_path).stdout
     for args in (["--ignore", "NL000"], ["--ignore", "NL00", "--extend-select", "NL002"]):
         proc = run("check", *args, ".", cwd=tmp_path)
-        assert proc.returncode == 1 and "NL000" not in proc.stdout and "bad.py:4:12: NL002" in proc.stdout, args
+        assert proc.returncode == 1 and "NL000" not in proc.stdout and "bad.py:4:16: NL002" in proc.stdout, args
     (tmp_path / "pyproject.toml").write_text('[tool.nanlint.per-file-ignores]\n"broken.py" = ["NL000"]\n')
     proc = run("check", "broken.py", cwd=tmp_path)
     assert (proc.returncode, proc.stdout) == (0, "All checks passed!\n")
@@ -202,7 +211,7 @@ def test_dedicated_config_file_beats_pyproject_with_a_warning(tmp_path, dedicate
     (tmp_path / "pyproject.toml").write_text('[tool.nanlint]\nignore = ["NL002"]\n')
     (tmp_path / dedicated).write_text('select = ["NL00"]\n')
     proc = run("check", ".", cwd=tmp_path)
-    assert proc.returncode == 1 and "bad.py:4:12: NL002" in proc.stdout
+    assert proc.returncode == 1 and "bad.py:4:16: NL002" in proc.stdout
     assert proc.stderr == (f"warning: {tmp_path.resolve() / dedicated} is used; "
                            "pyproject.toml [tool.nanlint] in the same directory is ignored\n")
     assert f"# settings from: {tmp_path.resolve() / dedicated}" in run(

@@ -193,7 +193,7 @@ def test_sigterm_mid_fix_leaves_every_file_old_or_new(tmp_path, jobs):
     padding = "".join(f"def helper_{i}(x):\n    return x * {i}\n\n\n" for i in range(300))
     for i in range(120):
         (tree / f"m{i:03d}.py").write_text(HAZARD + padding)
-    proc = subprocess.Popen([sys.executable, "-m", "nanlint", "fix", "--unsafe-fixes", "--no-cache",
+    proc = subprocess.Popen([sys.executable, "-m", "nanlint", "fix", "--min-confidence", "low", "--unsafe-fixes", "--no-cache",
                              f"--jobs={jobs}", "tree"], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
@@ -241,7 +241,7 @@ def test_nested_sites_are_fixed_once_each(tmp_path, n):
     before = {p.name: p.read_text() for p in tmp_path.glob("*.py")}
     found = json.loads(run("check", "--no-cache", "--output-format", "json", ".", cwd=tmp_path).stdout)
     fixable = {name: sum(1 for f in found if f["path"] == name and f["fix"]) for name in before}
-    proc = subprocess.run([sys.executable, "-m", "nanlint", "fix", "--unsafe-fixes", "--no-cache",
+    proc = subprocess.run([sys.executable, "-m", "nanlint", "fix", "--min-confidence", "low", "--unsafe-fixes", "--no-cache",
                            "--output-format", "json", "."], cwd=tmp_path, capture_output=True, text=True,
                           timeout=300)
     assert "Traceback" not in proc.stderr and proc.returncode in (0, 1), proc.stderr
@@ -279,8 +279,8 @@ def test_fix_of_a_large_data_file_needs_the_memory_check_needs(tmp_path, shape):
         data = "DATA = [" + ", ".join(str(i) for i in range(100_000)) + "]\n"
     (tmp_path / "pyproject.toml").write_text("[tool.nanlint]\nmax-file-size = 0\n")
     (tmp_path / "m.py").write_text("import torch\n" + data + "\ndef f(logvar):\n    return torch.exp(logvar)\n")
-    check = _peak_rss(["check", "--no-cache", "m.py"], tmp_path)
-    fix = _peak_rss(["fix", "--unsafe-fixes", "--no-cache", "m.py"], tmp_path)
+    check = _peak_rss(["check", "--min-confidence", "low", "--no-cache", "m.py"], tmp_path)
+    fix = _peak_rss(["fix", "--min-confidence", "low", "--unsafe-fixes", "--no-cache", "m.py"], tmp_path)
     fixed = (tmp_path / "m.py").read_text()
     assert "torch.exp(logvar.clamp(" in fixed and data in fixed
     assert fix < 1.5 * check, (fix, check)

@@ -245,7 +245,8 @@ def _findings(path: str) -> list:
 def _fill_finding(origin: Origin, finding: Any) -> None:
     origin.code = finding.code
     origin.finding = finding.message
-    origin.fix = finding.fix.message if finding.fix is not None else None
+    # a finding without an automatic fix (a summed exp: use logsumexp) says what to do in its message
+    origin.fix = finding.fix.message if finding.fix is not None else finding.message
 
 
 def _join_static(origin: Origin) -> None:
