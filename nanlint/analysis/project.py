@@ -134,14 +134,19 @@ def find_module(module: str, roots: Sequence[str]) -> Optional[str]:
 _IMPORTS: Dict[str, Dict[str, Imported]] = {}
 
 
+def _read_text(path: str) -> str:
+    """A project module's text ("" when it cannot be read: it then defines nothing)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
 def module_imports(path: str) -> Dict[str, Imported]:
     """The names a project module imports (read once per process)."""
     if path not in _IMPORTS:
-        try:
-            with open(path, "rb") as handle:
-                text = handle.read().decode("utf-8", "replace")
-        except OSError:
-            text = ""
+        text = _read_text(path)
         parts = module_parts(path, package_root(path))
         package = parts if path.endswith("__init__.py") else parts[:-1]
         table: Dict[str, Imported] = {}
@@ -212,12 +217,7 @@ class ProjectFile:
         for path, _ in self.dependencies():
             key = (path, rule.code)
             if key not in _TRIGGERED:
-                try:
-                    with open(path, "rb") as handle:
-                        text = handle.read().decode("utf-8", "replace")
-                except OSError:
-                    text = ""
-                _TRIGGERED[key] = may_trigger(rule, text)
+                _TRIGGERED[key] = may_trigger(rule, _read_text(path))
             if _TRIGGERED[key]:
                 return True
         return False

@@ -256,21 +256,12 @@ class Facts:
                 # builtins: host numbers unless given tensors
                 args = [rec(a.value) for a in call.args]
                 return HOST if all(a == HOST for a in args) else UNKNOWN
-            func = self.scopes.function_named(builtin, call)
-            if func is not None:
-                returns = self.scopes.returns(func)
-                if returns:
-                    return _join_all(rec(r) for r in returns[:4])
-            return UNKNOWN
+            return self._returned_dtype(self.scopes.function_named(builtin, call), depth)
         op = torch_op(self.ctx, call)
         if op is None:
             # ``self.helper(x)``: a method of this class
             if method is not None and isinstance(call.func, cst.Attribute) and _is_self(call.func.value):
-                func = self.scopes.function_named(method, call)
-                if func is not None:
-                    returns = self.scopes.returns(func)
-                    if returns:
-                        return _join_all(rec(r) for r in returns[:4])
+                return self._returned_dtype(self.scopes.function_named(method, call), depth)
             return UNKNOWN
         dtype_arg = arg(call, None, "dtype")
         if dtype_arg is not None:
@@ -317,6 +308,11 @@ class Facts:
             base = subject(self.ctx, call)
             return rec(base) if base is not None else UNKNOWN
         return UNKNOWN
+
+    def _returned_dtype(self, func: Optional[cst.FunctionDef], depth: int) -> str:
+        """The dtype class a function of this file returns (all its returns agree)."""
+        returns = self.scopes.returns(func) if func is not None else []
+        return _join_all(self.dtype(r, depth + 1) for r in returns[:4]) if returns else UNKNOWN
 
     def _dtype_value(self, node: cst.BaseExpression) -> str:
         """The dtype named by a ``dtype=`` argument (``torch.float32``, ``x.dtype``)."""
