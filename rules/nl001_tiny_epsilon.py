@@ -8,7 +8,8 @@ import libcst as cst
 
 from nanlint.engine import subtree, children
 
-from nanlint.analysis import HOST, INTEGER, WIDE
+from nanlint.analysis import HOST, INTEGER, ORDINARY, WIDE
+from nanlint.finding import HIGH, MEDIUM
 from nanlint.dtypes import FLOAT16, fmt
 from nanlint.finding import UNSAFE
 from nanlint.patterns import look_through, arg, is_method_call, is_reference, number, torch_op
@@ -100,6 +101,12 @@ _SPACES = re.compile(r"\s+")
 DIV_ZERO = "so a zero divisor gives inf or NaN"
 LOG_ZERO = "so log(0) = -inf"
 ROOT_ZERO = {"sqrt": "so sqrt(0) has an infinite gradient", "rsqrt": "so rsqrt(0) = inf"}
+# why a guard's finding is high or medium confidence (``Facts.zero_case``)
+ORDINARY_ZERO = (
+    "; the guarded value is a probability, which is exactly 0 in float16 for ordinary inputs "
+    "(a softmax/sigmoid output below 5.96e-8: a logit 17 below the rest; 1 - p once p > 0.9995)"
+)
+EDGE_ZERO = "; this needs the guarded value to be exactly 0 (a zero or constant row)"
 OPTIM_ZERO = "so once exp_avg_sq underflows the update divides by 0 and the parameters become inf/NaN in one step"
 
 
@@ -208,6 +215,7 @@ class Use:
     subject: Optional[cst.BaseExpression] = None  # for finfo(subject.dtype) fixes
     finfo: str = ""  # "eps" or "tiny"
     masked: bool = False  # the divisor counts a mask: no gradient, numerator 0 where it is 0
+    ordinary: bool = False  # the guarded value reaches 0 for ordinary inputs (high confidence)
 
     def but(self, **changes) -> "Use":
         return replace(self, **changes)
@@ -242,8 +250,19 @@ class TinyEpsilon(Rule):
     `eps: float = 1e-8`, in this file or an imported one) is reported where it
     enters this file's guard (the name or attribute read), and the message
     says where it is defined: a file's findings can only point into the file.
-    Every finding is high confidence: the guard fails for the ordinary zero
-    divisor (an all-zero row, an empty count) it exists for.
+    How sure a finding is depends on how the guarded value reaches 0 (the
+    shared `zero_case` fact). High: ordinary inputs get there -- an elementwise
+    probability (a softmax/sigmoid output, `exp` of a non-positive value, a
+    helper or layer returning probabilities, `1 - p`) is exactly 0 in float16
+    once its logit is about 17 below the rest (smallest subnormal 5.96e-8), and
+    `1 - p` is 0 once `p > 0.9995`; a function's parameter counts when a call
+    in the file passes such a value; a variable named like a probability
+    (`probs`, `*_prob`, `p_attn`) counts where nothing else tells. An
+    optimizer's `eps` on float16 parameters is high too (`exp_avg_sq`
+    underflows for ordinary gradients). Medium: everything else -- norms,
+    variances, sums and counts, learned scales, the `eps` of
+    `F.normalize`/`cosine_similarity`: 0 needs a zero or constant row, a
+    real but rarer input (shown with `--min-confidence medium`).
 
     Not flagged: the `eps` of the built-in `LayerNorm`/`GroupNorm`/`RMSNorm`
     modules and functional forms (they accumulate in float32), learning rates,
@@ -409,9 +428,10 @@ class TinyEpsilon(Rule):
         self.quiet_calls: Set[int] = set()
         self.half = False
         self.amp = False
-        self.reported: Set[int] = set()
+        #: literal -> index of its finding in ``pending``
+        self.reported: Dict[int, int] = {}
         self.capped: Set[int] = set()
-        self.pending: List[Tuple[cst.CSTNode, str, Optional[FixSpec], cst.CSTNode]] = []
+        self.pending: List[Tuple[cst.CSTNode, str, Optional[FixSpec], cst.CSTNode, str]] = []
         self.stack_kinds: List[str] = ["module"]  # module / class / function
 
     # -- scopes ------------------------------------------------------------------
@@ -683,7 +703,8 @@ class TinyEpsilon(Rule):
             if subject is not None and self._upcast(subject):
                 return
             masked = subject is not None and self._mentions_mask(subject)
-            self._term(bound, Use("is the lower bound of the divisor in", RECIP, where, DIV_ZERO, subject=subject, finfo="tiny", masked=masked))
+            self._term(bound, Use("is the lower bound of the divisor in", RECIP, where, DIV_ZERO, subject=subject,
+                                  finfo="tiny", masked=masked, ordinary=self._ordinary(subject)))
             return
         if hop and isinstance(d, cst.Name):
             value = self._local_value(d)
@@ -710,7 +731,8 @@ class TinyEpsilon(Rule):
             if subject is not None and self._upcast(subject):
                 return
             # clamped points get a zero gradient: only a bound that rounds to 0 fails
-            self._term(bound, Use(f"is the lower bound of the `{name}` argument in", ROOT, where, zero, subject=subject, finfo="tiny"))
+            self._term(bound, Use(f"is the lower bound of the `{name}` argument in", ROOT, where, zero, subject=subject,
+                                  finfo="tiny", ordinary=self._ordinary(subject)))
 
     def _clamp_min(self, node: cst.BaseExpression) -> Optional[Tuple[cst.BaseExpression, Optional[cst.BaseExpression]]]:
         """(lower bound, clamped tensor) of ``x.clamp(min=v)``, ``clamp_min``,
@@ -752,7 +774,13 @@ class TinyEpsilon(Rule):
                     continue  # added to Python numbers: never a float16 tensor
                 subject = others[0] if len(others) == 1 else None
                 masked = use.cls == RECIP and any(self._mentions_mask(o) for o in others)
-                self._term(term, use.but(subject=subject, finfo="eps", masked=masked))
+                ordinary = any(self._ordinary(o) for o in others)
+                self._term(term, use.but(subject=subject, finfo="eps", masked=masked, ordinary=ordinary))
+
+    def _ordinary(self, node: Optional[cst.BaseExpression]) -> bool:
+        """The guarded value reaches exactly 0 for ordinary inputs (an
+        elementwise probability, ``1 - p``): see ``Facts.zero_case``."""
+        return node is not None and self.ctx.facts.zero_case(node) == ORDINARY
 
     def _upcast(self, node: cst.BaseExpression, depth: int = 0) -> bool:
         """The value was explicitly computed in float32/float64 (``x.float()``,
@@ -859,7 +887,10 @@ class TinyEpsilon(Rule):
             first = arg(node, 0, "input")
             if eps is not None and not (first is not None and self._upcast(first.value)):
                 zero = "so a zero row gives NaN" if "normal" in short or "cosine" in short.lower() else LOG_ZERO
-                use = Use(f"is the `eps` of `{short}`, which computes in the input dtype", cls, node, zero, quote=False)
+                # logit clamps to [eps, 1 - eps]: an ordinary saturated sigmoid reaches 1 - eps = 1
+                ordinary = short.endswith("logit") and first is not None and self._ordinary(first.value)
+                use = Use(f"is the `eps` of `{short}`, which computes in the input dtype", cls, node, zero, quote=False,
+                          ordinary=ordinary)
                 self._eps_arg(eps.value, use)
             return
         if qualified in POISSON_OPS:
@@ -877,7 +908,7 @@ class TinyEpsilon(Rule):
                 use = Use(
                     f"is the `eps` of `{name}` in a file that runs the model in half precision (`.half()`/"
                     "`.to(torch.float16)`, no AMP)",
-                    RECIP, node, OPTIM_ZERO, quote=False,
+                    RECIP, node, OPTIM_ZERO, quote=False, ordinary=True,
                 )
                 label = None if isinstance(eps.value, cst.Float) else self.ctx.code(eps.value)
                 self.optimizer_uses.append((self._source(eps.value), use, label))
@@ -917,9 +948,9 @@ class TinyEpsilon(Rule):
                 done.add((id(klass), attr))
                 for source in klass.attrs.get(attr, []):
                     self._resolve(source, use, label or f"self.{attr}")
-        for literal, message, fix, where in self.pending:
+        for literal, message, fix, where, confidence in self.pending:
             if id(where) not in self.capped:
-                self.report(literal, message, fix)
+                self.report(literal, message, fix, confidence=confidence)
 
     def _call_site(self, site: CallSite) -> None:
         funcs = self.module_funcs.get(site.name, [])
@@ -976,13 +1007,16 @@ class TinyEpsilon(Rule):
         """Report a guard's value at ``literal``: the literal itself, or -- for a
         value defined in another module or a config field -- the name that
         brings it here (``text`` then says where it is defined)."""
-        if id(literal) in self.reported or value is None or not 0 < value < self.threshold:
+        if value is None or not 0 < value < self.threshold:
             return
         if (use.cls == ROOT or use.masked) and value >= FLOAT16.zero_below:
             # a subnormal guard is enough under a square root, for a clamped log,
             # and for a mask count (0 / eps = 0, no gradient through the mask)
             return
-        self.reported.add(id(literal))
+        confidence = HIGH if use.ordinary else MEDIUM
+        earlier = self.reported.get(id(literal))
+        if earlier is not None and (confidence == MEDIUM or self.pending[earlier][4] == HIGH):
+            return  # reported already, as surely
         shown, reciprocal = f"`{text}`", text
         if not isinstance(literal, cst.Float):
             # a value defined elsewhere: the name that brings it, and where from
@@ -1011,8 +1045,15 @@ class TinyEpsilon(Rule):
                 f"it loses precision, becomes 0 where subnormals are flushed to zero, and "
                 f"1/{reciprocal} = {fmt(1 / value)} leaves little headroom below {fmt(FLOAT16.max)}"
             )
+        if use.cls == RECIP and use.zero != OPTIM_ZERO or use.cls == ROOT:
+            message += ORDINARY_ZERO if use.ordinary else EDGE_ZERO
         fix = self._fix(literal, use) if isinstance(literal, cst.Float) else None
-        self.pending.append((literal, message, fix, use.node))
+        entry = (literal, message, fix, use.node, confidence)
+        if earlier is not None:
+            self.pending[earlier] = entry  # an ordinary zero found by a later use
+        else:
+            self.reported[id(literal)] = len(self.pending)
+            self.pending.append(entry)
 
     def _fix(self, literal: cst.CSTNode, use: Use) -> Optional[FixSpec]:
         if use.fixable:

@@ -28,17 +28,18 @@ def package(root: Path, files: dict) -> None:
         path.write_text(text)
 
 
-MODEL = "from .consts import EPS\n\n\ndef unit(x, n):\n    return x / (n + EPS)\n"
+# a probability's guard: shown at the default (high) confidence
+MODEL = "from .consts import EPS\n\n\ndef nll(logits):\n    probs = logits.softmax(-1)\n    return -(probs + EPS).log()\n"
 
 
 def test_a_changed_constant_in_an_imported_module_invalidates_the_cached_findings(tmp_path):
     package(tmp_path, {"pkg/__init__.py": "", "pkg/consts.py": "EPS = 1e-3\n", "pkg/model.py": MODEL})
     assert findings(run("check", "--output-format", "json", ".", cwd=tmp_path)) == []
     (tmp_path / "pkg/consts.py").write_text("EPS = 1e-8\n")
-    assert findings(run("check", "--output-format", "json", ".", cwd=tmp_path)) == [("pkg/model.py", 5, "NL001")]
+    assert findings(run("check", "--output-format", "json", ".", cwd=tmp_path)) == [("pkg/model.py", 6, "NL001")]
     # checking the one file (as pre-commit does) sees the imported module too
     assert findings(run("check", "--output-format", "json", "pkg/model.py", cwd=tmp_path)) == [
-        ("pkg/model.py", 5, "NL001")]
+        ("pkg/model.py", 6, "NL001")]
     (tmp_path / "pkg/consts.py").write_text("EPS = 1e-3\n")
     assert findings(run("check", "--output-format", "json", ".", cwd=tmp_path)) == []
 
@@ -62,7 +63,8 @@ def test_every_import_spelling_reaches_the_constant(tmp_path, spelling):
         "pkg/reexport.py": "from .consts import EPS\n",
         "pkg/model.py": f"{head}\n\n\ndef unit(x, n):\n    return x / (n + {use})\n",
     })
-    proc = run("check", "--no-cache", "--output-format", "json", ".", cwd=tmp_path)
+    # a norm's guard needs a zero row: medium confidence
+    proc = run("check", "--no-cache", "--min-confidence", "medium", "--output-format", "json", ".", cwd=tmp_path)
     assert findings(proc) == [("pkg/model.py", 5, "NL001")]
     assert "from `pkg." in json.loads(proc.stdout)[0]["message"]
 

@@ -31,7 +31,7 @@ from typing import Dict, FrozenSet, List, Optional, Set
 
 import libcst as cst
 
-from ..patterns import arg, number, subject, torch_op, value_facts, is_method_call, NONNEG, NONPOS, LOWER, UPPER
+from ..patterns import arg, look_through, number, subject, torch_op, value_facts, is_method_call, NONNEG, NONPOS, LOWER, UPPER
 from ..resolve import dotted_name
 from ..engine import iter_tree
 from .safeguards import Safeguards
@@ -43,6 +43,10 @@ WIDE = "wide"
 INTEGER = "integer"
 HOST = "host"
 UNKNOWN = "unknown"
+
+# how a guarded value reaches 0 (``Facts.zero_case``)
+ORDINARY = "ordinary"
+EDGE = "edge"
 
 ACTIVATION = "activation"
 
@@ -88,6 +92,17 @@ _ACTIVATION_OPS = frozenset({
     "matmul", "mm", "bmm", "baddbmm", "einsum", "linear", "conv1d", "conv2d", "conv3d", "bilinear",
     "addmm", "conv_transpose1d", "conv_transpose2d", "scaled_dot_product_attention",
 })
+# elementwise results that underflow to exactly 0 in float16 for ordinary logits
+_UNDERFLOWING = frozenset({"softmax", "sigmoid", "softmin", "sigmoid_"})
+# selections whose values are elements of their input
+_SELECTS_VALUES = frozenset({"gather", "index_select", "take_along_dim", "masked_select", "take", "narrow", "select"})
+# methods that keep a tensor's values (and its zeros)
+_KEEPS_VALUES = frozenset({
+    "unsqueeze", "view", "reshape", "expand", "expand_as", "view_as", "reshape_as", "to", "type_as",
+    "detach", "contiguous", "squeeze", "flatten", "half", "transpose", "permute", "t", "clone",
+})
+#: a probability by name, where nothing else tells (documented in NL001)
+_PROB_NAME = re.compile(r"^(probs?|probabilit(y|ies)|p_attn|\w+_probs?|probs?_\w+)$", re.IGNORECASE)
 _HOST_MODULES = ("math", "numpy", "np", "random", "scipy")
 
 _FP32_DECORATORS = re.compile(r"(force_fp32|float32_region|no_autocast|disable_autocast)")
@@ -360,6 +375,96 @@ class Facts:
     def bounded_above(self, node: cst.BaseExpression) -> bool:
         facts = self.range_facts(node)
         return UPPER in facts or NONPOS in facts
+
+    # -- zeros ---------------------------------------------------------------
+    def zero_case(self, node: cst.BaseExpression, depth: int = 0) -> str:
+        """How a value that a guard protects (a divisor, a log argument)
+        reaches exactly 0 in float16: ``ORDINARY`` when ordinary inputs get
+        there, ``EDGE`` when only a degenerate input does.
+
+        ORDINARY: an elementwise probability -- a softmax/sigmoid output, an
+        ``exp`` of a non-positive value, a helper or layer that returns
+        probabilities -- underflows to 0 once its logit is about 17 below the
+        rest (float16's smallest subnormal is 5.96e-8), and ``1 - p`` rounds
+        to 0 once ``p > 0.9995`` (a sigmoid of 7.6); selections, products and
+        clamps of such values stay ordinary. A parameter of a function of this
+        file is ordinary when a call in the file passes an ordinary argument.
+        Where the code shows nothing, a parameter or variable named like a
+        probability (``probs``, ``p_attn``, ``*_prob``) counts as one: the only
+        name heuristic here.
+
+        EDGE: everything else -- norms, variances, sums and means (a sum of
+        probabilities is about 1), counts (an all-padding row), learned scales,
+        differences of activations: 0 needs a zero or constant row."""
+        if depth > 8:
+            return EDGE
+        rec = lambda n: self.zero_case(n, depth + 1)  # noqa: E731
+        node = look_through(self.ctx, node, _KEEPS_VALUES)
+        if isinstance(node, cst.Name):
+            if _PROB_NAME.match(node.value):
+                return ORDINARY
+            for b in self.scopes.reaching(node)[:1]:
+                if b.kind in ("assign", "walrus") and b.value is not None:
+                    return rec(b.value)
+                if b.kind == "param":
+                    return self._param_zero_case(b, depth)
+            return EDGE
+        if isinstance(node, cst.Attribute):
+            return ORDINARY if _PROB_NAME.match(node.attr.value) else EDGE
+        if isinstance(node, cst.BinaryOperation):
+            op = node.operator
+            if isinstance(op, cst.Multiply):
+                return ORDINARY if ORDINARY in (rec(node.left), rec(node.right)) else EDGE
+            if isinstance(op, cst.Divide):
+                return rec(node.left)
+            if isinstance(op, cst.Subtract) and number(node.left) == 1:
+                return rec(node.right)  # 1 - p rounds to 0 once p is within 4.9e-4 of 1
+            return EDGE
+        if isinstance(node, cst.Call):
+            kind = _layer_kind(self, node)
+            if kind is None:
+                summary = self.summary_of_call(node)
+                kind = summary.returns if summary is not None else None
+            if kind == PROBABILITY:
+                return ORDINARY
+            op = torch_op(self.ctx, node)
+            if op in _UNDERFLOWING:
+                return ORDINARY
+            if op in ("exp", "exp_", "exp2"):
+                base = subject(self.ctx, node)
+                return ORDINARY if base is not None and NONPOS in self.range_facts(base) else EDGE
+            if op in _SELECTS_VALUES or op in ("clamp", "clamp_", "clip", "clamp_min", "clamp_min_", "clamp_max", "mul", "mul_"):
+                base = subject(self.ctx, node)
+                return rec(base) if base is not None else EDGE
+            return EDGE
+        return EDGE
+
+    def _param_zero_case(self, b: Binding, depth: int) -> str:
+        """A parameter of a module-level function: ordinary when a call of the
+        function in this file passes an ordinary argument for it."""
+        func = self.scopes.enclosing_function(b.node)
+        if func is None or self.scopes.enclosing_class(func) is not None:
+            return EDGE
+        params = [p.name.value for p in func.params.params]
+        if b.name not in params:
+            return EDGE
+        position = params.index(b.name)
+        seen = 0
+        for reads in self.scopes.reads.values():
+            for read in reads.get(func.name.value, ()):
+                call = self.scopes.parent.get(read)
+                if not (isinstance(call, cst.Call) and call.func is read):
+                    continue
+                found = self.scopes.reaching(read)
+                if not found or found[0].node is not func:
+                    continue
+                seen += 1
+                if seen > 40:
+                    return EDGE
+                passed = arg(call, position, b.name)
+                if passed is not None and self.zero_case(passed.value, depth + 1) == ORDINARY:
+                    return ORDINARY
+        return EDGE
 
     # -- where values come from ------------------------------------------
     def origin(self, node: cst.BaseExpression, depth: int = 0) -> str:
