@@ -461,6 +461,22 @@ def test_watch_eps_and_gate_events():
     assert ("gate-zero", _line("WATCH-GATE")) in got
 
 
+def test_watch_builtin_norm_eps_is_applied_in_float32():
+    # BERT's LayerNorm(eps=1e-12) in half: the kernel adds eps to a float32
+    # variance, so a constant row still normalises to 0, not NaN; batch_norm
+    # adds it in half on the CPU and a constant batch does give NaN
+    x = torch.full((2, 8), 3.0, dtype=torch.float16)
+    with nanlint.watch() as seen:
+        y = torch.nn.functional.layer_norm(x, (8,), eps=1e-12)
+        torch.nn.functional.group_norm(x.view(2, 8, 1), 2, eps=1e-12)
+        torch.nn.functional.rms_norm(torch.zeros_like(x), (8,), eps=1e-12)
+        torch.nn.functional.batch_norm(x, None, None, training=True, eps=1e-12)  # here: WATCH-BN-EPS
+    assert bool((y == 0).all())
+    got = {(e.kind, e.op, e.line) for e in seen.events}
+    assert got == {("eps-vanishes", "batch_norm", _line("WATCH-BN-EPS")),
+                   ("new-nan", "batch_norm", _line("WATCH-BN-EPS"))}
+
+
 def test_watch_no_false_events_from_masked_backward_internals():
     # the norm's backward computes 0/0 at a zero vector and masks it: the
     # gradient that comes out is finite, so nothing happened

@@ -96,6 +96,25 @@ PROJECT = {
         def make():
             return Norm(), torch.randn(4, 8)
         """,
+    # the optimizer made in a def: the eps NL001 flags is on the line that makes it, not the def line
+    "adamdef.py": """
+        import torch
+        import torch.nn.functional as F
+        import nanlint
+
+
+        def make_optimizer(params):
+            return torch.optim.Adam(params, lr=1e-3, eps=1e-8)
+
+
+        def make():
+            torch.manual_seed(0)
+            model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).half()
+            x = torch.randn(32, 16)
+            y = torch.randint(0, 4, (32,))
+            return nanlint.Target(model=model, inputs=x, optimizer=make_optimizer,
+                                  loss_fn=lambda out, inputs: F.cross_entropy(out.float(), y.to(out.device)))
+        """,
     "steps.py": """
         import torch
         import nanlint
@@ -129,6 +148,8 @@ def _commands(tmp: Path) -> dict:
         "stat32": ["confirm", f"{tmp / 'stat32.py'}:make", *cpu],
         "epsdef": ["confirm", f"{tmp / 'epsdef.py'}:make", *cpu, "--output-format", "json"],
         "steps": ["confirm", f"{tmp / 'steps.py'}:make", *cpu, "--output-format", "json"],
+        "adam-def": ["confirm", f"{tmp / 'adamdef.py'}:make", *cpu, "--regimes", "example,train",
+                     "--output-format", "json"],
         "gpt": ["confirm", f"{MODELS}/gpt_padding.py:make", *cpu],
         "gpt-json": ["confirm", f"{MODELS}/gpt_padding.py:make", *cpu, "--output-format", "json"],
         "vae": ["confirm", f"{MODELS}/vae_bce.py:make", *cpu],
@@ -192,6 +213,16 @@ def test_adams_eps_in_half_is_optimizer_state_not_gradient_size(runs):
     assert [(e["status"], e["code"], e["line"], e["event"], e["regime"]) for e in entries] == [
         ("confirmed", "NL001", line, "optimizer-state", "train")]
     assert "Adam's eps 1e-08 is 0 in float16" in entries[0]["message"]
+
+
+def test_optimizer_state_is_at_the_line_that_makes_the_optimizer(runs):
+    # a factory written as a def: the event is at its `torch.optim.Adam(...)`
+    # line, where NL001 flags the eps, not at the `def` line
+    proc = runs["adam-def"]
+    assert proc.returncode == 1, proc.stderr
+    entries = json.loads(proc.stdout)
+    assert [(e["status"], e["code"], e["line"], e["event"], e["regime"]) for e in entries] == [
+        ("confirmed", "NL001", 7, "optimizer-state", "train")]
 
 
 def test_regimes_select_and_skip(runs):

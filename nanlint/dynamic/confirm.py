@@ -271,9 +271,9 @@ class Runner:
             return
         self.recorder.regime = "train"
         params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = self.target.optimizer(params) if self.target.optimizer is not None else None
+        optimizer, made_at = _make_optimizer(self.target.optimizer, params)
         if optimizer is not None:
-            self._watch_step(optimizer, params)
+            self._watch_step(optimizer, params, made_at)
         with self.monitor.active():
             for step in range(steps):
                 self._progress(f"train step {step + 1}/{steps}")
@@ -292,12 +292,12 @@ class Runner:
                 if optimizer is not None:
                     optimizer.step()
 
-    def _watch_step(self, optimizer: Any, params: Sequence[torch.Tensor]) -> None:
+    def _watch_step(self, optimizer: Any, params: Sequence[torch.Tensor], made_at: Optional[Loc]) -> None:
         original = optimizer.step
         monitor = self.monitor
-        # nanlint's own loop (no train_step) has no user line: name the
-        # optimizer factory the target gave instead
-        fallback = _definition(self.target.optimizer)
+        # nanlint's own loop (no train_step) has no user line: name the line
+        # that made the optimizer (and set its eps) instead
+        fallback = made_at
 
         def step(*args: Any, **kwargs: Any) -> Any:
             loc = user_location() or fallback
@@ -401,6 +401,30 @@ def _definition(fn: Any) -> Optional[Loc]:
     if code is None or code.co_filename.startswith("<"):
         return None
     return os.path.realpath(code.co_filename), code.co_firstlineno
+
+
+def _make_optimizer(factory: Optional[Callable[..., Any]], params: List[torch.Tensor]) -> Tuple[Any, Optional[Loc]]:
+    """The target's optimizer and the line that constructed it (where its eps
+    is given, and where NL001 reports it): the factory's line that called a
+    ``torch.optim.Optimizer``'s ``__init__``, else the factory's first line."""
+    if factory is None:
+        return None, None
+    sites: List[Loc] = []
+    original = torch.optim.Optimizer.__init__
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        if not sites:
+            loc = user_location()  # the first frame outside torch (Adam.__init__) and nanlint
+            if loc is not None:
+                sites.append(loc)
+        original(self, *args, **kwargs)
+
+    torch.optim.Optimizer.__init__ = __init__  # type: ignore[method-assign]
+    try:
+        optimizer = factory(params)
+    finally:
+        torch.optim.Optimizer.__init__ = original  # type: ignore[method-assign]
+    return optimizer, sites[0] if sites else _definition(factory)
 
 
 class _Capture(torch.overrides.TorchFunctionMode):

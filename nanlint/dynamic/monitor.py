@@ -12,7 +12,9 @@ Events (``Event.kind``):
 
 - ``new-inf`` / ``new-nan``: an op whose inputs were finite produced inf/NaN
   (for NaN: whose inputs had no NaN), i.e. the origin, not the propagation;
-- ``eps-vanishes``: a stabiliser literal that rounds to 0 in the tensor's dtype;
+- ``eps-vanishes``: a stabiliser literal that rounds to 0 in the tensor's dtype
+  (not the ``eps`` of ``layer_norm``, ``group_norm`` or ``rms_norm``, whose
+  kernels add it to float32 statistics);
 - ``gate-zero``: ``1 + tanh(b)`` / ``1 - tanh(b)`` with factors exactly 0;
 - ``fill-overflow``: a fill value outside the dtype's range (PyTorch raises or
   silently stores inf);
@@ -102,6 +104,11 @@ _KEEP_TAINT_OPS = frozenset({"triu", "tril", "triu_", "tril_", "expand", "view",
                              "neg", "__neg__", "select", "narrow", "chunk", "split"})
 _GATE_OPS = frozenset({"add", "__add__", "__radd__", "sub", "__sub__", "__rsub__", "rsub"})
 _EPS_OPS = frozenset({"add", "__add__", "__radd__", "add_", "__iadd__", "clamp", "clamp_min", "clamp_", "clamp_min_", "clip"})
+# norms whose kernels compute a float16/bfloat16 input's statistics in float32
+# and add ``eps`` there: a 1e-12 that float16 cannot hold still guards a
+# constant row (NL001 does not flag them either); batch_norm and instance_norm
+# are not among them (in half on the CPU a constant batch gives NaN)
+_EPS_IN_FLOAT32 = frozenset({"layer_norm", "group_norm", "rms_norm"})
 _EMPTY_OPS = frozenset({"empty", "empty_like", "new_empty", "empty_strided", "new_empty_strided"})
 # ops with a post-call check of their own: one dict lookup per op
 _SPECIAL = {"tanh": "tanh", "sigmoid": "sigmoid", "expit": "sigmoid", "binary_cross_entropy": "bce",
@@ -278,7 +285,7 @@ class _ForwardMode(TorchFunctionMode):
         if low:
             dtype = low[0].dtype
             scalars = _scalars(args, kwargs)
-            if name in _EPS_OPS or "eps" in kwargs or "epsilon" in kwargs:
+            if name in _EPS_OPS or (("eps" in kwargs or "epsilon" in kwargs) and name not in _EPS_IN_FLOAT32):
                 for key, value in scalars:
                     if (name in _EPS_OPS or key in ("eps", "epsilon")) and 0 < abs(value) < 1e-3 and _rounds_to_zero(value, dtype):
                         m.emit("eps-vanishes", loc, name,
