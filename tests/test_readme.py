@@ -87,7 +87,7 @@ def test_confirm_example_output_is_what_nanlint_prints(tmp_path):
 
 # -- the ecosystem sections: each example is executed -------------------------------------------
 
-HAZARD = "import torch\nclass VAE(torch.nn.Module):\n    def forward(self, logvar):\n        return torch.exp(logvar)\n"
+HAZARD = "import torch\nclass Attention(torch.nn.Module):\n    def forward(self, q, k):\n        return torch.exp(q @ k.transpose(-2, -1))\n"
 
 
 def _block(heading: str, lang: str) -> str:
@@ -183,7 +183,7 @@ def test_pre_commit_snippet_runs_the_hooks(tmp_path):
     subprocess.run(["git", "init", "-q"], cwd=work, check=True)
     (work / ".pre-commit-config.yaml").write_text(yaml.safe_dump(config))
     (work / "clean.py").write_text("import torch\ny = torch.exp(x - x.amax(-1, keepdim=True))\n")
-    (work / "gate.py").write_text("import torch\nh = x * (1 + torch.tanh(s))\n")
+    (work / "gate.py").write_text("import torch\np = torch.softmax(x, -1)\ny = torch.log(p + 1e-8)\n")
     subprocess.run(["git", "add", "-A"], cwd=work, check=True)
 
     def pre_commit(hook, *files):
@@ -196,8 +196,8 @@ def test_pre_commit_snippet_runs_the_hooks(tmp_path):
     bad = pre_commit("nanlint", "clean.py", "gate.py")
     assert bad.returncode == 1
     assert re.search(r"^nanlint\.+Failed$", bad.stdout, re.M)
-    assert "gate.py:2:10: NL006 [tanh-gate]" in bad.stdout
-    # the fix hook applies only safe fixes: NL006's is unsafe, so the file stays
+    assert "gate.py:3:19: NL001 [tiny-epsilon]" in bad.stdout
+    # the fix hook applies only safe fixes: NL001's is unsafe, so the file stays
     fixed = pre_commit("nanlint-fix", "gate.py")
     assert fixed.returncode == 1 and "1 more fix available with `--unsafe-fixes`" in fixed.stdout
-    assert (work / "gate.py").read_text() == "import torch\nh = x * (1 + torch.tanh(s))\n"
+    assert (work / "gate.py").read_text() == "import torch\np = torch.softmax(x, -1)\ny = torch.log(p + 1e-8)\n"

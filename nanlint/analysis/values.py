@@ -356,8 +356,13 @@ class Facts:
     def in_float32_region(self, node: cst.CSTNode) -> bool:
         """Inside ``autocast(enabled=False)``, or a function decorated to run in
         float32 (``@force_fp32``, ``@custom_fwd(cast_inputs=torch.float32)``,
-        ``@autocast(enabled=False)``)."""
+        ``@autocast(enabled=False)``), or in the branch of ``if x.dtype ==
+        torch.float16: ... else: ...`` that float16 does not take."""
+        child: cst.CSTNode = node
         for up in self.scopes.ancestors(node):
+            if isinstance(up, cst.If) and self._half_branch_elsewhere(up, child):
+                return True
+            child = up
             if isinstance(up, cst.With):
                 if any(_disables_autocast(self.ctx, item.item) for item in up.items):
                     return True
@@ -368,6 +373,26 @@ class Facts:
                         return True
                     if "custom_fwd" in text and "float32" in text:
                         return True
+        return False
+
+    def _half_branch_elsewhere(self, branch: cst.If, child: cst.CSTNode) -> bool:
+        """``child`` is the part of ``branch`` that float16 values never reach:
+        the ``else`` of ``if x.dtype == torch.float16`` (or ``in (float16, ...)``),
+        the body of ``if x.dtype != torch.float16``."""
+        test = branch.test
+        if not (isinstance(test, cst.Comparison) and len(test.comparisons) == 1):
+            return False
+        left, target = test.left, test.comparisons[0]
+        if not (isinstance(left, cst.Attribute) and left.attr.value == "dtype"):
+            return False
+        names = [target.comparator] if not isinstance(target.comparator, (cst.Tuple, cst.List, cst.Set)) else [
+            e.value for e in target.comparator.elements]
+        if not any((self.ctx.resolve(n) or "") in ("torch.float16", "torch.half") for n in names):
+            return False
+        if isinstance(target.operator, (cst.Equal, cst.In, cst.Is)):
+            return child is branch.orelse
+        if isinstance(target.operator, (cst.NotEqual, cst.NotIn, cst.IsNot)):
+            return child is branch.body
         return False
 
     # -- ranges -------------------------------------------------------------
@@ -594,7 +619,11 @@ class Facts:
         ``feature_extraction_*``/``processing_*``/``metrics`` modules."""
         if _DATA_FILE.match(self.ctx.path.replace("\\", "/").rsplit("/", 1)[-1]):
             return False
+        child: cst.CSTNode = node
         for up in self.scopes.ancestors(node):
+            if isinstance(up, cst.If) and self._half_branch_elsewhere(up, child):
+                return True
+            child = up
             if isinstance(up, cst.With):
                 for item in up.items:
                     if self._no_grad(item.item):
