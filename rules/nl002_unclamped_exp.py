@@ -9,7 +9,7 @@ import libcst as cst
 from nanlint.analysis import ACTIVATION
 from nanlint.dtypes import FLOAT16, fmt
 from nanlint.engine import subtree
-from nanlint.finding import HIGH, LOW, UNSAFE
+from nanlint.finding import HIGH, LOW, MEDIUM, UNSAFE
 from nanlint.patterns import is_upcast, is_method_call, is_reference, subject, torch_op
 from nanlint.rule import FixSpec, Invalid, Rule, Valid
 
@@ -27,12 +27,16 @@ class UnclampedExp(Rule):
     `torch.exp2`/`torch.special.exp2` whose argument is not provably bounded
     above and may be a float16 tensor.
 
-    Confidence: **high** where an ordinary input overflows: the argument is an
-    activation (a matmul/einsum score, the output of a layer, a parameter of
-    `forward`) with no bound, or the exp is summed or normalised (a manual
-    softmax: `exp(x).sum()`, `e = exp(x); e / e.sum()`). **low** where the
-    analysis cannot tell where the argument comes from (schedule arithmetic,
-    a helper's parameter): shown with `--min-confidence low`.
+    Confidence: **high** where an ordinary input overflows: the argument is a
+    score -- a matmul/einsum/bmm product of activations, possibly scaled
+    (`q @ k.T * scale`): a dot product over d features above 11 is ordinary --
+    or an exp that is summed or normalised (a manual softmax over logits:
+    `exp(x).sum()`, `e = exp(x); e / e.sum()`). **medium** for the exp
+    of another activation (the output of a layer, a parameter of `forward`):
+    a predicted log-variance or log-scale overflows only once it reaches 11,
+    a real but unusual value (shown with `--min-confidence medium`). **low**
+    where the analysis cannot tell where the argument comes from (schedule
+    arithmetic, a helper's parameter): shown with `--min-confidence low`.
 
     ## Why is this bad?
     The largest float16 value is 65504, so `exp(x)` is `inf` for every
@@ -208,6 +212,7 @@ class UnclampedExp(Rule):
             return
         limit = EXP2_OVERFLOW if op.startswith("exp2") else FLOAT16.exp_overflow
         spelled = f"{op}" if op.startswith("exp") else op
+        origin = facts.origin(x)
         if self._summed(node):
             self.report(
                 node,
@@ -223,7 +228,7 @@ class UnclampedExp(Rule):
             f"`{spelled}` of an argument that is not bounded above: float16 overflows to inf "
             f"for x >= {fmt(limit)} (max {fmt(FLOAT16.max)}); clamp it or max-stabilise it",
             self._fix(node, x, "log2" if op.startswith("exp2") else "log"),
-            confidence=HIGH if facts.origin(x) == ACTIVATION else LOW,
+            confidence=(HIGH if facts.is_score(x) else MEDIUM) if origin == ACTIVATION else LOW,
         )
 
     def _summed(self, call: cst.Call) -> bool:

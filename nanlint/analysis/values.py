@@ -92,6 +92,8 @@ _ACTIVATION_OPS = frozenset({
     "matmul", "mm", "bmm", "baddbmm", "einsum", "linear", "conv1d", "conv2d", "conv3d", "bilinear",
     "addmm", "conv_transpose1d", "conv_transpose2d", "scaled_dot_product_attention",
 })
+# products of activations (attention scores, logits of a similarity)
+_SCORE_OPS = frozenset({"matmul", "mm", "bmm", "baddbmm", "einsum", "addmm"})
 # elementwise results that underflow to exactly 0 in float16 for ordinary logits
 _UNDERFLOWING = frozenset({"softmax", "sigmoid", "softmin", "sigmoid_"})
 # selections whose values are elements of their input
@@ -533,6 +535,35 @@ class Facts:
                     return rec(base)
             return UNKNOWN
         return UNKNOWN
+
+    def is_score(self, node: cst.BaseExpression, depth: int = 0) -> bool:
+        """A dot product of activations: ``q @ k.T``, ``torch.matmul``/``bmm``/
+        ``einsum``, possibly scaled (``(q @ k.T) * scale``, ``/ math.sqrt(d)``)
+        or reshaped, followed through local names. Scores over d features
+        reach magnitudes above 11 for ordinary inputs."""
+        if depth > 8:
+            return False
+        node = look_through(self.ctx, node, _KEEPS_VALUES)
+        if isinstance(node, cst.BinaryOperation):
+            if isinstance(node.operator, cst.MatrixMultiply):
+                return True
+            if isinstance(node.operator, (cst.Multiply, cst.Divide)):
+                return self.is_score(node.left, depth + 1) or (
+                    isinstance(node.operator, cst.Multiply) and self.is_score(node.right, depth + 1))
+            return False
+        if isinstance(node, cst.Name):
+            for b in self.scopes.reaching(node)[:1]:
+                if b.kind in ("assign", "walrus") and b.value is not None:
+                    return self.is_score(b.value, depth + 1)
+            return False
+        if isinstance(node, cst.Call):
+            op = torch_op(self.ctx, node)
+            if op in _SCORE_OPS:
+                return True
+            if op in ("mul", "div", "mul_", "div_"):
+                base = subject(self.ctx, node)
+                return base is not None and self.is_score(base, depth + 1)
+        return False
 
     def is_layer_attribute(self, node: cst.Attribute) -> bool:
         """``self.fc`` where the class assigns ``self.fc = nn.Linear(...)`` (or
