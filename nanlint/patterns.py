@@ -345,8 +345,8 @@ def value_facts(
     if isinstance(node, cst.Subscript):
         # x.max(dim)[0] is the max values; indexing keeps a tensor's bounds
         base = node.value
-        if isinstance(base, (cst.Call, cst.Subscript)):
-            return rec(base)  # also scatter_max(x, index)[0][index]
+        if isinstance(base, (cst.Call, cst.Subscript, cst.Name)):
+            return rec(base)  # also scatter_max(x, index)[0][index], m[..., None]
         return _NONE
     if isinstance(node, cst.Call):
         qualified, method = ctx.callee(node)
@@ -399,6 +399,10 @@ def value_facts(
             out.add(UPPER)
         if op in ("clamp_min", "maximum", "fmax"):
             out.add(LOWER)
+        if op in ("maximum", "fmax") and not is_method_call(ctx, node) and any(
+            MAXLIKE in rec(a.value) for a in node.args[:2]
+        ):
+            out.add(MAXLIKE)  # at least a running max: x - maximum(m, x.max()) <= 0
         if op == "min" and (len(node.args) >= (1 if is_method_call(ctx, node) else 2)):
             second = arg(node, 0 if is_method_call(ctx, node) else 1)
             if second is not None and number(second.value) is not None:

@@ -16,6 +16,7 @@ parentheses and operator tokens: inspect those through their parent node.
 from __future__ import annotations
 
 import inspect
+import os
 import re
 import textwrap
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Union
 import libcst as cst
 
 from .dtypes import DtypeFacts
-from .finding import APPLICABILITIES, CONFIDENCES, HIGH
+from .finding import APPLICABILITIES, CONFIDENCES, HIGH, MEDIUM
 from .positions import NodeText
 from .resolve import Names
 
@@ -119,6 +120,17 @@ class Context:
         self.reports: List[Report] = []
         self._text = NodeText(module, len(source))
         self._facts = None
+        self._test_code: Optional[bool] = None
+
+    @property
+    def test_code(self) -> bool:
+        """The file is test code: a ``test``/``tests``/``testing`` folder (below
+        the project root, or the package root when the file lies outside it), or
+        ``test_*.py``, ``*_test.py``, ``*_tests.py``, ``conftest.py``. Tests feed
+        their own synthetic inputs, so no finding there is high confidence."""
+        if self._test_code is None:
+            self._test_code = _is_test_path(self.path, self.project)
+        return self._test_code
 
     @property
     def facts(self):
@@ -169,6 +181,23 @@ class Context:
         return self.dtypes[0]
 
 
+_TEST_DIRS = frozenset({"test", "tests", "testing"})
+_TEST_FILE = re.compile(r"^(?:test_\w*|\w+_tests?|conftest)\.(?:py|ipynb)$")
+
+
+def _is_test_path(path: str, project) -> bool:
+    if project is not None:
+        rel = ""
+        for root in reversed(project.roots):  # the project root first, then the package root
+            rel = os.path.relpath(project.path, root)
+            if not rel.startswith(os.pardir):
+                break
+    else:
+        rel = os.path.basename(path) if os.path.isabs(path) else os.path.normpath(path)
+    parts = rel.replace(os.sep, "/").split("/")
+    return bool(_TEST_FILE.match(parts[-1])) or any(p in _TEST_DIRS for p in parts[:-1])
+
+
 class Rule:
     """Base class of every rule. See the module docstring."""
 
@@ -206,6 +235,9 @@ class Rule:
     ) -> None:
         if confidence not in CONFIDENCES:
             raise ValueError(f"confidence must be one of {CONFIDENCES}")
+        if confidence == HIGH and self.ctx.test_code:
+            confidence = MEDIUM
+            message += " (in test code, which chooses its own inputs)"
         self.ctx.reports.append(Report(self, node, message, fix, confidence))
 
     @classmethod

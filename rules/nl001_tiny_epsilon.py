@@ -691,7 +691,15 @@ class TinyEpsilon(Rule):
                 return True
         return False
 
+    def _cleaned(self, where: cst.CSTNode) -> bool:
+        """The inf/NaN a failed guard makes is replaced downstream (``nan_to_num``)
+        and no gradient flows through it (a Hungarian matcher's cost matrix)."""
+        facts = self.ctx.facts
+        return isinstance(where, cst.BaseExpression) and not facts.grad_flows(where) and facts.cleaned_downstream(where)
+
     def _divisor(self, divisor: cst.BaseExpression, where: cst.CSTNode, hop: bool = True) -> None:
+        if self._cleaned(where):
+            return
         d = _strip(divisor, self.ctx)
         terms = _additive_terms(d)
         if terms is not None:
@@ -712,6 +720,8 @@ class TinyEpsilon(Rule):
                 self._divisor(value, where, hop=False)
 
     def _under(self, x: cst.BaseExpression, where: cst.CSTNode, op: str) -> None:
+        if self._cleaned(where):
+            return
         cls = RECIP if op in LOG_OPS else ROOT
         name = op if op in LOG_OPS or op in ROOT_OPS else "sqrt"
         x = _strip(x, self.ctx)

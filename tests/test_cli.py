@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-HAZARD = "import torch\nclass VAE(torch.nn.Module):\n    def forward(self, logvar):\n        return torch.exp(logvar)\n"
+HAZARD = "import torch\ndef attend(q, k):\n    s = q @ k.mT\n    return torch.exp(s)\n"
 CLEAN = "import torch\n\ndef f(x):\n    return torch.exp(x - x.amax(-1, keepdim=True))\n"
 
 
@@ -35,7 +35,7 @@ def test_findings_exit_1_with_ruff_like_lines(project):
     proc = run("check", ".", cwd=project)
     assert proc.returncode == 1, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0].startswith("bad.py:4:16: NL002 [unclamped-exp] `exp` of an argument")
+    assert lines[0].startswith("bad.py:4:12: NL002 [unclamped-exp] `exp` of an argument")
     assert "11.09" in lines[0]
     assert lines[-1].startswith("Found 1 finding.")
     assert "--unsafe-fixes" in lines[-1]
@@ -62,8 +62,8 @@ def test_json_schema_is_exact(project):
     item = data[0]
     assert set(item) == {"code", "name", "message", "path", "line", "column", "end_line", "end_column", "fix", "cell",
                          "confidence"}
-    assert (item["code"], item["path"], item["line"], item["column"]) == ("NL002", "bad.py", 4, 16)
-    assert (item["end_line"], item["end_column"]) == (4, 33)
+    assert (item["code"], item["path"], item["line"], item["column"]) == ("NL002", "bad.py", 4, 12)
+    assert (item["end_line"], item["end_column"]) == (4, 24)
     assert set(item["fix"]) == {"applicability", "message", "edits"}
     assert item["fix"]["applicability"] == "unsafe"
     for edit in item["fix"]["edits"]:
@@ -73,7 +73,7 @@ def test_json_schema_is_exact(project):
 def test_stdin_with_filename(project):
     proc = run("check", "-", "--stdin-filename", "model.py", stdin=HAZARD, cwd=project)
     assert proc.returncode == 1
-    assert proc.stdout.startswith("model.py:4:16: NL002")
+    assert proc.stdout.startswith("model.py:4:12: NL002")
 
 
 def test_select_ignore_and_unknown_code(project):
@@ -97,7 +97,7 @@ def test_missing_path_is_an_error_but_other_files_are_checked(project):
     proc = run("check", "bad.py", "nope.py", cwd=project)
     assert proc.returncode == 2
     assert "nope.py: no such file or directory" in proc.stderr
-    assert "bad.py:4:16: NL002" in proc.stdout
+    assert "bad.py:4:12: NL002" in proc.stdout
 
 
 def test_syntax_error_is_a_finding_and_others_still_checked(project):
@@ -105,7 +105,7 @@ def test_syntax_error_is_a_finding_and_others_still_checked(project):
     proc = run("check", ".", cwd=project)
     assert proc.returncode == 1
     assert "broken.py:1:" in proc.stdout and "NL000 [syntax-error]" in proc.stdout
-    assert "bad.py:4:16: NL002" in proc.stdout
+    assert "bad.py:4:12: NL002" in proc.stdout
     assert "Traceback" not in proc.stderr
 
 
@@ -114,7 +114,7 @@ def test_undecodable_file_is_an_io_error(project):
     proc = run("check", ".", cwd=project)
     assert proc.returncode == 2
     assert "latin.py: cannot decode as utf-8" in proc.stderr
-    assert "bad.py:4:16" in proc.stdout
+    assert "bad.py:4:12" in proc.stdout
 
 
 def test_config_from_pyproject_and_unknown_key(project):

@@ -97,7 +97,7 @@ def test_nl000_is_a_documented_pseudo_rule_that_can_be_ignored(tmp_path):
     assert "broken.py:1:1: NL000 [syntax-error]" in run("check", "--select", "NL002", ".", cwd=tmp_path).stdout
     for args in (["--ignore", "NL000"], ["--ignore", "NL00", "--extend-select", "NL002"]):
         proc = run("check", *args, ".", cwd=tmp_path)
-        assert proc.returncode == 1 and "NL000" not in proc.stdout and "bad.py:4:16: NL002" in proc.stdout, args
+        assert proc.returncode == 1 and "NL000" not in proc.stdout and "bad.py:4:12: NL002" in proc.stdout, args
     (tmp_path / "pyproject.toml").write_text('[tool.nanlint.per-file-ignores]\n"broken.py" = ["NL000"]\n')
     proc = run("check", "broken.py", cwd=tmp_path)
     assert (proc.returncode, proc.stdout) == (0, "All checks passed!\n")
@@ -211,7 +211,7 @@ def test_dedicated_config_file_beats_pyproject_with_a_warning(tmp_path, dedicate
     (tmp_path / "pyproject.toml").write_text('[tool.nanlint]\nignore = ["NL002"]\n')
     (tmp_path / dedicated).write_text('select = ["NL00"]\n')
     proc = run("check", ".", cwd=tmp_path)
-    assert proc.returncode == 1 and "bad.py:4:16: NL002" in proc.stdout
+    assert proc.returncode == 1 and "bad.py:4:12: NL002" in proc.stdout
     assert proc.stderr == (f"warning: {tmp_path.resolve() / dedicated} is used; "
                            "pyproject.toml [tool.nanlint] in the same directory is ignored\n")
     assert f"# settings from: {tmp_path.resolve() / dedicated}" in run(

@@ -18,9 +18,9 @@ from nanlint.gitignore import parse
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
-NOTEBOOK = DATA / "notebook.ipynb"
+NOTEBOOK = ROOT / "fixtures" / "notebooks" / "vae.ipynb"
 
-HAZARD = "import torch\nclass VAE(torch.nn.Module):\n    def forward(self, logvar):\n        return torch.exp(logvar)\n"
+HAZARD = "import torch\ndef attend(q, k):\n    s = q @ k.mT\n    return torch.exp(s)\n"
 FIXABLE = "import torch\nh = x * (1 + torch.tanh(s))\n"
 CLEAN = "import torch\n\ndef f(x):\n    return torch.exp(x - x.amax(-1, keepdim=True))\n"
 
@@ -34,6 +34,8 @@ def run(*args, cwd=None, stdin=None, env=None):
 
 @pytest.fixture
 def project(tmp_path):
+    # the gate (NL006) is a medium-confidence finding: this project shows medium and up
+    (tmp_path / "pyproject.toml").write_text('[tool.nanlint]\nmin-confidence = "medium"\n')
     (tmp_path / "bad.py").write_text(HAZARD)
     (tmp_path / "gate.py").write_text(FIXABLE)
     (tmp_path / "good.py").write_text(CLEAN)
@@ -49,9 +51,11 @@ def test_github_annotations(project):
     assert proc.returncode == 1, proc.stderr
     lines = proc.stdout.splitlines()
     assert len(lines) == 3
-    assert lines[0].startswith("::error title=nanlint NL002 (unclamped-exp),file=bad.py,line=4,col=16,"
+    assert lines[0].startswith("::error title=nanlint NL002 (unclamped-exp),file=bad.py,line=4,col=12,"
                                "endLine=4,endColumn=")
     assert "::NL002 `exp` of an argument" in lines[0]
+    gate = next(line for line in lines if "file=gate.py" in line)
+    assert gate.startswith("::warning ") and "medium confidence" in gate
     # property values escape `,` `:` `%` so the runner does not split them
     assert "file=odd%2C name%25.py," in lines[2]
 
@@ -87,6 +91,7 @@ def test_sarif_validates_and_carries_rules_locations_and_fixes(project):
     for r in results:
         assert rules[r["ruleIndex"]]["id"] == r["ruleId"]
     gate = next(r for r in results if r["ruleId"] == "NL006")
+    assert gate["properties"]["confidence"] == "medium"
     loc = gate["locations"][0]["physicalLocation"]
     assert loc["artifactLocation"] == {"uri": "gate.py", "uriBaseId": "%SRCROOT%"}
     assert (loc["region"]["startLine"], loc["region"]["startColumn"]) == (2, 10)
@@ -104,7 +109,8 @@ def test_sarif_of_a_clean_run_and_of_a_notebook_validate(project):
     clean = json.loads(run("check", "--output-format", "sarif", "good.py", cwd=project).stdout)
     _validate_sarif(clean)
     assert clean["runs"][0]["results"] == []
-    nb = json.loads(run("check", "--output-format", "sarif", str(NOTEBOOK), cwd=project).stdout)
+    nb = json.loads(run("check", "--output-format", "sarif", "--min-confidence", "medium", str(NOTEBOOK),
+                             cwd=project).stdout)
     _validate_sarif(nb)
     results = nb["runs"][0]["results"]
     assert [(r["properties"]["cell"], r["properties"]["line"]) for r in results] == [(3, 2), (3, 6), (5, 3)]
@@ -123,7 +129,7 @@ def test_junit(project):
     suites = {s.get("name"): s for s in root}
     assert set(suites) == {"bad.py", "gate.py"}
     case = suites["bad.py"].find("testcase")
-    assert case.get("name") == "NL002 unclamped-exp at 4:16"
+    assert case.get("name") == "NL002 unclamped-exp at 4:12"
     assert case.find("failure").get("type") == "NL002"
     clean = ET.fromstring(run("check", "--output-format", "junit", "good.py", cwd=project).stdout)
     assert (clean.get("tests"), clean.get("failures")) == ("1", "0")
@@ -133,7 +139,7 @@ def test_junit(project):
 
 
 def test_notebook_findings_point_to_cells_and_skip_ipython_syntax(tmp_path):
-    proc = run("check", str(NOTEBOOK), cwd=tmp_path)
+    proc = run("check", "--min-confidence", "medium", str(NOTEBOOK), cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr
     found = [line.split(" [")[0] for line in proc.stdout.splitlines()[:-1]]
     assert found == [f"{NOTEBOOK}:cell 3:2:11: NL002", f"{NOTEBOOK}:cell 3:6:17: NL006",
@@ -146,7 +152,7 @@ def test_notebook_fix_rewrites_only_the_changed_cells(tmp_path):
     path = tmp_path / "nb.ipynb"
     shutil.copy(NOTEBOOK, path)
     before = path.read_bytes()
-    proc = run("fix", "--unsafe-fixes", "nb.ipynb", cwd=tmp_path)
+    proc = run("fix", "--unsafe-fixes", "--min-confidence", "medium", "nb.ipynb", cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr  # the NL002 exp has no fix and remains
     assert "Fixed 2 findings in 1 file (1 NL003, 1 NL006)." in proc.stdout
     after = path.read_bytes()
@@ -164,7 +170,7 @@ def test_notebook_fix_rewrites_only_the_changed_cells(tmp_path):
         b'"    return x * (torch.sigmoid(s) + 0.5)  # caf\xc3\xa9\\n",',
         b'"scores = scores.masked_fill(scores > 0, torch.finfo(scores.dtype).min)"',
     ]
-    again = run("fix", "--unsafe-fixes", "nb.ipynb", cwd=tmp_path)
+    again = run("fix", "--unsafe-fixes", "--min-confidence", "medium", "nb.ipynb", cwd=tmp_path)
     assert path.read_bytes() == after and "Fixed 0 findings" in again.stdout
 
 
@@ -176,7 +182,7 @@ def test_notebook_fix_keeps_ipython_lines_and_string_sources(tmp_path):
     raw = json.dumps(nb, indent=2)  # another writer: 2 spaces, a string source
     path = tmp_path / "s.ipynb"
     path.write_text(raw)
-    proc = run("fix", "--unsafe-fixes", "s.ipynb", cwd=tmp_path)
+    proc = run("fix", "--unsafe-fixes", "--min-confidence", "medium", "s.ipynb", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     expected = cell_text.replace("(1 + torch.tanh(s))", "(torch.sigmoid(s) + 0.5)")
     assert path.read_text() == raw.replace(json.dumps(cell_text), json.dumps(expected))
@@ -191,7 +197,7 @@ def test_notebook_with_a_broken_cell_checks_the_others(tmp_path):
     proc = run("check", "b.ipynb", cwd=tmp_path)
     assert proc.returncode == 1
     assert proc.stdout.startswith("b.ipynb:cell 1:1:12: NL000 [syntax-error]")
-    assert "b.ipynb:cell 2:4:16: NL002" in proc.stdout
+    assert "b.ipynb:cell 2:4:12: NL002" in proc.stdout
 
 
 def test_invalid_notebook_is_one_error_line(tmp_path):
@@ -201,14 +207,14 @@ def test_invalid_notebook_is_one_error_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: bad.ipynb: not a valid notebook: invalid JSON")
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
-    assert "ok.py:4:16: NL002" in proc.stdout
+    assert "ok.py:4:12: NL002" in proc.stdout
     before = (tmp_path / "bad.ipynb").read_bytes()
     run("fix", ".", cwd=tmp_path)
     assert (tmp_path / "bad.ipynb").read_bytes() == before
 
 
 def test_notebook_from_stdin_and_json_cell_field(tmp_path):
-    proc = run("check", "--output-format", "json", "-", "--stdin-filename", "nb.ipynb",
+    proc = run("check", "--output-format", "json", "--min-confidence", "medium", "-", "--stdin-filename", "nb.ipynb",
                stdin=NOTEBOOK.read_text(encoding="utf-8"), cwd=tmp_path)
     items = json.loads(proc.stdout)
     assert [(i["cell"], i["line"], i["code"]) for i in items] == [(3, 2, "NL002"), (3, 6, "NL006"), (5, 3, "NL003")]
@@ -346,7 +352,7 @@ def test_notebook_fix_never_puts_an_added_import_into_a_shell_cell(tmp_path):
          "source": "%matplotlib inline\nfrom torch import tanh\nh = x * (1 + tanh(s))"},
     ], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
     (tmp_path / "n.ipynb").write_text(json.dumps(nb))
-    proc = run("fix", "--unsafe-fixes", "n.ipynb", cwd=tmp_path)
+    proc = run("fix", "--unsafe-fixes", "--min-confidence", "medium", "n.ipynb", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     cells = json.loads((tmp_path / "n.ipynb").read_text())["cells"]
     assert cells[0]["source"] == "%%bash\necho hi"
@@ -364,4 +370,4 @@ def test_notebook_answers_are_the_same_from_the_cache(tmp_path):
     assert (tmp_path / ".nanlint_cache").is_dir()
     assert cold.returncode == warm.returncode == 1
     assert (cold.stdout, cold.stderr) == (warm.stdout, warm.stderr)
-    assert "c.ipynb:cell 1:4:16: NL002" in warm.stdout
+    assert "c.ipynb:cell 1:4:12: NL002" in warm.stdout

@@ -120,12 +120,14 @@ class Scopes:
         if isinstance(target, cst.Name):
             self._add(scope, Binding(target.value, "assign", stmt, value, self.order[stmt]))
         elif isinstance(target, (cst.Tuple, cst.List)):
-            for element in target.elements:
+            parts = _unpacked(target, value)
+            for element, part in zip(target.elements, parts):
                 inner = element.value
                 if isinstance(inner, cst.StarredElement):
                     inner = inner.value
-                # a tuple unpacking: each name gets "part of" the value
-                self._bind_target(scope, inner, stmt, None)
+                # a tuple unpacking: each name gets its element of the value where
+                # the source shows it, else "part of" the value (unknown)
+                self._bind_target(scope, inner, stmt, part)
         elif (
             isinstance(target, cst.Attribute)
             and isinstance(target.value, cst.Name)
@@ -208,7 +210,7 @@ class Scopes:
         if scope is None:
             return []
         later = [b for b in self.bindings.get(scope, {}).get(binding.name, [])
-                 if b.order > binding.order and b.kind in _STATEMENT_KINDS]
+                 if b.order > binding.order and b.kind in _STATEMENT_KINDS and not self.exclusive(binding.node, b.node)]
         until = min(later, key=lambda b: b.order) if later and isinstance(scope, cst.FunctionDef) else None
         out = []
         for n in self.reads.get(scope, {}).get(binding.name, []):
@@ -221,6 +223,24 @@ class Scopes:
                 if until is not None and self.order[n] > until.order and until.node not in ups:
                     continue
             out.append(n)
+        return out
+
+    def exclusive(self, a: cst.CSTNode, b: cst.CSTNode) -> bool:
+        """``a`` and ``b`` lie in different branches of one ``if`` (``body`` and
+        ``else``/``elif``): a rebinding in the other branch does not end a
+        binding's reads."""
+        sides = self._if_sides(a)
+        return any(sides.get(i, side) != side for i, side in self._if_sides(b).items())
+
+    def _if_sides(self, node: cst.CSTNode) -> Dict[cst.CSTNode, str]:
+        out: Dict[cst.CSTNode, str] = {}
+        child = node
+        for up in self.ancestors(node):
+            if isinstance(up, cst.If):
+                out[up] = "body" if child is up.body else "orelse" if child is up.orelse else "test"
+            elif isinstance(up, SCOPE_NODES):
+                break
+            child = up
         return out
 
     def self_attribute(self, node: cst.Attribute) -> List[Tuple[cst.CSTNode, Optional[cst.BaseExpression]]]:
@@ -270,6 +290,21 @@ def _inside_body(scope: cst.CSTNode, child: cst.CSTNode) -> bool:
 
 def _owner(scope: cst.CSTNode, node: cst.CSTNode, scope_of) -> cst.CSTNode:
     return scope if _inside_body(scope, node) else scope_of[scope]
+
+
+def _unpacked(target, value) -> List[Optional[cst.BaseExpression]]:
+    """What each element of a tuple target is bound to: ``a, b = x, y`` pairs
+    them; ``q, k = [t.float() for t in (q, k)]`` gives each the comprehension's
+    element expression (its dtype does not depend on the item); else unknown."""
+    n = len(target.elements)
+    starred = any(isinstance(e.value, cst.StarredElement) for e in target.elements)
+    if isinstance(value, (cst.Tuple, cst.List)) and not starred and len(value.elements) == n and not any(
+        isinstance(e, cst.StarredElement) for e in value.elements
+    ):
+        return [e.value for e in value.elements]
+    if isinstance(value, (cst.ListComp, cst.GeneratorExp)) and not starred:
+        return [value.elt] * n
+    return [None] * n
 
 
 def _names_in(target: cst.BaseExpression) -> List[cst.Name]:

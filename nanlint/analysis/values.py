@@ -401,7 +401,37 @@ class Facts:
 
     def bounded_above(self, node: cst.BaseExpression) -> bool:
         facts = self.range_facts(node)
-        return UPPER in facts or NONPOS in facts
+        return UPPER in facts or NONPOS in facts or self.is_entropy(node)
+
+    def is_entropy(self, node: cst.BaseExpression) -> bool:
+        """``-sum(p * log(p))``, ``-(p * log(p + eps)).sum(-1)``,
+        ``-sum(xlogy(p, p))`` (followed through one local name): an entropy,
+        at most log(K) for K classes, so its exp (a perplexity) stays below K.
+        The pattern -- the same tensor on both sides -- is taken to be a
+        normalised distribution (documented in NL002)."""
+        node = _unparen_local(self, node)
+        if not (isinstance(node, cst.UnaryOperation) and isinstance(node.operator, cst.Minus)):
+            return False
+        total = _unparen_local(self, node.expression)
+        if not isinstance(total, cst.Call) or torch_op(self.ctx, total) not in ("sum", "mean", "nansum"):
+            return False
+        term = subject(self.ctx, total)
+        if term is None:
+            return False
+        term = _unparen_local(self, term)
+        code = self.ctx.code
+        if isinstance(term, cst.Call) and torch_op(self.ctx, term) == "xlogy":
+            a, b = subject(self.ctx, term), arg(term, 0 if is_method_call(self.ctx, term) else 1, "other")
+            return a is not None and b is not None and code(a) == code(b.value)
+        if isinstance(term, cst.BinaryOperation) and isinstance(term.operator, cst.Multiply):
+            for p, lg in ((term.left, term.right), (term.right, term.left)):
+                if isinstance(lg, cst.Call) and torch_op(self.ctx, lg) in ("log", "log2"):
+                    inner = subject(self.ctx, lg)
+                    if isinstance(inner, cst.BinaryOperation) and isinstance(inner.operator, cst.Add):
+                        inner = inner.left if number(inner.right) is not None else inner
+                    if inner is not None and code(inner) == code(p):
+                        return True
+        return False
 
     # -- zeros ---------------------------------------------------------------
     def zero_case(self, node: cst.BaseExpression, depth: int = 0) -> str:
@@ -740,6 +770,130 @@ class Facts:
                 self._consumers_of(up, out, seen, depth + 1)
             return
         out.append("other")
+
+
+    # -- where non-finite values end up --------------------------------------
+    def cleaned_downstream(self, node: cst.BaseExpression) -> bool:
+        """Every path of ``node``'s value reaches a ``nan_to_num`` (or a
+        ``where(isfinite(...), ...)``) before it leaves the function. Followed through
+        arithmetic, indexing, value-keeping methods and local names; any other
+        use (a return, a store, an unknown call) is an escape. Only the
+        forward value is cleaned: the gradient of ``log(0)`` is still inf, so
+        callers also ask :meth:`grad_flows`."""
+        return self._flows_to_cleaning(node, {}, 0)
+
+    def _flows_to_cleaning(self, node: cst.CSTNode, seen: Dict[cst.CSTNode, bool], depth: int) -> bool:
+        if depth > 24:
+            return False
+        if node not in seen:
+            seen[node] = False  # a cycle is an escape
+            seen[node] = self._cleaning_step(node, seen, depth)
+        return seen[node]
+
+    def _cleaning_step(self, node: cst.CSTNode, seen: Dict[cst.CSTNode, bool], depth: int) -> bool:
+        parent = self.scopes.parent
+        up = parent.get(node)
+        if isinstance(up, (cst.BinaryOperation, cst.UnaryOperation)):
+            return self._flows_to_cleaning(up, seen, depth + 1)
+        if isinstance(up, cst.Subscript) and up.value is node:
+            return self._flows_to_cleaning(up, seen, depth + 1)
+        if isinstance(up, cst.Attribute) and up.value is node:
+            call = parent.get(up)
+            if not (isinstance(call, cst.Call) and call.func is up):
+                return up.attr.value in _METADATA  # `x.dtype`, `x.shape` carry no value
+            name = up.attr.value
+            if name in _METADATA or name in _LIKE_FACTORIES:
+                return True
+            if name in _CLEANS:
+                return True
+            if name in ("masked_fill", "masked_fill_") and call.args and _tests_finite(self.ctx, call.args[0].value):
+                return True
+            if name in _CARRIES_NONFINITE:
+                return self._flows_to_cleaning(call, seen, depth + 1)
+            return False
+        if isinstance(up, cst.Arg):
+            call = parent.get(up)
+            if not isinstance(call, cst.Call):
+                return False
+            op = torch_op(self.ctx, call)
+            if op in _CLEANS or op in _LIKE_FACTORIES:
+                return True  # cleaned, or only its shape is read (`zeros_like(x)`)
+            if op == "where" and len(call.args) == 3 and up is not call.args[0] and _tests_finite(self.ctx, call.args[0].value):
+                return True
+            if op in _CARRIES_NONFINITE and up is call.args[0]:
+                return self._flows_to_cleaning(call, seen, depth + 1)
+            return False
+        if isinstance(up, cst.Assign) and len(up.targets) == 1 and isinstance(up.targets[0].target, cst.Name):
+            t = up.targets[0].target
+            reads = []
+            for b in self.scopes.bindings.get(self.scopes.scope_of.get(up), {}).get(t.value, []):
+                if b.node is up:
+                    reads = self.scopes.reads_of(b)
+            for r in reads:
+                if self._finiteness_test(r):
+                    continue  # `isfinite(x)` reads it without passing it on
+                if self._cleans_in_place(r, up):
+                    return True  # `x.nan_to_num_()`: later reads see the cleaned tensor
+                if not self._flows_to_cleaning(r, seen, depth + 1):
+                    return False
+            return bool(reads)
+        return False
+
+    def _finiteness_test(self, read: cst.Name) -> bool:
+        arg_node = self.scopes.parent.get(read)
+        call = self.scopes.parent.get(arg_node) if isinstance(arg_node, cst.Arg) else None
+        if isinstance(call, cst.Call) and _tests_finite(self.ctx, call):
+            return True
+        attr = self.scopes.parent.get(read)
+        return isinstance(attr, cst.Attribute) and attr.attr.value in _FINITE_TESTS
+
+    def _cleans_in_place(self, read: cst.Name, assign: cst.Assign) -> bool:
+        """``x.nan_to_num_()`` (or ``x.masked_fill_(~isfinite(x), v)``) as a
+        statement of the same block as the assignment."""
+        attr = self.scopes.parent.get(read)
+        call = self.scopes.parent.get(attr)
+        if not (isinstance(attr, cst.Attribute) and isinstance(call, cst.Call) and call.func is attr):
+            return False
+        name = attr.attr.value
+        if not (name == "nan_to_num_" or (name == "masked_fill_" and call.args and _tests_finite(self.ctx, call.args[0].value))):
+            return False
+        expr = self.scopes.parent.get(call)
+        stmt = self.scopes.parent.get(expr) if isinstance(expr, cst.Expr) else None
+        return stmt is not None and self.scopes.parent.get(stmt) is self.scopes.parent.get(
+            self.scopes.parent.get(assign))
+
+
+def _unparen_local(facts: "Facts", node: cst.BaseExpression) -> cst.BaseExpression:
+    """A local name's assigned value (one hop), else the node."""
+    if isinstance(node, cst.Name):
+        for b in facts.scopes.reaching(node)[:1]:
+            if b.kind in ("assign", "walrus") and b.value is not None:
+                return b.value
+    return node
+
+
+_FINITE_TESTS = frozenset({"isfinite", "isnan", "isinf", "isposinf", "isneginf"})
+
+
+def _tests_finite(ctx, cond: cst.BaseExpression) -> bool:
+    """``isfinite(x)``, ``~isnan(x)``, ``x.isinf()`` and the like in a condition."""
+    for sub, _ in iter_tree(cond):
+        if isinstance(sub, cst.Call):
+            name = torch_op(ctx, sub) or (sub.func.attr.value if isinstance(sub.func, cst.Attribute) else "")
+            if name in _FINITE_TESTS:
+                return True
+    return False
+
+
+#: what a tensor tells besides its values
+_METADATA = frozenset({"dtype", "shape", "device", "ndim", "size", "dim", "numel", "is_cuda", "requires_grad"})
+#: calls that replace inf/NaN
+_CLEANS = frozenset({"nan_to_num", "nan_to_num_"})
+#: calls whose result carries an inf/NaN of their first argument or receiver
+_CARRIES_NONFINITE = _KEEPS_VALUES | frozenset({
+    "cpu", "cuda", "float", "double", "split", "chunk", "unbind", "neg", "abs", "mul", "add", "sub", "div",
+    "sum", "mean", "cat", "stack", "sqrt", "pow", "log", "exp", "gather", "index_select", "repeat", "masked_fill",
+})
 
 
 class _Lookup:
