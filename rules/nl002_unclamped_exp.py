@@ -28,15 +28,24 @@ class UnclampedExp(Rule):
     above and may be a float16 tensor.
 
     Confidence: **high** where an ordinary input overflows: the argument is a
-    score -- a matmul/einsum/bmm product of activations, possibly scaled
-    (`q @ k.T * scale`): a dot product over d features above 11 is ordinary --
-    or an exp that is summed or normalised (a manual softmax over logits:
-    `exp(x).sum()`, `e = exp(x); e / e.sum()`). **medium** for the exp
-    of another activation (the output of a layer, a parameter of `forward`):
-    a predicted log-variance or log-scale overflows only once it reaches 11,
-    a real but unusual value (shown with `--min-confidence medium`). **low**
-    where the analysis cannot tell where the argument comes from (schedule
-    arithmetic, a helper's parameter): shown with `--min-confidence low`.
+    score -- a product with a transposed activation (`q @ k.T * scale`,
+    `bmm(q, k.transpose(1, 2))`, an `einsum`): a dot product over d features
+    above 11 is ordinary -- or an activation whose exp is summed or
+    normalised (a manual softmax over logits: `exp(x).sum()`,
+    `e = exp(x); e / e.sum()`). **medium** for the exp of another activation
+    (the output of a layer, a parameter of `forward`): a predicted
+    log-variance or log-scale overflows only once it reaches 11, a real but
+    unusual value (shown with `--min-confidence medium`). **low** where the
+    analysis cannot tell where the argument comes from (schedule arithmetic,
+    a helper's parameter, summed or not): shown with `--min-confidence low`.
+
+    Not reported: arguments bounded above (clamped, max-subtracted -- also
+    `x - maximum(m, x.max())` --, log-probabilities, non-positive values); the
+    exp of an entropy, `-sum(p * log(p))` or `-sum(xlogy(p, p))` with the same
+    tensor on both sides, taken to be a normalised distribution (a
+    perplexity is at most the number of classes: a pattern heuristic); tensors
+    that are float32 where the exp runs (upcast, also through
+    `q, g = [t.float() for t in (q, g)]`).
 
     ## Why is this bad?
     The largest float16 value is 65504, so `exp(x)` is `inf` for every
@@ -220,7 +229,7 @@ class UnclampedExp(Rule):
                 f"for x >= {fmt(limit)} (max {fmt(FLOAT16.max)}), and clamping each term leaves the sum "
                 "overflowing; use `torch.logsumexp` / `torch.softmax`, or upcast (`x.float().exp()`)",
                 None,
-                confidence=HIGH,
+                confidence=HIGH if origin == ACTIVATION else LOW,
             )
             return
         self.report(

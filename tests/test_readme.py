@@ -65,7 +65,7 @@ def test_quick_start_output_is_what_nanlint_prints(tmp_path):
     assert install.startswith("pip install 'nanlint @ git+https://") and command == "nanlint check ."
     expected = re.search(r"```\n(model\.py:.*?)```", section, re.S).group(1)
     # attention scores: an activation, so the finding is high confidence (shown by default)
-    (tmp_path / "model.py").write_text("import torch\n" + "\n" * 10 + "def f(q, k):\n    x = q @ k\n    weights = torch.exp(x)\n")
+    (tmp_path / "model.py").write_text("import torch\n" + "\n" * 10 + "def f(q, k):\n    x = q @ k.mT\n    weights = torch.exp(x)\n")
     proc = _shell(command, tmp_path)
     assert proc.returncode == 1, proc.stderr
     assert proc.stdout == expected

@@ -36,7 +36,7 @@ from ..resolve import dotted_name
 from ..engine import iter_tree
 from .safeguards import Safeguards
 from .project import LOG_PROBABILITY, PROBABILITY
-from .scopes import Binding, Scopes
+from .scopes import SCOPE_NODES, Binding, Scopes
 
 HALF = "half"
 WIDE = "wide"
@@ -93,7 +93,7 @@ _ACTIVATION_OPS = frozenset({
     "addmm", "conv_transpose1d", "conv_transpose2d", "scaled_dot_product_attention",
 })
 # products of activations (attention scores, logits of a similarity)
-_SCORE_OPS = frozenset({"matmul", "mm", "bmm", "baddbmm", "einsum", "addmm"})
+_SCORE_OPS = frozenset({"matmul", "mm", "bmm", "baddbmm", "einsum"})
 # elementwise results that underflow to exactly 0 in float16 for ordinary logits
 _UNDERFLOWING = frozenset({"softmax", "sigmoid", "softmin", "sigmoid_"})
 # selections whose values are elements of their input
@@ -110,7 +110,8 @@ _HOST_MODULES = ("math", "numpy", "np", "random", "scipy")
 _FP32_DECORATORS = re.compile(r"(force_fp32|float32_region|no_autocast|disable_autocast)")
 _NO_GRAD = frozenset({"no_grad", "inference_mode"})
 #: reads that leave autograd: integer casts, rounding, Python numbers
-_NUMBER_READS = frozenset({"long", "int", "floor", "ceil", "round", "trunc", "item", "tolist", "numpy", "argmax", "argmin"})
+_NUMBER_READS = frozenset({"long", "int", "floor", "ceil", "round", "trunc", "item", "tolist", "numpy", "argmax", "argmin",
+                           "bucketize", "searchsorted", "argsort"})
 #: preprocessing/metrics modules and functions (a name heuristic: no gradient flows there)
 _DATA_FILE = re.compile(
     r"^(?:feature_extraction|image_processing|video_processing|processing|preprocess(?:ing)?|"
@@ -576,7 +577,7 @@ class Facts:
         node = look_through(self.ctx, node, _KEEPS_VALUES)
         if isinstance(node, cst.BinaryOperation):
             if isinstance(node.operator, cst.MatrixMultiply):
-                return True
+                return self._transposed(node.right)
             if isinstance(node.operator, (cst.Multiply, cst.Divide)):
                 return self.is_score(node.left, depth + 1) or (
                     isinstance(node.operator, cst.Multiply) and self.is_score(node.right, depth + 1))
@@ -588,11 +589,30 @@ class Facts:
             return False
         if isinstance(node, cst.Call):
             op = torch_op(self.ctx, node)
-            if op in _SCORE_OPS:
+            if op == "einsum":
                 return True
+            if op in _SCORE_OPS:
+                # q @ k.T: a product with a transposed activation (attn @ v, h @ W are not scores)
+                return any(self._transposed(a.value) for a in node.args[1:] if not a.keyword)
             if op in ("mul", "div", "mul_", "div_"):
                 base = subject(self.ctx, node)
                 return base is not None and self.is_score(base, depth + 1)
+        return False
+
+    def _transposed(self, node: cst.BaseExpression, depth: int = 0) -> bool:
+        """``k.T``, ``k.mT``, ``k.transpose(-2, -1)``, ``k.permute(...)``,
+        ``k.t()`` (one local name followed)."""
+        if isinstance(node, cst.Attribute) and node.attr.value in ("T", "mT", "H", "mH"):
+            return True
+        if isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute):
+            if node.func.attr.value in ("transpose", "permute", "t", "swapaxes", "swapdims", "movedim"):
+                return True
+            if node.func.attr.value in _KEEPS_VALUES and depth < 4:
+                return self._transposed(node.func.value, depth + 1)
+        if isinstance(node, cst.Name) and depth < 4:
+            for b in self.scopes.reaching(node)[:1]:
+                if b.kind in ("assign", "walrus") and b.value is not None:
+                    return self._transposed(b.value, depth + 1)
         return False
 
     def is_layer_attribute(self, node: cst.Attribute) -> bool:
@@ -772,6 +792,18 @@ class Facts:
         out.append("other")
 
 
+    def only_for_empty(self, node: cst.CSTNode) -> bool:
+        """``node`` runs only for an empty tensor: in the body of
+        ``if x.numel() == 0:`` (or ``not x.numel()``): no element can overflow."""
+        child = node
+        for up in self.scopes.ancestors(node):
+            if isinstance(up, cst.If) and child is up.body and _tests_empty(up.test):
+                return True
+            if isinstance(up, SCOPE_NODES):
+                return False
+            child = up
+        return False
+
     # -- where non-finite values end up --------------------------------------
     def cleaned_downstream(self, node: cst.BaseExpression) -> bool:
         """Every path of ``node``'s value reaches a ``nan_to_num`` (or a
@@ -870,6 +902,18 @@ def _unparen_local(facts: "Facts", node: cst.BaseExpression) -> cst.BaseExpressi
             if b.kind in ("assign", "walrus") and b.value is not None:
                 return b.value
     return node
+
+
+def _tests_empty(test: cst.BaseExpression) -> bool:
+    def numel(n):
+        return (isinstance(n, cst.Call) and isinstance(n.func, cst.Attribute)
+                and n.func.attr.value == "numel" and not n.args)
+    if isinstance(test, cst.UnaryOperation) and isinstance(test.operator, cst.Not):
+        return numel(test.expression)
+    if isinstance(test, cst.Comparison) and len(test.comparisons) == 1:
+        c = test.comparisons[0]
+        return (isinstance(c.operator, cst.Equal) and numel(test.left) and number(c.comparator) == 0)
+    return False
 
 
 _FINITE_TESTS = frozenset({"isfinite", "isnan", "isinf", "isposinf", "isneginf"})
