@@ -720,8 +720,9 @@ class TinyEpsilon(Rule):
                 self._divisor(value, where, hop=False)
 
     def _under(self, x: cst.BaseExpression, where: cst.CSTNode, op: str) -> None:
-        if self._cleaned(where):
-            return
+        if self._cleaned(where) or (op in LOG_OPS and isinstance(where, cst.BaseExpression)
+                                    and self.ctx.facts.only_ordered(where)):
+            return  # inf/NaN replaced, or log(0) = -inf only sorts last
         cls = RECIP if op in LOG_OPS else ROOT
         name = op if op in LOG_OPS or op in ROOT_OPS else "sqrt"
         x = _strip(x, self.ctx)

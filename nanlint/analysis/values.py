@@ -812,23 +812,48 @@ class Facts:
         use (a return, a store, an unknown call) is an escape. Only the
         forward value is cleaned: the gradient of ``log(0)`` is still inf, so
         callers also ask :meth:`grad_flows`."""
-        return self._flows_to_cleaning(node, {}, 0)
+        return self._flows_to_cleaning(node, {}, 0, False)
 
-    def _flows_to_cleaning(self, node: cst.CSTNode, seen: Dict[cst.CSTNode, bool], depth: int) -> bool:
+    def only_ordered(self, node: cst.BaseExpression) -> bool:
+        """The ``-inf`` that ``node`` may produce (a log of 0) only reaches
+        comparisons, orderings (``sort``/``topk``/``max`` values, followed on) and
+        indices (``argsort``, ``argmax``) before it leaves the function, through
+        additions, negation and scaling by a Python number: a confidence score
+        that sorts last, a beam whose impossible tokens are never picked. No
+        gradient reaches the log through a comparison or an index."""
+        return self._flows_to_cleaning(node, {}, 0, True)
+
+    def _flows_to_cleaning(self, node: cst.CSTNode, seen: Dict[cst.CSTNode, bool], depth: int, order: bool) -> bool:
         if depth > 24:
             return False
         if node not in seen:
             seen[node] = False  # a cycle is an escape
-            seen[node] = self._cleaning_step(node, seen, depth)
+            seen[node] = self._cleaning_step(node, seen, depth, order)
         return seen[node]
 
-    def _cleaning_step(self, node: cst.CSTNode, seen: Dict[cst.CSTNode, bool], depth: int) -> bool:
+    def _cleaning_step(self, node: cst.CSTNode, seen: Dict[cst.CSTNode, bool], depth: int, order: bool) -> bool:
         parent = self.scopes.parent
         up = parent.get(node)
+        if order:
+            if isinstance(up, (cst.Comparison, cst.ComparisonTarget)):
+                return True
+            if isinstance(up, cst.BinaryOperation):
+                other = up.right if up.left is node else up.left
+                if isinstance(up.operator, (cst.Add, cst.Subtract)) or (
+                    isinstance(up.operator, (cst.Multiply, cst.Divide))
+                    and ((number(other) not in (None, 0)) or self.dtype(other) == HOST)
+                ):
+                    return self._flows_to_cleaning(up, seen, depth + 1, order)
+                return False
+            if isinstance(up, cst.Attribute) and up.value is node and not isinstance(parent.get(up), cst.Call):
+                if up.attr.value == "indices":
+                    return True
+                if up.attr.value == "values":
+                    return self._flows_to_cleaning(up, seen, depth + 1, order)
         if isinstance(up, (cst.BinaryOperation, cst.UnaryOperation)):
-            return self._flows_to_cleaning(up, seen, depth + 1)
+            return self._flows_to_cleaning(up, seen, depth + 1, order)
         if isinstance(up, cst.Subscript) and up.value is node:
-            return self._flows_to_cleaning(up, seen, depth + 1)
+            return self._flows_to_cleaning(up, seen, depth + 1, order)
         if isinstance(up, cst.Attribute) and up.value is node:
             call = parent.get(up)
             if not (isinstance(call, cst.Call) and call.func is up):
@@ -836,25 +861,44 @@ class Facts:
             name = up.attr.value
             if name in _METADATA or name in _LIKE_FACTORIES:
                 return True
+            # cleaned (in order mode an escape: the gradient of the -inf still flows)
             if name in _CLEANS:
-                return True
+                return not order
             if name in ("masked_fill", "masked_fill_") and call.args and _tests_finite(self.ctx, call.args[0].value):
+                return not order
+            if order and name in _ORDER_INDEX:
                 return True
-            if name in _CARRIES_NONFINITE:
-                return self._flows_to_cleaning(call, seen, depth + 1)
+            if name in _CARRIES_NONFINITE or (order and name in _ORDER_VALUES):
+                return self._flows_to_cleaning(call, seen, depth + 1, order)
             return False
         if isinstance(up, cst.Arg):
             call = parent.get(up)
             if not isinstance(call, cst.Call):
                 return False
             op = torch_op(self.ctx, call)
-            if op in _CLEANS or op in _LIKE_FACTORIES:
-                return True  # cleaned, or only its shape is read (`zeros_like(x)`)
+            if op in _LIKE_FACTORIES:
+                return True  # only its shape is read (`zeros_like(x)`)
+            if op in _CLEANS:
+                return not order
             if op == "where" and len(call.args) == 3 and up is not call.args[0] and _tests_finite(self.ctx, call.args[0].value):
+                return not order
+            if order and op in _ORDER_INDEX and up is call.args[0]:
                 return True
-            if op in _CARRIES_NONFINITE and up is call.args[0]:
-                return self._flows_to_cleaning(call, seen, depth + 1)
+            if (op in _CARRIES_NONFINITE or (order and op in _ORDER_VALUES)) and up is call.args[0]:
+                return self._flows_to_cleaning(call, seen, depth + 1, order)
             return False
+        if isinstance(up, cst.Assign) and len(up.targets) == 1 and isinstance(up.targets[0].target, cst.Tuple):
+            # `values, index = x.topk(k)`: the values carry on, the indices are harmless
+            first = up.targets[0].target.elements[0].value if up.targets[0].target.elements else None
+            if not (order and isinstance(first, cst.Name) and isinstance(node, cst.Call)
+                    and torch_op(self.ctx, node) in _ORDER_VALUES):
+                return False
+            t = first
+            reads = []
+            for b in self.scopes.bindings.get(self.scopes.scope_of.get(up), {}).get(t.value, []):
+                if b.node is up:
+                    reads = self.scopes.reads_of(b)
+            return all(self._flows_to_cleaning(r, seen, depth + 1, order) for r in reads)
         if isinstance(up, cst.Assign) and len(up.targets) == 1 and isinstance(up.targets[0].target, cst.Name):
             t = up.targets[0].target
             reads = []
@@ -865,8 +909,8 @@ class Facts:
                 if self._finiteness_test(r):
                     continue  # `isfinite(x)` reads it without passing it on
                 if self._cleans_in_place(r, up):
-                    return True  # `x.nan_to_num_()`: later reads see the cleaned tensor
-                if not self._flows_to_cleaning(r, seen, depth + 1):
+                    return not order  # `x.nan_to_num_()`: later reads see the cleaned tensor
+                if not self._flows_to_cleaning(r, seen, depth + 1, order):
                     return False
             return bool(reads)
         return False
@@ -931,6 +975,9 @@ def _tests_finite(ctx, cond: cst.BaseExpression) -> bool:
 
 #: what a tensor tells besides its values
 _METADATA = frozenset({"dtype", "shape", "device", "ndim", "size", "dim", "numel", "is_cuda", "requires_grad"})
+#: orderings whose result carries the values (``sort(x).values``, ``topk``) or only indices
+_ORDER_VALUES = frozenset({"sort", "topk", "max", "min", "kthvalue", "msort", "amax", "amin", "gather"})
+_ORDER_INDEX = frozenset({"argsort", "argmax", "argmin"})
 #: calls that replace inf/NaN
 _CLEANS = frozenset({"nan_to_num", "nan_to_num_"})
 #: calls whose result carries an inf/NaN of their first argument or receiver
