@@ -473,6 +473,8 @@ class NonfiniteMask(Rule):
             return  # token ids, counts, bool masks, Python lists: never a float16 tensor
         if self._selected_only(filled, call, statement):
             return
+        if call is not None and not (hazard.finite and where == "masked_fill") and facts.only_ordered(call):
+            return  # the -inf only sorts last or loses a comparison (a worst score)
         confidence, why = self._confidence(hazard, value, filled, dtype, where, mask, fill_when, target,
                                            call, statement)
         if confidence is None:
