@@ -15,7 +15,7 @@ import pytest
 from nanlint.cache import Cache
 from nanlint.finding import Finding
 
-HAZARD = "import torch\ny = torch.exp(q @ k)\n"
+HAZARD = "import torch\ny = torch.exp(q @ k.mT)\n"
 
 
 def run(*args, cwd):
@@ -56,7 +56,7 @@ def test_changed_content_or_settings_miss(tmp_path):
     target = tmp_path / "m.py"
     target.write_text(HAZARD)
     run("check", ".", cwd=tmp_path)
-    target.write_text(HAZARD + "z = torch.exp(a @ b)\n")
+    target.write_text(HAZARD + "z = torch.exp(a @ b.T)\n")
     proc = run("check", "--output-format", "json", ".", cwd=tmp_path)
     assert len(json.loads(proc.stdout)) == 2
     proc = run("check", "--ignore", "NL002", ".", cwd=tmp_path)
