@@ -74,6 +74,12 @@ OPTIMIZERS: Dict[str, int] = {
     "RMSprop": 3, "Adadelta": 3, "Adagrad": 5,
 }
 
+# the default eps of the optimizers above whose default rounds to 0 in float16
+DEFAULT_OPTIMIZER_EPS: Dict[str, float] = {
+    "Adam": 1e-8, "AdamW": 1e-8, "Adamax": 1e-8, "NAdam": 1e-8, "RAdam": 1e-8, "SparseAdam": 1e-8,
+    "RMSprop": 1e-8, "Adagrad": 1e-10,
+}
+
 # calls whose arguments are tolerances, never guards
 TOLERANCE_CALLS = frozenset(
     {
@@ -240,7 +246,9 @@ class TinyEpsilon(Rule):
     and functions and classes of the same file whose `eps` parameter ends up in
     such a guard), or as the `eps` of a `torch.optim` optimizer in a file that
     runs the model in half precision (`.half()`, `.to(torch.float16)`) without
-    AMP. A guard given through a name (`EPS = 1e-12` ... `x / (n + EPS)`, a
+    AMP -- also an optimizer that keeps its default eps (`Adam(params)`: 1e-8,
+    Adagrad 1e-10), reported at the call, with an unsafe fix that passes
+    `eps=1e-4` (not when arguments come from `**config`). A guard given through a name (`EPS = 1e-12` ... `x / (n + EPS)`, a
     parameter default `eps=1e-8`, `self.eps = eps`, `self.eps = 1e-8` in
     `__init__`) is reported on the binding. A guard whose value is defined in
     another module of the checked project (`from .consts import EPS`,
@@ -424,6 +432,8 @@ class TinyEpsilon(Rule):
         self.module_uses: List[Tuple[str, Use, Optional[str], Optional[cst.CSTNode]]] = []
         self.call_sites: List[CallSite] = []
         self.optimizer_uses: List[Tuple[Optional[Source], Use, Optional[str]]] = []
+        #: optimizers built with their default eps (``Adam(model.parameters())``)
+        self.default_optimizers: List[Tuple[cst.Call, str]] = []
         self.quiet = 0  # inside assert / tolerance calls
         self.quiet_calls: Set[int] = set()
         self.half = False
@@ -923,6 +933,8 @@ class TinyEpsilon(Rule):
                 )
                 label = None if isinstance(eps.value, cst.Float) else self.ctx.code(eps.value)
                 self.optimizer_uses.append((self._source(eps.value), use, label))
+            elif name in DEFAULT_OPTIMIZER_EPS and not any(a.star for a in node.args):
+                self.default_optimizers.append((node, name))
 
     def _eps_arg(self, value: cst.BaseExpression, use: Use) -> None:
         if isinstance(value, cst.Float):
@@ -936,6 +948,8 @@ class TinyEpsilon(Rule):
         if self.half and not self.amp:
             for source, use, label in self.optimizer_uses:
                 self._resolve(source, use.but(fixable=source is not None and source.kind == "lit"), label)
+            for call, name in self.default_optimizers:
+                self._report_default_eps(call, name)
         # calls to this file's own functions and classes whose eps is a guard
         for site in self.call_sites:
             self._call_site(site)
@@ -1009,6 +1023,22 @@ class TinyEpsilon(Rule):
         return None
 
     # -- reporting ---------------------------------------------------------------------
+    def _report_default_eps(self, call: cst.Call, name: str) -> None:
+        """``Adam(model.parameters())`` on half parameters: the eps nobody wrote."""
+        default = DEFAULT_OPTIMIZER_EPS[name]
+        fix = None
+        if call.args:
+            last = call.args[-1].value
+            fix = FixSpec(UNSAFE, "Pass `eps=1e-4`, the smallest eps that stays a normal float16 guard",
+                          replace=[(last, f"{self.ctx.code(last)}, eps=1e-4")])
+        self.report(
+            call.func,
+            f"`{name}` keeps its default `eps` ({fmt(default)}), which rounds to 0 in float16 (below "
+            f"{fmt(FLOAT16.zero_below)}), in a file that runs the model in half precision (`.half()`/"
+            f"`.to(torch.float16)`, no AMP), {OPTIM_ZERO}; pass `eps=1e-4` or keep float32 master weights (AMP)",
+            fix,
+        )
+
     def _report_literal(self, literal: cst.CSTNode, use: Use, label: Optional[str] = None) -> None:
         if isinstance(literal, cst.Float):
             self._report_value(literal, number(literal), literal.value, use, label)
