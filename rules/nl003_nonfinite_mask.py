@@ -475,6 +475,8 @@ class NonfiniteMask(Rule):
             return
         if call is not None and not (hazard.finite and where == "masked_fill") and facts.only_ordered(call):
             return  # the -inf only sorts last or loses a comparison (a worst score)
+        if statement is not None and isinstance(filled, cst.Name) and self._later_reads_ordered(filled, statement):
+            return  # `lprobs[stopped] = -inf`, then only ranked (beam search)
         confidence, why = self._confidence(hazard, value, filled, dtype, where, mask, fill_when, target,
                                            call, statement)
         if confidence is None:
@@ -510,6 +512,16 @@ class NonfiniteMask(Rule):
                 f"{hazard.quoted} as a fill: inf - inf and 0 * inf are NaN in whatever consumes it; use {instead}"
             )
         self.report(value, message + why, self._fix(value, filled, hazard), confidence=confidence)
+
+    def _later_reads_ordered(self, filled: cst.Name, statement: cst.CSTNode) -> bool:
+        facts = self.ctx.facts
+        scopes = facts.scopes
+        bindings = scopes.reaching(filled)
+        if not bindings or bindings[0].kind != "assign":
+            return False  # a parameter filled in place is the caller's tensor
+        after = scopes.order.get(statement, 0)
+        reads = [r for r in scopes.reads_of(bindings[0]) if scopes.order.get(r, 0) > after and r is not filled]
+        return bool(reads) and all(facts.only_ordered(r) for r in reads)
 
     def _selected_only(self, filled: Optional[cst.BaseExpression], call: Optional[cst.Call],
                        statement: Optional[cst.CSTNode]) -> bool:

@@ -68,3 +68,12 @@ def test_bindings_in_other_branches_of_one_if_are_exclusive(second, exclusive):
     assert scopes.exclusive(first.node, other.node) is exclusive
     # the read in `return x` sees the first binding unless the second always replaces it
     assert bool(scopes.reads_of(first)) is exclusive
+
+
+def test_names_in_tuple_targets_are_bindings_not_reads():
+    module = cst.parse_module("def f(x):\n    a, (b, *c) = x\n    for i, j in x:\n        pass\n    return a\n")
+    scopes = Scopes(module)
+    func = module.body[0]
+    reads = scopes.reads.get(func, {})
+    assert set(reads) == {"x", "a"}
+    assert len(reads["a"]) == 1  # only `return a`

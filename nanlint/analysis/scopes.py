@@ -113,8 +113,25 @@ class Scopes:
             kind = "def" if isinstance(node, cst.FunctionDef) else "class"
             self._add(scope_of[up] if not isinstance(up, SCOPE_NODES) else _owner(up, node, scope_of),
                       Binding(node.name.value, kind, node, None, self.order[node]))
-        elif isinstance(node, cst.Name) and up is not None and _is_read(node, up):
+        elif isinstance(node, cst.Name) and up is not None and _is_read(node, up) and not self._in_target(up):
             self.reads.setdefault(scope_of[node], {}).setdefault(node.value, []).append(node)
+
+    def _in_target(self, up: cst.CSTNode) -> bool:
+        """A name inside a tuple/list target (``a, b = ...``, ``for i, x in ...``)
+        is bound there, not read."""
+        child: cst.CSTNode = up
+        node = up
+        while isinstance(node, (cst.Element, cst.StarredElement, cst.Tuple, cst.List)):
+            child, node = node, self.parent.get(node)
+        if child is up and not isinstance(up, (cst.Element, cst.StarredElement)):
+            return False
+        if isinstance(node, cst.AssignTarget):
+            return node.target is child
+        if isinstance(node, (cst.For, cst.CompFor)):
+            return node.target is child
+        if isinstance(node, cst.AsName):
+            return node.name is child
+        return False
 
     def _bind_target(self, scope, target, stmt, value) -> None:
         if isinstance(target, cst.Name):

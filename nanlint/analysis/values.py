@@ -841,7 +841,8 @@ class Facts:
                 other = up.right if up.left is node else up.left
                 if isinstance(up.operator, (cst.Add, cst.Subtract)) or (
                     isinstance(up.operator, (cst.Multiply, cst.Divide))
-                    and ((number(other) not in (None, 0)) or self.dtype(other) == HOST)
+                    # a Python number, or an integer tensor (lengths, counts of a beam)
+                    and ((number(other) not in (None, 0)) or self.dtype(other) in (HOST, INTEGER))
                 ):
                     return self._flows_to_cleaning(up, seen, depth + 1, order)
                 return False
@@ -853,7 +854,25 @@ class Facts:
         if isinstance(up, (cst.BinaryOperation, cst.UnaryOperation)):
             return self._flows_to_cleaning(up, seen, depth + 1, order)
         if isinstance(up, cst.Subscript) and up.value is node:
+            if isinstance(parent.get(up), cst.AssignTarget):
+                return True  # `x[m] = v` writes into x: its values go nowhere
             return self._flows_to_cleaning(up, seen, depth + 1, order)
+        if isinstance(up, cst.Element) and isinstance(parent.get(up), cst.Tuple):
+            # `a, b = f(x), g(y)`: follow the name it is unpacked into
+            tup = parent.get(up)
+            stmt = parent.get(tup)
+            if not (isinstance(stmt, cst.Assign) and stmt.value is tup and len(stmt.targets) == 1
+                    and isinstance(stmt.targets[0].target, cst.Tuple)
+                    and len(stmt.targets[0].target.elements) == len(tup.elements)):
+                return False
+            target = stmt.targets[0].target.elements[tup.elements.index(up)].value
+            if not isinstance(target, cst.Name):
+                return False
+            reads = []
+            for b in self.scopes.bindings.get(self.scopes.scope_of.get(stmt), {}).get(target.value, []):
+                if b.node is stmt:
+                    reads = self.scopes.reads_of(b)
+            return all(self._flows_to_cleaning(r, seen, depth + 1, order) for r in reads)
         if isinstance(up, cst.Attribute) and up.value is node:
             call = parent.get(up)
             if not (isinstance(call, cst.Call) and call.func is up):
