@@ -235,7 +235,7 @@ class Rule:
     ) -> None:
         if confidence not in CONFIDENCES:
             raise ValueError(f"confidence must be one of {CONFIDENCES}")
-        if self.ctx.facts.only_for_empty(node):
+        if "numel" in self.ctx.source and self.ctx.facts.only_for_empty(node):
             return  # `if x.numel() == 0:` -- no element to overflow
         if confidence == HIGH and self.ctx.test_code:
             confidence = MEDIUM
