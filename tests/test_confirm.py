@@ -55,6 +55,8 @@ ARGS = {
     "nl106_amp_loop": ["--precision", "autocast"],
 }
 SCHEMA = {"status", "code", "path", "line", "regime", "event", "op", "device", "dtype", "message"}
+REPORT = {"device", "dtype", "precision", "regimes", "entries", "notes", "summary"}
+STATUSES = ("confirmed", "not_fired", "not_reached", "unflagged", "error")
 
 HAS_CUDA = torch.cuda.is_available()
 HAS_MPS = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
@@ -220,9 +222,15 @@ def runs(tmp_path_factory):
         return {key: f.result() for key, f in futures.items()}
 
 
-def _json(proc) -> list:
+def _report(proc) -> dict:
     assert proc.returncode in (0, 1), proc.stderr
-    return json.loads(proc.stdout)
+    report = json.loads(proc.stdout)
+    assert set(report) == REPORT, report
+    return report
+
+
+def _json(proc) -> list:
+    return _report(proc)["entries"]
 
 
 # -- the hazard models -------------------------------------------------------------
@@ -281,7 +289,17 @@ def test_fixed_twin_is_clean_statically(model):
 def test_json_schema_is_exactly_the_public_fields(runs):
     for key, proc in runs.items():
         if isinstance(key, tuple) or key.startswith(("bf16", "autocast")):
-            for entry in _json(proc):
+            report = _report(proc)
+            model = key[1].removesuffix("_fixed") if isinstance(key, tuple) else None
+            device = key[0] if isinstance(key, tuple) and key[0] != "json" else "cpu"
+            autocast = key == "autocast-flow" or "autocast" in ARGS.get(model, [])
+            assert (report["device"], report["dtype"], report["precision"]) == (
+                device, "bfloat16" if key in ("bf16-flow", "bf16-contrastive") else "float16",
+                "autocast" if autocast else "half"), key
+            assert report["regimes"] and all(isinstance(r, str) for r in report["regimes"])
+            assert all(isinstance(n, str) for n in report["notes"])
+            assert report["summary"] == {s: sum(e["status"] == s for e in report["entries"]) for s in STATUSES}
+            for entry in report["entries"]:
                 assert set(entry) == SCHEMA, key
                 assert entry["status"] in ("confirmed", "not_fired", "not_reached", "unflagged", "error")
                 assert (entry["code"] is None) == (entry["status"] in ("unflagged", "error"))

@@ -101,20 +101,25 @@ def test_runs_without_internal_error(runs, model, precision):
 def test_every_regime_runs_to_its_end(runs, model, precision):
     lines = runs[(model, precision, "text")].stdout.splitlines()
     mode = "pure half (model cast)" if precision == "half" else "autocast on cpu"
+    report = json.loads(runs[(model, precision, "json")].stdout)
     # the gradient push runs (and is listed) when static findings were joined
-    static = any(e["code"] for e in json.loads(runs[(model, precision, "json")].stdout))
+    static = any(e["code"] for e in report["entries"])
     regimes = REGIMES[model] + ["grad-push"] * static
     assert lines[0] == f"nanlint confirm: cpu, float16, {mode}; regimes: {', '.join(regimes)}"
+    assert (report["precision"], report["regimes"]) == (precision, regimes)
     # no regime was skipped, stopped at a line or raised outside the model
     notes = [line for line in lines if line.startswith("note: ")]
     assert notes == ([AUTOCAST_NOTE] if precision == "autocast" else []), lines
+    assert ["note: " + n for n in report["notes"]] == notes
     assert not any(line.startswith("ERROR") for line in lines), lines
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("model", MODELS)
 def test_entries_are_the_judged_ones(runs, model, precision):
-    entries = json.loads(runs[(model, precision, "json")].stdout)
+    report = json.loads(runs[(model, precision, "json")].stdout)
+    assert (report["device"], report["dtype"]) == ("cpu", "float16")
+    entries = report["entries"]
     for entry in entries:
         assert set(entry) == SCHEMA
         assert (entry["device"], entry["dtype"]) == ("cpu", "float16")
