@@ -153,6 +153,8 @@ def _commands(tmp: Path) -> dict:
         "gpt": ["confirm", f"{MODELS}/gpt_padding.py:make", *cpu],
         "gpt-json": ["confirm", f"{MODELS}/gpt_padding.py:make", *cpu, "--output-format", "json"],
         "vae": ["confirm", f"{MODELS}/vae_bce.py:make", *cpu],
+        "vae-json": ["confirm", f"{MODELS}/vae_bce.py:make", *cpu, "--output-format", "json"],
+        "stat32-json": ["confirm", f"{tmp / 'stat32.py'}:make", *cpu, "--output-format", "json"],
         "adam": ["confirm", f"{MODELS}/adam_half.py:make", *cpu, "--output-format", "json"],
         "adam-no-train": ["confirm", f"{MODELS}/adam_half.py:make", *cpu, "--regimes", "-train,-grad-push"],
         "adam-only": ["confirm", f"{MODELS}/adam_half.py:make", *cpu, "--regimes", "example,train"],
@@ -286,3 +288,22 @@ def test_an_eps_is_one_entry_at_its_binding_and_its_uses(runs):
     assert [(e["status"], e["code"], e["line"], e["event"]) for e in entries] == [
         ("confirmed", "NL001", 5, "new-nan")]
 
+
+@pytest.mark.parametrize("key", ["gpt", "vae", "stat32"])
+def test_json_is_one_object_with_what_the_text_report_says(runs, key):
+    # the same run in both formats: a regime stopped at a line (gpt), regimes
+    # skipped for an invalid loss target (vae), a float32 regime artefact
+    # (stat32): the notes, the regimes that ran and the counts are in the JSON too
+    text, report = runs[key], json.loads(runs[f"{key}-json"].stdout)
+    assert runs[f"{key}-json"].returncode == text.returncode, runs[f"{key}-json"].stderr
+    lines = text.stdout.splitlines()
+    assert list(report) == ["device", "dtype", "precision", "regimes", "entries", "notes", "summary"]
+    assert (report["device"], report["dtype"], report["precision"]) == ("cpu", "float16", "half")
+    assert lines[0] == f"nanlint confirm: cpu, float16, pure half (model cast); regimes: {', '.join(report['regimes'])}"
+    notes = [line[len("note: "):] for line in lines if line.startswith("note: ")]
+    assert notes and report["notes"] == notes
+    counts = report["summary"]
+    assert list(counts) == ["confirmed", "not_fired", "not_reached", "unflagged", "error"]
+    assert counts == {s: sum(e["status"] == s for e in report["entries"]) for s in counts}
+    assert (f"{counts['confirmed']} confirmed, {counts['not_fired']} not fired, {counts['not_reached']} not reached, "
+            f"{counts['unflagged']} unflagged.") in lines
