@@ -495,6 +495,27 @@ def test_watch_builtin_norm_eps_is_applied_in_float32():
                    ("new-nan", "batch_norm", _line("WATCH-BN-EPS"))}
 
 
+def test_watch_sees_a_running_statistic_overflow_in_place():
+    # BatchNorm in half (ResNet after model.half()): a batch whose variance is
+    # above 65504 / momentum makes the float16 running_var inf, in a buffer the
+    # op updates in place and does not return; eval then normalises with it
+    bn = torch.nn.BatchNorm1d(2).half()
+    x = torch.tensor([[0.0, 1.0], [3000.0, 2.0]], dtype=torch.float16)
+    with nanlint.watch() as seen:
+        out = bn(x)  # here: WATCH-BN-RUNNING
+    assert bool(torch.isfinite(out).all()) and torch.isinf(bn.running_var).tolist() == [True, False]
+    [event] = seen.events
+    assert (event.kind, event.op, event.line, event.dtype) == ("new-inf", "batch_norm", _line("WATCH-BN-RUNNING"),
+                                                              torch.float16)
+    assert event.message.startswith("batch_norm updated its running_var to inf (torch.float16) from finite values")
+    # the same batch in float32, in eval mode (no update) or again on the inf buffer: nothing new
+    with nanlint.watch() as seen:
+        torch.nn.BatchNorm1d(2)(x.float())
+        bn(x)
+        bn.eval()(x)
+    assert seen.events == []
+
+
 def test_watch_no_false_events_from_masked_backward_internals():
     # the norm's backward computes 0/0 at a zero vector and masks it: the
     # gradient that comes out is finite, so nothing happened
