@@ -508,6 +508,12 @@ def test_watch_sees_a_running_statistic_overflow_in_place():
     assert (event.kind, event.op, event.line, event.dtype) == ("new-inf", "batch_norm", _line("WATCH-BN-RUNNING"),
                                                               torch.float16)
     assert event.message.startswith("batch_norm updated its running_var to inf (torch.float16) from finite values")
+    # torch.batch_norm takes the statistics after weight and bias
+    mean, var = torch.zeros(2, dtype=torch.float16), torch.ones(2, dtype=torch.float16)
+    with nanlint.watch() as seen:
+        torch.batch_norm(x, None, None, mean, var, True, 0.1, 1e-5, False)  # here: WATCH-BN-TORCH
+    assert [(e.kind, e.line) for e in seen.events] == [("new-inf", _line("WATCH-BN-TORCH"))]
+    assert "running_var" in seen.events[0].message and torch.isinf(var).tolist() == [True, False]
     # the same batch in float32, in eval mode (no update) or again on the inf buffer: nothing new
     with nanlint.watch() as seen:
         torch.nn.BatchNorm1d(2)(x.float())

@@ -113,9 +113,10 @@ _EPS_OPS = frozenset({"add", "__add__", "__radd__", "add_", "__iadd__", "clamp",
 _EPS_IN_FLOAT32 = frozenset({"layer_norm", "group_norm", "rms_norm"})
 _EMPTY_OPS = frozenset({"empty", "empty_like", "new_empty", "empty_strided", "new_empty_strided"})
 # norms that update running statistics in place, which they do not return:
-# op -> (positions of running_mean, running_var; of the flag that makes them update, its default)
-_RUNNING_STATS = {"batch_norm": ((1, 2), (5, "training", False)),
-                  "instance_norm": ((1, 2), (5, "use_input_stats", True))}
+# op -> (the flag that makes them update, its default). running_mean and
+# running_var are arguments 1 and 2 of torch.nn.functional's, 3 and 4 of torch's
+_RUNNING_STATS = {"batch_norm": ("training", False), "native_batch_norm": ("training", False),
+                  "instance_norm": ("use_input_stats", True)}
 # ops with a post-call check of their own: one dict lookup per op
 _SPECIAL = {"tanh": "tanh", "sigmoid": "sigmoid", "expit": "sigmoid", "binary_cross_entropy": "bce",
             **{n: "gate" for n in _GATE_OPS}}
@@ -288,7 +289,7 @@ class _ForwardMode(TorchFunctionMode):
             first_finite = is_finite(inputs[0])
             pre = (first_finite, (not first_finite) and _has_nan(inputs[0]))
 
-        running = _running_stats(name, args, kwargs)
+        running = _running_stats(func, name, args, kwargs)
 
         if low:
             dtype = low[0].dtype
@@ -400,17 +401,19 @@ class _ForwardMode(TorchFunctionMode):
         return out
 
 
-def _running_stats(name: str, args: Sequence[Any], kwargs: Dict[str, Any]) -> List[Tuple[str, torch.Tensor]]:
+def _running_stats(func: Any, name: str, args: Sequence[Any],
+                   kwargs: Dict[str, Any]) -> List[Tuple[str, torch.Tensor]]:
     """The running statistics a norm is about to update in place, while they
     are still finite: the op returns only its output, so an overflow of these
     buffers (a batch variance above float16's max) is otherwise never seen."""
     spec = _RUNNING_STATS.get(name)
     if spec is None:
         return []
-    positions, (flag_at, flag_name, flag_default) = spec
-    flag = args[flag_at] if len(args) > flag_at else kwargs.get(flag_name, flag_default)
+    flag_name, flag_default = spec
+    flag = args[5] if len(args) > 5 else kwargs.get(flag_name, flag_default)
     if not flag:
         return []
+    positions = (1, 2) if getattr(func, "__module__", None) == "torch.nn.functional" else (3, 4)
     out = []
     for label, at in zip(("running_mean", "running_var"), positions):
         t = args[at] if len(args) > at else kwargs.get(label)
