@@ -55,6 +55,8 @@ ARGS = {
     "nl106_amp_loop": ["--precision", "autocast"],
 }
 SCHEMA = {"status", "code", "path", "line", "regime", "event", "op", "device", "dtype", "message"}
+REPORT = {"device", "dtype", "precision", "regimes", "entries", "notes", "summary"}
+STATUSES = ("confirmed", "not_fired", "not_reached", "unflagged", "error")
 
 HAS_CUDA = torch.cuda.is_available()
 HAS_MPS = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
@@ -220,9 +222,15 @@ def runs(tmp_path_factory):
         return {key: f.result() for key, f in futures.items()}
 
 
-def _json(proc) -> list:
+def _report(proc) -> dict:
     assert proc.returncode in (0, 1), proc.stderr
-    return json.loads(proc.stdout)
+    report = json.loads(proc.stdout)
+    assert set(report) == REPORT, report
+    return report
+
+
+def _json(proc) -> list:
+    return _report(proc)["entries"]
 
 
 # -- the hazard models -------------------------------------------------------------
@@ -281,7 +289,17 @@ def test_fixed_twin_is_clean_statically(model):
 def test_json_schema_is_exactly_the_public_fields(runs):
     for key, proc in runs.items():
         if isinstance(key, tuple) or key.startswith(("bf16", "autocast")):
-            for entry in _json(proc):
+            report = _report(proc)
+            model = key[1].removesuffix("_fixed") if isinstance(key, tuple) else None
+            device = key[0] if isinstance(key, tuple) and key[0] != "json" else "cpu"
+            autocast = key == "autocast-flow" or "autocast" in ARGS.get(model, [])
+            assert (report["device"], report["dtype"], report["precision"]) == (
+                device, "bfloat16" if key in ("bf16-flow", "bf16-contrastive") else "float16",
+                "autocast" if autocast else "half"), key
+            assert report["regimes"] and all(isinstance(r, str) for r in report["regimes"])
+            assert all(isinstance(n, str) for n in report["notes"])
+            assert report["summary"] == {s: sum(e["status"] == s for e in report["entries"]) for s in STATUSES}
+            for entry in report["entries"]:
                 assert set(entry) == SCHEMA, key
                 assert entry["status"] in ("confirmed", "not_fired", "not_reached", "unflagged", "error")
                 assert (entry["code"] is None) == (entry["status"] in ("unflagged", "error"))
@@ -475,6 +493,33 @@ def test_watch_builtin_norm_eps_is_applied_in_float32():
     got = {(e.kind, e.op, e.line) for e in seen.events}
     assert got == {("eps-vanishes", "batch_norm", _line("WATCH-BN-EPS")),
                    ("new-nan", "batch_norm", _line("WATCH-BN-EPS"))}
+
+
+def test_watch_sees_a_running_statistic_overflow_in_place():
+    # BatchNorm in half (ResNet after model.half()): a batch whose variance is
+    # above 65504 / momentum makes the float16 running_var inf, in a buffer the
+    # op updates in place and does not return; eval then normalises with it
+    bn = torch.nn.BatchNorm1d(2).half()
+    x = torch.tensor([[0.0, 1.0], [3000.0, 2.0]], dtype=torch.float16)
+    with nanlint.watch() as seen:
+        out = bn(x)  # here: WATCH-BN-RUNNING
+    assert bool(torch.isfinite(out).all()) and torch.isinf(bn.running_var).tolist() == [True, False]
+    [event] = seen.events
+    assert (event.kind, event.op, event.line, event.dtype) == ("new-inf", "batch_norm", _line("WATCH-BN-RUNNING"),
+                                                              torch.float16)
+    assert event.message.startswith("batch_norm updated its running_var to inf (torch.float16) from finite values")
+    # torch.batch_norm takes the statistics after weight and bias
+    mean, var = torch.zeros(2, dtype=torch.float16), torch.ones(2, dtype=torch.float16)
+    with nanlint.watch() as seen:
+        torch.batch_norm(x, None, None, mean, var, True, 0.1, 1e-5, False)  # here: WATCH-BN-TORCH
+    assert [(e.kind, e.line) for e in seen.events] == [("new-inf", _line("WATCH-BN-TORCH"))]
+    assert "running_var" in seen.events[0].message and torch.isinf(var).tolist() == [True, False]
+    # the same batch in float32, in eval mode (no update) or again on the inf buffer: nothing new
+    with nanlint.watch() as seen:
+        torch.nn.BatchNorm1d(2)(x.float())
+        bn(x)
+        bn.eval()(x)
+    assert seen.events == []
 
 
 def test_watch_no_false_events_from_masked_backward_internals():

@@ -153,6 +153,8 @@ def _commands(tmp: Path) -> dict:
         "gpt": ["confirm", f"{MODELS}/gpt_padding.py:make", *cpu],
         "gpt-json": ["confirm", f"{MODELS}/gpt_padding.py:make", *cpu, "--output-format", "json"],
         "vae": ["confirm", f"{MODELS}/vae_bce.py:make", *cpu],
+        "vae-json": ["confirm", f"{MODELS}/vae_bce.py:make", *cpu, "--output-format", "json"],
+        "stat32-json": ["confirm", f"{tmp / 'stat32.py'}:make", *cpu, "--output-format", "json"],
         "adam": ["confirm", f"{MODELS}/adam_half.py:make", *cpu, "--output-format", "json"],
         "adam-no-train": ["confirm", f"{MODELS}/adam_half.py:make", *cpu, "--regimes", "-train,-grad-push"],
         "adam-only": ["confirm", f"{MODELS}/adam_half.py:make", *cpu, "--regimes", "example,train"],
@@ -183,7 +185,7 @@ def _line(model: str, marker: str) -> int:
 
 def test_a_fill_that_raises_in_half_confirms_its_finding_and_every_regime_runs(runs):
     line = _line("gpt_padding", "# expect: NL003")
-    entries = json.loads(runs["gpt-json"].stdout)
+    entries = json.loads(runs["gpt-json"].stdout)["entries"]
     assert [(e["status"], e["code"], e["line"], e["event"]) for e in entries] == [
         ("confirmed", "NL003", line, "fill-overflow")]
     proc = runs["gpt"]
@@ -208,7 +210,7 @@ def test_a_regime_that_makes_the_bce_target_invalid_is_skipped_with_a_note(runs)
 def test_adams_eps_in_half_is_optimizer_state_not_gradient_size(runs):
     proc = runs["adam"]
     assert proc.returncode == 1, proc.stderr
-    entries = json.loads(proc.stdout)
+    entries = json.loads(proc.stdout)["entries"]
     line = _line("adam_half", "# expect: NL001")
     assert [(e["status"], e["code"], e["line"], e["event"], e["regime"]) for e in entries] == [
         ("confirmed", "NL001", line, "optimizer-state", "train")]
@@ -220,7 +222,7 @@ def test_optimizer_state_is_at_the_line_that_makes_the_optimizer(runs):
     # line, where NL001 flags the eps, not at the `def` line
     proc = runs["adam-def"]
     assert proc.returncode == 1, proc.stderr
-    entries = json.loads(proc.stdout)
+    entries = json.loads(proc.stdout)["entries"]
     assert [(e["status"], e["code"], e["line"], e["event"], e["regime"]) for e in entries] == [
         ("confirmed", "NL001", 7, "optimizer-state", "train")]
 
@@ -255,7 +257,7 @@ def test_findings_are_joined_in_every_project_file_an_event_lands_in(runs):
     # finding is joined, not reported as two unflagged events
     proc = runs["other-file"]
     assert proc.returncode == 1, proc.stderr
-    entries = json.loads(proc.stdout)
+    entries = json.loads(proc.stdout)["entries"]
     assert [(e["status"], e["code"], e["path"].rsplit("/", 1)[-1], e["line"]) for e in entries] == [
         ("confirmed", "NL001", "losses.py", 5)]
 
@@ -263,7 +265,7 @@ def test_findings_are_joined_in_every_project_file_an_event_lands_in(runs):
 def test_an_optimizer_step_that_ran_is_reached(runs):
     proc = runs["steps"]
     assert proc.returncode == 0, proc.stderr
-    entries = json.loads(proc.stdout)
+    entries = json.loads(proc.stdout)["entries"]
     assert [(e["status"], e["code"], e["line"], e["message"]) for e in entries] == [
         ("not_fired", "NL004", 13, "reached 5 times, never fired")]
 
@@ -282,6 +284,26 @@ def test_an_eps_is_one_entry_at_its_binding_and_its_uses(runs):
     # NL001 flags the default argument (line 5); it vanishes, and divides 0/0, at its use (line 6)
     proc = runs["epsdef"]
     assert proc.returncode == 1, proc.stderr
-    entries = json.loads(proc.stdout)
+    entries = json.loads(proc.stdout)["entries"]
     assert [(e["status"], e["code"], e["line"], e["event"]) for e in entries] == [
         ("confirmed", "NL001", 5, "new-nan")]
+
+
+@pytest.mark.parametrize("key", ["gpt", "vae", "stat32"])
+def test_json_is_one_object_with_what_the_text_report_says(runs, key):
+    # the same run in both formats: a regime stopped at a line (gpt), regimes
+    # skipped for an invalid loss target (vae), a float32 regime artefact
+    # (stat32): the notes, the regimes that ran and the counts are in the JSON too
+    text, report = runs[key], json.loads(runs[f"{key}-json"].stdout)
+    assert runs[f"{key}-json"].returncode == text.returncode, runs[f"{key}-json"].stderr
+    lines = text.stdout.splitlines()
+    assert list(report) == ["device", "dtype", "precision", "regimes", "entries", "notes", "summary"]
+    assert (report["device"], report["dtype"], report["precision"]) == ("cpu", "float16", "half")
+    assert lines[0] == f"nanlint confirm: cpu, float16, pure half (model cast); regimes: {', '.join(report['regimes'])}"
+    notes = [line[len("note: "):] for line in lines if line.startswith("note: ")]
+    assert notes and report["notes"] == notes
+    counts = report["summary"]
+    assert list(counts) == ["confirmed", "not_fired", "not_reached", "unflagged", "error"]
+    assert counts == {s: sum(e["status"] == s for e in report["entries"]) for s in counts}
+    assert (f"{counts['confirmed']} confirmed, {counts['not_fired']} not fired, {counts['not_reached']} not reached, "
+            f"{counts['unflagged']} unflagged.") in lines

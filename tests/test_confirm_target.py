@@ -330,7 +330,7 @@ def test_a_target_that_ends_the_process_is_an_error(runs, ending, place):
 def test_the_targets_prints_go_to_stderr_and_json_stays_valid(runs):
     proc = runs["prints"]
     assert proc.returncode == 1, proc.stderr
-    entries = json.loads(proc.stdout)
+    entries = json.loads(proc.stdout)["entries"]
     assert [(e["status"], e["code"]) for e in entries] == [("confirmed", "NL002")]
     for text in ("printed at import", "printed in the factory", "printed in forward", "written to fd 1"):
         assert text in proc.stderr
@@ -365,7 +365,7 @@ def test_timeout_nan_is_a_usage_error():
 def test_an_empty_batch_is_run_not_blamed_on_the_model(runs):
     proc = runs["empty-batch"]
     assert proc.returncode == 0, proc.stderr
-    assert [(e["status"], e["code"]) for e in json.loads(proc.stdout)] == [("not_fired", "NL002")]
+    assert [(e["status"], e["code"]) for e in json.loads(proc.stdout)["entries"]] == [("not_fired", "NL002")]
 
 
 def test_an_exception_whose_str_raises_is_one_line(runs):
@@ -373,7 +373,7 @@ def test_an_exception_whose_str_raises_is_one_line(runs):
     # raised in every regime: an error entry in the report, exit 2, one line on stderr
     proc = runs["bad-str-forward"]
     assert proc.returncode == 2, proc.stderr
-    entries = json.loads(proc.stdout)
+    entries = json.loads(proc.stdout)["entries"]
     assert [(e["status"], e["line"], e["op"]) for e in entries] == [("error", 11, "Unprintable")]
     assert entries[0]["message"].startswith("raised Unprintable (regimes example, zeros")
     lines = proc.stderr.strip().splitlines()
@@ -383,7 +383,9 @@ def test_an_exception_whose_str_raises_is_one_line(runs):
 def test_embedding_with_padding_idx_in_the_factory(runs):
     proc = runs["embedding"]
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout) == []
+    report = json.loads(proc.stdout)  # an empty report is still the whole object
+    assert report["entries"] == [] and report["notes"] == []
+    assert report["summary"] == {"confirmed": 0, "not_fired": 0, "not_reached": 0, "unflagged": 0, "error": 0}
 
 
 def test_embedding_with_padding_idx_under_watch():
@@ -408,7 +410,7 @@ def test_module_spec_from_the_project_folder(runs):
     # `mypkg.model:make` and `targets:gpt` resolve from the current directory, as `python -m` would
     proc = runs["module-spec"]
     assert proc.returncode == 1, proc.stderr
-    assert [(e["status"], e["path"], e["line"]) for e in json.loads(proc.stdout)] == [
+    assert [(e["status"], e["path"], e["line"]) for e in json.loads(proc.stdout)["entries"]] == [
         ("confirmed", "mypkg/layers.py", 6)]
     proc = runs["module-spec-top"]
     assert proc.returncode == 1, proc.stderr
@@ -418,7 +420,7 @@ def test_module_spec_from_the_project_folder(runs):
 def test_file_spec_inside_a_package_keeps_relative_imports(runs):
     proc = runs["file-relative"]
     assert proc.returncode == 1, proc.stderr
-    assert [(e["status"], e["path"]) for e in json.loads(proc.stdout)] == [("confirmed", "mypkg/layers.py")]
+    assert [(e["status"], e["path"]) for e in json.loads(proc.stdout)["entries"]] == [("confirmed", "mypkg/layers.py")]
 
 
 @pytest.mark.parametrize("spec", ["targets.py:gpt:extra", "targets:gpt:extra", "targets.py:", ":gpt"])

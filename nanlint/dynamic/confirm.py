@@ -24,6 +24,7 @@ NOT_FIRED = "not_fired"
 NOT_REACHED = "not_reached"
 UNFLAGGED = "unflagged"
 ERROR = "error"
+STATUSES = (CONFIRMED, NOT_FIRED, NOT_REACHED, UNFLAGGED, ERROR)
 
 REGIMES = ("example", "zeros", "near-zero", "scaled-x10", "scaled-x100", "scaled-x1000", "masked-row",
            "masked-row-inverse", "train", "grad-push")
@@ -100,10 +101,22 @@ class Entry:
 class Report:
     device: str
     dtype: str
-    precision: str
-    regimes: List[str]
+    precision: str  # half | autocast (--precision)
+    regimes: List[str]  # the regimes that ran, in order
     entries: List[Entry] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
+
+    def summary(self) -> Dict[str, int]:
+        """How many entries of each status (the text report's count line)."""
+        return {s: sum(1 for e in self.entries if e.status == s) for s in STATUSES}
+
+    def to_dict(self) -> Dict[str, Any]:
+        """``--output-format json``: what the text report shows, as one object."""
+        return {
+            "device": self.device, "dtype": self.dtype, "precision": self.precision,
+            "regimes": list(self.regimes), "entries": [e.to_dict() for e in self.entries],
+            "notes": list(self.notes), "summary": self.summary(),
+        }
 
 
 # -- device and dtype -----------------------------------------------------------
@@ -635,9 +648,10 @@ LABELS = {"confirmed": "CONFIRMED", "not_fired": "NOT FIRED", "not_reached": "NO
           "error": "ERROR"}
 
 
-def render_text(report) -> str:
+def render_text(report: Report) -> str:
+    precision = "pure half (model cast)" if report.precision == "half" else f"autocast on {report.device}"
     lines: List[str] = [
-        f"nanlint confirm: {report.device}, {report.dtype}, {report.precision}; "
+        f"nanlint confirm: {report.device}, {report.dtype}, {precision}; "
         f"regimes: {', '.join(report.regimes)}"
     ]
     for e in report.entries:
@@ -652,7 +666,7 @@ def render_text(report) -> str:
             lines.append(f"{label} {e.path}:{e.line}: {e.message}")
             continue
         lines.append(f"{label} {e.path}:{e.line}: {what} {detail}")
-    counts = {s: sum(1 for e in report.entries if e.status == s) for s in LABELS}
+    counts = report.summary()
     lines.append(
         f"{counts['confirmed']} confirmed, {counts['not_fired']} not fired, "
         f"{counts['not_reached']} not reached, {counts['unflagged']} unflagged"
@@ -730,8 +744,7 @@ def run(target: Target, options: Options, findings: Sequence[Finding], abspaths:
             abspaths[shown] = path
             findings.extend(more)
         findings.sort(key=lambda f: f.sort_key())
-    precision = "pure half (model cast)" if options.precision == "half" else f"autocast on {runner.device.type}"
-    report = Report(runner.device.type, options.dtype, precision, names)
+    report = Report(runner.device.type, options.dtype, options.precision, names)
     report.entries = join(findings, abspaths, runner.recorder, runner.device.type, options.dtype)
     artefacts: Dict[Tuple[str, int], List[Event]] = {}
     listed = {(abspaths.get(e.path, e.path), e.line) for e in report.entries}

@@ -12,6 +12,8 @@ Events (``Event.kind``):
 
 - ``new-inf`` / ``new-nan``: an op whose inputs were finite produced inf/NaN
   (for NaN: whose inputs had no NaN), i.e. the origin, not the propagation;
+  also a running statistic that ``batch_norm`` / ``instance_norm`` update in
+  place and do not return (a float16 ``running_var`` a batch overflows);
 - ``eps-vanishes``: a stabiliser literal that rounds to 0 in the tensor's dtype
   (not the ``eps`` of ``layer_norm``, ``group_norm`` or ``rms_norm``, whose
   kernels add it to float32 statistics);
@@ -110,6 +112,11 @@ _EPS_OPS = frozenset({"add", "__add__", "__radd__", "add_", "__iadd__", "clamp",
 # are not among them (in half on the CPU a constant batch gives NaN)
 _EPS_IN_FLOAT32 = frozenset({"layer_norm", "group_norm", "rms_norm"})
 _EMPTY_OPS = frozenset({"empty", "empty_like", "new_empty", "empty_strided", "new_empty_strided"})
+# norms that update running statistics in place, which they do not return:
+# op -> (the flag that makes them update, its default). running_mean and
+# running_var are arguments 1 and 2 of torch.nn.functional's, 3 and 4 of torch's
+_RUNNING_STATS = {"batch_norm": ("training", False), "native_batch_norm": ("training", False),
+                  "instance_norm": ("use_input_stats", True)}
 # ops with a post-call check of their own: one dict lookup per op
 _SPECIAL = {"tanh": "tanh", "sigmoid": "sigmoid", "expit": "sigmoid", "binary_cross_entropy": "bce",
             **{n: "gate" for n in _GATE_OPS}}
@@ -282,6 +289,8 @@ class _ForwardMode(TorchFunctionMode):
             first_finite = is_finite(inputs[0])
             pre = (first_finite, (not first_finite) and _has_nan(inputs[0]))
 
+        running = _running_stats(func, name, args, kwargs)
+
         if low:
             dtype = low[0].dtype
             scalars = _scalars(args, kwargs)
@@ -309,6 +318,13 @@ class _ForwardMode(TorchFunctionMode):
                     pass
             raise
 
+        for label, t in running:
+            if not is_finite(t):
+                nan = _has_nan(t)
+                m.emit("new-nan" if nan else "new-inf", loc, name,
+                       f"{name} updated its {label} to {'NaN' if nan else 'inf'} ({t.dtype}) from finite values: "
+                       f"the batch's statistics do not fit the buffer's dtype, and in eval mode every batch is "
+                       f"normalised with it", dtype=t.dtype)
         outputs = _tensors(out)
         if inplace and inputs:
             outputs = [inputs[0]]
@@ -383,6 +399,27 @@ class _ForwardMode(TorchFunctionMode):
             elif cause is not None and name in _KEEP_TAINT_OPS:
                 m.taint(t, cause)
         return out
+
+
+def _running_stats(func: Any, name: str, args: Sequence[Any],
+                   kwargs: Dict[str, Any]) -> List[Tuple[str, torch.Tensor]]:
+    """The running statistics a norm is about to update in place, while they
+    are still finite: the op returns only its output, so an overflow of these
+    buffers (a batch variance above float16's max) is otherwise never seen."""
+    spec = _RUNNING_STATS.get(name)
+    if spec is None:
+        return []
+    flag_name, flag_default = spec
+    flag = args[5] if len(args) > 5 else kwargs.get(flag_name, flag_default)
+    if not flag:
+        return []
+    positions = (1, 2) if getattr(func, "__module__", None) == "torch.nn.functional" else (3, 4)
+    out = []
+    for label, at in zip(("running_mean", "running_var"), positions):
+        t = args[at] if len(args) > at else kwargs.get(label)
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and is_finite(t):
+            out.append((label, t))
+    return out
 
 
 def _grad_fn(t: torch.Tensor) -> Any:

@@ -92,7 +92,7 @@ def run(target_spec: str, selection: Selection, *, device: str, dtype: str, prec
         raise Failed(f"the model raised {describe(exc)}") from exc
 
     if output_format == "json":
-        text = json.dumps([e.to_dict() for e in report.entries], indent=2)
+        text = json.dumps(report.to_dict(), indent=2)
     else:
         text = dyn.render_text(report)
     if any(e.status in (dyn.CONFIRMED, dyn.UNFLAGGED) for e in report.entries):
