@@ -54,7 +54,7 @@ ALSO = {
 ARGS = {
     "nl106_amp_loop": ["--precision", "autocast"],
 }
-SCHEMA = {"status", "code", "path", "line", "regime", "event", "op", "device", "dtype", "message"}
+SCHEMA = {"status", "code", "path", "line", "regime", "regimes", "event", "op", "device", "dtype", "message"}
 REPORT = {"device", "dtype", "precision", "regimes", "entries", "notes", "summary"}
 STATUSES = ("confirmed", "not_fired", "not_reached", "unflagged", "error")
 
@@ -304,6 +304,11 @@ def test_json_schema_is_exactly_the_public_fields(runs):
                 assert entry["status"] in ("confirmed", "not_fired", "not_reached", "unflagged", "error")
                 assert (entry["code"] is None) == (entry["status"] in ("unflagged", "error"))
                 assert isinstance(entry["line"], int)
+                # every regime the line fired in, the shown one first among them; none when nothing fired
+                fired = entry["status"] in ("confirmed", "unflagged", "error")
+                assert bool(entry["regimes"]) == fired, (key, entry)
+                assert not fired or entry["regime"] in entry["regimes"], (key, entry)
+                assert set(entry["regimes"]) <= set(report["regimes"]) | {"train", "grad-push"}, (key, entry)
 
 
 def test_text_report(runs):
@@ -312,7 +317,7 @@ def test_text_report(runs):
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("nanlint confirm: cpu, float16, pure half (model cast); regimes: example, zeros")
     assert lines[1].startswith("CONFIRMED   fixtures/models/contrastive.py:26: NL001 [tiny-epsilon] new-nan in div "
-                               "(regime zeros)")
+                               "(regime zeros; also fired in example, near-zero, scaled-x10")
     assert lines[-1] == "1 confirmed, 0 not fired, 0 not reached, 0 unflagged."
 
 

@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TARGETS = "fixtures/models/real_models.py"
 MODELS = ("gpt2", "bert", "clip", "vit", "resnet")
 PRECISIONS = ("half", "autocast")
-SCHEMA = {"status", "code", "path", "line", "regime", "event", "op", "device", "dtype", "message"}
+SCHEMA = {"status", "code", "path", "line", "regime", "regimes", "event", "op", "device", "dtype", "message"}
 # token ids and masks are not floating: the value regimes (zeros, scaled-x10,
 # ...) and the gradient push need a floating input, which CLIP, ViT and ResNet
 # have; the masked-row regimes need a mask, which the image classifiers lack

@@ -88,13 +88,21 @@ class Entry:
     message: str
     name: Optional[str] = None
     reached: int = 0
+    #: every regime in which this line fired, in the order they ran (``regime`` is
+    #: the one whose event is shown)
+    fired_in: List[str] = field(default_factory=list)
 
     def to_dict(self) -> Dict[str, Any]:
         return {
             "status": self.status, "code": self.code, "path": self.path, "line": self.line,
-            "regime": self.regime, "event": self.event, "op": self.op, "device": self.device,
-            "dtype": self.dtype, "message": self.message,
+            "regime": self.regime, "regimes": list(self.fired_in), "event": self.event, "op": self.op,
+            "device": self.device, "dtype": self.dtype, "message": self.message,
         }
+
+    def regime_text(self) -> str:
+        """``regime scaled-x10`` or ``regime scaled-x10; also fired in scaled-x100, train``."""
+        others = [r for r in self.fired_in if r != self.regime]
+        return f"regime {self.regime}" + (f"; also fired in {', '.join(others)}" if others else "")
 
 
 @dataclass
@@ -556,7 +564,8 @@ def join(findings: Sequence[Finding], abspaths: Dict[str, str], recorder: Record
             for e in events:
                 explained.add((e.path, e.line))
             entries.append(Entry(CONFIRMED, finding.code, finding.path, finding.line, first.regime, first.kind,
-                                 first.op, device, dtype, first.message, finding.name, reached))
+                                 first.op, device, dtype, first.message, finding.name, reached,
+                                 _regimes_of(events)))
         elif reached:
             entries.append(Entry(NOT_FIRED, finding.code, finding.path, finding.line, None, None, None, device, dtype,
                                  f"reached {reached} time{'s' if reached != 1 else ''}, never fired",
@@ -589,10 +598,11 @@ def join(findings: Sequence[Finding], abspaths: Dict[str, str], recorder: Record
             where = f"regime{'s' if len(regimes) > 1 else ''} {', '.join(regimes)}"
             entries.append(Entry(ERROR, None, path, event.line, event.regime, event.kind, event.op, device, dtype,
                                  f"{'' if event.message.partition(':')[0] == event.op else event.op + ' '}raised "
-                                 f"{event.message} ({where})"))
+                                 f"{event.message} ({where})", fired_in=list(dict.fromkeys(regimes))))
             continue
+        same = [e for e in recorder.events if (e.path, e.line, e.kind) == (event.path, event.line, event.kind)]
         entries.append(Entry(UNFLAGGED, None, path, event.line, event.regime, event.kind, event.op, device, dtype,
-                             event.message))
+                             event.message, fired_in=_regimes_of(same)))
     order = {CONFIRMED: 0, UNFLAGGED: 1, ERROR: 2, NOT_FIRED: 3, NOT_REACHED: 4}
     entries.sort(key=lambda e: (order[e.status], e.path, e.line, e.code or ""))
     return entries
@@ -629,6 +639,14 @@ def _eps_uses(findings: Sequence[Finding], abspaths: Dict[str, str], recorder: R
     return uses
 
 
+def _regimes_of(events: Sequence[Event]) -> List[str]:
+    out: List[str] = []
+    for e in events:
+        if e.regime and e.regime not in out:
+            out.append(e.regime)
+    return out
+
+
 def _regime_artefact(event: Event) -> bool:
     """A float32/float64 value that went non-finite only because a regime
     altered the inputs: not what low precision does to the user's code."""
@@ -659,9 +677,9 @@ def render_text(report: Report) -> str:
         what = f"{e.code} [{e.name}]" if e.code else f"{e.event} in {e.op}"
         detail = e.message
         if e.status == "confirmed":
-            detail = f"{e.event} in {e.op} (regime {e.regime}): {e.message}"
+            detail = f"{e.event} in {e.op} ({e.regime_text()}): {e.message}"
         elif e.status == "unflagged":
-            detail = f"(regime {e.regime}): {e.message}"
+            detail = f"({e.regime_text()}): {e.message}"
         if e.status == "error":
             lines.append(f"{label} {e.path}:{e.line}: {e.message}")
             continue
