@@ -136,6 +136,7 @@ class Facts:
         self._module_class: Dict[cst.ClassDef, bool] = {}
         self._safeguards: Optional[Safeguards] = None
         self._project = None
+        self._call_index: Optional[Dict[str, List[cst.Call]]] = None
 
     @property
     def safeguards(self) -> Safeguards:
@@ -853,6 +854,10 @@ class Facts:
                     return self._flows_to_cleaning(up, seen, depth + 1, order)
         if isinstance(up, (cst.BinaryOperation, cst.UnaryOperation)):
             return self._flows_to_cleaning(up, seen, depth + 1, order)
+        if order and isinstance(up, cst.Return):
+            # a helper's result (Gumbel noise): follow it to every call of the helper in this file
+            calls = self._calls_of(self.scopes.enclosing_function(up))
+            return bool(calls) and all(self._flows_to_cleaning(c, seen, depth + 1, order) for c in calls)
         if isinstance(up, cst.Subscript) and up.value is node:
             if isinstance(parent.get(up), cst.AssignTarget):
                 return True  # `x[m] = v` writes into x: its values go nowhere
@@ -933,6 +938,31 @@ class Facts:
                     return False
             return bool(reads)
         return False
+
+    def _calls_of(self, func: Optional[cst.FunctionDef]) -> List[cst.Call]:
+        """The calls of a module-level function (``f(x)``) or of a method
+        (``self.f(x)``) in this file; empty when it may be called from elsewhere
+        in a way the file does not show (a public method of another name)."""
+        if func is None:
+            return []
+        if self._call_index is None:
+            self._call_index = {}
+            for n, _ in iter_tree(self.ctx.module):
+                if isinstance(n, cst.Call):
+                    f = n.func
+                    name = f.value if isinstance(f, cst.Name) else (
+                        f.attr.value if isinstance(f, cst.Attribute) and _is_self(f.value) else None)
+                    if name is not None:
+                        self._call_index.setdefault(name, []).append(n)
+        cls = self.scopes.enclosing_class(func)
+        out = []
+        for call in self._call_index.get(func.name.value, []):
+            if isinstance(call.func, cst.Name):
+                if cls is None and any(b.node is func for b in self.scopes.reaching(call.func)[:1]):
+                    out.append(call)
+            elif cls is not None and self.scopes.enclosing_class(call) is cls:
+                out.append(call)
+        return out
 
     def _finiteness_test(self, read: cst.Name) -> bool:
         arg_node = self.scopes.parent.get(read)
