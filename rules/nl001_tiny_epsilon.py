@@ -1082,8 +1082,9 @@ class TinyEpsilon(Rule):
         elif value < FLOAT16.recip_overflow:
             message = (
                 f"{shown} is subnormal in float16 (smallest normal {fmt(FLOAT16.tiny)}): {who} {role}; "
-                f"the forward pass stays finite, but 1/{reciprocal} = {fmt(1 / value)} overflows float16 "
-                f"(max {fmt(FLOAT16.max)}), so the reciprocal or its gradient at 0 is inf"
+                f"the guard is not 0, but 1/{reciprocal} = {fmt(1 / value)} overflows float16 "
+                f"(max {fmt(FLOAT16.max)}), so where the guarded value reaches the bound a numerator "
+                f"above {fmt(FLOAT16.max * value)}, or the gradient, is inf"
             )
         else:
             message = (
