@@ -242,6 +242,22 @@ class Scopes:
             out.append(n)
         return out
 
+    def reads_of_statement(self, stmt: cst.CSTNode, name: str) -> List[cst.Name]:
+        """The reads (see :meth:`reads_of`) of the binding that ``stmt`` makes
+        for ``name``; empty when it makes none."""
+        for b in self.bindings.get(self.scope_of.get(stmt), {}).get(name, []):
+            if b.node is stmt:
+                return self.reads_of(b)
+        return []
+
+    def assigned_value(self, name: cst.Name) -> Optional[cst.BaseExpression]:
+        """The value of the nearest plain assignment (``x = v``, ``(x := v)``)
+        a read of ``name`` sees, or None (a parameter, a loop variable...)."""
+        for b in self.reaching(name)[:1]:
+            if b.kind in ("assign", "walrus"):
+                return b.value
+        return None
+
     def exclusive(self, a: cst.CSTNode, b: cst.CSTNode) -> bool:
         """``a`` and ``b`` lie in different branches of one ``if`` (``body`` and
         ``else``/``elif``): a rebinding in the other branch does not end a

@@ -411,16 +411,16 @@ class Facts:
         at most log(K) for K classes, so its exp (a perplexity) stays below K.
         The pattern -- the same tensor on both sides -- is taken to be a
         normalised distribution (documented in NL002)."""
-        node = _unparen_local(self, node)
+        node = _through_local(self, node)
         if not (isinstance(node, cst.UnaryOperation) and isinstance(node.operator, cst.Minus)):
             return False
-        total = _unparen_local(self, node.expression)
+        total = _through_local(self, node.expression)
         if not isinstance(total, cst.Call) or torch_op(self.ctx, total) not in ("sum", "mean", "nansum"):
             return False
         term = subject(self.ctx, total)
         if term is None:
             return False
-        term = _unparen_local(self, term)
+        term = _through_local(self, term)
         code = self.ctx.code
         if isinstance(term, cst.Call) and torch_op(self.ctx, term) == "xlogy":
             a, b = subject(self.ctx, term), arg(term, 0 if is_method_call(self.ctx, term) else 1, "other")
@@ -584,10 +584,8 @@ class Facts:
                     isinstance(node.operator, cst.Multiply) and self.is_score(node.right, depth + 1))
             return False
         if isinstance(node, cst.Name):
-            for b in self.scopes.reaching(node)[:1]:
-                if b.kind in ("assign", "walrus") and b.value is not None:
-                    return self.is_score(b.value, depth + 1)
-            return False
+            value = self.scopes.assigned_value(node)
+            return value is not None and self.is_score(value, depth + 1)
         if isinstance(node, cst.Call):
             op = torch_op(self.ctx, node)
             if op == "einsum":
@@ -611,9 +609,8 @@ class Facts:
             if node.func.attr.value in _KEEPS_VALUES and depth < 4:
                 return self._transposed(node.func.value, depth + 1)
         if isinstance(node, cst.Name) and depth < 4:
-            for b in self.scopes.reaching(node)[:1]:
-                if b.kind in ("assign", "walrus") and b.value is not None:
-                    return self._transposed(b.value, depth + 1)
+            value = self.scopes.assigned_value(node)
+            return value is not None and self._transposed(value, depth + 1)
         return False
 
     def is_layer_attribute(self, node: cst.Attribute) -> bool:
@@ -776,10 +773,8 @@ class Facts:
             for target in up.targets:
                 t = target.target
                 if isinstance(t, cst.Name):
-                    for b in self.scopes.bindings.get(self.scopes.scope_of.get(up), {}).get(t.value, []):
-                        if b.node is up:
-                            for read in self.scopes.reads_of(b):
-                                self._consumers_of(read, out, seen, depth + 1)
+                    for read in self.scopes.reads_of_statement(up, t.value):
+                        self._consumers_of(read, out, seen, depth + 1)
                 else:
                     out.append("store")
             return
@@ -791,7 +786,6 @@ class Facts:
                 self._consumers_of(up, out, seen, depth + 1)
             return
         out.append("other")
-
 
     def only_for_empty(self, node: cst.CSTNode) -> bool:
         """``node`` runs only for an empty tensor: in the body of
@@ -873,10 +867,7 @@ class Facts:
             target = stmt.targets[0].target.elements[tup.elements.index(up)].value
             if not isinstance(target, cst.Name):
                 return False
-            reads = []
-            for b in self.scopes.bindings.get(self.scopes.scope_of.get(stmt), {}).get(target.value, []):
-                if b.node is stmt:
-                    reads = self.scopes.reads_of(b)
+            reads = self.scopes.reads_of_statement(stmt, target.value)
             return all(self._flows_to_cleaning(r, seen, depth + 1, order) for r in reads)
         if isinstance(up, cst.Attribute) and up.value is node:
             call = parent.get(up)
@@ -917,18 +908,10 @@ class Facts:
             if not (order and isinstance(first, cst.Name) and isinstance(node, cst.Call)
                     and torch_op(self.ctx, node) in _ORDER_VALUES):
                 return False
-            t = first
-            reads = []
-            for b in self.scopes.bindings.get(self.scopes.scope_of.get(up), {}).get(t.value, []):
-                if b.node is up:
-                    reads = self.scopes.reads_of(b)
+            reads = self.scopes.reads_of_statement(up, first.value)
             return all(self._flows_to_cleaning(r, seen, depth + 1, order) for r in reads)
         if isinstance(up, cst.Assign) and len(up.targets) == 1 and isinstance(up.targets[0].target, cst.Name):
-            t = up.targets[0].target
-            reads = []
-            for b in self.scopes.bindings.get(self.scopes.scope_of.get(up), {}).get(t.value, []):
-                if b.node is up:
-                    reads = self.scopes.reads_of(b)
+            reads = self.scopes.reads_of_statement(up, up.targets[0].target.value)
             for r in reads:
                 if self._finiteness_test(r):
                     continue  # `isfinite(x)` reads it without passing it on
@@ -965,12 +948,12 @@ class Facts:
         return out
 
     def _finiteness_test(self, read: cst.Name) -> bool:
-        arg_node = self.scopes.parent.get(read)
-        call = self.scopes.parent.get(arg_node) if isinstance(arg_node, cst.Arg) else None
-        if isinstance(call, cst.Call) and _tests_finite(self.ctx, call):
-            return True
-        attr = self.scopes.parent.get(read)
-        return isinstance(attr, cst.Attribute) and attr.attr.value in _FINITE_TESTS
+        """``isfinite(x)`` / ``x.isnan()``: a read that tests, not passes on, the value."""
+        up = self.scopes.parent.get(read)
+        if isinstance(up, cst.Arg):
+            call = self.scopes.parent.get(up)
+            return isinstance(call, cst.Call) and _tests_finite(self.ctx, call)
+        return isinstance(up, cst.Attribute) and up.attr.value in _FINITE_TESTS
 
     def _cleans_in_place(self, read: cst.Name, assign: cst.Assign) -> bool:
         """``x.nan_to_num_()`` (or ``x.masked_fill_(~isfinite(x), v)``) as a
@@ -988,13 +971,10 @@ class Facts:
             self.scopes.parent.get(assign))
 
 
-def _unparen_local(facts: "Facts", node: cst.BaseExpression) -> cst.BaseExpression:
+def _through_local(facts: "Facts", node: cst.BaseExpression) -> cst.BaseExpression:
     """A local name's assigned value (one hop), else the node."""
-    if isinstance(node, cst.Name):
-        for b in facts.scopes.reaching(node)[:1]:
-            if b.kind in ("assign", "walrus") and b.value is not None:
-                return b.value
-    return node
+    value = facts.scopes.assigned_value(node) if isinstance(node, cst.Name) else None
+    return value if value is not None else node
 
 
 def _tests_empty(test: cst.BaseExpression) -> bool:
