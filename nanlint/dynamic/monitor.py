@@ -63,6 +63,17 @@ Events (``Event.kind``):
   neither: their NaN is then propagated, never reported. Memory the op itself
   allocates is never reported as ``new-nan``.
 
+- ``underflow``: an ``exp``, ``softmax``, ``sigmoid`` or ``softplus`` whose
+  low-precision result is exactly 0 (never so in exact arithmetic) where a
+  later op turned those zeros into inf/NaN (a log, a division), reported at
+  the line that made the zeros; the later op's event names it as its cause.
+  The zeros are followed through scaling by numbers, positive powers, sums
+  and views of that one tensor.
+
+An op no line of the user's runs (all its frames are torch's: a model made of
+torch's classes only) is reported, when ``Monitor.scope`` is set, at the line
+that built the innermost module running it (see ``ModuleScope``).
+
 Deliberate ``-inf`` fills are not events by themselves; what they cause is,
 and the NaN they cause names the fill's line as its cause.
 """
@@ -91,7 +102,7 @@ _NANLINT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.
 _SKIP_PREFIXES = (_TORCH_DIR, _NANLINT_DIR, "<frozen")
 
 # nanlint frames that only relay a call (stacked torch-function modes)
-_PASS_THROUGH = frozenset({"__torch_function__", "_relay"})
+_PASS_THROUGH = frozenset({"__torch_function__", "_check", "_relay"})
 _INPLACE_DUNDERS = frozenset({"__setitem__", "__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__",
                               "__imod__", "__ipow__", "__imatmul__", "__iand__", "__ior__", "__ixor__",
                               "__ilshift__", "__irshift__"})
@@ -120,6 +131,15 @@ _RUNNING_STATS = {"batch_norm": ("training", False), "native_batch_norm": ("trai
 # ops with a post-call check of their own: one dict lookup per op
 _SPECIAL = {"tanh": "tanh", "sigmoid": "sigmoid", "expit": "sigmoid", "binary_cross_entropy": "bce",
             **{n: "gate" for n in _GATE_OPS}}
+# ops whose result is positive in exact arithmetic: an exact 0 in their low
+# precision output is an underflow (float16 flushes magnitudes below 6e-8 to 0)
+_POSITIVE_OPS = frozenset({"exp", "exp_", "exp2", "sigmoid", "sigmoid_", "expit", "softplus", "softmax", "_softmax"})
+# ops that keep where a single tensor's zeros are (scaling by a number, a
+# positive power, sums of non-negative terms, views): the zeros keep their origin
+_CARRY_ZEROS = frozenset({"mul", "__mul__", "__rmul__", "pow", "__pow__", "square", "sqrt", "sum", "mean", "prod",
+                          "view", "reshape", "expand", "expand_as", "unsqueeze", "squeeze", "transpose", "permute",
+                          "contiguous", "clone", "to", "float", "half", "bfloat16", "flatten", "__getitem__",
+                          "select", "narrow", "gather", "index_select", "abs", "neg", "__neg__", "detach"})
 _VIEW_LIKE = frozenset({"__get__", "size", "dim", "numel", "is_floating_point", "__len__", "__repr__", "__format__",
                         "data_ptr", "element_size", "is_contiguous", "stride", "storage_offset"})
 
@@ -135,6 +155,9 @@ class Event:
     phase: str = "forward"
     cause: Optional[Loc] = None
     dtype: Optional[torch.dtype] = None  # of the value that went non-finite, where one did
+    #: the same line in a float32 run of the same regime: also non-finite
+    #: (True), finite (False), not compared (None); set by ``nanlint confirm``
+    float32: Optional[bool] = None
 
 
 @dataclass
@@ -274,6 +297,22 @@ class _ForwardMode(TorchFunctionMode):
             return func(*args, **kwargs)
         m = self.m
         loc = user_location()
+        inside: Optional[str] = None
+        if loc is None and m.scope is not None:
+            site = m.scope.site()
+            if site is not None:
+                loc, inside = site
+        if inside is None and m._inside is None:
+            return self._check(func, name, args, kwargs, loc, None)
+        outer, m._inside = m._inside, inside
+        try:
+            return self._check(func, name, args, kwargs, loc, inside)
+        finally:
+            m._inside = outer
+
+    def _check(self, func: Any, name: str, args: Sequence[Any], kwargs: Dict[str, Any], loc: Optional[Loc],
+               inside: Optional[str]) -> Any:
+        m = self.m
         rec = m.recorder
         if loc is not None:
             rec.reached[loc] += 1
@@ -328,6 +367,8 @@ class _ForwardMode(TorchFunctionMode):
         outputs = _tensors(out)
         if inplace and inputs:
             outputs = [inputs[0]]
+        if (name in _POSITIVE_OPS or name in _CARRY_ZEROS) and outputs and outputs[0].dtype in _LOW:
+            m.zeros_from(name, loc, inputs, outputs[0])
         special = _SPECIAL.get(name)
         if special is not None and outputs:
             if special == "tanh":
@@ -365,7 +406,7 @@ class _ForwardMode(TorchFunctionMode):
                 # made there raises (nn.Embedding's padding_idx zeroing)
                 node = _grad_fn(t)
                 if node is not None:
-                    m.tag_node(node, loc)
+                    m.tag_node(node, loc, inside)
             if finite:
                 continue
             if name in _EMPTY_OPS:
@@ -384,8 +425,18 @@ class _ForwardMode(TorchFunctionMode):
                 m.taint(t, loc)
                 continue
             if inputs_finite:
-                m.emit("new-nan" if nan_out else "new-inf", loc, name,
-                       f"{name} produced {'NaN' if nan_out else 'inf'} from finite inputs ({t.dtype})", dtype=t.dtype)
+                message = f"{name} produced {'NaN' if nan_out else 'inf'} from finite inputs ({t.dtype})"
+                origin = m.underflow_origin(inputs, loc)
+                if origin is not None:
+                    where, how = origin
+                    message += f"; the zeros it divided by or took the log of came from {how} at line {where[1]}, which underflowed"
+                    m.emit("underflow", where, how,
+                           f"{how} underflowed to exact 0 in {_LOW[t.dtype] if t.dtype in _LOW else t.dtype} here "
+                           f"(its result is never 0 in exact arithmetic; float16 flushes magnitudes below 6e-8 to "
+                           f"0, bfloat16 below 9e-41): {name} at line {loc[1] if loc else '?'} turned the zeros "
+                           f"into {'NaN' if nan_out else 'inf'}", cause=loc)
+                m.emit("new-nan" if nan_out else "new-inf", loc, name, message, dtype=t.dtype,
+                       cause=origin[0] if origin is not None else None)
                 if not nan_out:
                     m.taint(t, loc)
             elif nan_out and not inputs_nan:
@@ -399,6 +450,11 @@ class _ForwardMode(TorchFunctionMode):
             elif cause is not None and name in _KEEP_TAINT_OPS:
                 m.taint(t, cause)
         return out
+
+
+def _inside_text(inside: Optional[str]) -> str:
+    return "" if inside is None else (f" (inside {inside}: torch's own code, which no line of yours runs; "
+                                      f"shown at the line that built it)")
 
 
 def _running_stats(func: Any, name: str, args: Sequence[Any],
@@ -431,7 +487,7 @@ def _grad_fn(t: torch.Tensor) -> Any:
         return None
 
 
-def _grad_hook(monitor: "Monitor", loc: Loc, name: str):
+def _grad_hook(monitor: "Monitor", loc: Loc, name: str, inside: Optional[str] = None):
     # holds no reference to the node itself: a node -> hook -> node cycle
     # would keep every graph alive
     def hook(grad_inputs: Sequence[Optional[torch.Tensor]], grad_outputs: Sequence[Optional[torch.Tensor]]) -> None:
@@ -448,7 +504,7 @@ def _grad_hook(monitor: "Monitor", loc: Loc, name: str):
             nan = any(_has_nan(g) for g in bad)
             monitor.emit("grad-nonfinite", loc, name,
                          f"backward of this line ({name}) produced {'NaN' if nan else 'inf'} "
-                         f"gradients from finite ones", phase="backward")
+                         f"gradients from finite ones" + _inside_text(inside), phase="backward", dtype=bad[0].dtype)
         return None
 
     return hook
@@ -476,6 +532,87 @@ class _IdMap:
         return entry[1]
 
 
+class ModuleScope:
+    """Which module is running, for an op none of whose frames is the user's: a
+    model made only of torch's classes (a bare ``nn.MultiheadAttention``) runs
+    no line of the user's. Such an op is reported at the line that built the
+    innermost running module, naming it (``model.1 (torch.nn.MultiheadAttention)``).
+    Global forward hooks keep the stack while the monitor is active."""
+
+    def __init__(self, model: Any, sites: Dict[int, Loc]) -> None:
+        self._names = {id(m): name for name, m in model.named_modules()}
+        self._sites = sites  # id(module) -> the line that built it
+        self._keep = list(model.modules())  # the ids stay valid while this lives
+        self._stack: List[Any] = []
+        self._handles: List[Any] = []
+
+    def install(self) -> None:
+        from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+
+        self._stack.clear()
+        self._handles = [register_module_forward_pre_hook(self._enter),
+                         register_module_forward_hook(self._leave, always_call=True)]
+
+    def uninstall(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._stack.clear()
+
+    def _enter(self, module: Any, args: Any) -> None:
+        self._stack.append(module)
+
+    def _leave(self, module: Any, args: Any, output: Any) -> None:
+        while self._stack:
+            if self._stack.pop() is module:
+                break
+
+    def site(self) -> Optional[Tuple[Loc, str]]:
+        """(the line that built the innermost running module, its description)."""
+        for module in reversed(self._stack):
+            loc = self._sites.get(id(module))
+            if loc is not None:
+                name = self._names.get(id(module))
+                return loc, f"{'model.' + name if name else 'the model'} ({_class_name(type(module))})"
+        return None
+
+
+def _class_name(cls: type) -> str:
+    """``torch.nn.MultiheadAttention`` rather than where torch defines it."""
+    if cls.__module__.startswith("torch.nn.modules.") and getattr(torch.nn, cls.__name__, None) is cls:
+        return f"torch.nn.{cls.__name__}"
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def module_sites(model: Any, built_at: Any) -> Dict[int, Loc]:
+    """id(module) -> the line that built it, for ``model``'s modules that
+    ``built_at`` (``Monitor.built_at`` of the monitor that watched the model
+    being built) knows."""
+    if built_at is None:
+        return {}
+    out: Dict[int, Loc] = {}
+    for module in model.modules():
+        loc = built_at.get(module)
+        if loc is not None:
+            out[id(module)] = loc
+    return out
+
+
+def _module_init_wrapper(monitor: "Monitor", original: Any):
+    """``nn.Module.__init__``: remember the user's line that built each module
+    (for a module torch builds inside another, the line that built that one)."""
+    def _relay(self: Any, *args: Any, **kwargs: Any) -> Any:
+        built = monitor.built_at
+        if built is not None and self not in built:
+            loc = user_location()
+            if loc is not None:
+                built[self] = loc
+        return original(self, *args, **kwargs)
+
+    _relay.__wrapped__ = original  # type: ignore[attr-defined]
+    return _relay
+
+
 class Monitor:
     """Records events while active; use ``watch()`` rather than this directly."""
 
@@ -495,12 +632,18 @@ class Monitor:
         self._scaled_tasks: set = set()  # autograd graph tasks that started at a scaled loss
         self._undo: List[Tuple[Any, str, Any, bool]] = []
         self._taint = _IdMap()
+        self._zeros = _IdMap()  # low-precision result -> (line, op) its exact zeros may come from
         self._saved: Dict[str, Any] = {}
         self._active = 0  # backward hooks report only while the monitor is active
         self._node_key = ("nanlint-hooked", object())  # unique to this monitor
+        #: names the module running an op no line of the user's runs (see ModuleScope)
+        self.scope: Optional[ModuleScope] = None
+        self._inside: Optional[str] = None  # that module, while such an op is checked
+        #: module -> the line that built it, recorded while active (``building``)
+        self.built_at: Optional["weakref.WeakKeyDictionary[Any, Loc]"] = None
 
     # -- backward ------------------------------------------------------------
-    def tag_node(self, node: Any, loc: Loc) -> None:
+    def tag_node(self, node: Any, loc: Loc, inside: Optional[str] = None) -> None:
         """Name the forward line of an autograd node and check its backward:
         the hook sees the node's incoming gradients and the ones it produces,
         so only what the whole node returns counts (backward formulas may make
@@ -511,13 +654,15 @@ class Monitor:
                 return
             meta[self._node_key] = True
             meta["nanlint"] = loc
-            node.register_hook(_grad_hook(self, loc, node.name()))
+            node.register_hook(_grad_hook(self, loc, node.name(), inside))
         except Exception:  # some nodes take neither metadata nor hooks
             pass
 
     # -- bookkeeping -------------------------------------------------------
     def emit(self, kind: str, loc: Optional[Loc], op: str, message: str, phase: str = "forward",
              cause: Optional[Loc] = None, dtype: Optional[torch.dtype] = None) -> None:
+        if self._inside is not None:
+            message += _inside_text(self._inside)
         event = self.recorder.add(kind, loc, op, message, phase, cause, dtype)
         if event is not None and self.raise_on_event:
             raise NonFiniteError(event)
@@ -639,6 +784,34 @@ class Monitor:
                       f"effectively divided by {scale:g}", phase="step")
             return
 
+    # -- underflow ----------------------------------------------------------
+    def zeros_from(self, name: str, loc: Optional[Loc], inputs: Sequence[torch.Tensor], out: torch.Tensor) -> None:
+        """Remember where a low-precision result's zeros could come from: the
+        line of a positive op (exp, softmax, ...), or the origin carried by
+        the one tensor input of a scaling, a positive power, a sum or a view."""
+        if name in _POSITIVE_OPS:
+            if loc is not None:
+                self._zeros.put(out, (loc, name))
+            return
+        if len(inputs) == 1 and self._zeros._data:
+            origin = self._zeros.get(inputs[0])
+            if origin is not None and out is not inputs[0]:
+                self._zeros.put(out, origin)
+
+    def underflow_origin(self, inputs: Sequence[torch.Tensor], loc: Optional[Loc]) -> Optional[Tuple[Loc, str]]:
+        """(line, op) of an underflow whose exact zeros are among ``inputs``,
+        when it is another line than ``loc``."""
+        if not self._zeros._data:
+            return None
+        for t in inputs:
+            origin = self._zeros.get(t)
+            if origin is None or origin[0] == loc or not t.is_floating_point():
+                continue
+            with torch._C.DisableTorchFunction():
+                if bool((t.detach() == 0).any()):
+                    return origin
+        return None
+
     def taint(self, t: torch.Tensor, loc: Optional[Loc]) -> None:
         if loc is not None:
             self._taint.put(t, loc)
@@ -710,8 +883,14 @@ class Monitor:
             patch(owner, attr, by_function[id(original)])
         if self.fill_uninitialized:
             patch(torch.Tensor, "__new__", _tensor_new_wrapper(self))
+        if self.built_at is not None:
+            patch(torch.nn.Module, "__init__", _module_init_wrapper(self, torch.nn.Module.__init__))
+        if self.scope is not None:
+            self.scope.install()
 
     def _uninstall(self) -> None:
+        if self.scope is not None:
+            self.scope.uninstall()
         for owner, name, value, had in reversed(self._undo):
             if had:
                 setattr(owner, name, value)
@@ -864,6 +1043,7 @@ def building(fill_uninitialized: bool = True) -> Iterator[Monitor]:
     NaN and their lines are recorded; nothing else is reported. Pass the
     yielded monitor to ``Monitor.adopt_parameters``."""
     monitor = Monitor(Recorder(), fill_uninitialized=fill_uninitialized)
+    monitor.built_at = weakref.WeakKeyDictionary()
     with monitor.active():
         yield monitor
 
