@@ -375,7 +375,7 @@ def test_an_exception_whose_str_raises_is_one_line(runs):
     assert proc.returncode == 2, proc.stderr
     entries = json.loads(proc.stdout)["entries"]
     assert [(e["status"], e["line"], e["op"]) for e in entries] == [("error", 11, "Unprintable")]
-    assert entries[0]["message"].startswith("raised Unprintable (regimes example, zeros")
+    assert entries[0]["message"].startswith("raised Unprintable (regimes example, eval, zeros")
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: the run raised 1 exception") and "Traceback" not in lines[0]
 
@@ -384,7 +384,9 @@ def test_embedding_with_padding_idx_in_the_factory(runs):
     proc = runs["embedding"]
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)  # an empty report is still the whole object
-    assert report["entries"] == [] and report["notes"] == []
+    assert report["entries"] == [] and report["notes"] == [
+        "the inputs are token ids: scaled-x10, scaled-x100, scaled-x1000 applied to the output of the model's 1 "
+        "embedding layer"]
     assert report["summary"] == {"confirmed": 0, "not_fired": 0, "not_reached": 0, "unflagged": 0, "error": 0}
 
 

@@ -49,14 +49,19 @@ ROOT = Path(__file__).resolve().parent.parent
 TARGETS = "fixtures/models/real_models.py"
 MODELS = ("gpt2", "bert", "clip", "vit", "resnet")
 PRECISIONS = ("half", "autocast")
-SCHEMA = {"status", "code", "path", "line", "regime", "regimes", "event", "op", "device", "dtype", "message"}
+SCHEMA = {"status", "code", "path", "line", "regime", "regimes", "event", "op", "device", "dtype", "message",
+          "float32"}
 # token ids and masks are not floating: the value regimes (zeros, scaled-x10,
 # ...) and the gradient push need a floating input, which CLIP, ViT and ResNet
-# have; the masked-row regimes need a mask, which the image classifiers lack
-TOKEN_REGIMES = ["example", "masked-row", "masked-row-inverse", "train"]
-VALUE_REGIMES = ["zeros", "near-zero", "scaled-x10", "scaled-x100", "scaled-x1000"]
-ALL_REGIMES = ["example", *VALUE_REGIMES, "masked-row", "masked-row-inverse", "train"]
-IMAGE_REGIMES = ["example", *VALUE_REGIMES, "train"]
+# have; on token ids the scaled regimes scale the embeddings' outputs instead.
+# The masked-row regimes need a mask, which the image classifiers lack. The
+# models are built in training mode, so the eval regime runs too
+SCALED = ["scaled-x10", "scaled-x100", "scaled-x1000"]
+TOKEN_REGIMES = ["example", "eval", *SCALED, "masked-row", "masked-row-inverse", "train"]
+VALUE_REGIMES = ["zeros", "near-zero", *SCALED]
+ALL_REGIMES = ["example", "eval", *VALUE_REGIMES, "masked-row", "masked-row-inverse", "train"]
+IMAGE_REGIMES = ["example", "eval", *VALUE_REGIMES, "train"]
+TOKEN_MODELS = {"gpt2": 2, "bert": 3}  # -> their embedding layers (tokens, positions, BERT's token types)
 REGIMES = {"gpt2": TOKEN_REGIMES, "bert": TOKEN_REGIMES, "clip": ALL_REGIMES, "vit": IMAGE_REGIMES,
            "resnet": IMAGE_REGIMES}
 # the runs with an event (exit 1)
@@ -119,12 +124,16 @@ def test_runs_without_internal_error(runs, model, precision):
 def test_every_regime_runs_to_its_end(runs, model, precision):
     report = json.loads(runs[(model, precision, "json")].stdout)
     # the gradient push runs (and is listed) when static findings were joined
+    # and there is a floating input to push
     static = any(e["code"] for e in report["entries"])
-    regimes = REGIMES[model] + ["grad-push"] * static
+    regimes = REGIMES[model] + ["grad-push"] * (static and model not in TOKEN_MODELS)
     assert (report["device"], report["dtype"], report["precision"], report["regimes"]) == (
         "cpu", "float16", precision, regimes)
     # no regime was skipped, stopped at a line or raised outside the model
-    assert report["notes"] == ([AUTOCAST_NOTE] if precision == "autocast" else []), report["notes"]
+    embeddings = TOKEN_MODELS.get(model)
+    expected = [f"the inputs are token ids: {', '.join(SCALED)} applied to the outputs of the model's "
+                f"{embeddings} embedding layers"] if embeddings else []
+    assert report["notes"] == expected + ([AUTOCAST_NOTE] if precision == "autocast" else []), report["notes"]
     assert report["summary"]["error"] == 0
     if (model, precision) in TEXT:
         lines = runs[(model, precision, "text")].stdout.splitlines()
@@ -153,6 +162,7 @@ def test_entries_are_the_judged_ones(runs, model, precision):
             "unflagged", TARGETS, _target_line("torch.optim.AdamW("), "step", "train", "optimizer-state")
         assert event["message"].startswith("AdamW's eps 1e-08 is 0 in float16"), event
         assert "from finite gradients" in event["message"]
+        assert event["float32"] is None  # training is not repeated in float32
     elif (model, precision) == ("resnet", "half"):
         [event] = events
         assert (event["status"], event["op"], event["regime"], event["event"]) == (
@@ -160,6 +170,7 @@ def test_entries_are_the_judged_ones(runs, model, precision):
         assert Path(event["path"]).name == "modeling_resnet.py", event
         assert "self.normalization(" in _source_line(event["path"], event["line"]), event  # its BatchNorm2d
         assert event["message"].startswith("batch_norm updated its running_var to inf (torch.float16)"), event
+        assert event["float32"] is False  # the float32 reference's buffers hold the same batch
     else:
         assert events == []
     # the rest are static findings in the library's code, judged by what their line holds;

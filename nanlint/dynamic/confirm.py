@@ -3,18 +3,20 @@ through several input regimes, and join what fired with the static findings."""
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import inspect
 import math
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
 from ..finding import Finding
-from .monitor import (_LOW, _TORCH_DIR, Event, Loc, Monitor, Recorder, _is_library, _rounds_to_zero, is_finite,
-                      raise_site, user_location)
+from .monitor import (_LOW, _TORCH_DIR, Event, Loc, ModuleScope, Monitor, Recorder, _is_library, _rounds_to_zero,
+                      is_finite, module_sites, raise_site, user_location)
 from .target import Target, describe
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -26,7 +28,7 @@ UNFLAGGED = "unflagged"
 ERROR = "error"
 STATUSES = (CONFIRMED, NOT_FIRED, NOT_REACHED, UNFLAGGED, ERROR)
 
-REGIMES = ("example", "zeros", "near-zero", "scaled-x10", "scaled-x100", "scaled-x1000", "masked-row",
+REGIMES = ("example", "eval", "zeros", "near-zero", "scaled-x10", "scaled-x100", "scaled-x1000", "masked-row",
            "masked-row-inverse", "train", "grad-push")
 # losses whose targets an input regime can make invalid (a VAE's input is its BCE target)
 _LOSSES = frozenset({"binary_cross_entropy", "cross_entropy", "nll_loss", "kl_div", "poisson_nll_loss",
@@ -91,18 +93,25 @@ class Entry:
     #: every regime in which this line fired, in the order they ran (``regime`` is
     #: the one whose event is shown)
     fired_in: List[str] = field(default_factory=list)
+    #: the float32 reference run of the same regime: True when the same line
+    #: went non-finite there too (broken in any precision), False when it stayed
+    #: finite (the low precision broke it), None when not compared
+    float32: Optional[bool] = None
 
     def to_dict(self) -> Dict[str, Any]:
         return {
             "status": self.status, "code": self.code, "path": self.path, "line": self.line,
             "regime": self.regime, "regimes": list(self.fired_in), "event": self.event, "op": self.op,
-            "device": self.device, "dtype": self.dtype, "message": self.message,
+            "device": self.device, "dtype": self.dtype, "message": self.message, "float32": self.float32,
         }
 
     def regime_text(self) -> str:
         """``regime scaled-x10`` or ``regime scaled-x10; also fired in scaled-x100, train``."""
         others = [r for r in self.fired_in if r != self.regime]
-        return f"regime {self.regime}" + (f"; also fired in {', '.join(others)}" if others else "")
+        text = f"regime {self.regime}" + (f"; also fired in {', '.join(others)}" if others else "")
+        if self.float32 is not None:
+            text += "; float32 " + ("too: not a low-precision hazard" if self.float32 else "stays finite")
+        return text
 
 
 @dataclass
@@ -196,17 +205,31 @@ def surrogate_loss(output: Any) -> Optional[torch.Tensor]:
 # -- regimes ----------------------------------------------------------------------
 
 
-def input_regimes(inputs: Any, generator: torch.Generator) -> List[Tuple[str, Any]]:
-    """(name, inputs) for every regime that applies to these inputs."""
+#: the value regimes: what each does to a floating tensor
+VALUES: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "zeros": torch.zeros_like,
+    "near-zero": lambda t: (t.float() * 1e-4).to(t.dtype),
+    **{f"scaled-x{f}": (lambda t, f=f: (t.float() * f).to(t.dtype)) for f in (10, 100, 1000)},
+}
+_EMBEDDINGS = (torch.nn.Embedding, torch.nn.EmbeddingBag)
+# on token ids only the scaled regimes apply (to the embeddings' outputs):
+# embeddings that grow during training are what they stand for, while no
+# token gives a zero or near-zero embedding
+_ON_EMBEDDINGS = ("scaled-x10", "scaled-x100", "scaled-x1000")
+
+
+def input_regimes(inputs: Any, generator: torch.Generator, embeddings: bool = False) -> List[Tuple[str, Any]]:
+    """(name, inputs) for every regime that applies to these inputs. With
+    ``embeddings`` (token ids only, a model with embedding layers) the scaled
+    regimes are listed with the inputs unchanged: ``Runner`` applies them to
+    the embeddings' outputs."""
     regimes: List[Tuple[str, Any]] = [("example", inputs)]
     floats = _floating_leaves(inputs)
-    if floats:
-        regimes.append(("zeros", _map_tensors(inputs, lambda t, k: torch.zeros_like(t) if t.is_floating_point() else t)))
-        regimes.append(("near-zero", _map_tensors(
-            inputs, lambda t, k: (t.float() * 1e-4).to(t.dtype) if t.is_floating_point() else t)))
-        for factor in (10, 100, 1000):
-            regimes.append((f"scaled-x{factor}", _map_tensors(
-                inputs, lambda t, k, f=factor: (t.float() * f).to(t.dtype) if t.is_floating_point() else t)))
+    for name, fn in VALUES.items():
+        if floats:
+            regimes.append((name, _map_tensors(inputs, lambda t, k, fn=fn: fn(t) if t.is_floating_point() else t)))
+        elif embeddings and name in _ON_EMBEDDINGS:
+            regimes.append((name, inputs))
 
     def fully_masked(value: bool):
         def fn(t: torch.Tensor, key: Optional[str]) -> torch.Tensor:
@@ -250,21 +273,38 @@ class Runner:
         # built, see target.load_target): a parameter never initialised shows
         self.monitor = Monitor(self.recorder, fill_uninitialized=True)
         model = target.model
+        allocations = getattr(target, "_allocations", None)
+        #: a float32 copy for the reference run, made before the cast
+        self.reference_model: Any = None
+        self.reference_note: Optional[str] = None
+        self._sites: Dict[int, Loc] = {}
+        self.trains = isinstance(model, torch.nn.Module) and model.training
+        self.diverged = False  # an optimizer step made the weights non-finite
         if isinstance(model, torch.nn.Module):
-            self.monitor.adopt_parameters(model, getattr(target, "_allocations", None))
+            self.monitor.adopt_parameters(model, allocations)
+            self._sites = module_sites(model, getattr(allocations, "built_at", None))
+            if self._sites:
+                self.monitor.scope = ModuleScope(model, self._sites)
+            if self.dtype != torch.float32:
+                try:
+                    self.reference_model = copy.deepcopy(model)
+                except Exception as exc:  # a model that cannot be copied: no reference
+                    self.reference_note = f"no float32 reference run: the model cannot be copied ({describe(exc)})"
             model = model.to(self.device)
             if options.precision == "half":
                 model = model.to(self.dtype)
         self.model = model
         input_dtype = self.dtype if options.precision == "half" else None
         self.inputs = prepare_inputs(target.inputs, self.device, input_dtype)
+        #: token ids only: the value regimes scale what the embedding layers return
+        self.embeddings = 0
+        if isinstance(model, torch.nn.Module) and not _floating_leaves(self.inputs):
+            self.embeddings = sum(isinstance(m, _EMBEDDINGS) for m in model.modules())
 
     # -- helpers -----------------------------------------------------------
     def _autocast(self):
         if self.options.precision == "autocast" and self.dtype != torch.float32:
             return torch.autocast(device_type=self.device.type, dtype=self.dtype)
-        import contextlib
-
         return contextlib.nullcontext()
 
     def _progress(self, message: str) -> None:
@@ -276,16 +316,105 @@ class Runner:
             return self.target.loss_fn(output, inputs)
         return surrogate_loss(output)
 
+    @contextlib.contextmanager
+    def _on_embeddings(self, regime: str, model: Any) -> Iterator[None]:
+        """A value regime on a token-id model: applied to what its embedding
+        layers return (out of the monitor's sight: the regime is not the
+        user's code)."""
+        fn = VALUES.get(regime) if self.embeddings and regime in _ON_EMBEDDINGS else None
+        if fn is None:
+            yield
+            return
+
+        def hook(module: Any, args: Any, output: Any) -> Any:
+            if isinstance(output, torch.Tensor) and output.is_floating_point():
+                with torch._C.DisableTorchFunction():
+                    return fn(output)
+            return None
+
+        handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, _EMBEDDINGS)]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
     def forward_backward(self, regime: str, inputs: Any) -> None:
         self.recorder.regime = regime
+        if regime == "eval":
+            self.evaluate(inputs)
+            return
         if isinstance(self.model, torch.nn.Module):
             self.model.zero_grad(set_to_none=True)
-        with self.monitor.active():
+        with self.monitor.active(), self._on_embeddings(regime, self.model):
             with self._autocast():
                 output = call_model(self.model, inputs)
                 loss = self._loss(output, inputs)
             if loss is not None and loss.requires_grad:
                 loss.backward()
+
+    def evaluate(self, inputs: Any, model: Any = None, monitor: Optional[Monitor] = None,
+                 autocast: bool = True) -> None:
+        """The ``eval`` regime: the example inputs through ``model.eval()``
+        under ``no_grad``, as in validation or inference (dropout off, norms on
+        their running statistics, the model's own inference-only paths)."""
+        model = self.model if model is None else model
+        monitor = self.monitor if monitor is None else monitor
+        modes = [(m, m.training) for m in model.modules()]  # a submodule the user froze in eval stays so
+        model.eval()
+        try:
+            with torch.no_grad(), monitor.active(), (self._autocast() if autocast else contextlib.nullcontext()):
+                call_model(model, inputs)
+        finally:
+            for module, training in modes:
+                module.training = training
+
+    def reference(self, wanted: Sequence[str]) -> Optional[Recorder]:
+        """Run the regimes in ``wanted`` again on a float32 copy of the model,
+        without autocast: what goes non-finite there too is broken in any
+        precision (a deliberate ``log(0)``, a fully masked softmax row), not
+        by the low precision."""
+        if self.reference_model is None or not wanted:
+            return None
+        try:
+            return self._reference(wanted)
+        except Exception as exc:  # out of memory for a second model: the report stands without it
+            if not _fatal(exc):
+                raise
+            self.reference_note = f"no float32 reference run: {describe(exc)}"
+            return None
+
+    def _reference(self, wanted: Sequence[str]) -> Recorder:
+        recorder = Recorder()
+        monitor = Monitor(recorder, fill_uninitialized=True)
+        model = self.reference_model.to(self.device)
+        if self._sites:
+            originals = list(self.target.model.modules())
+            copies = list(model.modules())
+            sites = {id(c): self._sites[id(o)] for o, c in zip(originals, copies) if id(o) in self._sites}
+            monitor.scope = ModuleScope(model, sites)
+        inputs = prepare_inputs(self.target.inputs, self.device, torch.float32)
+        runs = dict(input_regimes(inputs, torch.Generator().manual_seed(self.options.seed), bool(self.embeddings)))
+        runs["eval"] = inputs
+        for name in wanted:
+            if name not in runs:
+                continue
+            self._progress(f"float32 reference: regime {name}")
+            recorder.regime = name
+            try:
+                if name == "eval":
+                    self.evaluate(inputs, model, monitor, autocast=False)
+                    continue
+                model.zero_grad(set_to_none=True)
+                with monitor.active(), self._on_embeddings(name, model):
+                    output = call_model(model, runs[name])
+                    loss = self._loss(output, runs[name])
+                    if loss is not None and loss.requires_grad:
+                        loss.backward()
+            except Exception as exc:  # what float32 refuses proves nothing either way
+                if _fatal(exc):
+                    raise
+        return recorder
 
     def train(self, steps: int) -> None:
         if not isinstance(self.model, torch.nn.Module):
@@ -295,8 +424,13 @@ class Runner:
         optimizer, made_at = _make_optimizer(self.target.optimizer, params)
         if optimizer is not None:
             self._watch_step(optimizer, params, made_at)
+        self.diverged = False
         with self.monitor.active():
             for step in range(steps):
+                if self.diverged:
+                    # what runs on non-finite weights only propagates the
+                    # step's event: the steps after it prove nothing more
+                    return
                 self._progress(f"train step {step + 1}/{steps}")
                 if self.target.train_step is not None:
                     with self._autocast():
@@ -333,6 +467,7 @@ class Runner:
                 bad = [p for p in params if not is_finite(p)]
                 grads_finite = all(p.grad is None or is_finite(p.grad) for p in params)
             if bad and not diverged:
+                self.diverged = True
                 eps = _vanishing_eps(optimizer)
                 if grads_finite and eps is not None:
                     # the optimizer's state, not the gradients' size: reported
@@ -354,8 +489,8 @@ class Runner:
     def push(self, findings: Sequence[Finding], abspaths: Dict[str, str]) -> None:
         """GRIST-style: a few signed-gradient steps on the floating inputs that
         drive each reached, unconfirmed finding's op toward its danger zone."""
-        if self.options.push_steps <= 0 or not any(t.numel() for t in _floating_leaves(self.inputs)):
-            return  # nothing to push (an empty batch included)
+        if not self.can_push():
+            return
         for finding in findings:
             path = abspaths.get(finding.path)
             if path is None or self._confirmed(path, finding):
@@ -364,6 +499,10 @@ class Runner:
                 continue
             self._progress(f"gradient push on {finding.code} line {finding.line}")
             self._push_one(path, finding)
+
+    def can_push(self) -> bool:
+        """The push moves floating inputs: token ids and an empty batch have none."""
+        return self.options.push_steps > 0 and any(t.numel() for t in _floating_leaves(self.inputs))
 
     def _confirmed(self, path: str, finding: Finding) -> bool:
         return bool(self.recorder.events_at(path, finding.line, finding.end_line))
@@ -402,6 +541,25 @@ class Runner:
                     scale = leaf.detach().float().abs().mean().item() + 1e-2
                     leaf.add_((leaf.grad.sign() * 0.5 * scale).to(leaf.dtype))
             del output
+
+
+#: events a float32 reference run can repeat: values that went non-finite
+_COMPARED = ("new-nan", "new-inf", "grad-nonfinite")
+
+
+def compare_reference(events: Sequence[Event], reference: Recorder, ran: Sequence[str]) -> None:
+    """Set ``Event.float32`` on the events of the regimes the reference ran."""
+    fired = {(e.path, e.line, e.regime) for e in reference.events if e.kind in _COMPARED}
+    for e in events:
+        if e.kind in _COMPARED and e.regime in ran:
+            e.float32 = (e.path, e.line, e.regime) in fired
+    # an underflow is compared through what its zeros did
+    for e in events:
+        if e.kind == "underflow" and e.regime in ran:
+            made = [s.float32 for s in events if s.cause == (e.path, e.line) and s.regime == e.regime
+                    and s.float32 is not None]
+            if made:
+                e.float32 = any(made)
 
 
 def _vanishing_eps(optimizer: Any) -> Optional[Tuple[float, str]]:
@@ -565,7 +723,7 @@ def join(findings: Sequence[Finding], abspaths: Dict[str, str], recorder: Record
                 explained.add((e.path, e.line))
             entries.append(Entry(CONFIRMED, finding.code, finding.path, finding.line, first.regime, first.kind,
                                  first.op, device, dtype, first.message, finding.name, reached,
-                                 _regimes_of(events)))
+                                 _regimes_of(events), first.float32))
         elif reached:
             entries.append(Entry(NOT_FIRED, finding.code, finding.path, finding.line, None, None, None, device, dtype,
                                  f"reached {reached} time{'s' if reached != 1 else ''}, never fired",
@@ -580,9 +738,12 @@ def join(findings: Sequence[Finding], abspaths: Dict[str, str], recorder: Record
     for event in recorder.events:
         if event.kind == "error":
             raised.setdefault((event.path, event.line, event.message), []).append(event.regime or "?")
+    underflows = {(e.path, e.line) for e in recorder.events if e.kind == "underflow"}
     for event in recorder.events:
         if (event.path, event.line) in explained:
             continue
+        if event.kind != "underflow" and event.cause in underflows:
+            continue  # the underflow's entry, where it began, names this line
         key = (event.path, event.line, event.message if event.kind == "error" else event.kind)
         if key in seen:
             continue
@@ -602,7 +763,7 @@ def join(findings: Sequence[Finding], abspaths: Dict[str, str], recorder: Record
             continue
         same = [e for e in recorder.events if (e.path, e.line, e.kind) == (event.path, event.line, event.kind)]
         entries.append(Entry(UNFLAGGED, None, path, event.line, event.regime, event.kind, event.op, device, dtype,
-                             event.message, fired_in=_regimes_of(same)))
+                             event.message, fired_in=_regimes_of(same), float32=event.float32))
     order = {CONFIRMED: 0, UNFLAGGED: 1, ERROR: 2, NOT_FIRED: 3, NOT_REACHED: 4}
     entries.sort(key=lambda e: (order[e.status], e.path, e.line, e.code or ""))
     return entries
@@ -728,7 +889,10 @@ def run(target: Target, options: Options, findings: Sequence[Finding], abspaths:
     wanted = chosen_regimes(options.regimes)
     runner = Runner(target, options)
     generator = torch.Generator().manual_seed(options.seed)
-    regimes = [(n, i) for n, i in input_regimes(runner.inputs, generator) if n in wanted]
+    regimes = input_regimes(runner.inputs, generator, bool(runner.embeddings))
+    if runner.trains:  # a model built in eval mode already ran the example that way
+        regimes.insert(1, ("eval", runner.inputs))
+    regimes = [(n, i) for n, i in regimes if n in wanted]
     names: List[str] = []
     notes: List[str] = []
     # each regime is isolated: what one raises is recorded, the others still run
@@ -751,9 +915,17 @@ def run(target: Target, options: Options, findings: Sequence[Finding], abspaths:
             if _fatal(exc):
                 raise
             _record_failure(runner, "train", exc, notes)
-    if "grad-push" in wanted and findings:
+    if "grad-push" in wanted and findings and runner.can_push():
         names.append("grad-push")
         runner.push(findings, abspaths)
+    # a float32 reference run of each input regime in which something went non-finite
+    forward = [n for n, _ in regimes]
+    fired = [n for n in forward if any(e.regime == n and e.kind in _COMPARED for e in runner.recorder.events)]
+    reference = runner.reference(fired)
+    if reference is not None:
+        compare_reference(runner.recorder.events, reference, fired)
+    elif fired and runner.reference_note:
+        notes.append(runner.reference_note)
     if lint is not None:
         abspaths = dict(abspaths)
         findings = list(findings)
@@ -784,6 +956,11 @@ def run(target: Target, options: Options, findings: Sequence[Finding], abspaths:
             notes.append(f"regime{'s' if len(which) > 1 else ''} {', '.join(which)} stopped at {path}:{line} "
                          f"({message}): what follows that line did not run there")
     report.notes.extend(notes)
+    scaled = [n for n in names if n in VALUES]
+    if runner.embeddings and scaled:
+        n = runner.embeddings
+        report.notes.append(f"the inputs are token ids: {', '.join(scaled)} applied to the output{'s' if n != 1 else ''} "
+                            f"of the model's {n} embedding layer{'s' if n != 1 else ''}")
     if options.precision == "autocast" and runner.device.type == "cpu":
         report.notes.append("CPU autocast keeps exp, log, softmax, layer_norm and sums in the low precision "
                             "dtype; CUDA autocast runs them in float32, so CUDA may not fire what CPU does.")
