@@ -346,3 +346,23 @@ def test_the_eval_regime_restores_each_modules_own_mode():
     runner.forward_backward("eval", runner.inputs)
     assert [m.training for m in runner.model.modules()] == [True, True, False, True]
     assert runner.recorder.events == []
+
+
+def test_building_a_module_that_takes_no_weak_reference_still_works():
+    import torch
+    from torch import nn
+
+    from nanlint.dynamic.monitor import building
+
+    class Unhashable(nn.Module):
+        __hash__ = None  # type: ignore[assignment]
+
+        def __eq__(self, other):
+            return self is other
+
+    with building() as monitor:
+        module = Unhashable()
+        linear = nn.Linear(2, 2)
+    assert module.training
+    assert monitor.built_at.get(linear)[1] > 0
+    assert torch.isfinite(linear.weight).all()

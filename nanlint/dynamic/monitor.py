@@ -603,10 +603,13 @@ def _module_init_wrapper(monitor: "Monitor", original: Any):
     (for a module torch builds inside another, the line that built that one)."""
     def _relay(self: Any, *args: Any, **kwargs: Any) -> Any:
         built = monitor.built_at
-        if built is not None and self not in built:
-            loc = user_location()
-            if loc is not None:
-                built[self] = loc
+        try:
+            if built is not None and self not in built:
+                loc = user_location()
+                if loc is not None:
+                    built[self] = loc
+        except TypeError:  # a module that is unhashable or takes no weak references
+            pass
         return original(self, *args, **kwargs)
 
     _relay.__wrapped__ = original  # type: ignore[attr-defined]
