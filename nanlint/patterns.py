@@ -253,6 +253,10 @@ def snake_words(name: str) -> str:
 
 # -- value ranges -------------------------------------------------------------
 
+#: tensor attributes and methods that read no values (``x.shape``, ``x.size(0)``)
+METADATA = frozenset({"dtype", "shape", "device", "ndim", "size", "dim", "numel", "is_cuda", "requires_grad",
+                      "layout"})
+
 NONNEG = "nonneg"  # >= 0
 NONPOS = "nonpos"  # <= 0
 UPPER = "upper"  # bounded above by a constant

@@ -35,7 +35,7 @@ from typing import List, Optional
 import libcst as cst
 
 from ..engine import iter_tree, subtree
-from ..patterns import arg, is_method_call, number, subject, torch_op
+from ..patterns import METADATA, arg, is_method_call, number, subject, torch_op
 from .values import HOST
 
 #: consumers for which a -inf entry is what is meant: it is never selected, and exp(-inf) = 0
@@ -65,7 +65,6 @@ _GRID_KEEP = frozenset({
     "unsqueeze", "view", "reshape", "expand", "expand_as", "repeat", "repeat_interleave", "to", "long",
     "int", "float", "t", "contiguous", "flatten",
 })
-_METADATA = frozenset({"shape", "size", "dtype", "device", "ndim", "dim", "numel", "is_cuda", "layout"})
 
 
 def definition(facts, node: cst.BaseExpression) -> Optional[cst.BaseExpression]:
@@ -467,7 +466,7 @@ def _reads_selected(facts, binding, after: int, stmt: cst.CSTNode, depth: int) -
         if scopes.order[read] <= after or any(a is stmt for a in scopes.ancestors(read)):
             continue
         up = scopes.parent.get(read)
-        if isinstance(up, cst.Attribute) and up.attr.value in _METADATA:
+        if isinstance(up, cst.Attribute) and up.attr.value in METADATA:
             continue  # s.shape, s.size(0): no values read
         uses += 1
         if not only_selected(facts, read, depth + 1):

@@ -31,7 +31,8 @@ from typing import Dict, FrozenSet, List, Optional, Set
 
 import libcst as cst
 
-from ..patterns import arg, look_through, number, subject, torch_op, value_facts, is_method_call, NONNEG, NONPOS, LOWER, UPPER
+from ..patterns import (arg, look_through, number, subject, torch_op, value_facts, is_method_call, METADATA, NONNEG,
+                        NONPOS, LOWER, UPPER)
 from ..resolve import dotted_name
 from ..engine import iter_tree
 from .safeguards import Safeguards
@@ -194,7 +195,10 @@ class Facts:
         if isinstance(node, cst.BinaryOperation):
             if isinstance(node.operator, (cst.BitAnd, cst.BitOr, cst.BitXor, cst.LeftShift, cst.RightShift)):
                 return INTEGER
-            return _promote(rec(node.left), rec(node.right), isinstance(node.operator, cst.Divide))
+            left, right = rec(node.left), rec(node.right)
+            if {left, right} == {INTEGER, HOST} and _is_float_literal(node.left if left == HOST else node.right):
+                return WIDE  # ``mask * 1e6``: an integer tensor times a Python float is float32
+            return _promote(left, right, isinstance(node.operator, cst.Divide))
         if isinstance(node, cst.IfExp):
             return _join(rec(node.body), rec(node.orelse))
         if isinstance(node, cst.Subscript):
@@ -233,6 +237,8 @@ class Facts:
         for b in bindings[:4]:
             if b.kind == "augassign":
                 continue  # ``x *= 2`` keeps the dtype class of the binding before it
+            if b.kind == "assign" and isinstance(b.value, cst.Name) and b.value.value == "None":
+                continue  # ``mask = None``: no tensor (nothing is computed with it)
             kinds.append(self._binding_dtype(b, depth))
             if b.kind in ("assign", "walrus") and b.node is not None:
                 break  # the nearest plain assignment decides
@@ -276,11 +282,14 @@ class Facts:
                 args = [rec(a.value) for a in call.args]
                 return HOST if all(a == HOST for a in args) else UNKNOWN
             return self._returned_dtype(self.scopes.function_named(builtin, call), depth)
+        if method is not None and isinstance(call.func, cst.Attribute) and _is_self(call.func.value):
+            # ``self.helper(x)``: a method of this class (a method name says
+            # nothing of a tensor op here)
+            helper = self.scopes.function_named(method, call)
+            if helper is not None:
+                return self._returned_dtype(helper, depth)
         op = torch_op(self.ctx, call)
         if op is None:
-            # ``self.helper(x)``: a method of this class
-            if method is not None and isinstance(call.func, cst.Attribute) and _is_self(call.func.value):
-                return self._returned_dtype(self.scopes.function_named(method, call), depth)
             return UNKNOWN
         dtype_arg = arg(call, None, "dtype")
         if dtype_arg is not None:
@@ -323,6 +332,14 @@ class Facts:
         if op in _LIKE_FACTORIES:
             base = subject(self.ctx, call)
             return rec(base) if base is not None else UNKNOWN
+        if op == "where" and not on_method:
+            # ``torch.where(condition, x, y)``: the branches' dtype, not the condition's
+            x, y = arg(call, 1, "input"), arg(call, 2, "other")
+            if x is None or y is None:
+                return INTEGER  # ``torch.where(condition)``: indices
+            if number(x.value) is not None and number(y.value) is not None:
+                return WIDE if _is_float_literal(x.value) or _is_float_literal(y.value) else INTEGER
+            return _promote(rec(x.value), rec(y.value), False)
         if op in _SAME_DTYPE_OPS:
             base = subject(self.ctx, call)
             return rec(base) if base is not None else UNKNOWN
@@ -872,9 +889,9 @@ class Facts:
         if isinstance(up, cst.Attribute) and up.value is node:
             call = parent.get(up)
             if not (isinstance(call, cst.Call) and call.func is up):
-                return up.attr.value in _METADATA  # `x.dtype`, `x.shape` carry no value
+                return up.attr.value in METADATA  # `x.dtype`, `x.shape` carry no value
             name = up.attr.value
-            if name in _METADATA or name in _LIKE_FACTORIES:
+            if name in METADATA or name in _LIKE_FACTORIES:
                 return True
             # cleaned (in order mode an escape: the gradient of the -inf still flows)
             if name in _CLEANS:
@@ -1003,7 +1020,6 @@ def _tests_finite(ctx, cond: cst.BaseExpression) -> bool:
 
 
 #: what a tensor tells besides its values
-_METADATA = frozenset({"dtype", "shape", "device", "ndim", "size", "dim", "numel", "is_cuda", "requires_grad"})
 #: orderings whose result carries the values (``sort(x).values``, ``topk``) or only indices
 _ORDER_VALUES = frozenset({"sort", "topk", "max", "min", "kthvalue", "msort", "amax", "amin", "gather"})
 _ORDER_INDEX = frozenset({"argsort", "argmax", "argmin"})
@@ -1109,6 +1125,13 @@ def _join_all(kinds) -> str:
         return UNKNOWN
     first = kinds[0]
     return first if all(k == first for k in kinds) else UNKNOWN
+
+
+def _is_float_literal(node: cst.BaseExpression) -> bool:
+    """``1e6``, ``-0.5``, ``float('inf')``: a Python float, not an int."""
+    while isinstance(node, cst.UnaryOperation):
+        node = node.expression
+    return number(node) is not None and not isinstance(node, cst.Integer)
 
 
 def _promote(a: str, b: str, divide: bool) -> str:

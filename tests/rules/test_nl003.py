@@ -231,3 +231,49 @@ def test_a_row_or_a_shifted_grid_is_not_a_causal_mask():
         "    return a, b, c\n"
     )
     assert codes(src) == [5, 6]
+
+
+QA_HEAD = """import torch
+from torch import nn
+
+
+class QA(nn.Module):
+    def forward(self, hidden, question_lengths=None):
+        logits_mask = None
+        if question_lengths is not None:
+            logits_mask = self.question_mask(question_lengths, hidden.size(1))
+        logits = self.classifier(hidden)
+        if logits_mask is not None:
+            logits = logits - logits_mask * 1e6
+        return logits.softmax(-1)
+
+    @staticmethod
+    def question_mask(lengths, maxlen):
+        mask = torch.arange(0, maxlen, device=lengths.device).unsqueeze(0)
+        mask = MASK
+        return mask
+"""
+
+
+@pytest.mark.parametrize("mask, reported", [
+    # torch.where of two Python ints is int64: int64 * 1e6 is float32, and a
+    # float16 minus a float32 tensor is float32 (no overflow)
+    ("torch.where(mask < lengths, 1, 0)", False),
+    ("(mask < lengths).long()", False),
+    # look-alikes whose mask takes the activation's dtype: the product is float16
+    ("torch.where(mask < lengths, 1, 0).to(lengths.dtype)", True),
+    ("torch.where(mask < lengths, lengths, 0)", True),
+])
+def test_an_integer_mask_times_a_float_literal_is_float32(mask, reported):
+    assert bool(codes(QA_HEAD.replace("MASK", mask))) == reported
+
+
+def test_where_takes_its_branches_dtype_not_its_conditions():
+    # `torch.where(pos >= 0, scores, -1e9)` is the scores' dtype, not the bool condition's
+    src = ("import torch\n"
+           "def attend(q, k, pos):\n"
+           "    scores = torch.where(pos >= 0, q @ k.transpose(-2, -1), -1e9)\n"
+           "    return scores.softmax(-1)\n")
+    assert codes(src) == [3]
+    src32 = src.replace("q @ k.transpose(-2, -1)", "(q @ k.transpose(-2, -1)).float()")
+    assert codes(src32) == []
