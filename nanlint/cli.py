@@ -471,7 +471,7 @@ shown), 0 it stayed finite, 2 the bundle cannot be read or replayed.
               help="Signed-gradient steps on the inputs per reached finding (0 turns the push off).")
 @click.option("--regimes", metavar="LIST",
               help="Comma-separated regimes to run (example,eval,zeros,near-zero,scaled-x10,scaled-x100,scaled-x1000,"
-                   "masked-row,masked-row-inverse,train,grad-push), or to skip when each is prefixed with -.")
+                   "identical-pair,masked-row,masked-row-inverse,train,grad-push), or to skip when each is prefixed with -.")
 @click.option("--output-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="json: one object per report entry on stdout (the target's own prints go to stderr).")
 @click.option("--timeout", type=click.FloatRange(min=0), default=600, show_default=True, metavar="SECONDS",

@@ -159,11 +159,42 @@ MODELS = {
 
         EXP = None
     """,
+    # a siamese angle: acos of the cosine of two embeddings; the same input
+    # twice makes the cosine 1 (or above by rounding), where acos' derivative is inf
+    "siamese_base": """
+        import torch
+        from torch import nn
+        import torch.nn.functional as F
+        import nanlint
+
+
+        class Angle(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.embed = nn.Linear(8, 16)
+
+            def forward(self, a, b):
+                cosine = F.cosine_similarity(self.embed(a), self.embed(b), dim=-1)
+                return torch.acos(COSINE)
+
+
+        def make():
+            torch.manual_seed(0)
+            return nanlint.Target(model=Angle(), inputs=(torch.randn(4, 8), torch.randn(4, 8)),
+                                  loss_fn=lambda out, inputs: out.float().mean())
+
+
+        COSINE = None
+    """,
 }
 # twins that differ by one constant
 VARIANTS = {
     "eval_only_fixed": ("eval_only", "TEMPERATURE = 1e-8", "TEMPERATURE = 0.5"),
     "sac_fixed": ("sac", "LOW = -20", "LOW = -5"),  # exp(-5) = 6.7e-3 is a normal float16
+}
+SIAMESE = {
+    "siamese": "cosine",
+    "siamese_fixed": "cosine.clamp(-1 + 1e-3, 1 - 1e-3)",
 }
 TOKENS = {
     "tokens_exp": "torch.exp(h.sum(-1))",
@@ -177,6 +208,8 @@ RUNS = {
     "eval_only_fixed": ["--regimes", "example,eval"],
     "sac": ["--regimes", "example,eval"],
     "sac_fixed": ["--regimes", "example,eval"],
+    "siamese": ["--regimes", "example,identical-pair"],
+    "siamese_fixed": ["--regimes", "example,identical-pair"],
     "tokens_exp": ["--regimes", "-train"],
     "tokens_exp_fixed": ["--regimes", "-train"],
 }
@@ -192,6 +225,9 @@ def results(tmp_path_factory) -> dict:
     for name, expression in TOKENS.items():
         sources[name] = sources["tokens"].replace("return EXP", f"return {expression}")
     del sources["tokens"]
+    for name, expression in SIAMESE.items():
+        sources[name] = sources["siamese_base"].replace("torch.acos(COSINE)", f"torch.acos({expression})")
+    del sources["siamese_base"]
     for name, text in sources.items():
         (tmp / f"{name}.py").write_text(text)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -366,3 +402,14 @@ def test_building_a_module_that_takes_no_weak_reference_still_works():
     assert module.training
     assert monitor.built_at.get(linear)[1] > 0
     assert torch.isfinite(linear.weight).all()
+
+
+def test_an_identical_pair_drives_a_cosine_to_one(results):
+    code, report, source = results["siamese"]
+    assert code == 1, report
+    assert report["regimes"] == ["example", "identical-pair"]
+    fired = [e for e in report["entries"] if e["status"] in ("confirmed", "unflagged")]
+    assert fired and {e["line"] for e in fired} == {_line(source, "return torch.acos(")}, fired
+    assert all(e["regimes"] == ["identical-pair"] for e in fired), fired
+    code, report, _ = results["siamese_fixed"]
+    assert code == 0, report

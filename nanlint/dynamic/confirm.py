@@ -28,8 +28,8 @@ UNFLAGGED = "unflagged"
 ERROR = "error"
 STATUSES = (CONFIRMED, NOT_FIRED, NOT_REACHED, UNFLAGGED, ERROR)
 
-REGIMES = ("example", "eval", "zeros", "near-zero", "scaled-x10", "scaled-x100", "scaled-x1000", "masked-row",
-           "masked-row-inverse", "train", "grad-push")
+REGIMES = ("example", "eval", "zeros", "near-zero", "scaled-x10", "scaled-x100", "scaled-x1000", "identical-pair",
+           "masked-row", "masked-row-inverse", "train", "grad-push")
 # losses whose targets an input regime can make invalid (a VAE's input is its BCE target)
 _LOSSES = frozenset({"binary_cross_entropy", "cross_entropy", "nll_loss", "kl_div", "poisson_nll_loss",
                      "multilabel_soft_margin_loss", "multi_margin_loss", "ctc_loss"})
@@ -218,6 +218,28 @@ _EMBEDDINGS = (torch.nn.Embedding, torch.nn.EmbeddingBag)
 _ON_EMBEDDINGS = ("scaled-x10", "scaled-x100", "scaled-x1000")
 
 
+def _identical_pair(inputs: Any) -> Any:
+    """The inputs with every floating tensor that has the shape and dtype of
+    an earlier one replaced by a copy of it (a siamese pair, anchor and
+    positive: the same image twice), or None when no two match. Distances
+    are then exactly 0 and cosines exactly 1, where sqrt, norm and acos
+    have infinite derivatives."""
+    first: Dict[Tuple[Any, torch.dtype], torch.Tensor] = {}
+    changed = []
+
+    def fn(t: torch.Tensor, key: Optional[str]) -> torch.Tensor:
+        if not t.is_floating_point() or t.numel() == 0:
+            return t
+        seen = first.setdefault((tuple(t.shape), t.dtype), t)
+        if seen is t:
+            return t
+        changed.append(key)
+        return seen.clone()
+
+    out = _map_tensors(inputs, fn)
+    return out if changed else None
+
+
 def input_regimes(inputs: Any, generator: torch.Generator, embeddings: bool = False) -> List[Tuple[str, Any]]:
     """(name, inputs) for every regime that applies to these inputs. With
     ``embeddings`` (token ids only, a model with embedding layers) the scaled
@@ -230,6 +252,9 @@ def input_regimes(inputs: Any, generator: torch.Generator, embeddings: bool = Fa
             regimes.append((name, _map_tensors(inputs, lambda t, k, fn=fn: fn(t) if t.is_floating_point() else t)))
         elif embeddings and name in _ON_EMBEDDINGS:
             regimes.append((name, inputs))
+    pair = _identical_pair(inputs)
+    if pair is not None:
+        regimes.append(("identical-pair", pair))
 
     def fully_masked(value: bool):
         def fn(t: torch.Tensor, key: Optional[str]) -> torch.Tensor:
