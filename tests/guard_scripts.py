@@ -223,6 +223,10 @@ def worker(rank, bundle_dir, port):
         report = exc.report
         result.update(reason=report.reason, bundle=report.bundle,
                       origin=report.origin and {{"line": report.origin.line, "kind": report.origin.kind}})
+        # whether every replaying rank had written its report when this one stopped
+        result["replays_done"] = sorted(os.listdir(bundle_dir)) if os.path.isdir(bundle_dir) else []
+        result["reports_done"] = sum(os.path.exists(os.path.join(bundle_dir, d, "report.json"))
+                                     for d in result["replays_done"])
     with open(os.path.join(bundle_dir + "-results", f"rank{{rank}}.json"), "w") as fh:
         json.dump(result, fh)
     dist.destroy_process_group()

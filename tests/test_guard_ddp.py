@@ -41,3 +41,7 @@ def test_ddp_rank_that_sees_the_nan_replays(tmp_path, hazard):
         assert ranks[1]["origin"]["line"] == line and ranks[1]["reason"] == "the loss is NaN"
         assert [b.name for b in bundles(tmp_path / "bundles")] == [f"step{step}-rank1"]
     check_origin(bundles(tmp_path / "bundles")[-1], script, hazard)
+    # no rank stops before every replay is written: under torchrun the first
+    # rank to exit would take the replaying one down with it
+    written = len(bundles(tmp_path / "bundles"))
+    assert [r["reports_done"] for r in ranks] == [written, written], ranks

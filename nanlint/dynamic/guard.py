@@ -195,10 +195,25 @@ class Guard:
         """Replay the bad step, write the bundle and raise ``GuardError``."""
         rank, replayers = self._ranks()
         report = GuardReport(self.step_count, rank, reason, None)
+        # every rank trips in this step (the gradients are all-reduced): they
+        # leave together, once the replaying ranks are done, so that a rank
+        # that raises first cannot take the job (and the replay) down with it
+        together = self._bad_grad and torch.distributed.is_available() and torch.distributed.is_initialized()
         if rank not in replayers:
             report.reason = f"{reason}; rank {replayers[0]} saw it and replays the step"
             self.report = report
+            if together:
+                torch.distributed.barrier()
             raise GuardError(report)
+        try:
+            self._replay(report, rank, kind, step_fn, batch_idx, run)
+        finally:
+            if together:
+                torch.distributed.barrier()
+        raise GuardError(report)
+
+    def _replay(self, report: GuardReport, rank: int, kind: str, step_fn: Any, batch_idx: int,
+                run: Optional[Callable[[], Any]]) -> None:
         directory = os.path.join(self.bundle_dir, f"step{self.step_count}" + (f"-rank{rank}" if rank else ""))
         write_bundle(directory, report, kind=kind, model=self.model, optimizer=self.optimizer,
                      batch=self._batch, rng=self._rng or rng_state(), scaler=self.scaler, step_fn=step_fn,
@@ -216,7 +231,6 @@ class Guard:
         self.report = report
         if self.echo:
             print(report.render(), file=sys.stderr)
-        raise GuardError(report)
 
     @contextlib.contextmanager
     def _replay_mode(self) -> Iterator[None]:
