@@ -60,8 +60,9 @@ class ZeroGradSqrt(ScopeTracking, Rule):
     guards `v` (NL109's); and code where no gradient flows
     (`Facts.grad_flows`): under `torch.no_grad()`, `torch.inference_mode()`
     or `torch.set_grad_enabled(False)`, in the methods of a class whose
-    `__call__` runs under them (an inference pipeline), in a method of a
-    plain data class that updates its own tensors in place (boxes scaled in
+    `__call__` runs under them (an inference pipeline), in `forward`/`backward`
+    of a `torch.autograd.Function` (differentiated by its own `backward`), in a
+    method of a plain data class that updates its own tensors in place (boxes scaled in
     place), for a result only read as integers (`.long()`, `floor`), in
     functions named like feature extraction, pre/post-processing or metrics,
     and in `feature_extraction_*`/`processing_*`/`metrics` modules.

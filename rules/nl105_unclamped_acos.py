@@ -49,7 +49,8 @@ class UnclampedAcos(ScopeTracking, Rule):
 
     Quiet where no gradient flows (`Facts.grad_flows`: `no_grad` code, the
     methods of a class whose `__call__` runs under `no_grad` such as an
-    inference pipeline, results read as integers): the infinite derivative
+    inference pipeline, `forward`/`backward` of a `torch.autograd.Function`, results
+    read as integers): the infinite derivative
     is never taken there.
 
     ## Why is this bad?

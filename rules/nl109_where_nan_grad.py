@@ -40,7 +40,9 @@ class WhereNanGrad(ScopeTracking, Rule):
     `(m > 0).sum().float()`; fresh `torch.rand(...)`), and code where no
     gradient flows (`Facts.grad_flows`): under `torch.no_grad()` /
     `torch.inference_mode()`, in the methods of a class whose `__call__` runs
-    under them (an inference pipeline), in functions named like feature
+    under them (an inference pipeline), in `forward`/`backward` of a
+    `torch.autograd.Function` (autograd differentiates it with the class's
+    own `backward`, which records no graph), in functions named like feature
     extraction, pre/post-processing or metrics, and in
     `feature_extraction_*`/`processing_*`/`metrics` modules.
 

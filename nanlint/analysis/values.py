@@ -677,7 +677,9 @@ class Facts:
         of a class whose ``__call__`` runs without gradients (an inference
         pipeline); in a method of a plain data class (not a module, no
         ``forward``/``__call__``) that updates its own tensors in place (boxes
-        scaled in place); when the value is only read as integers or Python
+        scaled in place); in ``forward``/``backward`` of a
+        ``torch.autograd.Function`` (differentiated by its own ``backward``);
+        when the value is only read as integers or Python
         numbers (``.long()``, ``floor``, ``round``, ``.item()``); and -- a name
         heuristic where nothing else decides -- in functions named like
         feature extraction, pre/post-processing or metrics and in
@@ -685,6 +687,7 @@ class Facts:
         if _DATA_FILE.match(self.ctx.path.replace("\\", "/").rsplit("/", 1)[-1]):
             return False
         child: cst.CSTNode = node
+        method: Optional[cst.FunctionDef] = None  # the function directly in the class met next
         for up in self.scopes.ancestors(node):
             if isinstance(up, cst.If) and self._half_branch_elsewhere(up, child):
                 return True
@@ -694,6 +697,7 @@ class Facts:
                     if self._no_grad(item.item):
                         return False
             elif isinstance(up, cst.FunctionDef):
+                method = up
                 if _NO_GRAD_FUNCTION.search(up.name.value):
                     return False
                 for dec in up.decorators:
@@ -702,11 +706,30 @@ class Facts:
             elif isinstance(up, cst.ClassDef):
                 if self._inference_class(up) or self._data_class_update(up, node):
                     return False
+                if method is not None and self._custom_function_method(up, method):
+                    return False
+                method = None
         if isinstance(node, cst.BaseExpression):
             uses = self.consumers(node)
             if uses and all(u in _NUMBER_READS for u in uses):
                 return False
         return True
+
+    def _custom_function_method(self, cls: cst.ClassDef, member: cst.FunctionDef) -> bool:
+        """``forward`` / ``setup_context`` / ``backward`` of a
+        ``torch.autograd.Function``: autograd runs the forward without
+        recording a graph and differentiates with the class's own
+        ``backward``, which itself records none (unless a double backward
+        asks for ``create_graph``)."""
+        if member.name.value not in ("forward", "setup_context", "backward"):
+            return False
+        for c in self.safeguards.lineage(cls):
+            for base in c.bases:
+                qualified = self.ctx.resolve(base.value) or dotted_name(base.value) or ""
+                if qualified in ("torch.autograd.Function", "torch.autograd.function.Function") or (
+                        qualified.endswith("autograd.Function")):
+                    return True
+        return False
 
     def _inference_class(self, cls: cst.ClassDef) -> bool:
         for c in self.safeguards.lineage(cls):

@@ -86,3 +86,34 @@ def test_fix_name_does_not_collide():
     src = "import torch\nx_safe = 3\ny = torch.where(x > 0, x.log(), 0)\n"
     fixed = fix_all(src, ["NL109"])
     assert "x_safe2 = torch.where(x > 0, x, 1)" in fixed
+
+
+CUSTOM_FUNCTION = """import torch
+from torch.autograd import Function
+
+
+class SafeDiv(BASE):
+    @staticmethod
+    def forward(ctx, a, n):
+        ctx.save_for_backward(a, n)
+        return torch.where(n != 0, a / n, 0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, n = ctx.saved_tensors
+        return torch.where(n != 0, grad / n, 0), None
+"""
+
+
+@pytest.mark.parametrize("base, reported", [
+    # autograd runs a Function's forward without a graph and calls its backward
+    ("torch.autograd.Function", False),
+    ("Function", False),
+    # look-alikes: a module's forward is differentiated through the where
+    ("torch.nn.Module", True),
+    ("object", True),
+])
+def test_forward_of_a_custom_autograd_function_is_not_differentiated(base, reported):
+    src = CUSTOM_FUNCTION.replace("BASE", base)
+    lines = [f.line for f in lint(src, ["NL109"])]
+    assert lines == ([9, 14] if reported else []), lines
