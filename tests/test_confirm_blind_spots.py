@@ -41,21 +41,6 @@ MODELS = {
             return nanlint.Target(model=attention, inputs={"query": x, "key": x, "value": x,
                                                            "key_padding_mask": padding})
     """,
-    "mha_padded_fixed": """
-        import torch
-        from torch import nn
-        import nanlint
-
-
-        def make():
-            torch.manual_seed(0)
-            attention = nn.MultiheadAttention(16, 2, batch_first=True)
-            x = torch.randn(2, 5, 16)
-            padding = torch.zeros(2, 5, dtype=torch.bool)
-            padding[0, 3:] = True
-            return nanlint.Target(model=attention, inputs={"query": x, "key": x, "value": x,
-                                                           "key_padding_mask": padding})
-    """,
     # torch classes only, nested: the innermost module running is named
     "sequential": """
         import torch
@@ -189,6 +174,8 @@ MODELS = {
 }
 # twins that differ by one constant
 VARIANTS = {
+    # the padded sequence keeps keys (its last two positions only are padding)
+    "mha_padded_fixed": ("mha_padded", "padding[0] = True", "padding[0, 3:] = True"),
     "eval_only_fixed": ("eval_only", "TEMPERATURE = 1e-8", "TEMPERATURE = 0.5"),
     "sac_fixed": ("sac", "LOW = -20", "LOW = -5"),  # exp(-5) = 6.7e-3 is a normal float16
 }
