@@ -185,6 +185,7 @@ if __name__ == "__main__":
 '''
 
 DDP = MODEL + '''
+import gc
 import json
 import os
 
@@ -229,6 +230,15 @@ def worker(rank, bundle_dir, port):
                                      for d in result["replays_done"])
     with open(os.path.join(bundle_dir + "-results", f"rank{{rank}}.json"), "w") as fh:
         json.dump(result, fh)
+    # the DDP model holds the process group: dropped (with everything that
+    # holds it) before the group is destroyed, a gloo group does not outlive
+    # destroy_process_group into interpreter shutdown, where joining its
+    # worker threads aborts the process ("terminate called without an active
+    # exception")
+    del guard
+    model = optimizer = None
+    gc.collect()
+    dist.barrier()
     dist.destroy_process_group()
 
 
