@@ -364,16 +364,22 @@ class Runner:
             for handle in handles:
                 handle.remove()
 
-    def forward_backward(self, regime: str, inputs: Any) -> None:
-        self.recorder.regime = regime
+    def forward_backward(self, regime: str, inputs: Any, model: Any = None, monitor: Optional[Monitor] = None,
+                         autocast: bool = True) -> None:
+        """One input regime: forward, loss, backward (``eval``: see
+        :meth:`evaluate`), on the run's model and monitor unless given others
+        (the float32 reference)."""
+        model = self.model if model is None else model
+        monitor = self.monitor if monitor is None else monitor
+        monitor.recorder.regime = regime
         if regime == "eval":
-            self.evaluate(inputs)
+            self.evaluate(inputs, model, monitor, autocast)
             return
-        if isinstance(self.model, torch.nn.Module):
-            self.model.zero_grad(set_to_none=True)
-        with self.monitor.active(), self._on_embeddings(regime, self.model):
-            with self._autocast():
-                output = call_model(self.model, inputs)
+        if isinstance(model, torch.nn.Module):
+            model.zero_grad(set_to_none=True)
+        with monitor.active(), self._on_embeddings(regime, model):
+            with self._autocast() if autocast else contextlib.nullcontext():
+                output = call_model(model, inputs)
                 loss = self._loss(output, inputs)
             if loss is not None and loss.requires_grad:
                 loss.backward()
@@ -425,17 +431,8 @@ class Runner:
             if name not in runs:
                 continue
             self._progress(f"float32 reference: regime {name}")
-            recorder.regime = name
             try:
-                if name == "eval":
-                    self.evaluate(inputs, model, monitor, autocast=False)
-                    continue
-                model.zero_grad(set_to_none=True)
-                with monitor.active(), self._on_embeddings(name, model):
-                    output = call_model(model, runs[name])
-                    loss = self._loss(output, runs[name])
-                    if loss is not None and loss.requires_grad:
-                        loss.backward()
+                self.forward_backward(name, runs[name], model, monitor, autocast=False)
             except Exception as exc:  # what float32 refuses proves nothing either way
                 if _fatal(exc):
                     raise
@@ -449,7 +446,6 @@ class Runner:
         optimizer, made_at = _make_optimizer(self.target.optimizer, params)
         if optimizer is not None:
             self._watch_step(optimizer, params, made_at)
-        self.diverged = False
         with self.monitor.active():
             for step in range(steps):
                 if self.diverged:

@@ -140,6 +140,7 @@ _CARRY_ZEROS = frozenset({"mul", "__mul__", "__rmul__", "pow", "__pow__", "squar
                           "view", "reshape", "expand", "expand_as", "unsqueeze", "squeeze", "transpose", "permute",
                           "contiguous", "clone", "to", "float", "half", "bfloat16", "flatten", "__getitem__",
                           "select", "narrow", "gather", "index_select", "abs", "neg", "__neg__", "detach"})
+_ZEROS_TRACKED = _POSITIVE_OPS | _CARRY_ZEROS  # one lookup per op
 _VIEW_LIKE = frozenset({"__get__", "size", "dim", "numel", "is_floating_point", "__len__", "__repr__", "__format__",
                         "data_ptr", "element_size", "is_contiguous", "stride", "storage_offset"})
 
@@ -303,15 +304,14 @@ class _ForwardMode(TorchFunctionMode):
             if site is not None:
                 loc, inside = site
         if inside is None and m._inside is None:
-            return self._check(func, name, args, kwargs, loc, None)
+            return self._check(func, name, args, kwargs, loc)
         outer, m._inside = m._inside, inside
         try:
-            return self._check(func, name, args, kwargs, loc, inside)
+            return self._check(func, name, args, kwargs, loc)
         finally:
             m._inside = outer
 
-    def _check(self, func: Any, name: str, args: Sequence[Any], kwargs: Dict[str, Any], loc: Optional[Loc],
-               inside: Optional[str]) -> Any:
+    def _check(self, func: Any, name: str, args: Sequence[Any], kwargs: Dict[str, Any], loc: Optional[Loc]) -> Any:
         m = self.m
         rec = m.recorder
         if loc is not None:
@@ -367,7 +367,7 @@ class _ForwardMode(TorchFunctionMode):
         outputs = _tensors(out)
         if inplace and inputs:
             outputs = [inputs[0]]
-        if (name in _POSITIVE_OPS or name in _CARRY_ZEROS) and outputs and outputs[0].dtype in _LOW:
+        if name in _ZEROS_TRACKED and outputs and outputs[0].dtype in _LOW:
             m.zeros_from(name, loc, inputs, outputs[0])
         special = _SPECIAL.get(name)
         if special is not None and outputs:
@@ -406,7 +406,7 @@ class _ForwardMode(TorchFunctionMode):
                 # made there raises (nn.Embedding's padding_idx zeroing)
                 node = _grad_fn(t)
                 if node is not None:
-                    m.tag_node(node, loc, inside)
+                    m.tag_node(node, loc, m._inside)
             if finite:
                 continue
             if name in _EMPTY_OPS:
