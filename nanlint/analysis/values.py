@@ -1042,7 +1042,6 @@ def _tests_finite(ctx, cond: cst.BaseExpression) -> bool:
     return False
 
 
-#: what a tensor tells besides its values
 #: orderings whose result carries the values (``sort(x).values``, ``topk``) or only indices
 _ORDER_VALUES = frozenset({"sort", "topk", "max", "min", "kthvalue", "msort", "amax", "amin", "gather"})
 _ORDER_INDEX = frozenset({"argsort", "argmax", "argmin"})
@@ -1151,10 +1150,12 @@ def _join_all(kinds) -> str:
 
 
 def _is_float_literal(node: cst.BaseExpression) -> bool:
-    """``1e6``, ``-0.5``, ``float('inf')``: a Python float, not an int."""
-    while isinstance(node, cst.UnaryOperation):
-        node = node.expression
-    return number(node) is not None and not isinstance(node, cst.Integer)
+    """``1e6``, ``-0.5``, ``float('inf')``, ``-math.inf``, ``2 ** -1``: a
+    Python float, not an int (``-5``, ``2 ** 30``)."""
+    if number(node) is None:
+        return False
+    return any(isinstance(n, (cst.Float, cst.Call, cst.Attribute)) or (
+        isinstance(n, cst.BinaryOperation) and (number(n.right) or 0) < 0) for n, _ in iter_tree(node))
 
 
 def _promote(a: str, b: str, divide: bool) -> str:
