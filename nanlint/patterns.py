@@ -423,12 +423,38 @@ def value_facts(
                 out |= rec(operand) & {NONNEG, NONPOS}
                 if NONPOS in out:
                     out.add(UPPER)
+        if op in _PRODUCTS:
+            operands = _product_operands(ctx, node, op)
+            if len(operands) == 2:
+                a, b = rec(operands[0]), rec(operands[1])
+                if (NONNEG in a and NONPOS in b) or (NONPOS in a and NONNEG in b):
+                    out |= {NONPOS, UPPER}  # sums of products of opposite signs
+                elif (NONNEG in a and NONNEG in b) or (NONPOS in a and NONPOS in b):
+                    out |= {NONNEG, LOWER}
         if op in ("uniform_", "uniform", "rand", "rand_like") and is_method_call(ctx, node) and node.args:
             out |= {UPPER, LOWER}  # uniform_(a, b) draws from [a, b]
         if op in ("to", "float", "half", "double", "type_as", "detach", "contiguous", "squeeze", "unsqueeze", "view", "reshape", "transpose", "permute", "flatten", "expand", "expand_as", "clone") and is_method_call(ctx, node):
             out |= rec(node.func.value)  # type: ignore[union-attr]
         return frozenset(out)
     return _NONE
+
+
+#: products (and sums of products) of two tensors: their sign is the sign rule's
+_PRODUCTS = frozenset({"einsum", "mul", "multiply", "matmul", "mm", "bmm", "outer"})
+
+
+def _product_operands(ctx: Context, node: cst.Call, op: str) -> List[cst.BaseExpression]:
+    """The two factors of ``torch.einsum("bd,dn->bdn", a, b)``, ``a.mul(b)``,
+    ``torch.matmul(a, b)``; empty when there are not exactly two."""
+    if op == "einsum":
+        rest = [a.value for a in node.args[1:] if a.keyword is None and a.star == ""]
+        if len(rest) == 1 and isinstance(rest[0], (cst.List, cst.Tuple)):
+            rest = [e.value for e in rest[0].elements]
+        return rest
+    if is_method_call(ctx, node):
+        other = arg(node, 0, "other")
+        return [node.func.value, other.value] if other is not None else []  # type: ignore[union-attr]
+    return [a.value for a in node.args[:2] if a.keyword is None] if len(node.args) == 2 else []
 
 
 def _binary_facts(ctx: Context, node: cst.BinaryOperation, rec) -> Facts:

@@ -6,9 +6,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from helpers import lint  # noqa: E402
 
 NOT_TORCH = {
     # the 7 sites in torch's own sources have these shapes
@@ -77,3 +82,26 @@ def test_exp2_is_clamped_at_log2_of_the_largest_half(tmp_path, call):
     assert y[0].item() == 2.0 ** 15  # in range: unchanged by the clamp
     assert y[1].item() == torch.exp2(x[1]).item()
     assert y[3].item() > 60000  # clamped just below the largest float16
+
+
+SSM_STEP = (
+    "import torch\n"
+    "import torch.nn.functional as F\n"
+    "def step(dt, bias, A_log):\n"
+    "    A = -torch.exp(A_log.float())\n"
+    "    dt = F.softplus(dt + bias)\n"
+    "    return torch.exp(torch.einsum('bd,dn->bdn', dt, A))\n"
+)
+
+
+def test_exp_of_a_product_of_opposite_signs_is_bounded():
+    # softplus >= 0 times -exp(...) <= 0: the discretised decay exp(dt * A) <= 1
+    assert lint(SSM_STEP, ["NL002"]) == []
+    assert lint(SSM_STEP.replace("torch.einsum('bd,dn->bdn', dt, A)", "dt.mul(A)"), ["NL002"]) == []
+
+
+def test_exp_of_a_product_of_unsigned_factors_is_reported():
+    positive = SSM_STEP.replace("A = -torch.exp", "A = torch.exp")
+    assert [f.line for f in lint(positive, ["NL002"])] == [6]
+    unknown = SSM_STEP.replace("    dt = F.softplus(dt + bias)\n", "")
+    assert [f.line for f in lint(unknown, ["NL002"])] == [5]
