@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Union
 import libcst as cst
 
 from .dtypes import DtypeFacts
-from .finding import APPLICABILITIES, CONFIDENCES, HIGH, MEDIUM
+from .finding import APPLICABILITIES, CONFIDENCES, HIGH, LOW, MEDIUM
 from .positions import NodeText
 from .resolve import Names
 
@@ -121,6 +121,19 @@ class Context:
         self._text = NodeText(module, len(source))
         self._facts = None
         self._test_code: Optional[bool] = None
+        self._float32_script: Optional[bool] = None
+
+    @property
+    def float32_script(self) -> bool:
+        """The file is a whole program (an ``if __name__ == "__main__":`` block
+        or a top-level loop) and nothing in it names reduced precision: no
+        ``half``/``float16``/``fp16``/``bfloat16``/``bf16``, no ``autocast``,
+        ``GradScaler``, ``amp``, ``precision=`` / ``mixed_precision`` setting, ``Accelerator`` or
+        ``deepspeed``. Such a script runs its model in float32, so a float16
+        finding there depends on a use the code does not show (low)."""
+        if self._float32_script is None:
+            self._float32_script = _is_float32_script(self.module, self.source)
+        return self._float32_script
 
     @property
     def test_code(self) -> bool:
@@ -186,6 +199,13 @@ _TEST_FILE = re.compile(r"^(?:test_\w*|\w+_tests?|conftest)\.(?:py|ipynb)$")
 
 
 def _is_test_path(path: str, project) -> bool:
+    parts = relative_parts(path, project)
+    return bool(_TEST_FILE.match(parts[-1])) or any(p in _TEST_DIRS for p in parts[:-1])
+
+
+def relative_parts(path: str, project) -> List[str]:
+    """The parts of a file's path below its project root (or its package
+    root when the file lies outside it); the base name for a loose file."""
     if project is not None:
         rel = ""
         for root in reversed(project.roots):  # the project root first, then the package root
@@ -194,8 +214,27 @@ def _is_test_path(path: str, project) -> bool:
                 break
     else:
         rel = os.path.basename(path) if os.path.isabs(path) else os.path.normpath(path)
-    parts = rel.replace(os.sep, "/").split("/")
-    return bool(_TEST_FILE.match(parts[-1])) or any(p in _TEST_DIRS for p in parts[:-1])
+    return rel.replace(os.sep, "/").split("/")
+
+
+#: text that shows a program may run in reduced precision
+_LOW_PRECISION_TEXT = re.compile(
+    r"half|float16|fp16|bfloat16|bf16|autocast|GradScaler|\bamp\b|_amp\b|\bamp_|precision\s*=|mixed_precision"
+    r"|Accelerator|deepspeed"
+    r"|torch_dtype",
+    re.IGNORECASE,
+)
+
+
+def _is_float32_script(module: cst.Module, source: str) -> bool:
+    if _LOW_PRECISION_TEXT.search(source):
+        return False
+    for stmt in module.body:
+        if isinstance(stmt, (cst.For, cst.While)):
+            return True
+        if isinstance(stmt, cst.If) and "__main__" in module.code_for_node(stmt.test):
+            return True
+    return False
 
 
 class Rule:
@@ -209,6 +248,9 @@ class Rule:
     summary: ClassVar[str] = ""
     #: in the default selection?
     default_enabled: ClassVar[bool] = True
+    #: the hazard exists only in float16 (a literal that rounds to 0, an exp
+    #: past 65504): a script that runs in float32 gets it at low confidence
+    float16_only: ClassVar[bool] = False
     #: the most permissive applicability of the rule's fixes: "safe", "unsafe" or None
     fix_applicability: ClassVar[Optional[str]] = None
     #: cheap text triggers (substrings or compiled regular expressions): a file
@@ -240,6 +282,9 @@ class Rule:
         if confidence == HIGH and self.ctx.test_code:
             confidence = MEDIUM
             message += " (in test code, which chooses its own inputs)"
+        if confidence != LOW and self.float16_only and self.ctx.float32_script:
+            confidence = LOW
+            message += " (this script shows no float16: nothing in it casts to half or enables autocast)"
         self.ctx.reports.append(Report(self, node, message, fix, confidence))
 
     @classmethod

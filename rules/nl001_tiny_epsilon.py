@@ -8,7 +8,8 @@ import libcst as cst
 
 from nanlint.engine import subtree, children
 
-from nanlint.analysis import HOST, INTEGER, ORDINARY, WIDE
+from nanlint.analysis import EDGE, HALF_ONLY, HOST, INTEGER, ORDINARY, WIDE
+from nanlint.analysis.safeguards import makes_model_half, trains_float32_adapters
 from nanlint.finding import HIGH, MEDIUM
 from nanlint.dtypes import FLOAT16, fmt
 from nanlint.finding import UNSAFE
@@ -103,7 +104,6 @@ NON_TENSOR_METHODS = frozenset({"item", "numpy", "tolist", "total_seconds", "tim
 FLOAT32_DTYPES = frozenset(
     {"torch.float32", "torch.float", "torch.float64", "torch.double"}
 )
-HALF_DTYPES = frozenset({"torch.float16", "torch.half"})
 
 _SPACES = re.compile(r"\s+")
 
@@ -113,8 +113,16 @@ ROOT_ZERO = {"sqrt": "so sqrt(0) has an infinite gradient", "rsqrt": "so rsqrt(0
 # why a guard's finding is high or medium confidence (``Facts.zero_case``)
 ORDINARY_ZERO = (
     "; the guarded value is a probability, which is exactly 0 in float16 for ordinary inputs "
-    "(a softmax/sigmoid output below 5.96e-8: a logit 17 below the rest; 1 - p once p > 0.9995)"
+    "(a sigmoid output below 5.96e-8: a logit below -17.3; 1 - p once p > 0.9995)"
 )
+HALF_ONLY_ZERO = (
+    "; the guarded value is a probability (a softmax or exp output), exactly 0 in float16 once a logit "
+    "is 17 below the rest; CUDA/MPS autocast computes softmax and exp in float32, where the guard works, "
+    "so it fails in a model cast to half"
+)
+HALF_FILE = " (this file casts to half without autocast)"
+#: how surely a guarded value reaches 0, for a literal reached by several uses
+_REACH_RANK = {EDGE: 0, HALF_ONLY: 1, ORDINARY: 2}
 EDGE_ZERO = "; this needs the guarded value to be exactly 0 (a zero or constant row)"
 OPTIM_ZERO = "so once exp_avg_sq underflows the update divides by 0 and the parameters become inf/NaN in one step"
 
@@ -224,7 +232,7 @@ class Use:
     subject: Optional[cst.BaseExpression] = None  # for finfo(subject.dtype) fixes
     finfo: str = ""  # "eps" or "tiny"
     masked: bool = False  # the divisor counts a mask: no gradient, numerator 0 where it is 0
-    ordinary: bool = False  # the guarded value reaches 0 for ordinary inputs (high confidence)
+    reach: str = EDGE  # how the guarded value reaches 0 (``Facts.zero_case``): ORDINARY is high confidence
 
     def but(self, **changes) -> "Use":
         return replace(self, **changes)
@@ -262,18 +270,26 @@ class TinyEpsilon(Rule):
     enters this file's guard (the name or attribute read), and the message
     says where it is defined: a file's findings can only point into the file.
     How sure a finding is depends on how the guarded value reaches 0 (the
-    shared `zero_case` fact). High: ordinary inputs get there -- an elementwise
-    probability (a softmax/sigmoid output, `exp` of a non-positive value, a
-    helper or layer returning probabilities, `1 - p`) is exactly 0 in float16
-    once its logit is about 17 below the rest (smallest subnormal 5.96e-8), and
-    `1 - p` is 0 once `p > 0.9995`; a function's parameter counts when a call
-    in the file passes such a value; a variable named like a probability
-    (`probs`, `*_prob`, `p_attn`) counts where nothing else tells. An
+    shared `zero_case` fact). High: ordinary inputs get there in float16 -- a
+    sigmoid output is exactly 0 once its logit is below -17.3 (smallest
+    subnormal 5.96e-8), and `1 - p` is 0 once `p > 0.9995`; a function's
+    parameter counts when a call in the file passes such a value. A softmax
+    output, `exp` of a non-positive value, a helper or layer returning
+    probabilities, a sigmoid of a sum, and a variable named like a
+    probability (`probs`, `*_prob`, `p_attn`) where the code shows nothing
+    else, underflow the same way only where they are computed in float16:
+    CUDA/MPS autocast computes softmax, exp and sum in float32, where the
+    guard works. They are high in a file that casts its model to half
+    (`model.half()`, `.to(torch.float16)` on a module, a loader given
+    `torch_dtype=torch.float16`) without autocast, and medium elsewhere. An
     optimizer's `eps` on float16 parameters is high too (`exp_avg_sq`
-    underflows for ordinary gradients). Medium: everything else -- norms,
-    variances, sums and counts, learned scales, the `eps` of
-    `F.normalize`/`cosine_similarity`: 0 needs a zero or constant row, a
-    real but rarer input (shown with `--min-confidence medium`).
+    underflows for ordinary gradients); a cast of an input tensor does not
+    make the parameters half, and PEFT adapters (`get_peft_model`) are
+    float32. Medium: everything else -- norms, variances, sums and counts,
+    learned scales, the `eps` of `F.normalize`/`cosine_similarity`: 0 needs a
+    zero or constant row, a real but rarer input (shown with
+    `--min-confidence medium`). In a script that shows no reduced precision
+    at all, every finding is low (README, Confidence).
 
     Not flagged: the `eps` of the built-in `LayerNorm`/`GroupNorm`/`RMSNorm`
     modules and functional forms (they accumulate in float32), learning rates,
@@ -329,6 +345,7 @@ class TinyEpsilon(Rule):
     """
 
     code = "NL001"
+    float16_only = True
     name = "tiny-epsilon"
     summary = "a stabilising epsilon below the smallest normal float16 (6.10e-5) rounds to 0 or overflows 1/eps"
     fix_applicability = UNSAFE
@@ -444,7 +461,7 @@ class TinyEpsilon(Rule):
         #: literal -> index of its finding in ``pending``
         self.reported: Dict[int, int] = {}
         self.capped: Set[int] = set()
-        self.pending: List[Tuple[cst.CSTNode, str, Optional[FixSpec], cst.CSTNode, str]] = []
+        self.pending: List[Tuple[cst.CSTNode, str, Optional[FixSpec], cst.CSTNode, str]] = []  # ..., reach
         self.stack_kinds: List[str] = ["module"]  # module / class / function
 
     # -- scopes ------------------------------------------------------------------
@@ -596,9 +613,7 @@ class TinyEpsilon(Rule):
             self.quiet_calls.add(id(node))
             return
         qualified, method = self.ctx.callee(node)
-        if method in ("half",) and not node.args:
-            self.half = True
-        elif method == "to" and any(self._is_dtype(a.value, HALF_DTYPES) for a in node.args):
+        if makes_model_half(self.ctx, node, lambda: self.ctx.facts.scopes.parent):
             self.half = True
         if (qualified or "").endswith(("GradScaler", "autocast")) or fname in ("GradScaler", "autocast"):
             self.amp = True
@@ -727,7 +742,7 @@ class TinyEpsilon(Rule):
                 return
             masked = subject is not None and self._mentions_mask(subject)
             self._term(bound, Use("is the lower bound of the divisor in", RECIP, where, DIV_ZERO, subject=subject,
-                                  finfo="tiny", masked=masked, ordinary=self._ordinary(subject)))
+                                  finfo="tiny", masked=masked, reach=self._reach(subject)))
             return
         if hop and isinstance(d, cst.Name):
             value = self._local_value(d)
@@ -758,7 +773,7 @@ class TinyEpsilon(Rule):
                 return
             # clamped points get a zero gradient: only a bound that rounds to 0 fails
             self._term(bound, Use(f"is the lower bound of the `{name}` argument in", ROOT, where, zero, subject=subject,
-                                  finfo="tiny", ordinary=self._ordinary(subject)))
+                                  finfo="tiny", reach=self._reach(subject)))
 
     def _clamp_min(self, node: cst.BaseExpression) -> Optional[Tuple[cst.BaseExpression, Optional[cst.BaseExpression]]]:
         """(lower bound, clamped tensor) of ``x.clamp(min=v)``, ``clamp_min``,
@@ -800,13 +815,13 @@ class TinyEpsilon(Rule):
                     continue  # added to Python numbers: never a float16 tensor
                 subject = others[0] if len(others) == 1 else None
                 masked = use.cls == RECIP and any(self._mentions_mask(o) for o in others)
-                ordinary = any(self._ordinary(o) for o in others)
-                self._term(term, use.but(subject=subject, finfo="eps", masked=masked, ordinary=ordinary))
+                reach = max((self._reach(o) for o in others), key=_REACH_RANK.__getitem__, default=EDGE)
+                self._term(term, use.but(subject=subject, finfo="eps", masked=masked, reach=reach))
 
-    def _ordinary(self, node: Optional[cst.BaseExpression]) -> bool:
-        """The guarded value reaches exactly 0 for ordinary inputs (an
-        elementwise probability, ``1 - p``): see ``Facts.zero_case``."""
-        return node is not None and self.ctx.facts.zero_case(node) == ORDINARY
+    def _reach(self, node: Optional[cst.BaseExpression]) -> str:
+        """How the guarded value reaches exactly 0 (ordinary inputs, only in a
+        model cast to half, or an edge case): see ``Facts.zero_case``."""
+        return EDGE if node is None else self.ctx.facts.zero_case(node)
 
     def _upcast(self, node: cst.BaseExpression, depth: int = 0) -> bool:
         """The value was explicitly computed in float32/float64 (``x.float()``,
@@ -914,9 +929,9 @@ class TinyEpsilon(Rule):
             if eps is not None and not (first is not None and self._upcast(first.value)):
                 zero = "so a zero row gives NaN" if "normal" in short or "cosine" in short.lower() else LOG_ZERO
                 # logit clamps to [eps, 1 - eps]: an ordinary saturated sigmoid reaches 1 - eps = 1
-                ordinary = short.endswith("logit") and first is not None and self._ordinary(first.value)
+                reach = self._reach(first.value) if short.endswith("logit") and first is not None else EDGE
                 use = Use(f"is the `eps` of `{short}`, which computes in the input dtype", cls, node, zero, quote=False,
-                          ordinary=ordinary)
+                          reach=reach)
                 self._eps_arg(eps.value, use)
             return
         if qualified in POISSON_OPS:
@@ -934,7 +949,7 @@ class TinyEpsilon(Rule):
                 use = Use(
                     f"is the `eps` of `{name}` in a file that runs the model in half precision (`.half()`/"
                     "`.to(torch.float16)`, no AMP)",
-                    RECIP, node, OPTIM_ZERO, quote=False, ordinary=True,
+                    RECIP, node, OPTIM_ZERO, quote=False, reach=ORDINARY,
                 )
                 label = None if isinstance(eps.value, cst.Float) else self.ctx.code(eps.value)
                 self.optimizer_uses.append((self._source(eps.value), use, label))
@@ -950,7 +965,7 @@ class TinyEpsilon(Rule):
     # -- end of file -----------------------------------------------------------------
     def leave_Module(self, node: cst.Module) -> None:
         # optimizers, when the model runs in float16 without AMP master weights
-        if self.half and not self.amp:
+        if self.half and not self.amp and not trains_float32_adapters(self.ctx.source):
             for source, use, label in self.optimizer_uses:
                 self._resolve(source, use.but(fixable=source is not None and source.kind == "lit"), label)
             for call, name in self.default_optimizers:
@@ -978,9 +993,13 @@ class TinyEpsilon(Rule):
                 done.add((id(klass), attr))
                 for source in klass.attrs.get(attr, []):
                     self._resolve(source, use, label or f"self.{attr}")
-        for literal, message, fix, where, confidence in self.pending:
+        pure_half = self.half and not self.amp
+        for literal, message, fix, where, reach in self.pending:
             if id(where) not in self.capped:
-                self.report(literal, message, fix, confidence=confidence)
+                if reach == HALF_ONLY and pure_half and message.endswith(HALF_ONLY_ZERO):
+                    message += HALF_FILE
+                surely = reach == ORDINARY or reach == HALF_ONLY and pure_half
+                self.report(literal, message, fix, confidence=HIGH if surely else MEDIUM)
 
     def _call_site(self, site: CallSite) -> None:
         funcs = self.module_funcs.get(site.name, [])
@@ -1059,9 +1078,8 @@ class TinyEpsilon(Rule):
             # a subnormal guard is enough under a square root, for a clamped log,
             # and for a mask count (0 / eps = 0, no gradient through the mask)
             return
-        confidence = HIGH if use.ordinary else MEDIUM
         earlier = self.reported.get(id(literal))
-        if earlier is not None and (confidence == MEDIUM or self.pending[earlier][4] == HIGH):
+        if earlier is not None and _REACH_RANK[use.reach] <= _REACH_RANK[self.pending[earlier][4]]:
             return  # reported already, as surely
         shown, reciprocal = f"`{text}`", text
         if not isinstance(literal, cst.Float):
@@ -1093,9 +1111,9 @@ class TinyEpsilon(Rule):
                 f"1/{reciprocal} = {fmt(1 / value)} leaves little headroom below {fmt(FLOAT16.max)}"
             )
         if use.cls == RECIP and use.zero != OPTIM_ZERO or use.cls == ROOT:
-            message += ORDINARY_ZERO if use.ordinary else EDGE_ZERO
+            message += {ORDINARY: ORDINARY_ZERO, HALF_ONLY: HALF_ONLY_ZERO}.get(use.reach, EDGE_ZERO)
         fix = self._fix(literal, use) if isinstance(literal, cst.Float) else None
-        entry = (literal, message, fix, use.node, confidence)
+        entry = (literal, message, fix, use.node, use.reach)
         if earlier is not None:
             self.pending[earlier] = entry  # an ordinary zero found by a later use
         else:

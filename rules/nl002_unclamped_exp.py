@@ -111,6 +111,7 @@ class UnclampedExp(Rule):
     """
 
     code = "NL002"
+    float16_only = True
     name = "unclamped-exp"
     summary = "exp of an argument not bounded above overflows float16 for x >= 11.09"
     fix_applicability = UNSAFE

@@ -147,6 +147,7 @@ class Fp16OverflowLiteral(Rule):
     """
 
     code = "NL108"
+    float16_only = True
     name = "fp16-overflow-literal"
     summary = "literal beyond 65504 combined with a tensor: inf (or a RuntimeError) in float16"
     fix_applicability = UNSAFE

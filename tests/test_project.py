@@ -28,8 +28,8 @@ def package(root: Path, files: dict) -> None:
         path.write_text(text)
 
 
-# a probability's guard: shown at the default (high) confidence
-MODEL = "from .consts import EPS\n\n\ndef nll(logits):\n    probs = logits.softmax(-1)\n    return -(probs + EPS).log()\n"
+# a probability's guard: a sigmoid, float16 under autocast too: shown at the default (high) confidence
+MODEL = "from .consts import EPS\n\n\ndef nll(logits):\n    probs = logits.sigmoid()\n    return -(probs + EPS).log()\n"
 
 
 def test_a_changed_constant_in_an_imported_module_invalidates_the_cached_findings(tmp_path):

@@ -183,7 +183,7 @@ def test_pre_commit_snippet_runs_the_hooks(tmp_path):
     subprocess.run(["git", "init", "-q"], cwd=work, check=True)
     (work / ".pre-commit-config.yaml").write_text(yaml.safe_dump(config))
     (work / "clean.py").write_text("import torch\ny = torch.exp(x - x.amax(-1, keepdim=True))\n")
-    (work / "gate.py").write_text("import torch\np = torch.softmax(x, -1)\ny = torch.log(p + 1e-8)\n")
+    (work / "gate.py").write_text("import torch\np = torch.sigmoid(x)\ny = torch.log(p + 1e-8)\n")
     subprocess.run(["git", "add", "-A"], cwd=work, check=True)
 
     def pre_commit(hook, *files):
@@ -200,4 +200,4 @@ def test_pre_commit_snippet_runs_the_hooks(tmp_path):
     # the fix hook applies only safe fixes: NL001's is unsafe, so the file stays
     fixed = pre_commit("nanlint-fix", "gate.py")
     assert fixed.returncode == 1 and "1 more fix available with `--unsafe-fixes`" in fixed.stdout
-    assert (work / "gate.py").read_text() == "import torch\np = torch.softmax(x, -1)\ny = torch.log(p + 1e-8)\n"
+    assert (work / "gate.py").read_text() == "import torch\np = torch.sigmoid(x)\ny = torch.log(p + 1e-8)\n"

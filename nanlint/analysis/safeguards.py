@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Dict, FrozenSet, Iterator, List, Optional, Set
+from typing import Callable, Dict, FrozenSet, Iterator, List, Optional, Set
 
 import libcst as cst
 
@@ -110,6 +110,75 @@ def _off(value: cst.BaseExpression) -> bool:
 def _last(node: cst.BaseExpression) -> str:
     chain = name_chain(node, partial=True)
     return chain[-1] if chain else ""
+
+
+#: methods only a module has: a name they are called on holds a model
+_MODULE_METHODS = r"parameters|named_parameters|train|eval|state_dict|load_state_dict|modules|zero_grad|requires_grad_"
+#: names of models (where the file shows nothing else)
+_MODEL_NAME = re.compile(
+    r"(?:^|_)(?:model|net|network|module|encoder|decoder|backbone|policy|actor|critic|generator|discriminator"
+    r"|unet|vae|transformer|classifier)s?$",
+    re.IGNORECASE,
+)
+#: PEFT wrappers: their trainable adapters are float32 (``autocast_adapter_dtype``
+#: defaults to True), whatever the dtype of the frozen base model
+_PEFT = re.compile(r"\b(?:get_peft_model|PeftModel\.from_pretrained|prepare_model_for_kbit_training)\s*\(")
+#: calls whose dtype argument sets a model's weights
+_MODEL_LOADERS = ("from_pretrained", "from_config", "from_single_file", "set_default_dtype")
+
+
+def trains_float32_adapters(source: str) -> bool:
+    """The file wraps its model with PEFT, which keeps the trainable adapters
+    in float32 unless told otherwise (``autocast_adapter_dtype=False``)."""
+    return _PEFT.search(source) is not None and "autocast_adapter_dtype=False" not in source.replace(" ", "")
+
+
+def _module_like(ctx, receiver: cst.BaseExpression, assigned: Optional[cst.BaseExpression]) -> bool:
+    """A receiver (or the name it is assigned to) that holds a module: a
+    ``torch.nn`` class built in place (``nn.Sequential(...).half()``), a name
+    the file uses as a module (``m.parameters()``, ``m.train()``,
+    ``m.state_dict()``...) or, where the file shows nothing, a name of a model
+    (``model``, ``net``, ``*_encoder``...: a name heuristic)."""
+    names = []
+    for node in (assigned, receiver):
+        while isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute) and not (
+            (ctx.resolve(node.func) or "").startswith("torch.nn.")
+        ):
+            node = node.func.value  # model.cuda().half(): the model
+        if isinstance(node, cst.Call) and (ctx.resolve(node.func) or "").startswith("torch.nn."):
+            return True
+        chain = name_chain(node, partial=True) if node is not None else []
+        if chain:
+            names.append(".".join(chain))
+            if _MODEL_NAME.search(chain[-1]):
+                return True
+    return any(re.search(rf"(?<![\w.]){re.escape(n)}\.(?:{_MODULE_METHODS})\(", ctx.source) for n in names)
+
+
+def makes_model_half(ctx, call: cst.Call, parents: Callable[[], Dict[cst.CSTNode, Optional[cst.CSTNode]]]) -> bool:
+    """``call`` casts a model's weights to float16: ``model.half()``,
+    ``model.to(torch.float16)`` on a name the file uses as a module, or a
+    loader given ``torch_dtype``/``dtype=torch.float16``. A cast of an input
+    tensor (``pixel_values.to(device, torch.float16)``) is not one."""
+    func = call.func
+    if not isinstance(func, cst.Attribute):
+        return False
+    method = func.attr.value
+    if not (method == "half" and not call.args or method in ("to", "type") or method.endswith(_MODEL_LOADERS)):
+        return False
+    half_arg = any((ctx.resolve(a.value) or "") in ("torch.float16", "torch.half") for a in call.args)
+    if method.endswith(_MODEL_LOADERS):
+        return half_arg
+    if method != "half" and not half_arg:
+        return False
+    parents = parents()
+    assigned = None
+    up = parents.get(call)
+    while isinstance(up, (cst.Call, cst.Attribute)):
+        up = parents.get(up)
+    if isinstance(up, cst.Assign) and len(up.targets) == 1:
+        assigned = up.targets[0].target
+    return _module_like(ctx, func.value, assigned)
 
 
 def _mentions_grad(node: cst.BaseExpression) -> bool:
@@ -240,18 +309,15 @@ class Safeguards:
             last = n.value if isinstance(n, cst.Name) else n.attr.value
             if last == "GradScaler" or last in ("fp16", "use_fp16", "amp", "use_amp"):
                 return "mixed"
-            if last in ("float16", "half") and isinstance(n, cst.Attribute):
-                qualified = self.ctx.resolve(n) or ""
-                if qualified in ("torch.float16", "torch.half"):
-                    return "half"
             return None
         if isinstance(n, cst.Call):
             last = _last(n.func)
             if last == "autocast" and "bfloat16" not in self.ctx.code(n):
                 enabled = next((a for a in n.args if a.keyword is not None and a.keyword.value == "enabled"), None)
                 return None if enabled is not None and _off(enabled.value) else "mixed"
-            if last == "half" and isinstance(n.func, cst.Attribute) and not n.args:
-                return "half"
+            if makes_model_half(self.ctx, n, lambda: self.scopes.parent):
+                # float16 activations; PEFT's trainable adapters stay float32, like AMP's master weights
+                return "mixed" if trains_float32_adapters(self.ctx.source) else "half"
             return None
         if isinstance(n, cst.SimpleString):
             value = n.evaluated_value

@@ -34,6 +34,7 @@ import libcst as cst
 from ..patterns import (arg, look_through, number, subject, torch_op, value_facts, is_method_call, METADATA, NONNEG,
                         NONPOS, LOWER, UPPER)
 from ..resolve import dotted_name
+from ..rule import relative_parts
 from ..engine import iter_tree
 from .safeguards import Safeguards
 from .project import LOG_PROBABILITY, PROBABILITY
@@ -47,6 +48,7 @@ UNKNOWN = "unknown"
 
 # how a guarded value reaches 0 (``Facts.zero_case``)
 ORDINARY = "ordinary"
+HALF_ONLY = "half-only"
 EDGE = "edge"
 
 ACTIVATION = "activation"
@@ -116,8 +118,10 @@ _NUMBER_READS = frozenset({"long", "int", "floor", "ceil", "round", "trunc", "it
 #: preprocessing/metrics modules and functions (a name heuristic: no gradient flows there)
 _DATA_FILE = re.compile(
     r"^(?:feature_extraction|image_processing|video_processing|processing|preprocess(?:ing)?|"
-    r"postprocess(?:ing)?|metrics?|evaluat(?:e|ion)|audio_utils)(?:_|\.|$)"
+    r"postprocess(?:ing)?|metrics?|evaluat(?:e|ion)|audio_utils|transforms?)(?:_|\.|$)"
 )
+#: folders of data pipelines: dataset samples are transformed without gradients
+_DATA_DIRS = frozenset({"transforms", "datasets"})
 _NO_GRAD_FUNCTION = re.compile(
     r"extract\w*features?|^_?(?:pre|post)_?process|(?:^|_)metrics?(?:_|$)|^_?compute_metrics", re.IGNORECASE
 )
@@ -456,64 +460,89 @@ class Facts:
     def zero_case(self, node: cst.BaseExpression, depth: int = 0) -> str:
         """How a value that a guard protects (a divisor, a log argument)
         reaches exactly 0 in float16: ``ORDINARY`` when ordinary inputs get
-        there, ``EDGE`` when only a degenerate input does.
+        there, ``HALF_ONLY`` when they do only where the op that makes it runs
+        in float16 (a model cast to half), ``EDGE`` when only a degenerate
+        input does.
 
-        ORDINARY: an elementwise probability -- a softmax/sigmoid output, an
-        ``exp`` of a non-positive value, a helper or layer that returns
-        probabilities -- underflows to 0 once its logit is about 17 below the
-        rest (float16's smallest subnormal is 5.96e-8), and ``1 - p`` rounds
+        ORDINARY: a sigmoid output underflows to 0 once its logit is below
+        -17.3 (float16's smallest subnormal is 5.96e-8), and ``1 - p`` rounds
         to 0 once ``p > 0.9995`` (a sigmoid of 7.6); selections, products and
         clamps of such values stay ordinary. A parameter of a function of this
         file is ordinary when a call in the file passes an ordinary argument.
-        Where the code shows nothing, a parameter or variable named like a
-        probability (``probs``, ``p_attn``, ``*_prob``) counts as one: the only
-        name heuristic here.
+
+        HALF_ONLY: a softmax output, an ``exp`` of a non-positive value, a
+        helper or layer that returns probabilities, and a sigmoid of a sum or
+        a softmax: CUDA/MPS autocast computes ``softmax``, ``exp`` and ``sum``
+        in float32 (NUMERICS: Autocast), where the guard works; only a model
+        cast to half underflows them. Where the code shows nothing, a
+        parameter or variable named like a probability (``probs``, ``p_attn``,
+        ``*_prob``) counts as one: the only name heuristic here.
 
         EDGE: everything else -- norms, variances, sums and means (a sum of
         probabilities is about 1), counts (an all-padding row), learned scales,
-        differences of activations: 0 needs a zero or constant row."""
+        differences of activations, a largest probability (at least 1/K):
+        0 needs a zero or constant row."""
         if depth > 8:
             return EDGE
         rec = lambda n: self.zero_case(n, depth + 1)  # noqa: E731
         node = look_through(self.ctx, node, _KEEPS_VALUES)
         if isinstance(node, cst.Name):
-            if _PROB_NAME.match(node.value):
-                return ORDINARY
+            named = _PROB_NAME.match(node.value) is not None
             for b in self.scopes.reaching(node)[:1]:
                 if b.kind in ("assign", "walrus") and b.value is not None:
-                    return rec(b.value)
+                    found = rec(b.value)
+                    if found == EDGE and named and self._opaque(b.value):
+                        return HALF_ONLY  # the code shows nothing: the name tells
+                    return found
                 if b.kind == "param":
-                    return self._param_zero_case(b, depth)
-            return EDGE
+                    found = self._param_zero_case(b, depth)
+                    return HALF_ONLY if found == EDGE and named else found
+            return HALF_ONLY if named else EDGE
         if isinstance(node, cst.Attribute):
-            return ORDINARY if _PROB_NAME.match(node.attr.value) else EDGE
+            return HALF_ONLY if _PROB_NAME.match(node.attr.value) else EDGE
         if isinstance(node, cst.BinaryOperation):
             op = node.operator
             if isinstance(op, cst.Multiply):
-                return ORDINARY if ORDINARY in (rec(node.left), rec(node.right)) else EDGE
+                return _surest(rec(node.left), rec(node.right))
             if isinstance(op, cst.Divide):
                 return rec(node.left)
             if isinstance(op, cst.Subtract) and number(node.left) == 1:
                 return rec(node.right)  # 1 - p rounds to 0 once p is within 4.9e-4 of 1
             return EDGE
         if isinstance(node, cst.Call):
-            kind = _layer_kind(self, node)
-            if kind is None:
-                summary = self.summary_of_call(node)
-                kind = summary.returns if summary is not None else None
-            if kind == PROBABILITY:
-                return ORDINARY
+            layers = _layer_classes(self, node)
+            if layers and all(name in _LAYER_KINDS for name in layers):
+                if layers == {"Sigmoid"}:
+                    return ORDINARY
+                if all(_LAYER_KINDS[name] == PROBABILITY for name in layers):
+                    return HALF_ONLY
             op = torch_op(self.ctx, node)
+            if op is None:
+                summary = self.summary_of_call(node)
+                if summary is not None and summary.returns == PROBABILITY:
+                    return HALF_ONLY  # a helper's softmax or sigmoid: the summary does not say which
+            if op in ("sigmoid", "sigmoid_"):
+                base = subject(self.ctx, node)
+                return HALF_ONLY if base is not None and _made_in_float32_by_autocast(self, base) else ORDINARY
             if op in _UNDERFLOWING:
-                return ORDINARY
+                return HALF_ONLY
             if op in ("exp", "exp_", "exp2"):
                 base = subject(self.ctx, node)
-                return ORDINARY if base is not None and NONPOS in self.range_facts(base) else EDGE
+                return HALF_ONLY if base is not None and NONPOS in self.range_facts(base) else EDGE
             if op in _SELECTS_VALUES or op in ("clamp", "clamp_", "clip", "clamp_min", "clamp_min_", "clamp_max", "mul", "mul_"):
                 base = subject(self.ctx, node)
                 return rec(base) if base is not None else EDGE
             return EDGE
         return EDGE
+
+    def _opaque(self, value: cst.BaseExpression) -> bool:
+        """The code shows nothing of what ``value`` is: a call of something
+        that is not a torch op (a model, a helper of another module), an
+        attribute or an indexing of one."""
+        value = look_through(self.ctx, value, _KEEPS_VALUES)
+        if isinstance(value, cst.Call):
+            return torch_op(self.ctx, value) is None
+        return isinstance(value, (cst.Name, cst.Attribute, cst.Subscript))
 
     def _param_zero_case(self, b: Binding, depth: int) -> str:
         """A parameter of a module-level function: ordinary when a call of the
@@ -525,7 +554,7 @@ class Facts:
         if b.name not in params:
             return EDGE
         position = params.index(b.name)
-        seen = 0
+        seen, best = 0, EDGE
         for reads in self.scopes.reads.values():
             for read in reads.get(func.name.value, ()):
                 call = self.scopes.parent.get(read)
@@ -536,11 +565,13 @@ class Facts:
                     continue
                 seen += 1
                 if seen > 40:
-                    return EDGE
+                    return best
                 passed = arg(call, position, b.name)
-                if passed is not None and self.zero_case(passed.value, depth + 1) == ORDINARY:
-                    return ORDINARY
-        return EDGE
+                if passed is not None:
+                    best = _surest(best, self.zero_case(passed.value, depth + 1))
+                    if best == ORDINARY:
+                        return ORDINARY
+        return best
 
     # -- where values come from ------------------------------------------
     def origin(self, node: cst.BaseExpression, depth: int = 0) -> str:
@@ -671,7 +702,7 @@ class Facts:
         return result
 
     # -- gradients ----------------------------------------------------------
-    def grad_flows(self, node: cst.CSTNode) -> bool:
+    def grad_flows(self, node: cst.CSTNode, depth: int = 0) -> bool:
         """False where no gradient can flow: inside ``with torch.no_grad()`` /
         ``inference_mode()``, or a function decorated with them; in a method
         of a class whose ``__call__`` runs without gradients (an inference
@@ -679,12 +710,15 @@ class Facts:
         ``forward``/``__call__``) that updates its own tensors in place (boxes
         scaled in place); in ``forward``/``backward`` of a
         ``torch.autograd.Function`` (differentiated by its own ``backward``);
-        when the value is only read as integers or Python
+        in a private helper (``_name``) that this file calls only where no
+        gradient flows; when the value is only read as integers or Python
         numbers (``.long()``, ``floor``, ``round``, ``.item()``); and -- a name
         heuristic where nothing else decides -- in functions named like
-        feature extraction, pre/post-processing or metrics and in
-        ``feature_extraction_*``/``processing_*``/``metrics`` modules."""
-        if _DATA_FILE.match(self.ctx.path.replace("\\", "/").rsplit("/", 1)[-1]):
+        feature extraction, pre/post-processing or metrics, in
+        ``feature_extraction_*``/``processing_*``/``metrics``/``transforms``
+        modules and in ``transforms``/``datasets`` folders (data pipelines)."""
+        parts = relative_parts(self.ctx.path, self.ctx.project)
+        if _DATA_FILE.match(parts[-1]) or any(p in _DATA_DIRS for p in parts[:-1]):
             return False
         child: cst.CSTNode = node
         method: Optional[cst.FunctionDef] = None  # the function directly in the class met next
@@ -703,6 +737,8 @@ class Facts:
                 for dec in up.decorators:
                     if self._no_grad(dec.decorator):
                         return False
+                if depth < 3 and self._called_only_without_grad(up, depth):
+                    return False
             elif isinstance(up, cst.ClassDef):
                 if self._inference_class(up) or self._data_class_update(up, node):
                     return False
@@ -714,6 +750,16 @@ class Facts:
             if uses and all(u in _NUMBER_READS for u in uses):
                 return False
         return True
+
+    def _called_only_without_grad(self, func: cst.FunctionDef, depth: int) -> bool:
+        """A private helper (``_name``, not a dunder) whose every call in this
+        file runs where no gradient flows (``with torch.no_grad():``, a no-grad
+        function). A private name is not called from other modules."""
+        name = func.name.value
+        if not name.startswith("_") or name.startswith("__"):
+            return False
+        calls = self._calls_of(func)
+        return bool(calls) and all(not self.grad_flows(call, depth + 1) for call in calls)
 
     def _custom_function_method(self, cls: cst.ClassDef, member: cst.FunctionDef) -> bool:
         """``forward`` / ``setup_context`` / ``backward`` of a
@@ -1121,6 +1167,42 @@ def _layer_kind(facts: Facts, call: cst.Call) -> Optional[str]:
         qualified = facts.ctx.resolve(value.func) if isinstance(value, cst.Call) else None
         kinds.add(_LAYER_KINDS.get((qualified or "").rsplit(".", 1)[-1]) if (qualified or "").startswith("torch.nn.") else None)
     return kinds.pop() if len(kinds) == 1 else None
+
+
+def _layer_classes(facts: Facts, call: cst.Call) -> Set[str]:
+    """The ``torch.nn`` classes every ``self.f = ...`` builds, for a call
+    ``self.f(x)`` (empty when one of them is not a ``torch.nn`` class)."""
+    func = call.func
+    if not (isinstance(func, cst.Attribute) and _is_self(func.value)):
+        return set()
+    names = set()
+    for _, value in facts.scopes.self_attribute(func):
+        qualified = facts.ctx.resolve(value.func) if isinstance(value, cst.Call) else None
+        if not (qualified or "").startswith("torch.nn."):
+            return set()
+        names.add((qualified or "").rsplit(".", 1)[-1])
+    return names
+
+
+#: ops that CUDA/MPS autocast runs in float32 (NUMERICS: Autocast)
+_AUTOCAST_FLOAT32 = frozenset({
+    "softmax", "log_softmax", "softmin", "exp", "log", "sum", "cumsum", "norm", "normalize", "pow",
+    "rsqrt", "layer_norm", "group_norm", "cosine_similarity", "logsumexp",
+})
+
+
+def _made_in_float32_by_autocast(facts: Facts, node: cst.BaseExpression) -> bool:
+    """``node`` (through one local) is the result of an op that autocast runs
+    in float32, so a sigmoid of it underflows only in a model cast to half."""
+    node = look_through(facts.ctx, _through_local(facts, look_through(facts.ctx, node, _KEEPS_VALUES)), _KEEPS_VALUES)
+    return isinstance(node, cst.Call) and torch_op(facts.ctx, node) in _AUTOCAST_FLOAT32
+
+
+def _surest(a: str, b: str) -> str:
+    for kind in (ORDINARY, HALF_ONLY):
+        if kind in (a, b):
+            return kind
+    return EDGE
 
 
 def _is_self(node: cst.BaseExpression) -> bool:

@@ -56,3 +56,26 @@ def test_fix_keeps_cosine_of_identical_vectors_finite():
         (y0, g0), (y1, g1) = results
         assert not (torch.isfinite(y0).all() and torch.isfinite(g0).all())
         assert torch.isfinite(y1).all() and torch.isfinite(g1).all()
+
+
+SPHERICAL = (
+    "import torch\n"
+    "class Spherical(torch.nn.Module):\n"
+    "    def forward(self, pos, row, col):\n"
+    "        cart = pos[row] - pos[col]\n"
+    "        rho = torch.norm(cart, p=2, dim=-1).view(-1, 1)\n"
+    "        phi = torch.acos(cart[..., 2:3] / rho)\n"
+    "        return phi\n"
+)
+
+
+def test_data_transforms_folder_carries_no_gradient():
+    # a dataset transform rewrites samples: no gradient reaches its acos
+    assert lint(SPHERICAL, ["NL105"], path="graphs/transforms/spherical.py") == []
+    assert lint(SPHERICAL, ["NL105"], path="graphs/datasets/spherical.py") == []
+
+
+def test_the_same_code_in_a_model_folder_is_reported():
+    assert [f.line for f in lint(SPHERICAL, ["NL105"], path="graphs/nn/spherical.py")] == [6]
+    # `transformers` is not `transforms`
+    assert [f.line for f in lint(SPHERICAL, ["NL105"], path="transformers/spherical.py")] == [6]

@@ -117,3 +117,30 @@ def test_forward_of_a_custom_autograd_function_is_not_differentiated(base, repor
     src = CUSTOM_FUNCTION.replace("BASE", base)
     lines = [f.line for f in lint(src, ["NL109"])]
     assert lines == ([9, 14] if reported else []), lines
+
+
+PROJECT_HELPER = (
+    "import torch\n"
+    "class Layer(torch.nn.Module):\n"
+    "    def _project(self, q, eps=1e-5):\n"
+    "        n = torch.norm(q, dim=-1, keepdim=True)\n"
+    "        return torch.where(n <= eps, q, q / n)\n"
+    "    def forward(self, x):\n"
+    "        with torch.no_grad():\n"
+    "            self.weight.copy_(self._project(self.weight))\n"
+    "        return x @ self.weight\n"
+)
+
+
+def test_private_helper_called_only_without_grad_is_quiet():
+    assert lint(PROJECT_HELPER, ["NL109"]) == []
+
+
+def test_private_helper_also_called_with_grad_is_reported():
+    source = PROJECT_HELPER.replace("        return x @ self.weight\n", "        return x @ self._project(self.weight)\n")
+    assert [f.line for f in lint(source, ["NL109"])] == [5]
+
+
+def test_public_helper_may_be_called_from_elsewhere():
+    source = PROJECT_HELPER.replace("_project", "project")
+    assert [f.line for f in lint(source, ["NL109"])] == [5]

@@ -1,0 +1,135 @@
+"""NL001's confidence on real-code classes: which probabilities are float16
+under autocast, scripts that run in float32, and whose parameters an
+optimizer's eps guards."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from helpers import lint  # noqa: E402
+
+HALF_MODEL = "model = Net().cuda().half()\n"
+
+
+def confidences(source, codes=("NL001",), **kw):
+    return [(f.line, f.confidence) for f in lint(source, list(codes), **kw)]
+
+
+def test_softmax_guard_is_high_only_where_the_file_casts_to_half():
+    body = (
+        "import torch\n"
+        "def entropy(logits):\n"
+        "    p = logits.softmax(-1)\n"
+        "    return -(p * torch.log(p + 1e-8)).sum(-1)\n"
+    )
+    # CUDA autocast computes softmax in float32, where 1e-8 is a working guard
+    assert confidences(body) == [(4, "medium")]
+    [finding] = lint(body, ["NL001"])
+    assert "autocast computes softmax and exp in float32" in finding.message
+    # in a model cast to half the softmax itself is float16 and underflows to 0
+    assert confidences(body + HALF_MODEL) == [(4, "high")]
+    # autocast in the same file: float32 softmax again
+    assert confidences(body + HALF_MODEL + "with torch.autocast('cuda'):\n    pass\n") == [(4, "medium")]
+
+
+def test_sigmoid_guard_is_high_but_a_sigmoid_of_a_sum_is_not():
+    sigmoid = (
+        "import torch\n"
+        "def bce(z):\n"
+        "    return -torch.log(torch.sigmoid(z) + 1e-10)\n"
+    )
+    # autocast keeps sigmoid in float16: ordinary logits below -17.3 give 0
+    assert confidences(sigmoid) == [(3, "high")]
+    of_sum = (
+        "import torch\n"
+        "def score(a, b):\n"
+        "    out = (a * b).sum(dim=-1).view(-1)\n"
+        "    return -torch.log(torch.sigmoid(out) + 1e-15)\n"
+    )
+    # autocast sums in float32, so the sigmoid of the sum is float32 too
+    assert confidences(of_sum) == [(4, "medium")]
+
+
+def test_a_probability_name_counts_only_where_the_code_shows_nothing():
+    arithmetic = (
+        "import torch\n"
+        "def sample(deg_in, deg_out, row, col, e):\n"
+        "    prob = (1. / deg_in[row]) + (1. / deg_out[col])\n"
+        "    return torch.rand(e).log() / (prob + 1e-10)\n"
+    ) + HALF_MODEL
+    # a sum of reciprocals is never a probability, whatever its name
+    assert confidences(arithmetic) == [(4, "medium")]
+    opaque = (
+        "import torch\n"
+        "def nll(model, x):\n"
+        "    prob = model(x)\n"
+        "    return -torch.log(prob + 1e-10)\n"
+    ) + HALF_MODEL
+    assert confidences(opaque) == [(4, "high")]
+
+
+SCRIPT = (
+    "import torch\n"
+    "model = torch.nn.Linear(4, 1)\n"
+    "opt = torch.optim.SGD(model.parameters(), lr=0.1)\n"
+    "for step in range(10):\n"
+    "    z = model(torch.randn(8, 4))\n"
+    "    loss = -torch.log(torch.sigmoid(z) + 1e-10).mean()\n"
+    "    loss.backward()\n"
+    "    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)\n"
+    "    opt.step()\n"
+)
+
+
+def test_a_script_that_shows_no_float16_is_low():
+    [finding] = lint(SCRIPT, ["NL001"])
+    assert finding.confidence == "low"
+    assert "this script shows no float16" in finding.message
+
+
+def test_a_script_with_autocast_or_a_half_model_is_not_capped():
+    with_amp = SCRIPT.replace("    z = model(", "    with torch.autocast('cuda'):\n        z = model(").replace(
+        "    loss = -", "        loss = -")
+    assert [f.confidence for f in lint(with_amp, ["NL001"])] == ["high"]
+    library = SCRIPT.replace("for step in range(10):", "def train():\n  for step in range(10):").replace(
+        "\n    ", "\n      ")
+    compile(library, "<library>", "exec")
+    assert [f.confidence for f in lint(library, ["NL001"])] == ["high"]
+
+
+def test_optimizer_eps_needs_the_model_in_half_not_an_input():
+    base = (
+        "import torch\n"
+        "def train(model, batch):\n"
+        "    opt = torch.optim.AdamW(model.parameters(), lr=5e-5)\n"
+        "    pixels = batch['pixel_values'].to('cuda', torch.float16)\n"
+        "    model(pixels).mean().backward()\n"
+        "    opt.step()\n"
+    )
+    # only the input is float16: the optimizer's parameters are not shown to be
+    assert lint(base, ["NL001"]) == []
+    half = base.replace("    opt = ", "    model = model.half()\n    opt = ")
+    assert [f.line for f in lint(half, ["NL001"])] == [4]
+
+
+def test_peft_adapters_are_float32_for_the_optimizer():
+    source = (
+        "import torch\n"
+        "from peft import get_peft_model\n"
+        "from transformers import AutoModelForCausalLM\n"
+        "def train(name, config, batch):\n"
+        "    model = AutoModelForCausalLM.from_pretrained(name, torch_dtype=torch.float16)\n"
+        "    model = get_peft_model(model, config)\n"
+        "    opt = torch.optim.AdamW(model.parameters(), lr=5e-5)\n"
+        "    model(batch).mean().backward()\n"
+        "    opt.step()\n"
+    )
+    assert lint(source, ["NL001"]) == []
+    # NL004: float16 activations, float32 weights: medium, as with AMP
+    assert [f.confidence for f in lint(source, ["NL004"])] == ["medium"]
+    plain = source.replace("    model = get_peft_model(model, config)\n", "")
+    assert [f.confidence for f in lint(plain, ["NL004"])] == ["high"]
+    assert [f.line for f in lint(plain, ["NL001"])] == [6]
