@@ -137,7 +137,11 @@ class UninitializedParameter(Rule):
     (`nanlint.analysis.safeguards`: a transformers `*PreTrainedModel` or
     diffusers `ModelMixin` subclass, or a layer built only inside such
     classes in the file): **low**, since only a model trained from scratch
-    keeps the memory as it was.
+    keeps the memory as it was. `skip_init` is **low** too: it defers
+    initialisation on purpose, usually to a model-level loop over
+    `model.parameters()` in another module or to a checkpoint load, which a
+    file's analysis cannot see (judged false for every such finding in a
+    translation toolkit whose model builder initialises every parameter).
 
     ## Why is this bad?
     `torch.empty` returns whatever bytes were in that memory. Reinterpreted as
@@ -474,8 +478,15 @@ class UninitializedParameter(Rule):
             self.reported.add(id(c.node))
             cls_node = self.ctx.facts.scopes.enclosing_class(c.node)
             loaded = cls_node is not None and self.ctx.facts.safeguards.checkpoint_loaded(cls_node)
-            # a checkpoint's loader fills it, unless the model is trained from scratch
-            self.report(c.node, self._message(c), confidence=LOW if loaded else HIGH)
+            # a checkpoint's loader fills it, unless the model is trained from scratch;
+            # skip_init defers initialisation on purpose, to code this file does not show
+            message = self._message(c)
+            if c.kind == "skip_init" and not loaded:
+                message += (
+                    "; skip_init defers initialisation on purpose, usually to a model-level loop over "
+                    "parameters() or a checkpoint load elsewhere, which this file does not show"
+                )
+            self.report(c.node, message, confidence=LOW if loaded or c.kind == "skip_init" else HIGH)
 
     def _foreign(self, c: _Creation) -> bool:
         """`weight` initialised as `m.weight` (any module), or as `self.child.weight` in

@@ -118,10 +118,10 @@ _NUMBER_READS = frozenset({"long", "int", "floor", "ceil", "round", "trunc", "it
 #: preprocessing/metrics modules and functions (a name heuristic: no gradient flows there)
 _DATA_FILE = re.compile(
     r"^(?:feature_extraction|image_processing|video_processing|processing|preprocess(?:ing)?|"
-    r"postprocess(?:ing)?|metrics?|evaluat(?:e|ion)|audio_utils|transforms?)(?:_|\.|$)"
+    r"postprocess(?:ing)?|metrics?|evaluat(?:e|ion)|audio_utils)(?:_|\.|$)"
 )
-#: folders of data pipelines: dataset samples are transformed without gradients
-_DATA_DIRS = frozenset({"transforms", "datasets"})
+#: folders of data pipelines: dataset samples are prepared without gradients
+_DATA_DIRS = frozenset({"datasets"})
 _NO_GRAD_FUNCTION = re.compile(
     r"extract\w*features?|^_?(?:pre|post)_?process|(?:^|_)metrics?(?:_|$)|^_?compute_metrics", re.IGNORECASE
 )
@@ -712,11 +712,13 @@ class Facts:
         ``torch.autograd.Function`` (differentiated by its own ``backward``);
         in a private helper (``_name``) that this file calls only where no
         gradient flows; when the value is only read as integers or Python
-        numbers (``.long()``, ``floor``, ``round``, ``.item()``); and -- a name
+        numbers (``.long()``, ``floor``, ``round``, ``.item()``) or every use
+        ends in a comparison or an index (``no_gradient_escapes``); and -- a name
         heuristic where nothing else decides -- in functions named like
         feature extraction, pre/post-processing or metrics, in
-        ``feature_extraction_*``/``processing_*``/``metrics``/``transforms``
-        modules and in ``transforms``/``datasets`` folders (data pipelines)."""
+        ``feature_extraction_*``/``processing_*``/``metrics`` modules and in
+        ``datasets`` folders (data pipelines; a ``transforms`` folder may hold
+        differentiable geometry, so it does not count)."""
         parts = relative_parts(self.ctx.path, self.ctx.project)
         if _DATA_FILE.match(parts[-1]) or any(p in _DATA_DIRS for p in parts[:-1]):
             return False
@@ -748,6 +750,8 @@ class Facts:
         if isinstance(node, cst.BaseExpression):
             uses = self.consumers(node)
             if uses and all(u in _NUMBER_READS for u in uses):
+                return False
+            if ("argm" in self.ctx.source or "argsort" in self.ctx.source) and self.no_gradient_escapes(node):
                 return False
         return True
 
@@ -904,7 +908,15 @@ class Facts:
         gradient reaches the log through a comparison or an index."""
         return self._flows_to_cleaning(node, {}, 0, True)
 
-    def _flows_to_cleaning(self, node: cst.CSTNode, seen: Dict[cst.CSTNode, bool], depth: int, order: bool) -> bool:
+    def no_gradient_escapes(self, node: cst.BaseExpression) -> bool:
+        """Every use of ``node`` ends, through any arithmetic, ``where`` and
+        value selections, in a comparison or an index (``argmax``,
+        ``argsort``, ``topk(...).indices``) before it leaves the function:
+        Otsu's between-class variance, read only by ``argmax`` and ``> 0``.
+        No gradient flows back through a comparison or an index."""
+        return self._flows_to_cleaning(node, {}, 0, _GRAD)
+
+    def _flows_to_cleaning(self, node: cst.CSTNode, seen: Dict[cst.CSTNode, bool], depth: int, order) -> bool:
         if depth > 24:
             return False
         if node not in seen:
@@ -912,7 +924,8 @@ class Facts:
             seen[node] = self._cleaning_step(node, seen, depth, order)
         return seen[node]
 
-    def _cleaning_step(self, node: cst.CSTNode, seen: Dict[cst.CSTNode, bool], depth: int, order: bool) -> bool:
+    def _cleaning_step(self, node: cst.CSTNode, seen: Dict[cst.CSTNode, bool], depth: int, order) -> bool:
+        # order: False (to a cleaning), True (to an ordering), _GRAD (to an ordering, through any arithmetic)
         parent = self.scopes.parent
         up = parent.get(node)
         if order:
@@ -920,7 +933,7 @@ class Facts:
                 return True
             if isinstance(up, cst.BinaryOperation):
                 other = up.right if up.left is node else up.left
-                if isinstance(up.operator, (cst.Add, cst.Subtract)) or (
+                if order == _GRAD or isinstance(up.operator, (cst.Add, cst.Subtract)) or (
                     isinstance(up.operator, (cst.Multiply, cst.Divide))
                     # a Python number, or an integer tensor (lengths, counts of a beam)
                     and ((number(other) not in (None, 0)) or self.dtype(other) in (HOST, INTEGER))
@@ -987,6 +1000,9 @@ class Facts:
                 return True
             if (op in _CARRIES_NONFINITE or (order and op in _ORDER_VALUES)) and up is call.args[0]:
                 return self._flows_to_cleaning(call, seen, depth + 1, order)
+            if order == _GRAD and (op in _CARRIES_NONFINITE or op in _ELEMENTWISE_GRAD) and (
+                    op != "where" or up is not call.args[0]):
+                return self._flows_to_cleaning(call, seen, depth + 1, order)  # any operand carries a gradient
             return False
         if isinstance(up, cst.Assign) and len(up.targets) == 1 and isinstance(up.targets[0].target, cst.Tuple):
             # `values, index = x.topk(k)`: the values carry on, the indices are harmless
@@ -1091,6 +1107,10 @@ def _tests_finite(ctx, cond: cst.BaseExpression) -> bool:
 #: orderings whose result carries the values (``sort(x).values``, ``topk``) or only indices
 _ORDER_VALUES = frozenset({"sort", "topk", "max", "min", "kthvalue", "msort", "amax", "amin", "gather"})
 _ORDER_INDEX = frozenset({"argsort", "argmax", "argmin"})
+#: the mode of the flow walker that follows a gradient through any arithmetic
+_GRAD = "grad"
+#: differentiable elementwise ops whose every tensor operand reaches the result
+_ELEMENTWISE_GRAD = frozenset({"where", "maximum", "minimum", "mul", "add", "sub", "div", "pow", "clamp", "square"})
 #: calls that replace inf/NaN
 _CLEANS = frozenset({"nan_to_num", "nan_to_num_"})
 #: calls whose result carries an inf/NaN of their first argument or receiver

@@ -144,3 +144,26 @@ def test_private_helper_also_called_with_grad_is_reported():
 def test_public_helper_may_be_called_from_elsewhere():
     source = PROJECT_HELPER.replace("_project", "project")
     assert [f.line for f in lint(source, ["NL109"])] == [5]
+
+
+OTSU = (
+    "import torch\n"
+    "def threshold(hist, edges, bins):\n"
+    "    w = torch.cumsum(hist, dim=1)[:, :-1]\n"
+    "    s = torch.cumsum(hist * bins, dim=1)[:, :-1]\n"
+    "    mean = torch.where(w > 0, s / w, torch.tensor(0.0))\n"
+    "    var = w * (mean - mean.mean()) ** 2\n"
+    "    t = torch.argmax(var, dim=1)\n"
+    "    best = var.gather(1, t[:, None]).squeeze(1)\n"
+    "    return torch.where(best > 0, edges[t + 1], torch.tensor(0.0))\n"
+)
+
+
+def test_a_value_read_only_by_argmax_and_comparisons_carries_no_gradient():
+    # the between-class variance picks an index and is compared with 0: nothing to differentiate
+    assert lint(OTSU, ["NL109"]) == []
+
+
+def test_the_same_value_returned_carries_its_gradient():
+    returned = OTSU.replace("    return torch.where(best > 0, edges[t + 1], torch.tensor(0.0))\n", "    return best\n")
+    assert [f.line for f in lint(returned, ["NL109"])] == [5]

@@ -3,9 +3,16 @@ deterministic-mode NaN fill that `nanlint confirm` relies on."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
 from nanlint.dtypes import BFLOAT16, FLOAT16
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from helpers import lint  # noqa: E402
 
 torch = pytest.importorskip("torch")
 
@@ -34,3 +41,21 @@ def test_deterministic_mode_fills_uninitialised_memory_with_nan():
         assert torch.isnan(meta.weight).all()
     finally:
         torch.use_deterministic_algorithms(previous)
+
+
+def test_skip_init_defers_initialisation_so_it_is_low():
+    source = (
+        "import torch\n"
+        "from torch.nn.utils import skip_init\n"
+        "class FFN(torch.nn.Module):\n"
+        "    def __init__(self, d):\n"
+        "        super().__init__()\n"
+        "        self.w_1 = skip_init(torch.nn.Linear, d, 4 * d)\n"
+        "        self.gamma = torch.nn.Parameter(torch.empty(d))\n"
+    )
+    found = {f.line: f for f in lint(source, ["NL110"])}
+    assert sorted(found) == [6, 7]
+    # skip_init says "initialised elsewhere": a builder's loop or a checkpoint this file cannot see
+    assert found[6].confidence == "low" and "defers initialisation on purpose" in found[6].message
+    # torch.empty says nothing of the kind
+    assert found[7].confidence == "high"
