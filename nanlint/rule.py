@@ -125,8 +125,10 @@ class Context:
 
     @property
     def float32_script(self) -> bool:
-        """The file is a whole program (an ``if __name__ == "__main__":`` block
-        or a top-level loop) and nothing in it names reduced precision: no
+        """The file is a whole training program (it calls ``.backward()`` and
+        has an ``if __name__ == "__main__":`` block or a top-level loop; a
+        model file with a demo block does not count) and nothing in it names
+        reduced precision: no
         ``half``/``float16``/``fp16``/``bfloat16``/``bf16``, no ``autocast``,
         ``GradScaler``, ``amp``, ``precision=`` / ``mixed_precision`` setting, ``Accelerator`` or
         ``deepspeed``. Such a script runs its model in float32, so a float16
@@ -227,8 +229,8 @@ _LOW_PRECISION_TEXT = re.compile(
 
 
 def _is_float32_script(module: cst.Module, source: str) -> bool:
-    if _LOW_PRECISION_TEXT.search(source):
-        return False
+    if ".backward(" not in source or _LOW_PRECISION_TEXT.search(source):
+        return False  # a model file with a demo block is not a training program
     for stmt in module.body:
         if isinstance(stmt, (cst.For, cst.While)):
             return True

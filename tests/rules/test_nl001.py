@@ -133,3 +133,15 @@ def test_peft_adapters_are_float32_for_the_optimizer():
     plain = source.replace("    model = get_peft_model(model, config)\n", "")
     assert [f.confidence for f in lint(plain, ["NL004"])] == ["high"]
     assert [f.line for f in lint(plain, ["NL001"])] == [6]
+
+
+def test_a_model_file_with_a_demo_block_is_not_a_float32_script():
+    demo = (
+        "import torch\n"
+        "def bce(z):\n"
+        "    return -torch.log(torch.sigmoid(z) + 1e-10)\n"
+        "if __name__ == '__main__':\n"
+        "    print(bce(torch.randn(4)))\n"
+    )
+    # users import bce and run it under autocast: nothing says this file's own run is all there is
+    assert [f.confidence for f in lint(demo, ["NL001"])] == ["high"]
