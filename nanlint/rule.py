@@ -122,17 +122,18 @@ class Context:
         self._facts = None
         self._test_code: Optional[bool] = None
         self._float32_script: Optional[bool] = None
+        self._path_parts: Optional[List[str]] = None
 
     @property
     def float32_script(self) -> bool:
         """The file is a whole training program (it calls ``.backward()`` and
         has an ``if __name__ == "__main__":`` block or a top-level loop; a
         model file with a demo block does not count) and nothing in it names
-        reduced precision: no
-        ``half``/``float16``/``fp16``/``bfloat16``/``bf16``, no ``autocast``,
-        ``GradScaler``, ``amp``, ``precision=`` / ``mixed_precision`` setting, ``Accelerator`` or
-        ``deepspeed``. Such a script runs its model in float32, so a float16
-        finding there depends on a use the code does not show (low)."""
+        reduced precision: no ``half``/``float16``/``fp16``/``bfloat16``/``bf16``,
+        ``autocast``, ``GradScaler``, ``amp``, ``precision=`` /
+        ``mixed_precision`` setting, ``Accelerator`` or ``deepspeed``. Such a
+        script runs its model in float32, so a float16 finding there depends
+        on a use the code does not show (low)."""
         if self._float32_script is None:
             self._float32_script = _is_float32_script(self.module, self.source)
         return self._float32_script
@@ -144,8 +145,18 @@ class Context:
         ``test_*.py``, ``*_test.py``, ``*_tests.py``, ``conftest.py``. Tests feed
         their own synthetic inputs, so no finding there is high confidence."""
         if self._test_code is None:
-            self._test_code = _is_test_path(self.path, self.project)
+            parts = self.path_parts
+            self._test_code = bool(_TEST_FILE.match(parts[-1])) or any(p in _TEST_DIRS for p in parts[:-1])
         return self._test_code
+
+    @property
+    def path_parts(self) -> List[str]:
+        """The parts of the file's path below its project root (or its
+        package root when the file lies outside it); the base name of a
+        loose file."""
+        if self._path_parts is None:
+            self._path_parts = _relative_parts(self.path, self.project)
+        return self._path_parts
 
     @property
     def facts(self):
@@ -200,14 +211,7 @@ _TEST_DIRS = frozenset({"test", "tests", "testing"})
 _TEST_FILE = re.compile(r"^(?:test_\w*|\w+_tests?|conftest)\.(?:py|ipynb)$")
 
 
-def _is_test_path(path: str, project) -> bool:
-    parts = relative_parts(path, project)
-    return bool(_TEST_FILE.match(parts[-1])) or any(p in _TEST_DIRS for p in parts[:-1])
-
-
-def relative_parts(path: str, project) -> List[str]:
-    """The parts of a file's path below its project root (or its package
-    root when the file lies outside it); the base name for a loose file."""
+def _relative_parts(path: str, project) -> List[str]:
     if project is not None:
         rel = ""
         for root in reversed(project.roots):  # the project root first, then the package root

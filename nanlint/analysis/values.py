@@ -34,7 +34,6 @@ import libcst as cst
 from ..patterns import (arg, look_through, number, subject, torch_op, value_facts, is_method_call, METADATA, NONNEG,
                         NONPOS, LOWER, UPPER)
 from ..resolve import dotted_name
-from ..rule import relative_parts
 from ..engine import iter_tree
 from .safeguards import Safeguards
 from .project import LOG_PROBABILITY, PROBABILITY
@@ -510,12 +509,9 @@ class Facts:
                 return rec(node.right)  # 1 - p rounds to 0 once p is within 4.9e-4 of 1
             return EDGE
         if isinstance(node, cst.Call):
-            layers = _layer_classes(self, node)
-            if layers and all(name in _LAYER_KINDS for name in layers):
-                if layers == {"Sigmoid"}:
-                    return ORDINARY
-                if all(_LAYER_KINDS[name] == PROBABILITY for name in layers):
-                    return HALF_ONLY
+            if _layer_kind(self, node) == PROBABILITY:
+                # nn.Sigmoid stays float16 under autocast; nn.Softmax/Softmin do not
+                return ORDINARY if _layer_classes(self, node) == {"Sigmoid"} else HALF_ONLY
             op = torch_op(self.ctx, node)
             if op is None:
                 summary = self.summary_of_call(node)
@@ -719,7 +715,7 @@ class Facts:
         ``feature_extraction_*``/``processing_*``/``metrics`` modules and in
         ``datasets`` folders (data pipelines; a ``transforms`` folder may hold
         differentiable geometry, so it does not count)."""
-        parts = relative_parts(self.ctx.path, self.ctx.project)
+        parts = self.ctx.path_parts
         if _DATA_FILE.match(parts[-1]) or any(p in _DATA_DIRS for p in parts[:-1]):
             return False
         child: cst.CSTNode = node
@@ -1179,13 +1175,7 @@ _LAYER_KINDS = {"LogSoftmax": LOG_PROBABILITY, "LogSigmoid": LOG_PROBABILITY,
 def _layer_kind(facts: Facts, call: cst.Call) -> Optional[str]:
     """``self.f(x)`` where every ``self.f = ...`` builds ``nn.LogSoftmax`` (or
     another layer of known range)."""
-    func = call.func
-    if not (isinstance(func, cst.Attribute) and _is_self(func.value)):
-        return None
-    kinds = set()
-    for _, value in facts.scopes.self_attribute(func):
-        qualified = facts.ctx.resolve(value.func) if isinstance(value, cst.Call) else None
-        kinds.add(_LAYER_KINDS.get((qualified or "").rsplit(".", 1)[-1]) if (qualified or "").startswith("torch.nn.") else None)
+    kinds = {_LAYER_KINDS.get(name) for name in _layer_classes(facts, call)}
     return kinds.pop() if len(kinds) == 1 else None
 
 
