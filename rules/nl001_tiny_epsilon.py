@@ -10,7 +10,7 @@ from nanlint.engine import subtree, children
 
 from nanlint.analysis import EDGE, HALF_ONLY, HOST, INTEGER, ORDINARY, WIDE
 from nanlint.analysis.safeguards import makes_model_half, trains_float32_adapters
-from nanlint.finding import HIGH, MEDIUM
+from nanlint.finding import HIGH, LOW, MEDIUM
 from nanlint.dtypes import FLOAT16, fmt
 from nanlint.finding import UNSAFE
 from nanlint.patterns import look_through, arg, is_method_call, is_reference, number, torch_op
@@ -124,6 +124,13 @@ HALF_FILE = " (this file casts to half without autocast)"
 #: how surely a guarded value reaches 0, for a literal reached by several uses
 _REACH_RANK = {EDGE: 0, HALF_ONLY: 1, ORDINARY: 2}
 EDGE_ZERO = "; this needs the guarded value to be exactly 0 (a zero or constant row)"
+SATURATED_SOME = (
+    "; at some calls in this file the overflow only reaches a sigmoid/tanh, which saturates it to what "
+    "float32 gives (sigmoid(inf) = 1, derivative 0); whether it matters depends on the other calls, which "
+    "pass the result on where this file does not show"
+)
+#: a file that may saturate an overflow (the text pre-check of ``Facts.overflow_saturates``)
+_SATURATING_TEXT = re.compile(r"sigmoid|tanh|expit|erf\b")
 OPTIM_ZERO = "so once exp_avg_sq underflows the update divides by 0 and the parameters become inf/NaN in one step"
 
 
@@ -233,6 +240,7 @@ class Use:
     finfo: str = ""  # "eps" or "tiny"
     masked: bool = False  # the divisor counts a mask: no gradient, numerator 0 where it is 0
     reach: str = EDGE  # how the guarded value reaches 0 (``Facts.zero_case``): ORDINARY is high confidence
+    saturates: str = ""  # where the quotient's overflow goes (``Facts.overflow_saturates``): "all", "some", ""
 
     def but(self, **changes) -> "Use":
         return replace(self, **changes)
@@ -290,6 +298,16 @@ class TinyEpsilon(Rule):
     zero or constant row, a real but rarer input (shown with
     `--min-confidence medium`). In a script that shows no reduced precision
     at all, every finding is low (README, Confidence).
+
+    A subnormal divisor bound (`6e-8 <= v < 1.53e-5`, e.g. the `1e-5` of an
+    inverse sigmoid `log(x.clamp(min=eps) / (1 - x).clamp(min=eps))`) is not
+    0, so only the quotient's overflow is at stake (1/1e-5 = 1e5 > 65504).
+    Where every use of that overflow ends in a function that saturates it --
+    `sigmoid(delta + inverse_sigmoid(ref))`: sigmoid(inf) = 1, what float32
+    gives, with a zero derivative -- through additions, `log`/`exp`, local
+    names, `t[..., :2] += v` and every call of the helper in the file, the
+    guard is not flagged; where only some calls of the helper do so (others
+    return the result where the file does not show), the finding is low.
 
     Not flagged: the `eps` of the built-in `LayerNorm`/`GroupNorm`/`RMSNorm`
     modules and functional forms (they accumulate in float32), learning rates,
@@ -461,7 +479,8 @@ class TinyEpsilon(Rule):
         #: literal -> index of its finding in ``pending``
         self.reported: Dict[int, int] = {}
         self.capped: Set[int] = set()
-        self.pending: List[Tuple[cst.CSTNode, str, Optional[FixSpec], cst.CSTNode, str]] = []  # ..., reach
+        #: (literal, message, fix, guarding node, reach, low: the overflow saturates at some calls)
+        self.pending: List[Tuple[cst.CSTNode, str, Optional[FixSpec], cst.CSTNode, str, bool]] = []
         self.stack_kinds: List[str] = ["module"]  # module / class / function
 
     # -- scopes ------------------------------------------------------------------
@@ -727,13 +746,19 @@ class TinyEpsilon(Rule):
         facts = self.ctx.facts
         return not facts.grad_flows(where) and facts.cleaned_downstream(where)
 
+    def _saturates(self, where: cst.CSTNode) -> str:
+        """Where the quotient's overflow goes (see ``Facts.overflow_saturates``)."""
+        if not isinstance(where, cst.BaseExpression) or not _SATURATING_TEXT.search(self.ctx.source):
+            return ""
+        return self.ctx.facts.overflow_saturates(where)
+
     def _divisor(self, divisor: cst.BaseExpression, where: cst.CSTNode, hop: bool = True) -> None:
         if self._cleaned(where):
             return
         d = _strip(divisor, self.ctx)
         terms = _additive_terms(d)
         if terms is not None:
-            self._terms(terms, Use("is added to the divisor in", RECIP, where, DIV_ZERO))
+            self._terms(terms, Use("is added to the divisor in", RECIP, where, DIV_ZERO, saturates=self._saturates(where)))
             return
         clamp = self._clamp_min(d)
         if clamp is not None:
@@ -742,7 +767,8 @@ class TinyEpsilon(Rule):
                 return
             masked = subject is not None and self._mentions_mask(subject)
             self._term(bound, Use("is the lower bound of the divisor in", RECIP, where, DIV_ZERO, subject=subject,
-                                  finfo="tiny", masked=masked, reach=self._reach(subject)))
+                                  finfo="tiny", masked=masked, reach=self._reach(subject),
+                                  saturates=self._saturates(where)))
             return
         if hop and isinstance(d, cst.Name):
             value = self._local_value(d)
@@ -994,12 +1020,12 @@ class TinyEpsilon(Rule):
                 for source in klass.attrs.get(attr, []):
                     self._resolve(source, use, label or f"self.{attr}")
         pure_half = self.half and not self.amp
-        for literal, message, fix, where, reach in self.pending:
+        for literal, message, fix, where, reach, low in self.pending:
             if id(where) not in self.capped:
                 if reach == HALF_ONLY and pure_half and message.endswith(HALF_ONLY_ZERO):
                     message += HALF_FILE
                 surely = reach == ORDINARY or reach == HALF_ONLY and pure_half
-                self.report(literal, message, fix, confidence=HIGH if surely else MEDIUM)
+                self.report(literal, message, fix, confidence=LOW if low else HIGH if surely else MEDIUM)
 
     def _call_site(self, site: CallSite) -> None:
         funcs = self.module_funcs.get(site.name, [])
@@ -1078,6 +1104,12 @@ class TinyEpsilon(Rule):
             # a subnormal guard is enough under a square root, for a clamped log,
             # and for a mask count (0 / eps = 0, no gradient through the mask)
             return
+        overflow_only = use.cls == RECIP and use.zero == DIV_ZERO and value >= FLOAT16.zero_below
+        if overflow_only and use.saturates == "all":
+            # the bound is not 0, so only the quotient's overflow is at stake, and every
+            # use of it saturates to what float32 gives (sigmoid(inf) = 1)
+            return
+        low = overflow_only and use.saturates == "some"
         earlier = self.reported.get(id(literal))
         if earlier is not None and _REACH_RANK[use.reach] <= _REACH_RANK[self.pending[earlier][4]]:
             return  # reported already, as surely
@@ -1112,8 +1144,10 @@ class TinyEpsilon(Rule):
             )
         if use.cls == RECIP and use.zero != OPTIM_ZERO or use.cls == ROOT:
             message += {ORDINARY: ORDINARY_ZERO, HALF_ONLY: HALF_ONLY_ZERO}.get(use.reach, EDGE_ZERO)
+        if low:
+            message += SATURATED_SOME
         fix = self._fix(literal, use) if isinstance(literal, cst.Float) else None
-        entry = (literal, message, fix, use.node, use.reach)
+        entry = (literal, message, fix, use.node, use.reach, low)
         if earlier is not None:
             self.pending[earlier] = entry  # an ordinary zero found by a later use
         else:

@@ -912,6 +912,22 @@ class Facts:
         No gradient flows back through a comparison or an index."""
         return self._flows_to_cleaning(node, {}, 0, _GRAD)
 
+    def overflow_saturates(self, node: cst.BaseExpression) -> str:
+        """Where an overflow of ``node`` (+-inf, never NaN) goes: ``"all"`` when
+        every use ends in a function that saturates it (``sigmoid(delta +
+        log(x1 / x2))``: sigmoid(inf) = 1, what float32 gives, with a zero
+        derivative), through additions, negation, scaling by a Python number,
+        ``log``/``exp``, value-keeping methods, local names, augmented
+        assignments (``t[..., :2] += v`` then ``t.sigmoid()``) and -- for a
+        helper's result -- every call of the helper in this file; ``"some"``
+        when at least one call of the helper does (its other calls pass the
+        result on where the file does not show); ``""`` otherwise."""
+        if self._flows_to_cleaning(node, {}, 0, _SATURATE):
+            return "all"
+        if self._flows_to_cleaning(node, {}, 0, _SATURATE_SOME):
+            return "some"
+        return ""
+
     def _flows_to_cleaning(self, node: cst.CSTNode, seen: Dict[cst.CSTNode, bool], depth: int, order) -> bool:
         if depth > 24:
             return False
@@ -929,10 +945,13 @@ class Facts:
                 return True
             if isinstance(up, cst.BinaryOperation):
                 other = up.right if up.left is node else up.left
+                saturating = order in _SATURATING_MODES
                 if order == _GRAD or isinstance(up.operator, (cst.Add, cst.Subtract)) or (
                     isinstance(up.operator, (cst.Multiply, cst.Divide))
-                    # a Python number, or an integer tensor (lengths, counts of a beam)
-                    and ((number(other) not in (None, 0)) or self.dtype(other) in (HOST, INTEGER))
+                    # a Python number, or an integer tensor (lengths, counts of a beam; inf * 0 is NaN)
+                    and ((number(other) not in (None, 0)) or not saturating and self.dtype(other) in (HOST, INTEGER))
+                    # c / inf is 0: no longer an overflow, and not followed
+                    and not (saturating and isinstance(up.operator, cst.Divide) and up.right is node)
                 ):
                     return self._flows_to_cleaning(up, seen, depth + 1, order)
                 return False
@@ -946,7 +965,11 @@ class Facts:
         if order and isinstance(up, cst.Return):
             # a helper's result (Gumbel noise): follow it to every call of the helper in this file
             calls = self._calls_of(self.scopes.enclosing_function(up))
+            if order == _SATURATE_SOME:
+                return any(self._flows_to_cleaning(c, seen, depth + 1, order) for c in calls)
             return bool(calls) and all(self._flows_to_cleaning(c, seen, depth + 1, order) for c in calls)
+        if order in _SATURATING_MODES and isinstance(up, cst.AugAssign) and up.value is node:
+            return self._augmented_saturates(up, seen, depth, order)
         if isinstance(up, cst.Subscript) and up.value is node:
             if isinstance(parent.get(up), cst.AssignTarget):
                 return True  # `x[m] = v` writes into x: its values go nowhere
@@ -978,6 +1001,10 @@ class Facts:
                 return not order
             if order and name in _ORDER_INDEX:
                 return True
+            if order in _SATURATING_MODES:
+                if name in _SATURATES:
+                    return True
+                return name in _KEEPS_OVERFLOW and self._flows_to_cleaning(call, seen, depth + 1, order)
             if name in _CARRIES_NONFINITE or (order and name in _ORDER_VALUES):
                 return self._flows_to_cleaning(call, seen, depth + 1, order)
             return False
@@ -994,6 +1021,12 @@ class Facts:
                 return not order
             if order and op in _ORDER_INDEX and up is call.args[0]:
                 return True
+            if order in _SATURATING_MODES:
+                if up is not call.args[0]:
+                    return False
+                if op in _SATURATES:
+                    return True
+                return op in _KEEPS_OVERFLOW and self._flows_to_cleaning(call, seen, depth + 1, order)
             if (op in _CARRIES_NONFINITE or (order and op in _ORDER_VALUES)) and up is call.args[0]:
                 return self._flows_to_cleaning(call, seen, depth + 1, order)
             if order == _GRAD and (op in _CARRIES_NONFINITE or op in _ELEMENTWISE_GRAD) and (
@@ -1019,6 +1052,27 @@ class Facts:
                     return False
             return bool(reads)
         return False
+
+    def _augmented_saturates(self, aug: cst.AugAssign, seen: Dict[cst.CSTNode, bool], depth: int, order) -> bool:
+        """``t += v`` / ``t[..., :2] += v`` (``v`` overflowing): the overflow is
+        now in ``t``; follow the reads of ``t`` after the statement."""
+        if not isinstance(aug.operator, (cst.AddAssign, cst.SubtractAssign)):
+            return False
+        target = aug.target
+        if isinstance(target, cst.Name):
+            reads = self.scopes.reads_of_statement(aug, target.value)
+            return bool(reads) and all(self._flows_to_cleaning(r, seen, depth + 1, order) for r in reads)
+        while isinstance(target, cst.Subscript):
+            target = target.value
+        if not isinstance(target, cst.Name):
+            return False
+        bindings = self.scopes.reaching(target)[:1]
+        if not bindings or bindings[0].kind not in ("assign", "param", "augassign"):
+            return False
+        where = self.scopes.order.get(target, 0)
+        reads = [r for r in self.scopes.reads_of(bindings[0]) if self.scopes.order.get(r, 0) > where
+                 and aug not in set(self.scopes.ancestors(r))]
+        return bool(reads) and all(self._flows_to_cleaning(r, seen, depth + 1, order) for r in reads)
 
     def _calls_of(self, func: Optional[cst.FunctionDef]) -> List[cst.Call]:
         """The calls of a module-level function (``f(x)``) or of a method
@@ -1107,6 +1161,18 @@ _ORDER_INDEX = frozenset({"argsort", "argmax", "argmin"})
 _GRAD = "grad"
 #: differentiable elementwise ops whose every tensor operand reaches the result
 _ELEMENTWISE_GRAD = frozenset({"where", "maximum", "minimum", "mul", "add", "sub", "div", "pow", "clamp", "square"})
+#: modes of the flow walker that follow an overflow (+-inf) to a function that saturates it:
+#: every call of a helper must saturate it, or at least one
+_SATURATE = "saturate"
+_SATURATE_SOME = "saturate-some"
+_SATURATING_MODES = (_SATURATE, _SATURATE_SOME)
+#: functions that map +-inf to a finite value with a zero derivative there (sigmoid(inf) = 1)
+_SATURATES = frozenset({"sigmoid", "sigmoid_", "expit", "tanh", "tanh_", "hardtanh", "hardsigmoid", "erf"})
+#: calls that keep an overflow an overflow of the same sign, never NaN, in the saturating modes
+_KEEPS_OVERFLOW = _KEEPS_VALUES | frozenset({
+    "log", "log_", "log1p", "log2", "log10", "exp", "exp_", "expm1", "sqrt", "float", "double", "sum", "mean",
+    "amax", "amin", "cat", "stack", "unbind", "split", "chunk", "repeat", "index_select", "gather",
+})
 #: calls that replace inf/NaN
 _CLEANS = frozenset({"nan_to_num", "nan_to_num_"})
 #: calls whose result carries an inf/NaN of their first argument or receiver

@@ -145,3 +145,54 @@ def test_a_model_file_with_a_demo_block_is_not_a_float32_script():
     )
     # users import bce and run it under autocast: nothing says this file's own run is all there is
     assert [f.confidence for f in lint(demo, ["NL001"])] == ["high"]
+
+
+INVERSE_SIGMOID = (
+    "import torch\n"
+    "def inverse_sigmoid(x, eps=1e-5):\n"
+    "    x = x.clamp(min=0, max=1)\n"
+    "    x1 = x.clamp(min=eps)\n"
+    "    x2 = (1 - x).clamp(min=eps)\n"
+    "    return torch.log(x1 / x2)\n"
+)
+
+
+def test_an_overflow_that_only_feeds_a_sigmoid_is_not_flagged():
+    # 1/1e-5 overflows float16, but sigmoid(inf) = 1 is what float32 gives
+    refine = (
+        "def refine(delta, ref):\n"
+        "    return torch.sigmoid(delta + inverse_sigmoid(ref))\n"
+    )
+    assert confidences(INVERSE_SIGMOID + refine) == []
+    # through a name and an augmented assignment into a slice, then `.sigmoid()`
+    sliced = (
+        "def refine(head, h, ref):\n"
+        "    out = head(h)\n"
+        "    logit = inverse_sigmoid(ref)\n"
+        "    out[..., :2] += logit\n"
+        "    return out[..., :2].sigmoid()\n"
+    )
+    assert confidences(INVERSE_SIGMOID + sliced) == []
+
+
+def test_an_overflow_used_otherwise_is_still_flagged():
+    # the inf logit is scaled by a tensor (inf * 0 = NaN) or returned unseen
+    scaled = (
+        "def loss(w, z):\n"
+        "    return (inverse_sigmoid(torch.sigmoid(z)) * w).mean()\n"
+    )
+    assert confidences(INVERSE_SIGMOID + scaled) == [(2, "high")]
+    # a saturating call and a call whose result leaves the file's view: low
+    mixed = (
+        "def refine(delta, ref):\n"
+        "    return torch.sigmoid(delta + inverse_sigmoid(ref))\n"
+        "def noisy_queries(boxes):\n"
+        "    return inverse_sigmoid(boxes.clip(0, 1))\n"
+    )
+    [finding] = lint(INVERSE_SIGMOID + mixed, ["NL001"])
+    assert (finding.line, finding.confidence) == (2, "low")
+    assert "at some calls in this file the overflow only reaches a sigmoid" in finding.message
+    # a guard that rounds to 0 gives 0/0 = NaN, which no sigmoid saturates
+    zero = INVERSE_SIGMOID.replace("1e-5", "1e-10")
+    refine = "def refine(delta, z):\n    return torch.sigmoid(delta + inverse_sigmoid(z.sigmoid()))\n"
+    assert confidences(zero + refine) == [(2, "high")]
