@@ -13,7 +13,7 @@ import libcst as cst
 from .analysis import HOST, INTEGER
 from .engine import children, iter_tree, subtree
 from .finding import SAFE
-from .patterns import look_through, arg, is_method_call, is_reference, number, subject, torch_op
+from .patterns import METADATA, look_through, arg, is_method_call, is_reference, number, subject, torch_op
 from .rule import Context
 
 # f -> the value that keeps f and its derivative finite in the masked lanes
@@ -285,12 +285,26 @@ _REDUCTIONS = frozenset({"sum", "mean", "cumsum", "amax", "amin", "max", "min", 
 _PARTS = frozenset({"split", "chunk", "unbind", "tensor_split"})
 
 
+_DTYPE_NAMES = frozenset({
+    "float32", "float", "float64", "double", "float16", "half", "bfloat16", "int64", "long", "int32", "int",
+    "int16", "int8", "uint8", "bool", "complex64", "complex128",
+})
+# arguments that are never differentiated: sizes, dtypes, devices, and indices
+_SHAPE_KEYWORDS = frozenset({"dtype", "device", "layout", "size", "dim", "out", "index", "indices", "pin_memory"})
+#: positions (in the function form) of index arguments: ``sparse_coo_tensor(indices, values)``
+_INDEX_POSITIONS = {"sparse_coo_tensor": 0, "index_select": 2, "gather": 2, "scatter_add": 2, "scatter": 2,
+                    "index_add": 2, "take": 1, "take_along_dim": 1}
+
+
 def no_grad_value(ctx, node: cst.BaseExpression, depth: int = 0) -> bool:
     """Proved to carry no gradient: literals and Python numbers, integer
     tensors, comparisons, counts of a comparison (``(m > 0).sum().float()``),
     fresh tensors (``torch.randn``, ``torch.arange``), ``.detach()``,
-    ``p.grad``, ``w.data``, and arithmetic of these -- following a name to
-    every assignment that reaches it."""
+    ``p.grad``, ``w.data``, shapes and dtypes, and arithmetic, tuples and
+    torch ops of these (``torch.sparse.sum`` of a ``sparse_coo_tensor`` of
+    ``ones``: a vertex degree), where an op's index, size, dtype and device
+    arguments never carry a gradient -- following a name to every
+    assignment that reaches it."""
     if depth > 8:
         return False
     if number(node) is not None:
@@ -327,18 +341,33 @@ def no_grad_value(ctx, node: cst.BaseExpression, depth: int = 0) -> bool:
         return rec(node.value)
     if isinstance(node, cst.Attribute) and node.attr.value in ("grad", "data"):
         return True  # `p.grad`, `w.data`: no graph behind them
+    if isinstance(node, cst.Attribute) and node.attr.value in METADATA:
+        return True  # `x.shape`, `x.device`, `torch.float32`'s kin below
+    if isinstance(node, cst.Attribute) and (ctx.resolve(node) or "").startswith("torch.") and (
+            ctx.resolve(node) or "").rsplit(".", 1)[-1] in _DTYPE_NAMES:
+        return True
+    if isinstance(node, (cst.Tuple, cst.List)):
+        return all(not isinstance(e, cst.StarredElement) and rec(e.value) for e in node.elements)
     if isinstance(node, cst.Call):
         op = torch_op(ctx, node)
+        if op is None and (ctx.resolve(node.func) or "").startswith("torch.sparse."):
+            op = (ctx.resolve(node.func) or "").rsplit(".", 1)[-1]  # `torch.sparse.sum(A)`
         if op is None:
             return False
+        if op in METADATA:
+            return True  # `x.size(0)`, `x.dim()`
         if op in NOGRAD_OPS:
             return not any(a.keyword is not None and a.keyword.value == "requires_grad" for a in node.args)
         if op in _REDUCTIONS or op in _PARTS or op in PASS_THROUGH:
             inner = subject(ctx, node)
             return inner is not None and rec(inner)
         # any other torch op of inputs that carry no gradient has none either
-        inputs = [a.value for a in node.args if not a.star]
-        if is_method_call(ctx, node):
+        method = is_method_call(ctx, node)
+        skip = _INDEX_POSITIONS.get(op, -1) - (1 if method else 0)
+        inputs = [a.value for i, a in enumerate(node.args)
+                  if not a.star and (a.keyword is None and i != skip
+                                     or a.keyword is not None and a.keyword.value not in _SHAPE_KEYWORDS)]
+        if method:
             inputs.append(node.func.value)  # type: ignore[union-attr]
         return bool(inputs) and all(rec(i) for i in inputs)
     return False

@@ -167,3 +167,40 @@ def test_a_value_read_only_by_argmax_and_comparisons_carries_no_gradient():
 def test_the_same_value_returned_carries_its_gradient():
     returned = OTSU.replace("    return torch.where(best > 0, edges[t + 1], torch.tensor(0.0))\n", "    return best\n")
     assert [f.line for f in lint(returned, ["NL109"])] == [5]
+
+
+DEGREE = (
+    "import torch\n"
+    "def laplacian(verts, edges):\n"
+    "    V = verts.shape[0]\n"
+    "    e0, e1 = edges.unbind(1)\n"
+    "    idx = torch.cat([torch.stack([e0, e1], dim=1), torch.stack([e1, e0], dim=1)], dim=0).t()\n"
+    "    A = torch.sparse_coo_tensor(idx, WEIGHTS, (V, V), dtype=torch.float32)\n"
+    "    deg = torch.sparse.sum(A, dim=1).to_dense()[e0]\n"
+    "    return torch.where(deg > 0.0, torch.reciprocal(deg), deg)\n"
+)
+
+
+def test_a_degree_counted_from_constant_ones_carries_no_gradient():
+    # the edge indices only place the ones: a count has no gradient, whatever the edges are
+    ones = DEGREE.replace("WEIGHTS", "torch.ones(idx.shape[1], device=verts.device)")
+    assert lint(ones, ["NL109"]) == []
+    scattered = (
+        "import torch\n"
+        "def mean_over(x, index, n):\n"
+        "    count = torch.zeros(n).scatter_add(0, index, torch.ones(index.size(0)))\n"
+        "    return torch.where(count > 0, 1 / count, 0.0)\n"
+    )
+    assert lint(scattered, ["NL109"]) == []
+
+
+def test_a_degree_weighted_by_a_tensor_with_a_gradient_is_reported():
+    weighted = DEGREE.replace("def laplacian(verts, edges)", "def laplacian(verts, edges, w)").replace("WEIGHTS", "w")
+    assert [f.line for f in lint(weighted, ["NL109"])] == [8]
+    scattered = (
+        "import torch\n"
+        "def mean_over(x, index, n, w):\n"
+        "    count = torch.zeros(n).scatter_add(0, index, w)\n"
+        "    return torch.where(count > 0, 1 / count, 0.0)\n"
+    )
+    assert [f.line for f in lint(scattered, ["NL109"])] == [4]
