@@ -300,16 +300,31 @@ class BceOnSigmoid(Rule):
         if found is not None:
             return found[0], found[1], None, None
         if isinstance(expr, cst.Name) and self.functions:
-            bound = self.scopes[-1].get(expr.value)
-            if bound is None or bound[0] is None:
+            # the shared scopes: the nearest binding on this path (not one in the other branch of an `if`)
+            scopes = self.ctx.facts.scopes
+            bindings = [b for b in scopes.reaching(expr) if not scopes.exclusive(b.node, expr)][:1]
+            if not bindings or bindings[0].kind not in ("assign", "walrus") or bindings[0].value is None:
                 return None
-            value, stamp = bound
-            if self.writes[-1].get(expr.value, stamp) > stamp:
-                return None  # modified in place since
+            value = bindings[0].value
+            if scopes.enclosing_function(bindings[0].node) is None or self._written_in_place(bindings[0], expr):
+                return None  # modified in place since (`p.clamp_(eps, 1 - eps)`)
             found = self._sigmoid_in(value)
             if found is not None:
                 return found[0], found[1], expr.value, value
         return None
+
+    def _written_in_place(self, binding, read: cst.Name) -> bool:
+        """An in-place method (``p.clamp_(...)``) is called on the binding's value before ``read``."""
+        scopes = self.ctx.facts.scopes
+        until = scopes.order.get(read, 0)
+        for r in scopes.reads_of(binding):
+            if scopes.order.get(r, 0) >= until:
+                continue
+            up = scopes.parent.get(r)
+            if (isinstance(up, cst.Attribute) and up.value is r and up.attr.value.endswith("_")
+                    and not up.attr.value.startswith("_") and isinstance(scopes.parent.get(up), cst.Call)):
+                return True
+        return False
 
     def _sigmoid_in(self, expr: cst.BaseExpression) -> Optional[Tuple[cst.Call, cst.BaseExpression]]:
         node = expr
@@ -379,8 +394,11 @@ class BceOnSigmoid(Rule):
             if not is_reference(logits) or logits.lpar:
                 return None
             text = self.ctx.code(logits).strip()
+            tracked = self.scopes[-1].get(through)
+            if tracked is None or tracked[0] is not bound_value:
+                return None  # bound again on another path: no sequence to check the logits against
             writes = self.writes[-1]
-            stamp = self.scopes[-1][through][1]
+            stamp = tracked[1]
             head = text.split(".")[0]
             if any(writes.get(t, 0) >= stamp for t in _prefixes(text)) or writes.get(head, 0) >= stamp:
                 return None  # the logits changed since the probability was computed

@@ -62,3 +62,30 @@ def test_parenthesised_logits_keep_their_parentheses():
     src = "import torch, torch.nn.functional as F\nl = F.binary_cross_entropy(torch.sigmoid(a + b).squeeze(-1), y)\n"
     fixed = fix_all(src, ["NL107"])
     assert "binary_cross_entropy_with_logits((a + b).squeeze(-1), y)" in fixed
+
+
+BRANCHES = (
+    "import torch, torch.nn.functional as F\n"
+    "def calc_bce(pred, gt, eps=0.01, lerp=None, logits=False):\n"
+    "    PRE\n"
+    "    if lerp is not None:\n"
+    "        if logits:\n"
+    "            pred = F.sigmoid(pred)\n"
+    "        return lerp_bce(pred, gt, lerp)\n"
+    "    else:\n"
+    "        return F.binary_cross_entropy(pred, gt)\n"
+)
+
+
+def test_a_sigmoid_bound_in_the_other_branch_does_not_reach_the_loss():
+    # the probability computed for the `lerp` branch never reaches the `else` branch's BCE
+    assert lint(BRANCHES.replace("PRE", "pred = torch.clamp(pred, eps, 1.0 - eps)"), ["NL107"]) == []
+    assert lint(BRANCHES.replace("PRE", "gt = gt.float()"), ["NL107"]) == []
+
+
+def test_a_sigmoid_bound_before_the_branch_reaches_it():
+    [finding] = lint(BRANCHES.replace("PRE", "pred = torch.sigmoid(pred)"), ["NL107"])
+    assert finding.line == 9
+    # an in-place clamp in between bounds it again
+    clamped = BRANCHES.replace("PRE", "pred = torch.sigmoid(pred)\n    pred.clamp_(1e-4, 1 - 1e-4)")
+    assert lint(clamped, ["NL107"]) == []
