@@ -51,13 +51,16 @@ class NonfiniteMask(Rule):
 
     Each finding says how sure it is (the shared analysis decides dtypes, where
     values go and what a mask is, see `nanlint.analysis.masks`):
-    - high: a finite fill beyond the target dtype's range into a tensor that
-      may be float16 (`masked_fill` raises; `where`, index assignment and a
-      mask product turn it into -inf); `mask * -inf` (0 * inf is NaN wherever
-      the mask is 0); `triu`/`tril` of a -inf tensor that keeps the diagonal
-      filled (its first or last row is all -inf);
-    - medium: a -inf fill with a mask from data (key padding, a selection):
-      NaN needs a row with every entry masked, such as an all-padding sample;
+    - high: a finite fill beyond the target dtype's range given to
+      `masked_fill` on a tensor that may be float16 (it raises, whatever the
+      mask); a mask product with such a fill or with -inf (`mask * -1e9`: the
+      fill turns -inf and 0 * inf is NaN wherever the mask is 0); `triu`/`tril`
+      of a -inf tensor that keeps the diagonal filled (its first or last row is
+      all -inf);
+    - medium: a -inf fill with a mask from data (key padding, a selection),
+      or a finite fill beyond float16's range in `where` or an index assignment
+      (`x[m] = -1e20` silently turns -inf there): NaN needs a row with every
+      entry masked, such as an all-padding sample;
     - low: the mask cannot blank a row by itself -- it is causal and keeps the
       diagonal, a top-k/top-p/min-p filter keeps each row's top entry (or the
       mask has an entry reset to False), or the index reaches only some columns
@@ -557,8 +560,8 @@ class NonfiniteMask(Rule):
             if masks.consumed_here(facts, call, filled, statement):
                 return None, ""  # normalised right here: no other mask can blank the kept entry
             return LOW, f" ({structure}: only a row that another mask blanks as well is NaN)"
-        if hazard.finite:
-            return HIGH, ""
+        # a finite fill outside masked_fill (`x[m] = -1e20`, `where(m, x, -1e20)`) turns
+        # -inf silently in float16: from here on it is as sure as an -inf fill
         if in_float32:
             return LOW, " (the filled tensor is float32 here: not a float16 hazard)"
         if hazard.value > 0:

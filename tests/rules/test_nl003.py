@@ -277,3 +277,21 @@ def test_where_takes_its_branches_dtype_not_its_conditions():
     assert codes(src) == [3]
     src32 = src.replace("q @ k.transpose(-2, -1)", "(q @ k.transpose(-2, -1)).float()")
     assert codes(src32) == []
+
+
+def test_a_finite_fill_is_as_sure_as_inf_except_where_masked_fill_raises(tmp_path):
+    """`x[m] = -1e20` and `where(m, x, -1e20)` turn -inf silently in float16: NaN needs a
+    fully masked row, as for -inf (medium); `masked_fill` raises on any half tensor (high)."""
+    source = (
+        "import torch\n"
+        "def block(log_probs, banned, keep):\n"
+        "    log_probs[banned] = -10e20\n"
+        "    scores = torch.where(keep, log_probs, -1e20)\n"
+        "    return scores.masked_fill(banned, -1e20)\n"
+    )
+    assert check(tmp_path, source) == [(3, "medium"), (4, "medium"), (5, "high")]
+    assert check(tmp_path, source, "high") == [(5, "high")]
+    # a float32 tensor holds -1e20: nothing to report
+    upcast = source.replace("def block(log_probs, banned, keep):\n",
+                            "def block(log_probs, banned, keep):\n    log_probs = log_probs.float()\n")
+    assert check(tmp_path, upcast) == []
