@@ -70,13 +70,34 @@ def children(node: cst.CSTNode) -> List[cst.CSTNode]:
     parentheses and operator tokens (what the engine's traversal visits).
     Several times cheaper than libcst's ``node.children``."""
     out: List[cst.CSTNode] = []
+    is_node = _IS_NODE
     for name in _FIELDS_CACHE.get(type(node)) or _child_fields(type(node)):
         value = getattr(node, name)
-        if isinstance(value, cst.CSTNode):
-            out.append(value)
-        elif type(value) is tuple or type(value) is list:
-            out.extend(item for item in value if isinstance(item, cst.CSTNode))
+        kind = type(value)
+        if kind is tuple or kind is list:
+            for item in value:
+                known = is_node.get(type(item))
+                if known is None:
+                    known = _is_node_type(type(item))
+                if known:
+                    out.append(item)
+        else:
+            known = is_node.get(kind)
+            if known is None:
+                known = _is_node_type(kind)
+            if known:
+                out.append(value)
     return out
+
+
+#: type -> whether it is a libcst node class. A dict lookup replaces
+#: isinstance(value, cst.CSTNode), which goes through ABCMeta on every field.
+_IS_NODE: Dict[type, bool] = {}
+
+
+def _is_node_type(kind: type) -> bool:
+    known = _IS_NODE[kind] = issubclass(kind, cst.CSTNode)
+    return known
 
 
 def iter_tree(root: cst.CSTNode) -> Iterator[Tuple[cst.CSTNode, Optional[cst.CSTNode]]]:
@@ -110,7 +131,7 @@ def walk(
 ) -> None:
     """Depth-first, source-order traversal without recursion (deeply nested
     expressions must not hit Python's recursion limit)."""
-    CSTNode = cst.CSTNode
+    is_node = _IS_NODE
     stack: List[Any] = [root]
     pop = stack.pop
     push = stack.append
@@ -134,12 +155,20 @@ def walk(
         children: List[cst.CSTNode] = []
         for name in fields:
             value = getattr(node, name)
-            if isinstance(value, CSTNode):
-                children.append(value)
-            elif type(value) is tuple or type(value) is list:
+            kind = type(value)
+            if kind is tuple or kind is list:
                 for item in value:
-                    if isinstance(item, CSTNode):
+                    known = is_node.get(type(item))
+                    if known is None:
+                        known = _is_node_type(type(item))
+                    if known:
                         children.append(item)
+            else:
+                known = is_node.get(kind)
+                if known is None:
+                    known = _is_node_type(kind)
+                if known:
+                    children.append(value)
         if children:
             children.reverse()
             stack.extend(children)

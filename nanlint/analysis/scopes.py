@@ -24,6 +24,14 @@ import libcst as cst
 from ..engine import iter_tree
 
 SCOPE_NODES = (cst.Module, cst.ClassDef, cst.FunctionDef)
+# Exact node types for the build's per-node tests: libcst's node classes are
+# concrete and never subclassed, and an isinstance() test against them goes
+# through ABCMeta (several times slower than a set lookup, on every node).
+_SCOPE_TYPES = frozenset(SCOPE_NODES)
+_BINDING_TYPES = frozenset({
+    cst.Assign, cst.AnnAssign, cst.AugAssign, cst.Param, cst.For, cst.CompFor, cst.WithItem,
+    cst.NamedExpr, cst.FunctionDef, cst.ClassDef, cst.Name,
+})
 # bindings made by a statement whose own value is read before the name is bound
 _STATEMENT_KINDS = frozenset({"assign", "augassign", "walrus"})
 
@@ -67,6 +75,7 @@ class Scopes:
         scope_of: Dict[cst.CSTNode, cst.CSTNode] = {}
         self.scope_of = scope_of
         index = 0
+        scope_types, binding_types = _SCOPE_TYPES, _BINDING_TYPES
         for node, up in iter_tree(self.module):
             parent[node] = up
             order[node] = index
@@ -75,10 +84,12 @@ class Scopes:
                 scope_of[node] = node
             else:
                 s = scope_of[up]
-                scope_of[node] = up if isinstance(up, SCOPE_NODES) and _inside_body(up, node) else s
-            if isinstance(node, SCOPE_NODES):
+                scope_of[node] = up if type(up) in scope_types and _inside_body(up, node) else s
+            kind = type(node)
+            if kind in scope_types:
                 self.bindings.setdefault(node, {})
-            self._bind(node, up, scope_of)
+            if kind in binding_types:
+                self._bind(node, up, scope_of)
 
     def _add(self, scope: cst.CSTNode, binding: Binding) -> None:
         self.bindings.setdefault(scope, {}).setdefault(binding.name, []).append(binding)
