@@ -131,7 +131,6 @@ def walk(
 ) -> None:
     """Depth-first, source-order traversal without recursion (deeply nested
     expressions must not hit Python's recursion limit)."""
-    is_node = _IS_NODE
     stack: List[Any] = [root]
     pop = stack.pop
     push = stack.append
@@ -151,27 +150,10 @@ def walk(
         if cls in on_leave:
             push(node)
             push(leave_marker)
-        fields = _FIELDS_CACHE.get(cls) or _child_fields(cls)
-        children: List[cst.CSTNode] = []
-        for name in fields:
-            value = getattr(node, name)
-            kind = type(value)
-            if kind is tuple or kind is list:
-                for item in value:
-                    known = is_node.get(type(item))
-                    if known is None:
-                        known = _is_node_type(type(item))
-                    if known:
-                        children.append(item)
-            else:
-                known = is_node.get(kind)
-                if known is None:
-                    known = _is_node_type(kind)
-                if known:
-                    children.append(value)
-        if children:
-            children.reverse()
-            stack.extend(children)
+        kids = children(node)
+        if kids:
+            kids.reverse()
+            stack.extend(kids)
 
 
 _LEAVE = object()
