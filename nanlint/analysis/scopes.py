@@ -32,6 +32,10 @@ _BINDING_TYPES = frozenset({
     cst.Assign, cst.AnnAssign, cst.AugAssign, cst.Param, cst.For, cst.CompFor, cst.WithItem,
     cst.NamedExpr, cst.FunctionDef, cst.ClassDef, cst.Name,
 })
+_SEQUENCE_TYPES = frozenset({cst.Element, cst.StarredElement, cst.Tuple, cst.List})
+_ELEMENT_TYPES = frozenset({cst.Element, cst.StarredElement})
+_NEVER_READ_UNDER = frozenset({cst.FunctionDef, cst.ClassDef, cst.Param, cst.ImportAlias, cst.AsName})
+_TARGET_OWNERS = frozenset({cst.AugAssign, cst.For, cst.CompFor, cst.NamedExpr})
 # bindings made by a statement whose own value is read before the name is bound
 _STATEMENT_KINDS = frozenset({"assign", "augassign", "walrus"})
 
@@ -95,46 +99,51 @@ class Scopes:
         self.bindings.setdefault(scope, {}).setdefault(binding.name, []).append(binding)
 
     def _bind(self, node: cst.CSTNode, up: Optional[cst.CSTNode], scope_of) -> None:
-        if isinstance(node, cst.Assign):
+        kind = type(node)
+        # names are most of the calls: test them first, by exact type
+        if kind is cst.Name:
+            if up is not None and _is_read(node, up) and not self._in_target(up):
+                self.reads.setdefault(scope_of[node], {}).setdefault(node.value, []).append(node)
+        elif kind is cst.Assign:
             scope = scope_of[node]
             for target in node.targets:
                 self._bind_target(scope, target.target, node, node.value)
-        elif isinstance(node, cst.AnnAssign):
+        elif kind is cst.AnnAssign:
             self._bind_target(scope_of[node], node.target, node, node.value)
-        elif isinstance(node, cst.AugAssign):
-            if isinstance(node.target, cst.Name):
+        elif kind is cst.AugAssign:
+            if type(node.target) is cst.Name:
                 self._add(scope_of[node], Binding(node.target.value, "augassign", node, node, self.order[node]))
-        elif isinstance(node, cst.Param) and isinstance(up, cst.Parameters):
-            func = self.parent.get(up)
-            if isinstance(func, (cst.FunctionDef, cst.Lambda)):
-                owner = func if isinstance(func, cst.FunctionDef) else scope_of[func]
-                annotation = node.annotation.annotation if node.annotation is not None else None
-                self._add(owner, Binding(node.name.value, "param", node,
-                                         node.default, self.order[node], annotation))
-        elif isinstance(node, (cst.For, cst.CompFor)):
+        elif kind is cst.Param:
+            if type(up) is cst.Parameters:
+                func = self.parent.get(up)
+                if type(func) in (cst.FunctionDef, cst.Lambda):
+                    owner = func if type(func) is cst.FunctionDef else scope_of[func]
+                    annotation = node.annotation.annotation if node.annotation is not None else None
+                    self._add(owner, Binding(node.name.value, "param", node,
+                                             node.default, self.order[node], annotation))
+        elif kind is cst.For or kind is cst.CompFor:
             for name in _names_in(node.target):
                 self._add(scope_of[node], Binding(name.value, "for", node, node.iter, self.order[node]))
-        elif isinstance(node, cst.WithItem):
+        elif kind is cst.WithItem:
             if node.asname is not None:
                 for name in _names_in(node.asname.name):
                     self._add(scope_of[node], Binding(name.value, "with", node, node.item, self.order[node]))
-        elif isinstance(node, cst.NamedExpr) and isinstance(node.target, cst.Name):
-            self._add(scope_of[node], Binding(node.target.value, "walrus", node, node.value, self.order[node]))
-        elif isinstance(node, (cst.FunctionDef, cst.ClassDef)) and up is not None:
-            kind = "def" if isinstance(node, cst.FunctionDef) else "class"
-            self._add(scope_of[up] if not isinstance(up, SCOPE_NODES) else _owner(up, node, scope_of),
-                      Binding(node.name.value, kind, node, None, self.order[node]))
-        elif isinstance(node, cst.Name) and up is not None and _is_read(node, up) and not self._in_target(up):
-            self.reads.setdefault(scope_of[node], {}).setdefault(node.value, []).append(node)
+        elif kind is cst.NamedExpr:
+            if type(node.target) is cst.Name:
+                self._add(scope_of[node], Binding(node.target.value, "walrus", node, node.value, self.order[node]))
+        elif (kind is cst.FunctionDef or kind is cst.ClassDef) and up is not None:
+            what = "def" if kind is cst.FunctionDef else "class"
+            self._add(scope_of[up] if type(up) not in _SCOPE_TYPES else _owner(up, node, scope_of),
+                      Binding(node.name.value, what, node, None, self.order[node]))
 
     def _in_target(self, up: cst.CSTNode) -> bool:
         """A name inside a tuple/list target (``a, b = ...``, ``for i, x in ...``)
         is bound there, not read."""
         child: cst.CSTNode = up
         node = up
-        while isinstance(node, (cst.Element, cst.StarredElement, cst.Tuple, cst.List)):
+        while type(node) in _SEQUENCE_TYPES:
             child, node = node, self.parent.get(node)
-        if child is up and not isinstance(up, (cst.Element, cst.StarredElement)):
+        if child is up and type(up) not in _ELEMENT_TYPES:
             return False
         if isinstance(node, cst.AssignTarget):
             return node.target is child
@@ -368,18 +377,17 @@ def _names_in(target: cst.BaseExpression) -> List[cst.Name]:
 def _is_read(name: cst.Name, up: cst.CSTNode) -> bool:
     """A Name node that reads a variable (not an attribute's name, a keyword,
     a binding target, a def's name)."""
-    if isinstance(up, cst.Attribute) and up.attr is name:
+    kind = type(up)
+    if kind in _NEVER_READ_UNDER:
         return False
-    if isinstance(up, cst.Arg) and up.keyword is name:
-        return False
-    if isinstance(up, (cst.FunctionDef, cst.ClassDef, cst.Param, cst.ImportAlias, cst.AsName)):
-        return False
-    if isinstance(up, cst.AssignTarget) and up.target is name:
-        return False
-    if isinstance(up, (cst.AnnAssign, cst.AugAssign)) and up.target is name:
-        return isinstance(up, cst.AugAssign)
-    if isinstance(up, (cst.For, cst.CompFor)) and up.target is name:
-        return False
-    if isinstance(up, cst.NamedExpr) and up.target is name:
-        return False
+    if kind is cst.Attribute:
+        return up.attr is not name
+    if kind is cst.Arg:
+        return up.keyword is not name
+    if kind is cst.AssignTarget:
+        return up.target is not name
+    if kind is cst.AnnAssign:
+        return up.target is not name
+    if kind in _TARGET_OWNERS:  # augassign reads its target; for, comprehension, walrus bind it
+        return kind is cst.AugAssign or up.target is not name
     return True
