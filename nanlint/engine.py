@@ -7,7 +7,7 @@ import dataclasses
 import re
 import sys
 from functools import lru_cache
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Type, Union
 
 import libcst as cst
 
@@ -363,28 +363,103 @@ def may_trigger(rule: Type[Rule], source: str) -> bool:
         if isinstance(trigger, str):
             if trigger in source:
                 return True
-        elif _widened(trigger).search(source) and trigger.search(source):
+        elif _found(trigger, source):
             return True
     return False
 
 
-_WIDENED: Dict["re.Pattern[str]", "re.Pattern[str]"] = {}
+# a trigger's alternatives: (a plain substring, or a fast pattern; the exact
+# pattern to confirm a fast candidate with, or None when the fast one is exact)
+_Alternative = Tuple[Union[str, "re.Pattern[str]"], Optional["re.Pattern[str]"]]
+_SPLIT: Dict["re.Pattern[str]", List[_Alternative]] = {}
+_METACHARACTERS = frozenset(".^$*+?{}[]\\|()")
+#: candidates confirmed one by one before the exact pattern searches the rest
+_CANDIDATE_LIMIT = 64
 
 
-def _widened(trigger: "re.Pattern[str]") -> "re.Pattern[str]":
-    """The trigger without its word-boundary assertions: it matches wherever
-    the trigger does (dropping an assertion only widens a pattern), and a
-    pattern that starts with a literal (``exp``, ``where\\s*\\(``) is searched
-    20-50x faster than one that starts with ``\\b``, which disables the regex
-    engine's literal-prefix scan. Most files contain no candidate at all, so
-    the exact trigger runs only on the few that do."""
-    fast = _WIDENED.get(trigger)
-    if fast is None:
-        pattern = trigger.pattern
-        # inside a character class \b is a backspace, not an assertion: keep those
-        widened = pattern if re.search(r"\[[^\]]*\\b", pattern) else pattern.replace(r"\b", "")
-        fast = _WIDENED[trigger] = re.compile(widened, trigger.flags)
-    return fast
+def _found(trigger: "re.Pattern[str]", source: str) -> bool:
+    """Whether ``trigger`` matches somewhere in ``source``, searched fast.
+
+    Python's regex engine scans for a literal prefix (``exp``, ``where\\s*\\(``)
+    20-50x faster than it tries a pattern at every position, and a pattern
+    that starts with ``\\b`` or with an alternation of words has no such
+    prefix. So a trigger is split into its top-level alternatives, each
+    searched on its own (a plain word as a substring test), with its
+    word-boundary assertions dropped (dropping an assertion only widens a
+    pattern); where an assertion was dropped, the exact alternative is then
+    tried only at the places the widened one matches. Same answer as
+    ``trigger.search(source)``."""
+    alternatives = _SPLIT.get(trigger)
+    if alternatives is None:
+        alternatives = _SPLIT[trigger] = _split(trigger)
+    for fast, exact in alternatives:
+        at = _next(fast, source, 0)
+        if at < 0:
+            continue
+        if exact is None:
+            return True
+        for _ in range(_CANDIDATE_LIMIT):
+            if exact.match(source, at):
+                return True
+            at = _next(fast, source, at + 1)
+            if at < 0:
+                break
+        else:
+            if exact.search(source, at):
+                return True
+    return False
+
+
+def _next(fast: Union[str, "re.Pattern[str]"], source: str, begin: int) -> int:
+    """Where ``fast`` next matches from ``begin`` on, or -1."""
+    if isinstance(fast, str):
+        return source.find(fast, begin)
+    found = fast.search(source, begin)
+    return -1 if found is None else found.start()
+
+
+def _split(trigger: "re.Pattern[str]") -> List[_Alternative]:
+    pattern, flags = trigger.pattern, trigger.flags
+    # global inline flags apply to the whole pattern: keep it whole
+    parts = [pattern] if pattern.startswith("(?") and not pattern.startswith("(?:") else _alternatives(pattern)
+    out: List[_Alternative] = []
+    try:
+        for part in parts:
+            # inside a character class \b is a backspace, not an assertion: keep those
+            widened = part if re.search(r"\[[^\]]*\\b", part) else part.replace(r"\b", "")
+            exact = None if widened == part else re.compile(part, flags)
+            if widened and not (_METACHARACTERS & set(widened)) and not flags & re.IGNORECASE:
+                out.append((widened, exact))
+            else:
+                out.append((re.compile(widened, flags), exact))
+    except re.error:  # a split this simple scanner got wrong: search the trigger whole
+        return [(trigger, None)]
+    return out
+
+
+def _alternatives(pattern: str) -> List[str]:
+    """A pattern's top-level ``|`` alternatives (not those inside a group or a
+    character class)."""
+    parts: List[str] = []
+    depth, in_class, escaped, begin = 0, False, False, 0
+    for i, ch in enumerate(pattern):
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif in_class:
+            in_class = ch != "]" or pattern[i - 1] == "["
+        elif ch == "[":
+            in_class = True
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "|" and depth == 0:
+            parts.append(pattern[begin:i])
+            begin = i + 1
+    parts.append(pattern[begin:])
+    return parts
 
 
 def python_tree(source: str) -> Tuple[Optional[Any], Optional[Tuple[str, int, int]]]:

@@ -193,3 +193,39 @@ def test_node_text_after_its_budget_is_the_generated_code_of_every_expression():
                 assert text(node) == module.code_for_node(node), (path, module.code_for_node(node))
                 checked += 1
     assert checked > 10_000
+
+
+def test_the_split_trigger_search_answers_as_the_whole_pattern_does():
+    """Triggers are searched alternative by alternative, widened, then
+    confirmed: the answer must be the plain ``search``'s on every rule's
+    triggers, for text built to sit on the edges (a word inside a longer
+    word, a boundary at the start or end, a candidate past the confirm limit)."""
+    import re
+
+    from nanlint.engine import _CANDIDATE_LIMIT, _found
+    from nanlint.registry import all_rules
+
+    texts = [
+        "", "exp", "x.exp()", "expand(x)", "expexp", "_exp", "exp_", "exp2 ", "torch.expm1(x)",
+        "inf", "finfo", "info", "Infinity", "-math.inf\n", "1e9", "1E+10", "1e-8", "1_000_000",
+        "2 ** 30", "0x7f", "where (m)", "elsewhere(m)", "x.where(", "sqrt", "rsqrt_", "pow_(2)",
+        "x ** 0.5", "x ** (1 / 2)", "acos", "arccos", "dacos", "F.binary_cross_entropy(p, y)",
+        "nn.BCELoss()", "logits.softmax(-1)", "mysoftmax", "Parameter(", "nn.Parameterize",
+        "log(", "catalog(", "log10 (x)", "clip_grad_norm_", "backward", "tanh", "Linear",
+        "expand " * (_CANDIDATE_LIMIT + 5) + "exp", "expand " * (_CANDIDATE_LIMIT + 5),
+        "a" * 50 + "inf" + "b",
+    ]
+    checked = 0
+    for rule in all_rules():
+        for trigger in rule.triggers:
+            if isinstance(trigger, str):
+                continue
+            for text in texts:
+                assert _found(trigger, text) == bool(trigger.search(text)), (rule.code, trigger.pattern, text)
+                checked += 1
+    assert checked > 500
+    # patterns this scanner must not split wrongly: classes holding | and ), groups, flags
+    for pattern in [r"[|)]x|y", r"(?:a|b)c|d", r"(?i)inf|nan", r"[]|]z", r"\(|\)", r"a\|b"]:
+        trigger = re.compile(pattern)
+        for text in ["|x", ")x", "ac", "bc", "d", "INF", "Nan", "]z", "|z", "(", ")", "a|b", "ab"]:
+            assert _found(trigger, text) == bool(trigger.search(text)), (pattern, text)
