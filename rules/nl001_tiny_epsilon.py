@@ -129,6 +129,10 @@ SATURATED_SOME = (
     "float32 gives (sigmoid(inf) = 1, derivative 0); whether it matters depends on the other calls, which "
     "pass the result on where this file does not show"
 )
+BOUNDED_QUOTIENT = (
+    "; the numerator is at most the guarded value (its norm, absolute maximum or range), so the quotient is at most 1 "
+    "and only its gradient at the bound overflows, for an all-zero vector"
+)
 #: a file that may saturate an overflow (the text pre-check of ``Facts.overflow_saturates``)
 _SATURATING_TEXT = re.compile(r"sigmoid|tanh|expit|erf\b")
 OPTIM_ZERO = "so once exp_avg_sq underflows the update divides by 0 and the parameters become inf/NaN in one step"
@@ -241,6 +245,7 @@ class Use:
     masked: bool = False  # the divisor counts a mask: no gradient, numerator 0 where it is 0
     reach: str = EDGE  # how the guarded value reaches 0 (``Facts.zero_case``): ORDINARY is high confidence
     saturates: str = ""  # where the quotient's overflow goes (``Facts.overflow_saturates``): "all", "some", ""
+    bounded: bool = False  # |numerator| <= the guarded value (``x / x.norm()``): the quotient is at most 1
 
     def but(self, **changes) -> "Use":
         return replace(self, **changes)
@@ -308,11 +313,18 @@ class TinyEpsilon(Rule):
     names, `t[..., :2] += v` and every call of the helper in the file, the
     guard is not flagged; where only some calls of the helper do so (others
     return the result where the file does not show), the finding is low.
+    Where the numerator is at most the guarded value -- `x / (x.norm() + 1e-6)`,
+    `x / x.abs().amax().clamp_min(1e-5)`, `(d - d.min()) / (d.max() - d.min()
+    + 1e-6)` -- the quotient is at most 1 and cannot overflow; only its
+    gradient at the bound (1/1e-6 = 1e6) can, for an all-zero vector: low
+    where a gradient flows, not flagged where none does.
 
     Not flagged: the `eps` of the built-in `LayerNorm`/`GroupNorm`/`RMSNorm`
     modules and functional forms (they accumulate in float32), learning rates,
     tolerances (`allclose`, `assert`), values added to a tensor explicitly cast
-    to float32 first (`x.float()`, `.to(torch.float32)`), and any literal that
+    to float32 first (`x.float()`, `.to(torch.float32)`, also inside a private
+    helper every call of which passes such a tensor: `self._norm(x.float())`),
+    and any literal that
     is not a guard, and guards on values that cannot be float16 (the shared
     dtype facts: a tensor made with an explicit float32/float64 dtype, from
     Python data (`torch.tensor(lengths)`) or numpy, an integer tensor, Python
@@ -758,7 +770,9 @@ class TinyEpsilon(Rule):
         d = _strip(divisor, self.ctx)
         terms = _additive_terms(d)
         if terms is not None:
-            self._terms(terms, Use("is added to the divisor in", RECIP, where, DIV_ZERO, saturates=self._saturates(where)))
+            bounded = any(number(t) is None and self._bounded(where, t) for t in terms)
+            self._terms(terms, Use("is added to the divisor in", RECIP, where, DIV_ZERO, saturates=self._saturates(where),
+                                   bounded=bounded))
             return
         clamp = self._clamp_min(d)
         if clamp is not None:
@@ -768,12 +782,17 @@ class TinyEpsilon(Rule):
             masked = subject is not None and self._mentions_mask(subject)
             self._term(bound, Use("is the lower bound of the divisor in", RECIP, where, DIV_ZERO, subject=subject,
                                   finfo="tiny", masked=masked, reach=self._reach(subject),
-                                  saturates=self._saturates(where)))
+                                  saturates=self._saturates(where),
+                                  bounded=subject is not None and self._bounded(where, subject)))
             return
         if hop and isinstance(d, cst.Name):
             value = self._local_value(d)
             if value is not None and not self._non_tensor(value):
                 self._divisor(value, where, hop=False)
+
+    def _bounded(self, where: cst.CSTNode, guarded: cst.BaseExpression) -> bool:
+        """The quotient's numerator is at most the guarded value (``Facts.at_most``)."""
+        return isinstance(where, cst.BinaryOperation) and self.ctx.facts.at_most(where.left, _strip(guarded, self.ctx))
 
     def _under(self, x: cst.BaseExpression, where: cst.CSTNode, op: str) -> None:
         if self._cleaned(where) or (op in LOG_OPS and isinstance(where, cst.BaseExpression)
@@ -1110,6 +1129,12 @@ class TinyEpsilon(Rule):
             # use of it saturates to what float32 gives (sigmoid(inf) = 1)
             return
         low = overflow_only and use.saturates == "some"
+        if overflow_only and use.bounded:
+            # |numerator| <= the guarded value: the quotient is at most 1, and only its
+            # gradient at the bound (1/eps) can overflow, where a gradient flows at all
+            if not self.ctx.facts.grad_flows(use.node):
+                return
+            low = True
         earlier = self.reported.get(id(literal))
         if earlier is not None and _REACH_RANK[use.reach] <= _REACH_RANK[self.pending[earlier][4]]:
             return  # reported already, as surely
@@ -1144,7 +1169,9 @@ class TinyEpsilon(Rule):
             )
         if use.cls == RECIP and use.zero != OPTIM_ZERO or use.cls == ROOT:
             message += {ORDINARY: ORDINARY_ZERO, HALF_ONLY: HALF_ONLY_ZERO}.get(use.reach, EDGE_ZERO)
-        if low:
+        if low and use.bounded:
+            message += BOUNDED_QUOTIENT
+        elif low:
             message += SATURATED_SOME
         fix = self._fix(literal, use) if isinstance(literal, cst.Float) else None
         entry = (literal, message, fix, use.node, use.reach, low)

@@ -205,7 +205,7 @@ class Facts:
         if isinstance(node, cst.IfExp):
             return _join(rec(node.body), rec(node.orelse))
         if isinstance(node, cst.Subscript):
-            return rec(node.value)
+            return self._element_dtype(node.value, depth)
         if isinstance(node, cst.Name):
             return self._name_dtype(node, depth)
         if isinstance(node, cst.Attribute):
@@ -228,6 +228,29 @@ class Facts:
         if isinstance(node, cst.Call):
             return self._call_dtype(node, depth)
         return UNKNOWN
+
+    def _element_dtype(self, container: cst.BaseExpression, depth: int) -> str:
+        """What indexing ``container`` gives: a tensor's own dtype class; for a
+        Python list, tuple or comprehension shown in the source, its elements'
+        (a list of float16 tensors is a host object, its items are not)."""
+        shown = container
+        if type(shown) is cst.Name:
+            bindings = [b for b in self.scopes.reaching(shown)[:4] if b.kind in ("assign", "walrus")]
+            if bindings and bindings[0].value is not None:
+                shown = bindings[0].value
+        if type(shown) in (cst.List, cst.Tuple, cst.Set):
+            items = [e.value for e in shown.elements if type(e) is cst.Element]
+            if not items or len(items) != len(shown.elements):
+                return UNKNOWN
+            return _join_all(self.dtype(v, depth + 1) for v in items[:8])
+        if type(shown) in (cst.ListComp, cst.SetComp, cst.GeneratorExp):
+            return self.dtype(shown.elt, depth + 1)
+        if type(shown) in (cst.Dict, cst.DictComp):
+            return UNKNOWN
+        kind = self.dtype(container, depth + 1)
+        if kind == HOST and type(shown) is cst.Call and type(shown.func) is cst.Name and shown.func.value in ("list", "tuple"):
+            return UNKNOWN
+        return kind
 
     def _name_dtype(self, node: cst.Name, depth: int) -> str:
         bindings = self.scopes.reaching(node)
@@ -261,13 +284,41 @@ class Facts:
                     return HOST
             if b.value is not None and self.dtype(b.value, depth + 1) == HOST and number(b.value) is not None:
                 return HOST  # a number-valued hyper-parameter (``eps=1e-6``)
-            return UNKNOWN
+            return self._argument_dtype(b, depth)
         if b.kind == "for":
             it = b.value
             if isinstance(it, cst.Call) and isinstance(it.func, cst.Name) and it.func.value in ("range", "enumerate", "zip"):
                 return HOST if it.func.value == "range" else UNKNOWN
             return UNKNOWN
         return UNKNOWN
+
+    def _argument_dtype(self, b: Binding, depth: int) -> str:
+        """A private helper's parameter holds what every call of it in this
+        file passes: ``self._norm(x.float())`` at each call (Gemma-style
+        RMSNorm) makes ``x`` float32 inside ``_norm``. A private name
+        (``_name``, not a dunder) is not called from other modules."""
+        func = self.scopes.parent.get(self.scopes.parent.get(b.node))
+        if type(func) is not cst.FunctionDef or not func.name.value.startswith("_") or func.name.value.startswith("__"):
+            return UNKNOWN
+        positional = [*func.params.posonly_params, *func.params.params]
+        try:
+            index = next(i for i, p in enumerate(positional) if p is b.node)
+        except StopIteration:
+            index = None  # keyword-only
+        calls = self._calls_of(func)
+        kinds = []
+        for call in calls[:8]:
+            if type(call.func) is cst.Attribute and index is not None and not _is_static(func):
+                index_here = index - 1  # ``self._f(x)``: ``self`` is not among the arguments
+            else:
+                index_here = index
+            if any(a.star for a in call.args):
+                return UNKNOWN
+            given = arg(call, index_here if index_here is not None and index_here >= 0 else None, b.name)
+            if given is None:
+                return UNKNOWN  # the default, or a call this reading does not follow
+            kinds.append(self.dtype(given.value, depth + 1))
+        return _join_all(kinds) if len(calls) <= 8 else UNKNOWN
 
     def _call_dtype(self, call: cst.Call, depth: int) -> str:
         rec = lambda n: self.dtype(n, depth + 1)  # noqa: E731
@@ -280,7 +331,9 @@ class Facts:
                 return UNKNOWN
         elif isinstance(call.func, cst.Name):
             builtin = call.func.value
-            if builtin in ("float", "int", "len", "range", "min", "max", "abs", "round", "sum", "bool"):
+            if builtin in ("float", "int", "len", "bool") and self.ctx.resolve(call.func) is None:
+                return HOST  # a Python number, even of a one-element tensor
+            if builtin in ("range", "min", "max", "abs", "round", "sum"):
                 # builtins: host numbers unless given tensors
                 args = [rec(a.value) for a in call.args]
                 return HOST if all(a == HOST for a in args) else UNKNOWN
@@ -816,6 +869,71 @@ class Facts:
         return False
 
     # -- where values go ----------------------------------------------------
+    def at_most(self, numerator: cst.BaseExpression, bound: cst.BaseExpression) -> bool:
+        """``|numerator| <= bound`` for every input, elementwise: the bound is a
+        norm or an absolute maximum of the numerator (``x / x.norm()``,
+        ``x / x.abs().amax()``), or the range a min-shifted value is divided
+        by (``(d - d.min()) / (d.max() - d.min())``). Such a quotient is at most
+        1, whatever the guard under the bound."""
+        numerator, bound = self._local(numerator), self._local(bound)
+        base = self._reduced_magnitude(bound)
+        if base is not None:
+            inner = self._local(numerator)
+            while True:
+                if _same(inner, base):
+                    return True
+                if type(inner) is cst.Subscript:  # an element of it
+                    inner = self._local(inner.value)
+                elif type(inner) is cst.Call and torch_op(self.ctx, inner) == "abs":
+                    inner = self._local(subject(self.ctx, inner)) if subject(self.ctx, inner) is not None else None
+                else:
+                    return False
+                if inner is None:
+                    return False
+        if (type(numerator) is cst.BinaryOperation and type(bound) is cst.BinaryOperation
+                and type(numerator.operator) is cst.Subtract and type(bound.operator) is cst.Subtract
+                and _same(self._local(numerator.right), self._local(bound.right))):
+            low, high = self._local(bound.right), self._local(bound.left)
+            value = self._local(numerator.left)
+            return self._reduction_of(low, ("min", "amin"), value) and self._reduction_of(high, ("max", "amax"), value)
+        return False
+
+    def _local(self, node: Optional[cst.BaseExpression]) -> Optional[cst.BaseExpression]:
+        """A local name's single assigned value (one hop), else the node."""
+        if type(node) is cst.Name:
+            bindings = self.scopes.reaching(node)
+            if len(bindings) == 1 and bindings[0].kind == "assign" and bindings[0].value is not None:
+                return bindings[0].value
+        return node
+
+    def _reduced_magnitude(self, node: Optional[cst.BaseExpression]) -> Optional[cst.BaseExpression]:
+        """``N`` where ``node`` is a norm of N or the maximum of ``|N|``."""
+        node = self._local(node)
+        if type(node) is not cst.Call:
+            return None
+        op = torch_op(self.ctx, node)
+        inner = subject(self.ctx, node)
+        if inner is None:
+            return None
+        if op in ("norm", "vector_norm"):
+            return self._local(inner)
+        if op in ("max", "amax"):
+            inner = self._local(inner)
+            if type(inner) is cst.Call and torch_op(self.ctx, inner) == "abs":
+                base = subject(self.ctx, inner)
+                return self._local(base) if base is not None else None
+        return None
+
+    def _reduction_of(self, node: Optional[cst.BaseExpression], ops, value: Optional[cst.BaseExpression]) -> bool:
+        """``node`` is ``value.min()``-like (one of ``ops``) of ``value`` itself."""
+        node = self._local(node)
+        if type(node) is cst.Subscript or (type(node) is cst.Attribute and node.attr.value == "values"):
+            node = self._local(node.value)  # ``x.min(dim)[0]``, ``x.min(dim).values``
+        if type(node) is not cst.Call or torch_op(self.ctx, node) not in ops:
+            return False
+        inner = subject(self.ctx, node)
+        return inner is not None and _same(self._local(inner), value)
+
     def consumers(self, node: cst.BaseExpression) -> List[str]:
         """The operations (short names) that consume the value of ``node``:
         the call it is the receiver or first argument of, or -- when it is
@@ -1293,6 +1411,15 @@ def _disables_autocast(ctx, node: cst.BaseExpression) -> bool:
         return False
     enabled = arg(node, None, "enabled")
     return enabled is not None and isinstance(enabled.value, cst.Name) and enabled.value.value == "False"
+
+
+def _same(a: Optional[cst.BaseExpression], b: Optional[cst.BaseExpression]) -> bool:
+    """The same expression, by structure (``x`` and ``x``, ``h[..., :3]`` twice)."""
+    return a is not None and b is not None and (a is b or a.deep_equals(b))
+
+
+def _is_static(func: cst.FunctionDef) -> bool:
+    return any(dotted_name(d.decorator) == "staticmethod" for d in func.decorators)
 
 
 def _join(a: str, b: str) -> str:

@@ -196,3 +196,78 @@ def test_an_overflow_used_otherwise_is_still_flagged():
     zero = INVERSE_SIGMOID.replace("1e-5", "1e-10")
     refine = "def refine(delta, z):\n    return torch.sigmoid(delta + inverse_sigmoid(z.sigmoid()))\n"
     assert confidences(zero + refine) == [(2, "high")]
+
+
+def test_a_private_helper_computes_in_the_dtype_every_caller_passes():
+    """Gemma-style RMSNorm: ``_norm`` is called only with ``x.float()``, so its
+    eps is added in float32, where 1e-8 is a working guard."""
+    def norm(call_a, call_b="self._norm(x.float())", helper="_norm", decorator=""):
+        return (
+            "import torch\nfrom torch import nn\n"
+            "class RMSNorm(nn.Module):\n"
+            "    def __init__(self, dim, eps=1e-8):\n"
+            "        super().__init__()\n"
+            "        self.eps = eps\n"
+            "        self.weight = nn.Parameter(torch.ones(dim))\n"
+            f"{decorator}"
+            f"    def {helper}(self, x):\n"
+            "        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-8)\n"
+            "    def forward(self, x):\n"
+            f"        out = {call_a}\n"
+            f"        out = out + {call_b.replace('_norm', helper)}\n"
+            "        return (out * self.weight.float()).type_as(x)\n"
+            + HALF_MODEL
+        )
+    assert confidences(norm("self._norm(x.float())")) == []
+    assert confidences(norm("self._norm(x.to(torch.float32))")) == []
+    assert confidences(norm("self._norm(x=x.float())")) == []
+    # one caller passes the activation as it comes: it may be float16
+    assert confidences(norm("self._norm(x)")) != []
+    # a public method may be called from anywhere with anything
+    assert confidences(norm("self.norm(x.float())", helper="norm")) != []
+    # a static helper takes no self: its first argument is the tensor
+    static = norm("self._norm(x.float())", decorator="    @staticmethod\n").replace("_norm(self, x)", "_norm(x)")
+    assert confidences(static) == []
+    assert confidences(static.replace("self._norm(x.float())", "self._norm(x)", 1)) != []
+
+
+def test_a_quotient_bounded_by_its_divisor_cannot_overflow_forward():
+    """``x / (x.norm() + 1e-6)``: the guard is subnormal, not 0, and the quotient
+    is at most 1; only its gradient at the bound (1/eps) can overflow."""
+    cases = {
+        "x / (x.norm(dim=-1, keepdim=True) + 1e-6)": "low",
+        "x / x.norm(dim=-1, keepdim=True).clamp_min(1e-6)": "low",
+        "x / (x.abs().amax(dim=-1, keepdim=True) + 1e-5)": "low",
+        "x[..., :1] / (torch.linalg.vector_norm(x, dim=-1, keepdim=True) + 1e-6)": "low",
+        "(x - x.min()) / (x.max() - x.min() + 1e-6)": "low",
+        # look-alikes: another tensor's norm, a signed maximum, a sum of squares
+        "x / (y.norm(dim=-1, keepdim=True) + 1e-6)": "medium",
+        "x / (x.amax(dim=-1, keepdim=True) + 1e-6)": "medium",
+        "(x - x.min()) / (y.max() - x.min() + 1e-6)": "medium",
+        "x / (x.pow(2).sum(-1, keepdim=True) + 1e-6)": "medium",
+    }
+    for expr, confidence in cases.items():
+        body = f"import torch\ndef f(x, y):\n    return {expr}\n"
+        assert confidences(body) == [(3, confidence)], expr
+        # where no gradient flows, the forward quotient is all there is
+        quiet = f"import torch\n@torch.no_grad()\ndef f(x, y):\n    return {expr}\n"
+        assert (confidences(quiet) == []) == (confidence == "low"), expr
+    [finding] = lint("import torch\ndef f(x):\n    return x / (x.norm() + 1e-6)\n", ["NL001"])
+    assert "the quotient is at most 1" in finding.message
+
+
+def test_an_element_of_a_list_of_tensors_is_a_tensor():
+    """A list is a Python object, but indexing a list of activations gives an
+    activation; indexing a list of numbers gives a number."""
+    def body(items):
+        return (
+            "import torch\n"
+            "def f(hs, x):\n"
+            f"    parts = {items}\n"
+            "    return x / (parts[0] + 1e-8)\n"
+            + HALF_MODEL
+        )
+    assert confidences(body("[h.sum(-1, keepdim=True) for h in hs]")) != []
+    assert confidences(body("[hs[0].sum(-1, keepdim=True), hs[1].sum(-1, keepdim=True)]")) != []
+    assert confidences(body("[1.0, 2.0]")) == []
+    assert confidences(body("[float(h) for h in hs]")) == []
