@@ -1,4 +1,4 @@
-"""Findings in test code are never high confidence: a test chooses its own
+"""Findings in test code are low confidence: a test chooses its own
 (synthetic, often float64) inputs. Test code is a `test`/`tests`/`testing`
 folder below the project root, or a `test_*.py`/`*_test.py`/`conftest.py` file."""
 
@@ -24,7 +24,7 @@ def _check(cwd, *args):
     return {f["path"].replace("\\", "/"): f for f in json.loads(proc.stdout)}
 
 
-def test_test_folders_and_files_cap_confidence_at_medium(tmp_path):
+def test_test_folders_and_files_make_findings_low(tmp_path):
     (tmp_path / "pyproject.toml").write_text("[tool.nanlint]\n")
     for rel in ("src/model.py", "tests/helpers.py", "pkg/testing/refs.py", "test_model.py", "pkg/ops_test.py",
                 "conftest.py", "pkg/contest.py", "pkg/latest/model.py", "pkg/testsuite.py"):
@@ -34,7 +34,7 @@ def test_test_folders_and_files_cap_confidence_at_medium(tmp_path):
     tests = {"tests/helpers.py", "pkg/testing/refs.py", "test_model.py", "pkg/ops_test.py", "conftest.py"}
     assert set(found) == tests | {"src/model.py", "pkg/contest.py", "pkg/latest/model.py", "pkg/testsuite.py"}
     for path, f in found.items():
-        assert f["confidence"] == ("medium" if path in tests else "high"), path
+        assert f["confidence"] == ("low" if path in tests else "high"), path
         assert f["message"].endswith("(in test code, which chooses its own inputs)") == (path in tests)
     # shown by default only outside tests
     proc = subprocess.run([sys.executable, "-m", "nanlint", "check", "--no-cache", "."], cwd=tmp_path,
@@ -52,7 +52,7 @@ def test_a_project_that_lives_in_a_tests_folder_is_not_test_code(tmp_path):
 
 
 def test_a_snippet_is_judged_by_the_name_it_is_given():
-    assert [f.confidence for f in lint(SCORE, ["NL002"], path="tests/t.py")] == ["medium"]
+    assert [f.confidence for f in lint(SCORE, ["NL002"], path="tests/t.py")] == ["low"]
     assert [f.confidence for f in lint(SCORE, ["NL002"], path="/abs/tests/model.py")] == ["high"]
     assert [f.confidence for f in lint(SCORE, ["NL002"], path="model.py")] == ["high"]
 
