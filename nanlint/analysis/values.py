@@ -758,7 +758,11 @@ class Facts:
         pipeline); in a method of a plain data class (not a module, no
         ``forward``/``__call__``) that updates its own tensors in place (boxes
         scaled in place); in ``forward``/``backward`` of a
-        ``torch.autograd.Function`` (differentiated by its own ``backward``);
+        ``torch.autograd.Function`` (differentiated by its own ``backward``) and
+        in an op's decomposition or reference implementation
+        (``@register_decomposition(aten.op)``, ``@register_lowering``, a
+        ``*_reference`` maker: compilers trace it below autograd, which
+        differentiates the op by its own derivative formula);
         in a private helper (``_name``) that this file calls only where no
         gradient flows; when the value is only read as integers or Python
         numbers (``.long()``, ``floor``, ``round``, ``.item()``) or every use
@@ -786,7 +790,7 @@ class Facts:
                 if _NO_GRAD_FUNCTION.search(up.name.value):
                     return False
                 for dec in up.decorators:
-                    if self._no_grad(dec.decorator):
+                    if self._no_grad(dec.decorator) or _registers_decomposition(dec.decorator):
                         return False
                 if depth < 3 and self._called_only_without_grad(up, depth):
                     return False
@@ -1411,6 +1415,17 @@ def _disables_autocast(ctx, node: cst.BaseExpression) -> bool:
         return False
     enabled = arg(node, None, "enabled")
     return enabled is not None and isinstance(enabled.value, cst.Name) and enabled.value.value == "False"
+
+
+_DECOMPOSITION = re.compile(r"^(?:register_(?:decomposition|lowering)|\w*_reference)$")
+
+
+def _registers_decomposition(decorator: cst.BaseExpression) -> bool:
+    """``@register_decomposition(aten.x)``, ``@register_lowering(...)``,
+    ``@_make_elementwise_unary_reference(...)``."""
+    func = decorator.func if type(decorator) is cst.Call else decorator
+    name = func.attr.value if type(func) is cst.Attribute else func.value if type(func) is cst.Name else ""
+    return bool(_DECOMPOSITION.match(name))
 
 
 def _same(a: Optional[cst.BaseExpression], b: Optional[cst.BaseExpression]) -> bool:

@@ -204,3 +204,22 @@ def test_a_degree_weighted_by_a_tensor_with_a_gradient_is_reported():
         "    return torch.where(count > 0, 1 / count, 0.0)\n"
     )
     assert [f.line for f in lint(scattered, ["NL109"])] == [4]
+
+
+@pytest.mark.parametrize("decorator, reported", [
+    ("@register_decomposition(aten.special_entr)", False),
+    ("@decomp.register_decomposition([aten.sinc])", False),
+    ("@register_lowering(aten.sinc)", False),
+    ("@_make_elementwise_unary_reference(KIND.DEFAULT)", False),
+    # look-alikes: an ordinary decorator, a registry of modules
+    ("@functools.lru_cache()", True),
+    ("@register_module('sinc')", True),
+])
+def test_an_ops_decomposition_is_differentiated_by_the_ops_own_formula(decorator, reported):
+    source = (
+        "import functools\nimport torch\n"
+        f"{decorator}\n"
+        "def sinc(a):\n"
+        "    return torch.where(a == 0, torch.ones_like(a), torch.sin(a) / a)\n"
+    )
+    assert bool(lint(source, ["NL109"])) == reported
