@@ -8,7 +8,7 @@ import libcst as cst
 
 from nanlint.engine import subtree, children
 
-from nanlint.analysis import EDGE, HALF_ONLY, HOST, INTEGER, ORDINARY, WIDE
+from nanlint.analysis import EDGE, HALF_ONLY, HOST, INTEGER, ORDINARY, WEIGHT, WIDE
 from nanlint.analysis.safeguards import makes_model_half, trains_float32_adapters
 from nanlint.finding import HIGH, LOW, MEDIUM
 from nanlint.dtypes import FLOAT16, fmt
@@ -120,9 +120,13 @@ HALF_ONLY_ZERO = (
     "is 17 below the rest; CUDA/MPS autocast computes softmax and exp in float32, where the guard works, "
     "so it fails in a model cast to half"
 )
+WEIGHT_ZERO = (
+    "; the guarded value is a learned parameter (or exp of one), which reaches the bound only for a trained "
+    "value far from its initialisation (exp(w) < 1.5e-5 needs w < -11)"
+)
 HALF_FILE = " (this file casts to half without autocast)"
 #: how surely a guarded value reaches 0, for a literal reached by several uses
-_REACH_RANK = {EDGE: 0, HALF_ONLY: 1, ORDINARY: 2}
+_REACH_RANK = {WEIGHT: -1, EDGE: 0, HALF_ONLY: 1, ORDINARY: 2}
 EDGE_ZERO = "; this needs the guarded value to be exactly 0 (a zero or constant row)"
 SATURATED_SOME = (
     "; at some calls in this file the overflow only reaches a sigmoid/tanh, which saturates it to what "
@@ -299,9 +303,11 @@ class TinyEpsilon(Rule):
     underflows for ordinary gradients); a cast of an input tensor does not
     make the parameters half, and PEFT adapters (`get_peft_model`) are
     float32. Medium: everything else -- norms, variances, sums and counts,
-    learned scales, the `eps` of `F.normalize`/`cosine_similarity`: 0 needs a
-    zero or constant row, a real but rarer input (shown with
-    `--min-confidence medium`). In a script that shows no reduced precision
+    the `eps` of `F.normalize`/`cosine_similarity`: 0 needs a zero or
+    constant row, a real but rarer input (shown with
+    `--min-confidence medium`). Low: a learned parameter or `exp` of one (a
+    Snake activation's `1 / (alpha + 1e-9)`), which reaches the bound only for
+    a trained weight far from its initialisation. In a script that shows no reduced precision
     at all, every finding is low (README, Confidence).
 
     A subnormal divisor bound (`6e-8 <= v < 1.53e-5`, e.g. the `1e-5` of an
@@ -1044,7 +1050,7 @@ class TinyEpsilon(Rule):
                 if reach == HALF_ONLY and pure_half and message.endswith(HALF_ONLY_ZERO):
                     message += HALF_FILE
                 surely = reach == ORDINARY or reach == HALF_ONLY and pure_half
-                self.report(literal, message, fix, confidence=LOW if low else HIGH if surely else MEDIUM)
+                self.report(literal, message, fix, confidence=LOW if low or reach == WEIGHT else HIGH if surely else MEDIUM)
 
     def _call_site(self, site: CallSite) -> None:
         funcs = self.module_funcs.get(site.name, [])
@@ -1168,7 +1174,7 @@ class TinyEpsilon(Rule):
                 f"1/{reciprocal} = {fmt(1 / value)} leaves little headroom below {fmt(FLOAT16.max)}"
             )
         if use.cls == RECIP and use.zero != OPTIM_ZERO or use.cls == ROOT:
-            message += {ORDINARY: ORDINARY_ZERO, HALF_ONLY: HALF_ONLY_ZERO}.get(use.reach, EDGE_ZERO)
+            message += {ORDINARY: ORDINARY_ZERO, HALF_ONLY: HALF_ONLY_ZERO, WEIGHT: WEIGHT_ZERO}.get(use.reach, EDGE_ZERO)
         if low and use.bounded:
             message += BOUNDED_QUOTIENT
         elif low:

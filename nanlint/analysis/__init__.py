@@ -10,6 +10,6 @@ about. Data flows one way: files -> parse -> analysis -> rules -> findings.
   content hash; ``Facts.constant`` and ``Facts.summary_of_call`` ask it.
 """
 
-from .values import ACTIVATION, EDGE, HALF, HALF_ONLY, HOST, INTEGER, ORDINARY, UNKNOWN, WIDE, Facts
+from .values import ACTIVATION, EDGE, HALF, HALF_ONLY, HOST, INTEGER, ORDINARY, UNKNOWN, WEIGHT, WIDE, Facts
 
-__all__ = ["Facts", "ORDINARY", "HALF_ONLY", "EDGE", "HALF", "WIDE", "INTEGER", "HOST", "UNKNOWN", "ACTIVATION"]
+__all__ = ["Facts", "ORDINARY", "HALF_ONLY", "EDGE", "WEIGHT", "HALF", "WIDE", "INTEGER", "HOST", "UNKNOWN", "ACTIVATION"]

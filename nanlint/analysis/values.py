@@ -49,6 +49,7 @@ UNKNOWN = "unknown"
 ORDINARY = "ordinary"
 HALF_ONLY = "half-only"
 EDGE = "edge"
+WEIGHT = "weight"
 
 ACTIVATION = "activation"
 
@@ -531,9 +532,14 @@ class Facts:
         ``*_prob``) counts as one: the only name heuristic here.
 
         EDGE: everything else -- norms, variances, sums and means (a sum of
-        probabilities is about 1), counts (an all-padding row), learned scales,
-        differences of activations, a largest probability (at least 1/K):
-        0 needs a zero or constant row."""
+        probabilities is about 1), counts (an all-padding row), differences of
+        activations, a largest probability (at least 1/K): 0 needs a zero or
+        constant row.
+
+        WEIGHT: a learned parameter itself or ``exp`` of one (a Snake
+        activation's ``alpha``, a ``log_scale``): it reaches the bound only for
+        a trained value far from its initialisation (exp(w) < 1.5e-5 needs
+        w < -11), which is nothing the code shows."""
         if depth > 8:
             return EDGE
         rec = lambda n: self.zero_case(n, depth + 1)  # noqa: E731
@@ -551,7 +557,9 @@ class Facts:
                     return HALF_ONLY if found == EDGE and named else found
             return HALF_ONLY if named else EDGE
         if isinstance(node, cst.Attribute):
-            return HALF_ONLY if _PROB_NAME.match(node.attr.value) else EDGE
+            if _PROB_NAME.match(node.attr.value):
+                return HALF_ONLY
+            return WEIGHT if self._learned_weight(node) else EDGE
         if isinstance(node, cst.BinaryOperation):
             op = node.operator
             if isinstance(op, cst.Multiply):
@@ -577,12 +585,23 @@ class Facts:
                 return HALF_ONLY
             if op in ("exp", "exp_", "exp2"):
                 base = subject(self.ctx, node)
-                return HALF_ONLY if base is not None and NONPOS in self.range_facts(base) else EDGE
+                if base is not None and NONPOS in self.range_facts(base):
+                    return HALF_ONLY
+                return WEIGHT if base is not None and rec(base) == WEIGHT else EDGE
             if op in _SELECTS_VALUES or op in ("clamp", "clamp_", "clip", "clamp_min", "clamp_min_", "clamp_max", "mul", "mul_"):
                 base = subject(self.ctx, node)
                 return rec(base) if base is not None else EDGE
             return EDGE
         return EDGE
+
+    def _learned_weight(self, node: cst.Attribute) -> bool:
+        """``self.alpha`` where the class sets ``self.alpha = nn.Parameter(...)``
+        (every assignment the class shows)."""
+        values = [v for _, v in self.scopes.self_attribute(node)]
+        return bool(values) and all(
+            type(v) is cst.Call and (self.ctx.resolve(v.func) or dotted_name(v.func) or "").split(".")[-1] == "Parameter"
+            for v in values
+        )
 
     def _opaque(self, value: cst.BaseExpression) -> bool:
         """The code shows nothing of what ``value`` is: a call of something

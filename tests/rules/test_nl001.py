@@ -271,3 +271,26 @@ def test_an_element_of_a_list_of_tensors_is_a_tensor():
     assert confidences(body("[hs[0].sum(-1, keepdim=True), hs[1].sum(-1, keepdim=True)]")) != []
     assert confidences(body("[1.0, 2.0]")) == []
     assert confidences(body("[float(h) for h in hs]")) == []
+
+
+def test_a_learned_parameter_reaches_the_bound_only_far_from_its_init():
+    """Snake activations: ``1 / (alpha + 1e-9)`` with ``alpha`` a parameter or
+    ``exp`` of one is 0 only for a trained weight below -17: low, not medium."""
+    def snake(init, alpha):
+        return (
+            "import torch\nfrom torch import nn\n"
+            "class Snake(nn.Module):\n"
+            "    def __init__(self, dim):\n"
+            "        super().__init__()\n"
+            f"        self.alpha = {init}\n"
+            "    def forward(self, x):\n"
+            f"        alpha = {alpha}\n"
+            "        return x + (1.0 / (alpha + 1e-9)) * torch.sin(x * alpha).pow(2)\n"
+        )
+    assert confidences(snake("nn.Parameter(torch.zeros(dim))", "self.alpha.exp()")) == [(9, "low")]
+    assert confidences(snake("nn.Parameter(torch.ones(dim))", "self.alpha")) == [(9, "low")]
+    [finding] = lint(snake("nn.Parameter(torch.zeros(dim))", "torch.exp(self.alpha)"), ["NL001"])
+    assert "learned parameter" in finding.message
+    # look-alikes: a layer's output, and the exp of an activation
+    assert confidences(snake("nn.Linear(dim, dim)", "self.alpha(x)")) == [(9, "medium")]
+    assert confidences(snake("nn.Parameter(torch.zeros(dim))", "x.mean(-1, keepdim=True).exp()")) == [(9, "medium")]
