@@ -781,7 +781,9 @@ class Facts:
         in an op's decomposition or reference implementation
         (``@register_decomposition(aten.op)``, ``@register_lowering``, a
         ``*_reference`` maker: compilers trace it below autograd, which
-        differentiates the op by its own derivative formula);
+        differentiates the op by its own derivative formula), and in a
+        distribution's parameter-dependent support
+        (``@constraints.dependent_property``: bounds that are only compared);
         in a private helper (``_name``) that this file calls only where no
         gradient flows; when the value is only read as integers or Python
         numbers (``.long()``, ``floor``, ``round``, ``.item()``) or every use
@@ -1436,12 +1438,12 @@ def _disables_autocast(ctx, node: cst.BaseExpression) -> bool:
     return enabled is not None and isinstance(enabled.value, cst.Name) and enabled.value.value == "False"
 
 
-_DECOMPOSITION = re.compile(r"^(?:register_(?:decomposition|lowering)|\w*_reference)$")
+_DECOMPOSITION = re.compile(r"^(?:register_(?:decomposition|lowering)|\w*_reference|dependent_property)$")
 
 
 def _registers_decomposition(decorator: cst.BaseExpression) -> bool:
     """``@register_decomposition(aten.x)``, ``@register_lowering(...)``,
-    ``@_make_elementwise_unary_reference(...)``."""
+    ``@_make_elementwise_unary_reference(...)``, ``@constraints.dependent_property``."""
     func = decorator.func if type(decorator) is cst.Call else decorator
     name = func.attr.value if type(func) is cst.Attribute else func.value if type(func) is cst.Name else ""
     return bool(_DECOMPOSITION.match(name))

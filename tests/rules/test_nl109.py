@@ -211,6 +211,8 @@ def test_a_degree_weighted_by_a_tensor_with_a_gradient_is_reported():
     ("@decomp.register_decomposition([aten.sinc])", False),
     ("@register_lowering(aten.sinc)", False),
     ("@_make_elementwise_unary_reference(KIND.DEFAULT)", False),
+    # a distribution's support: bounds that validation only compares
+    ("@constraints.dependent_property(is_discrete=False, event_dim=0)", False),
     # look-alikes: an ordinary decorator, a registry of modules
     ("@functools.lru_cache()", True),
     ("@register_module('sinc')", True),
