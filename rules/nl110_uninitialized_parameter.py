@@ -71,6 +71,7 @@ class _Frame:
     init_method: bool = False  # a method named like an initialiser (reset_parameters, _init_weights...)
     generic: bool = False  # initialises whatever it finds: iterates, apply(), passes `self` on, calls a hook
     self_refs: Set[str] = field(default_factory=set)  # `x` of every `self.x` it mentions
+    instances: Dict[str, str] = field(default_factory=dict)  # m = cls(...) / m = Net(...): the class built
 
 
 @dataclass
@@ -142,6 +143,9 @@ class UninitializedParameter(Rule):
     `model.parameters()` in another module or to a checkpoint load, which a
     file's analysis cannot see (judged false for every such finding in a
     translation toolkit whose model builder initialises every parameter).
+    A parameter that a conversion constructor of the file replaces on the
+    instances it builds (`m = cls(...); m.bias = float_module.bias`, the QAT
+    modules' `from_float`) is **low**: only a direct construction keeps it.
 
     ## Why is this bad?
     `torch.empty` returns whatever bytes were in that memory. Reinterpreted as
@@ -385,6 +389,8 @@ class UninitializedParameter(Rule):
         self.defined: Set[Tuple[str, str]] = set()
         self.hooks_called: List[Tuple[str, str]] = []
         self.defined_hooks: Set[Tuple[str, str]] = set()
+        #: (class, attribute) assigned on an instance after construction (`m = cls(...); m.bias = other.bias`)
+        self.replaced: Set[Tuple[str, str]] = set()
 
     # -- structure -----------------------------------------------------------
     def visit_ClassDef(self, node: cst.ClassDef) -> None:
@@ -481,12 +487,19 @@ class UninitializedParameter(Rule):
             # a checkpoint's loader fills it, unless the model is trained from scratch;
             # skip_init defers initialisation on purpose, to code this file does not show
             message = self._message(c)
+            replaced = c.cls is not None and c.attr is not None and any(
+                (k, c.attr) in self.replaced for k in self._lineage(c.cls))
+            if replaced:
+                message += (
+                    f"; a constructor in this file replaces `{c.attr}` on the instances it builds "
+                    "(`m = cls(...); m." + c.attr + " = ...`), so only a direct construction keeps the garbage"
+                )
             if c.kind == "skip_init" and not loaded:
                 message += (
                     "; skip_init defers initialisation on purpose, usually to a model-level loop over "
                     "parameters() or a checkpoint load elsewhere, which this file does not show"
                 )
-            self.report(c.node, message, confidence=LOW if loaded or c.kind == "skip_init" else HIGH)
+            self.report(c.node, message, confidence=LOW if loaded or replaced or c.kind == "skip_init" else HIGH)
 
     def _foreign(self, c: _Creation) -> bool:
         """`weight` initialised as `m.weight` (any module), or as `self.child.weight` in
@@ -547,6 +560,9 @@ class UninitializedParameter(Rule):
         if len(node.targets) == 1 and isinstance(node.targets[0].target, cst.Name):
             name = node.targets[0].target.value
             frame = self.frames[-1]
+            built = self._instance_of(node.value)
+            if built is not None:
+                frame.instances[name] = built
             alloc = self._alloc(node.value)
             if alloc is not None:
                 frame.empties[name] = alloc
@@ -568,11 +584,26 @@ class UninitializedParameter(Rule):
     def leave_AnnAssign(self, node: cst.AnnAssign) -> None:
         self.assigns.pop()
 
+    def _instance_of(self, value: cst.BaseExpression) -> Optional[str]:
+        """The class of this file that ``value`` constructs: ``cls(...)`` in a
+        method, ``Net(...)`` of a class defined here."""
+        if not isinstance(value, cst.Call) or not isinstance(value.func, cst.Name):
+            return None
+        name = value.func.value
+        if name == "cls":
+            return self._cls()
+        return name if name in self.bases else None
+
     def _assign_target(self, target: cst.BaseExpression) -> None:
         if isinstance(target, (cst.Tuple, cst.List)):
             for element in target.elements:
                 self._assign_target(element.value)
             return
+        chain = name_chain(target)
+        if isinstance(target, cst.Attribute) and len(chain) == 2 and chain[0] in self.frames[-1].instances:
+            # `qat = cls(...); qat.bias = float_module.bias`: a conversion constructor
+            # replaces the parameter the plain constructor left as it was
+            self.replaced.add((self.frames[-1].instances[chain[0]], chain[1]))
         # self.w.data = ..., self.w[...] = ..., self.fc.weight = ...
         if isinstance(target, cst.Subscript) or (
             isinstance(target, cst.Attribute) and (target.attr.value == "data" or len(name_chain(target)) >= 3)

@@ -59,3 +59,28 @@ def test_skip_init_defers_initialisation_so_it_is_low():
     assert found[6].confidence == "low" and "defers initialisation on purpose" in found[6].message
     # torch.empty says nothing of the kind
     assert found[7].confidence == "high"
+
+
+def test_a_parameter_a_conversion_constructor_replaces_is_low():
+    """QAT-style ``from_float``: ``m = cls(...); m.bias = float_module.bias``.
+    Only a direct construction keeps the garbage: low, not high."""
+    def module(convert):
+        return (
+            "import torch\nfrom torch import nn\n"
+            "class Other(nn.Module):\n    pass\n"
+            "class LinearBn(nn.Linear):\n"
+            "    def __init__(self, i, o):\n"
+            "        nn.Linear.__init__(self, i, o)\n"
+            "        self.bias = nn.Parameter(torch.empty(o))\n"
+            "    @classmethod\n"
+            "    def from_float(cls, mod):\n"
+            f"{convert}"
+            "        return m\n"
+        )
+    def confidence(convert):
+        return [f.confidence for f in lint(module(convert), ["NL110"])]
+    assert confidence("        m = cls(mod.in_features, mod.out_features)\n        m.bias = mod.bias\n") == ["low"]
+    assert confidence("        m = LinearBn(mod.in_features, mod.out_features)\n        m.bias = mod.bias\n") == ["low"]
+    # look-alikes: another attribute replaced, another class's instance
+    assert confidence("        m = cls(mod.in_features, mod.out_features)\n        m.weight = mod.weight\n") == ["high"]
+    assert confidence("        m = Other()\n        m.bias = mod.bias\n") == ["high"]
