@@ -279,6 +279,8 @@ _BOUNDED_BOTH = frozenset(
 )
 _NONPOS_OPS = frozenset({"logsigmoid", "log_softmax"})
 _MAX_OPS = frozenset({"max", "amax", "logsumexp", "cummax"})
+_SELECTS_ELEMENTS = frozenset({"sort", "msort", "topk", "kthvalue", "median", "mode", "max", "min", "amax", "amin",
+                               "cummax", "cummin"})
 # torch_scatter's segment maxima: `x - scatter_max(x, index)[0][index]` is <= 0
 _SCATTER_MAX = frozenset({"scatter_max", "scatter_logsumexp", "segment_max_csr", "segment_max_coo"})
 
@@ -388,6 +390,11 @@ def value_facts(
             out |= {NONPOS, UPPER}
         if op in _MAX_OPS:
             out.add(MAXLIKE)
+        if op in _SELECTS_ELEMENTS:
+            # sorted, top-k, max or min values are elements of the input: its bounds hold
+            operand = subject(ctx, node)
+            if operand is not None:
+                out |= rec(operand) & {NONNEG, NONPOS, UPPER, LOWER}
         if op in ("clamp", "clip"):
             has_max = arg(node, None, "max") is not None or (
                 arg(node, 1 if is_method_call(ctx, node) else 2) is not None

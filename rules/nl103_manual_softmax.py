@@ -42,8 +42,8 @@ def _exp_arg(ctx, node: cst.BaseExpression) -> Optional[cst.BaseExpression]:
 def _bounded(ctx, x: cst.BaseExpression, values: LocalValues) -> bool:
     """patterns.bounded_above, also looking through an index or a reshape of
     the subtracted max (``x - m[:, None]``, ``x - m.unsqueeze(-1)``)."""
-    if bounded_above(ctx, x, values):  # type: ignore[arg-type]
-        return True
+    if bounded_above(ctx, x, values) or ctx.facts.bounded_above(x):  # type: ignore[arg-type]
+        return True  # the rule's own names, or the shared analysis (``m, _ = x.max(dim)``)
     if isinstance(x, cst.BinaryOperation) and isinstance(x.operator, cst.Subtract):
         right = x.right
         for _ in range(4):

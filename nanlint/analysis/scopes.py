@@ -357,7 +357,27 @@ def _unpacked(target, value) -> List[Optional[cst.BaseExpression]]:
         return [e.value for e in value.elements]
     if isinstance(value, (cst.ListComp, cst.GeneratorExp)) and not starred:
         return [value.elt] * n
+    if n == 2 and not starred and _values_and_indices(value):
+        # ``m, _ = torch.max(x, dim)``: the values are what the call's value
+        # facts describe (a max, sorted values); the indices stay unknown
+        return [value, None]
     return [None] * n
+
+
+#: reductions that return a (values, indices) pair when given a dim
+_VALUES_INDICES = frozenset({"max", "min", "sort", "topk", "kthvalue", "median", "mode", "cummax", "cummin"})
+
+
+def _values_and_indices(value) -> bool:
+    if not isinstance(value, cst.Call) or not value.args:
+        return False
+    func = value.func
+    name = func.attr.value if isinstance(func, cst.Attribute) else func.value if isinstance(func, cst.Name) else ""
+    if name not in _VALUES_INDICES:
+        return False
+    if isinstance(func, cst.Name) and name in ("max", "min"):
+        return False  # the builtin max/min
+    return True
 
 
 def _names_in(target: cst.BaseExpression) -> List[cst.Name]:

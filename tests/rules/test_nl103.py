@@ -38,3 +38,19 @@ def test_softmax_fix_is_numerically_the_softmax():
     manual = torch.exp(x) / torch.exp(x).sum(dim=-1, keepdim=True)
     assert torch.allclose(manual, torch.softmax(x, dim=-1))
     assert torch.allclose(torch.log(torch.exp(x).sum(dim=1)), torch.logsumexp(x, dim=1))
+
+
+def test_a_max_unpacked_with_its_indices_stabilises():
+    """``m, _ = torch.max(x, dim, keepdim=True)``: the values are the row max,
+    so ``exp(x - m)`` is at most 1; the row min does not stabilise."""
+    def found(op):
+        return lint(
+            "import torch\ndef lse(x):\n"
+            f"    m, _ = torch.{op}(x, dim=-1, keepdim=True)\n"
+            "    return m + torch.log(torch.sum(torch.exp(x - m), dim=-1))\n",
+            ["NL103", "NL002"],
+        )
+    assert found("max") == []
+    assert {f.code for f in found("min")} == {"NL103", "NL002"}
+    assert lint("import torch\ndef lse(x):\n    m, i = x.max(-1, keepdim=True)\n"
+                "    return torch.log(torch.exp(x - m).sum(-1))\n", ["NL103", "NL002"]) == []
