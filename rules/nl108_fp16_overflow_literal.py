@@ -6,6 +6,7 @@ from typing import Dict, Iterator, List, Optional, Set, Tuple
 
 import libcst as cst
 
+from nanlint.analysis import HOST, INTEGER, WIDE
 from nanlint.dtypes import FLOAT16, fmt
 from nanlint.engine import subtree, children
 from nanlint.finding import UNSAFE
@@ -370,6 +371,8 @@ class Fp16OverflowLiteral(Rule):
         (plausibly a float16 tensor) or "" (not known to be a tensor, or known safe)."""
         if depth > 8 or self._safe(node):
             return ""
+        if depth == 0 and self.ctx.facts.dtype(node) in (WIDE, INTEGER, HOST):
+            return ""  # the shared dtype facts: float32 through names and indexing (`out[0].float()[i]`)
         if isinstance(node, (cst.Name, cst.Attribute)):
             text = dotted_name(node)
             if text is None:

@@ -80,6 +80,9 @@ _SAME_DTYPE_OPS = frozenset({
     "pow", "square", "reciprocal", "round", "floor", "ceil", "chunk", "split", "unbind", "diff", "sort",
     "max", "min", "amax", "amin", "logsumexp", "softmax", "log_softmax", "exp_", "log_", "mul", "add",
     "sub", "div", "clamp_min", "clamp_max", "where", "flatten", "unflatten", "to_dense",
+    "norm", "vector_norm", "std", "var", "prod", "nansum", "nanmean", "median", "topk", "kthvalue", "cummax",
+    "cummin", "sign", "log1p", "expm1", "log2", "log10", "erf", "neg_", "abs_", "sqrt_", "mul_", "div_",
+    "add_", "sub_",
 })
 # factories: float32 (the default dtype) unless a dtype is given
 _FACTORIES = frozenset({
@@ -121,7 +124,7 @@ _DATA_FILE = re.compile(
     r"postprocess(?:ing)?|metrics?|evaluat(?:e|ion)|audio_utils)(?:_|\.|$)"
 )
 #: folders of data pipelines: dataset samples are prepared without gradients
-_DATA_DIRS = frozenset({"datasets"})
+_DATA_DIRS = frozenset({"datasets", "metrics"})
 _NO_GRAD_FUNCTION = re.compile(
     r"extract\w*features?|^_?(?:pre|post)_?process|(?:^|_)metrics?(?:_|$)|^_?compute_metrics", re.IGNORECASE
 )
@@ -694,7 +697,7 @@ class Facts:
         node = look_through(self.ctx, node, _KEEPS_VALUES)
         if isinstance(node, cst.BinaryOperation):
             if isinstance(node.operator, cst.MatrixMultiply):
-                return self._transposed(node.right)
+                return self._transposed(node.right) and not _transposed_here(node.left)
             if isinstance(node.operator, (cst.Multiply, cst.Divide)):
                 return self.is_score(node.left, depth + 1) or (
                     isinstance(node.operator, cst.Multiply) and self.is_score(node.right, depth + 1))
@@ -707,8 +710,12 @@ class Facts:
             if op == "einsum":
                 return True
             if op in _SCORE_OPS:
-                # q @ k.T: a product with a transposed activation (attn @ v, h @ W are not scores)
-                return any(self._transposed(a.value) for a in node.args[1:] if not a.keyword)
+                # q @ k.T: a product with a transposed activation (attn @ v, h @ W are not scores);
+                # A.T @ B.T is (B @ A).T, no more a score than B @ A (an alignment applied to values)
+                positional = [a.value for a in node.args if not a.keyword]
+                if positional and _transposed_here(positional[0]):
+                    return False
+                return any(self._transposed(v) for v in positional[1:])
             if op in ("mul", "div", "mul_", "div_"):
                 base = subject(self.ctx, node)
                 return base is not None and self.is_score(base, depth + 1)
@@ -791,7 +798,8 @@ class Facts:
         heuristic where nothing else decides -- in functions named like
         feature extraction, pre/post-processing or metrics, in
         ``feature_extraction_*``/``processing_*``/``metrics`` modules and in
-        ``datasets`` folders (data pipelines; a ``transforms`` folder may hold
+        ``datasets`` and ``metrics`` folders (data pipelines and evaluation, as
+        a ``metrics.py`` module is; a ``transforms`` folder may hold
         differentiable geometry, so it does not count)."""
         parts = self.ctx.path_parts
         if _DATA_FILE.match(parts[-1]) or any(p in _DATA_DIRS for p in parts[:-1]):
@@ -1447,6 +1455,16 @@ def _registers_decomposition(decorator: cst.BaseExpression) -> bool:
     func = decorator.func if type(decorator) is cst.Call else decorator
     name = func.attr.value if type(func) is cst.Attribute else func.value if type(func) is cst.Name else ""
     return bool(_DECOMPOSITION.match(name))
+
+
+def _transposed_here(node: cst.BaseExpression) -> bool:
+    """The operand is written as a transpose right there (``a.transpose(1, 2)``,
+    ``a.T``), not a name that holds one (attention code keeps queries in
+    ``q = x.view(...).transpose(1, 2)``, and those are scores' left sides)."""
+    if isinstance(node, cst.Attribute):
+        return node.attr.value in ("T", "mT", "H", "mH")
+    return isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute) and node.func.attr.value in (
+        "transpose", "t", "swapaxes", "swapdims")
 
 
 def _same(a: Optional[cst.BaseExpression], b: Optional[cst.BaseExpression]) -> bool:

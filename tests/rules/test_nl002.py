@@ -105,3 +105,21 @@ def test_exp_of_a_product_of_unsigned_factors_is_reported():
     assert [f.line for f in lint(positive, ["NL002"])] == [6]
     unknown = SSM_STEP.replace("    dt = F.softplus(dt + bias)\n", "")
     assert [f.line for f in lint(unknown, ["NL002"])] == [5]
+
+
+def test_a_product_of_two_transposes_is_not_a_score():
+    """``attn.transpose(1, 2) @ logs.transpose(1, 2)`` is ``(logs @ attn).T``:
+    an alignment applied to predicted log-scales (VITS inference), not a dot
+    product of activations, so its exp is medium; a query held in a name that
+    was transposed when it was made is still a score's left side."""
+    def confidence(expr):
+        source = (
+            "import torch\ndef f(attn, logs, q, k):\n"
+            "    q = q.view(2, 3, 4).transpose(1, 2)\n"
+            f"    return torch.exp({expr})\n"
+        )
+        return [f.confidence for f in lint(source, ["NL002"])]
+    assert confidence("torch.matmul(attn.transpose(1, 2), logs.transpose(1, 2))") == ["medium"]
+    assert confidence("attn.mT @ logs.mT") == ["medium"]
+    assert confidence("torch.matmul(q, k.transpose(-2, -1))") == ["high"]
+    assert confidence("q @ k.mT") == ["high"]

@@ -54,3 +54,20 @@ def test_list_of_mixed_dtype_state_is_unknown():
         "    return torch.cat(state)\n"
     )
     assert lint(src, ["NL108"]) == []
+
+
+def test_a_bound_on_a_tensor_made_float32_further_up_is_quiet():
+    """``out = out[0].to(torch.float32); sel = out[a:b]; sel / sel.norm().clip(1e-8, 1e8)``:
+    the shared dtype facts follow the cast through indexing and ``norm``."""
+    def found(cast):
+        return lint(
+            "import torch\ndef render(out, a, b):\n"
+            f"    out = out[0]{cast}\n"
+            "    sel = out[a:b]\n"
+            "    img = sel\n"
+            "    return img / img.norm(float('inf'), dim=[1, 2], keepdim=True).clip(1e-8, 1e8)\n",
+            ["NL108"],
+        )
+    assert found(".to(torch.float32)") == []
+    assert found(".float()") == []
+    assert [f.code for f in found(".half()")] == ["NL108"]
