@@ -9,7 +9,7 @@ import libcst as cst
 
 from nanlint.analysis import HALF, HOST, INTEGER, WIDE
 from nanlint.analysis import masks
-from nanlint.engine import subtree
+from nanlint.engine import children, subtree
 
 from nanlint.dtypes import FLOAT32_MAX, fmt
 from nanlint.finding import HIGH, LOW, MEDIUM, SAFE, UNSAFE
@@ -34,6 +34,17 @@ class Hazard:
     literal: bool  # the value node is the literal itself (a fix may replace it)
     finite: bool
     overflows: Tuple[str, ...]  # target dtypes it overflows (finite values)
+
+
+def iter_assigns(func: cst.FunctionDef):
+    """The assignment statements of a function's own body (not nested functions)."""
+    stack = list(children(func.body))
+    while stack:
+        node = stack.pop()
+        if isinstance(node, cst.Assign):
+            yield node
+        if not isinstance(node, (cst.FunctionDef, cst.ClassDef, cst.Lambda)):
+            stack.extend(children(node))
 
 
 class NonfiniteMask(Rule):
@@ -298,11 +309,34 @@ class NonfiniteMask(Rule):
     def visit_Assign(self, node: cst.Assign) -> None:
         for target in node.targets:
             t = target.target
-            if isinstance(t, cst.Subscript) and self._tensor_index(t):
+            if isinstance(t, cst.Subscript) and self._tensor_index(t) and not self._binarised(t, node):
                 # `x[m] = v`: the mask is the index; `x[:, cols] = v`: the subscript as a whole
                 only = t.slice[0].slice if len(t.slice) == 1 else None
                 mask = only.value if isinstance(only, cst.Index) else t
                 self._check(node.value, t.value, "index", None, mask, target=t, statement=node)
+
+    def _binarised(self, target: cst.Subscript, statement: cst.Assign) -> bool:
+        """``x[x < t] = -inf`` next to ``x[x >= t] = inf`` in the same function:
+        the tensor becomes a map of signed infinities (a threshold turned into
+        +-inf for a sigmoid or a sign), not scores with a masked column; a
+        softmax of it would be NaN wherever +inf appears, whatever the mask."""
+        value = self._value(statement.value)
+        if value is None or not math.isinf(value) or not isinstance(target.value, cst.Name):
+            return False
+        scopes = self.ctx.facts.scopes
+        func = scopes.enclosing_function(statement)
+        if func is None:
+            return False
+        name = target.value.value
+        for other in iter_assigns(func):
+            if other is statement or len(other.targets) != 1:
+                continue
+            t = other.targets[0].target
+            if isinstance(t, cst.Subscript) and isinstance(t.value, cst.Name) and t.value.value == name:
+                v = self._value(other.value)
+                if v is not None and math.isinf(v) and (v > 0) != (value > 0):
+                    return True
+        return False
 
     def _tensor_index(self, node: cst.Subscript) -> bool:
         """Whether `x[...] = v` looks like a masked tensor assignment rather than an

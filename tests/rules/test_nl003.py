@@ -295,3 +295,21 @@ def test_a_finite_fill_is_as_sure_as_inf_except_where_masked_fill_raises(tmp_pat
     upcast = source.replace("def block(log_probs, banned, keep):\n",
                             "def block(log_probs, banned, keep):\n    log_probs = log_probs.float()\n")
     assert check(tmp_path, upcast) == []
+
+
+def test_a_tensor_turned_into_signed_infinities_is_not_a_masked_score():
+    """A threshold mapped to -inf below and +inf above (a map for a sigmoid)
+    is no mask before a softmax; one sign alone, or another tensor's +inf,
+    still is."""
+    def found(second):
+        return lint(
+            "import torch\ndef classify(x, t, y):\n"
+            "    x[x < t] = -float('inf')\n"
+            f"    {second}\n"
+            "    return x\n",
+            ["NL003"],
+        )
+    assert found("x[x >= t] = float('inf')") == []
+    assert found("x[x >= t] = math.inf") == []
+    assert [f.line for f in found("y[y >= t] = float('inf')")] == [3]
+    assert [f.line for f in found("x[x >= t] = 0.0")] == [3]
