@@ -390,6 +390,15 @@ def value_facts(
             out |= {NONPOS, UPPER}
         if op in _MAX_OPS:
             out.add(MAXLIKE)
+        if op in ("reciprocal", "reciprocal_"):
+            # 1/x keeps x's sign: -0.5 * reciprocal(sigma ** 2) <= 0 (a Gaussian's exponent factor)
+            operand = subject(ctx, node)
+            if operand is not None:
+                inner = rec(operand)
+                if NONNEG in inner:
+                    out |= {NONNEG, LOWER}
+                if NONPOS in inner:
+                    out |= {NONPOS, UPPER}
         if op in _SELECTS_ELEMENTS:
             # sorted, top-k, max or min values are elements of the input: its bounds hold
             operand = subject(ctx, node)

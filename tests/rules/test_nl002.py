@@ -123,3 +123,21 @@ def test_a_product_of_two_transposes_is_not_a_score():
     assert confidence("attn.mT @ logs.mT") == ["medium"]
     assert confidence("torch.matmul(q, k.transpose(-2, -1))") == ["high"]
     assert confidence("q @ k.mT") == ["high"]
+
+
+def test_a_gaussian_exponent_through_a_reciprocal_is_bounded():
+    """``exp((x - mu) ** 2 * (-0.5 * reciprocal(sigma ** 2)))`` is at most 1:
+    a reciprocal keeps its argument's sign; of a tensor of unknown sign it
+    proves nothing."""
+    def found(k):
+        return lint(
+            "import torch\ndef gauss(x, mu, sigma):\n"
+            "    d = (x - mu) ** 2\n"
+            f"    k = {k}\n"
+            "    g = torch.exp(d * k)\n"
+            "    return g / g.sum(-1, keepdim=True)\n",
+            ["NL002", "NL103"],
+        )
+    assert found("-0.5 * torch.reciprocal(sigma ** 2)") == []
+    assert found("-0.5 * (sigma ** 2).reciprocal()") == []
+    assert {f.code for f in found("-0.5 * torch.reciprocal(sigma)")} == {"NL002", "NL103"}
