@@ -89,7 +89,9 @@ class NonfiniteMask(Rule):
     (`x.float().masked_fill(m, -1e9)`), fills consumed only by a selection
     (`max`, `topk`, `sort`...) or by `exp`, where -inf is exactly what is meant
     (it is never selected; exp(-inf) = 0), and masks that cannot blank a row
-    (as above) whose result goes straight into a softmax or a selection.
+    (as above) whose result goes straight into a softmax or a selection,
+    and a tensor the same function fills with both -inf and +inf (a threshold
+    turned into a sign map for a sigmoid: not masked scores).
     Where nothing else tells a mask from a list of positions, a name
     containing `mask` counts as a mask.
 
