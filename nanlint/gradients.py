@@ -353,6 +353,12 @@ def no_grad_value(ctx, node: cst.BaseExpression, depth: int = 0) -> bool:
         if op is None and (ctx.resolve(node.func) or "").startswith("torch.sparse."):
             op = (ctx.resolve(node.func) or "").rsplit(".", 1)[-1]  # `torch.sparse.sum(A)`
         if op is None:
+            # a function of this file whose every return carries no gradient
+            # (`count = _participation(group)` that builds a torch.tensor and all-reduces it)
+            if isinstance(node.func, cst.Name) and ctx.resolve(node.func) is None and depth < 4:
+                func = facts.scopes.function_named(node.func.value, node)
+                returns = facts.scopes.returns(func) if func is not None else []
+                return bool(returns) and len(returns) <= 4 and all(rec(r) for r in returns)
             return False
         if op in METADATA:
             return True  # `x.size(0)`, `x.dim()`

@@ -279,6 +279,7 @@ _BOUNDED_BOTH = frozenset(
 )
 _NONPOS_OPS = frozenset({"logsigmoid", "log_softmax"})
 _MAX_OPS = frozenset({"max", "amax", "logsumexp", "cummax"})
+_EINOPS_MOVES = frozenset({"einops.rearrange", "einops.repeat", "einops.pack", "einops.unpack"})
 _SELECTS_ELEMENTS = frozenset({"sort", "msort", "topk", "kthvalue", "median", "mode", "max", "min", "amax", "amin",
                                "cummax", "cummin"})
 # torch_scatter's segment maxima: `x - scatter_max(x, index)[0][index]` is <= 0
@@ -374,6 +375,8 @@ def value_facts(
             return known  # a helper or layer whose result the analysis knows
         if (qualified or "").rsplit(".", 1)[-1] in _SCATTER_MAX:
             return frozenset({MAXLIKE})
+        if qualified in _EINOPS_MOVES and node.args and node.args[0].keyword is None:
+            return rec(node.args[0].value)  # einops.rearrange/repeat move values, they never change one
         op = torch_op(ctx, node)
         if op is None:
             return _NONE

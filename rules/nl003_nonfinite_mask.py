@@ -7,7 +7,7 @@ from typing import Optional, Tuple
 
 import libcst as cst
 
-from nanlint.analysis import HALF, HOST, INTEGER, WIDE
+from nanlint.analysis import ACTIVATION, HALF, HOST, INTEGER, WIDE
 from nanlint.analysis import masks
 from nanlint.engine import children, subtree
 
@@ -71,7 +71,10 @@ class NonfiniteMask(Rule):
     - medium: a -inf fill with a mask from data (key padding, a selection),
       or a finite fill beyond float16's range in `where` or an index assignment
       (`x[m] = -1e20` silently turns -inf there): NaN needs a row with every
-      entry masked, such as an all-padding sample;
+      entry masked, such as an all-padding sample; a `masked_fill` with
+      `torch.finfo(torch.float32).min` on a tensor this file does not show
+      being made as an activation and that no softmax follows here (the
+      author names float32, and nothing shows the tensor may be float16);
     - low: the mask cannot blank a row by itself -- it is causal and keeps the
       diagonal, a top-k/top-p/min-p filter keeps each row's top entry (or the
       mask has an entry reset to False), or the index reaches only some columns
@@ -590,6 +593,13 @@ class NonfiniteMask(Rule):
             if dtype != HALF and self._integer_literal(value):
                 return LOW, " (an integer fill: the tensor may hold integers, such as token ids)"
             if where == "masked_fill":
+                if (dtype != HALF and filled is not None and call is not None and self._names_float32_bound(value)
+                        and facts.origin(filled) != ACTIVATION
+                        and not {"softmax", "log_softmax", "softmax_"} & set(facts.consumers(call))):
+                    # the code names float32's own bound for a tensor this file does not show
+                    # being made, and no softmax follows: not a model's attention scores here
+                    return MEDIUM, (" (the fill names float32's bound, and nothing here shows the filled "
+                                    "tensor is an activation that may be float16)")
                 return HIGH, ""  # raises on a float16 tensor, whatever the mask
         structure = self._never_full_row(mask, fill_when, target)
         if structure:
@@ -604,6 +614,19 @@ class NonfiniteMask(Rule):
             return LOW, " (+inf is often a sentinel for a min or a sort)"
         # a mask from data: NaN needs a row with every entry masked (an all-padding sample)
         return MEDIUM, ""
+
+    def _names_float32_bound(self, value: cst.BaseExpression) -> bool:
+        """``torch.finfo(torch.float32).min`` (or ``.max``, ``float64``): the
+        author's own statement of the dtype the tensor holds."""
+        if isinstance(value, cst.UnaryOperation):
+            value = value.expression
+        if not (isinstance(value, cst.Attribute) and value.attr.value in ("min", "max")
+                and isinstance(value.value, cst.Call) and len(value.value.args) == 1):
+            return False
+        call = value.value
+        if self.ctx.resolve(call.func) not in ("torch.finfo", "numpy.finfo"):
+            return False
+        return (self.ctx.resolve(call.args[0].value) or "") in _FLOAT32_NAMES | _FLOAT64_NAMES
 
     def _integer_literal(self, value: cst.BaseExpression) -> bool:
         """`-100000`, `TOKEN_ID` (= `151654`): a number written without a float."""

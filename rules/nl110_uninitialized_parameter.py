@@ -707,6 +707,11 @@ class UninitializedParameter(Rule):
             if chain:
                 frame.init_op = True
                 self._mark(chain)
+                if init_named:
+                    # `config.init_method(self.w)`: an initialiser held by another object
+                    # initialises its argument, not (only) its holder
+                    for a in node.args:
+                        self._mark_expr(a.value)
                 return
         if (in_place or init_named) and node.args:
             marked = False

@@ -362,6 +362,9 @@ class Facts:
                 kind = self._dtype_value(a.value)
                 if kind != UNKNOWN:
                     return kind
+            if on_method and op == "to" and all(self._is_device(a.value) for a in call.args
+                                                if a.keyword is None or a.keyword.value == "device"):
+                return rec(call.func.value)  # `.to(device)` moves, it keeps the dtype
             if on_method:
                 return UNKNOWN
         if op == "type_as" and call.args:
@@ -409,6 +412,22 @@ class Facts:
         """The dtype class a function of this file returns (all its returns agree)."""
         returns = self.scopes.returns(func) if func is not None else []
         return _join_all(self.dtype(r, depth + 1) for r in returns[:4]) if returns else UNKNOWN
+
+    def _is_device(self, node: cst.BaseExpression, depth: int = 0) -> bool:
+        """A device, not a dtype or a tensor: ``x.device``, ``"cuda"``,
+        ``torch.device(...)``, a name assigned one of these."""
+        if isinstance(node, cst.Attribute):
+            return node.attr.value == "device"
+        if isinstance(node, cst.SimpleString):
+            text = node.evaluated_value if isinstance(node.evaluated_value, str) else ""
+            return text.split(":")[0] in ("cpu", "cuda", "mps", "xpu", "meta")
+        if isinstance(node, cst.Call):
+            return (self.ctx.resolve(node.func) or "") == "torch.device"
+        if isinstance(node, cst.Name) and depth < 3:
+            bindings = self.scopes.reaching(node)[:1]
+            return bool(bindings) and bindings[0].kind == "assign" and bindings[0].value is not None and \
+                self._is_device(bindings[0].value, depth + 1)
+        return False
 
     def _dtype_value(self, node: cst.BaseExpression) -> str:
         """The dtype named by a ``dtype=`` argument (``torch.float32``, ``x.dtype``)."""

@@ -141,3 +141,20 @@ def test_a_gaussian_exponent_through_a_reciprocal_is_bounded():
     assert found("-0.5 * torch.reciprocal(sigma ** 2)") == []
     assert found("-0.5 * (sigma ** 2).reciprocal()") == []
     assert {f.code for f in found("-0.5 * torch.reciprocal(sigma)")} == {"NL002", "NL103"}
+
+
+def test_einops_rearrange_and_repeat_keep_the_sign():
+    """Mamba in Megatron repeats ``A = -exp(A_log)`` per head with einops
+    before the discretised decay ``exp(dt * A)``: still <= 0."""
+    def found(a):
+        return lint(
+            "import torch\nimport torch.nn.functional as F\nfrom einops import repeat\n"
+            "def step(A_log, dt, bias):\n"
+            f"    A = {a}\n"
+            "    A = repeat(A, 'h -> (h p) n', p=4, n=16)\n"
+            "    dt = F.softplus(dt + bias)\n"
+            "    return torch.exp(torch.einsum('bd,dn->bdn', dt, A))\n",
+            ["NL002"],
+        )
+    assert found("-torch.exp(A_log.float())") == []
+    assert [f.line for f in found("torch.exp(A_log.float())")] == [8]

@@ -313,3 +313,22 @@ def test_a_tensor_turned_into_signed_infinities_is_not_a_masked_score():
     assert found("x[x >= t] = math.inf") == []
     assert [f.line for f in found("y[y >= t] = float('inf')")] == [3]
     assert [f.line for f in found("x[x >= t] = 0.0")] == [3]
+
+
+def test_a_float32_bound_on_a_tensor_of_unseen_origin_is_medium():
+    """``scores.masked_fill(~valid, torch.finfo(torch.float32).min)`` in a
+    helper that receives its scores: the author names float32, and nothing
+    shows the tensor may be float16 (medium); on attention scores made right
+    there (a matmul) or normalised by a softmax it raises in float16 (high),
+    as does ``-1e9`` anywhere."""
+    def confidence(body):
+        return [f.confidence for f in lint("import torch\n" + body, ["NL003"])]
+    helper = "def _compact(valid, scores):\n    return scores.masked_fill(~valid, {fill})\n"
+    assert confidence(helper.format(fill="torch.finfo(torch.float32).min")) == ["medium"]
+    assert confidence(helper.format(fill="-1e9")) == ["high"]
+    scores = ("def attend(q, k, m):\n    s = q @ k.transpose(-1, -2)\n"
+              "    return s.masked_fill(~m, torch.finfo(torch.float32).min).softmax(-1)\n")
+    assert confidence(scores) == ["high"]
+    softmaxed = ("def relative(content, position, pad):\n    s = content + position\n"
+                 "    s = s.masked_fill(pad, torch.finfo(torch.float32).min)\n    return s.softmax(-1)\n")
+    assert confidence(softmaxed) == ["high"]

@@ -71,3 +71,21 @@ def test_a_bound_on_a_tensor_made_float32_further_up_is_quiet():
     assert found(".to(torch.float32)") == []
     assert found(".float()") == []
     assert [f.code for f in found(".half()")] == ["NL108"]
+
+
+def test_moving_a_float32_factory_to_a_device_keeps_it_float32():
+    """``torch.ones(B, N).to(device) * 1e10`` (farthest point sampling) is
+    float32 wherever it runs; ``.to(x)`` takes another tensor's dtype."""
+    def found(move):
+        return lint(
+            "import torch\ndef fps(xyz, B, N):\n"
+            "    device = xyz.device\n"
+            f"    distance = torch.ones(B, N){move} * 1e10\n"
+            "    return distance\n",
+            ["NL108"],
+        )
+    assert found(".to(device)") == []
+    assert found(".to('cuda')") == []
+    assert found(".to(xyz.device)") == []
+    assert found(".to(device=device)") == []
+    assert [f.line for f in found(".to(xyz)")] == [4]

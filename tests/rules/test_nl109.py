@@ -225,3 +225,23 @@ def test_an_ops_decomposition_is_differentiated_by_the_ops_own_formula(decorator
         "    return torch.where(a == 0, torch.ones_like(a), torch.sin(a) / a)\n"
     )
     assert bool(lint(source, ["NL109"])) == reported
+
+
+def test_a_helper_that_returns_a_fresh_tensor_carries_no_gradient():
+    """``count = _participation(...)`` builds ``torch.tensor(...)`` and
+    all-reduces it: a where over its reciprocal has no gradient to poison;
+    a helper that returns an activation still does."""
+    def found(ret):
+        return lint(
+            "import torch\nimport torch.distributed as dist\n"
+            "def _participation(flag, group):\n"
+            "    t = torch.tensor(1.0 if flag else 0.0, device='cuda')\n"
+            "    dist.all_reduce(t, group=group)\n"
+            f"    return {ret}\n"
+            "def scale(flag, group, n, w):\n"
+            "    p = _participation(flag, group)\n"
+            "    return torch.where(p > 0, n * p.reciprocal(), torch.ones_like(p))\n",
+            ["NL109"],
+        )
+    assert found("t") == []
+    assert [f.line for f in found("t * w")] == [9]

@@ -84,3 +84,21 @@ def test_a_parameter_a_conversion_constructor_replaces_is_low():
     # look-alikes: another attribute replaced, another class's instance
     assert confidence("        m = cls(mod.in_features, mod.out_features)\n        m.weight = mod.weight\n") == ["high"]
     assert confidence("        m = Other()\n        m.bias = mod.bias\n") == ["high"]
+
+
+def test_an_initialiser_held_by_a_config_initialises_its_argument():
+    """Megatron: ``self.w = config.init_method(self.w)`` after a
+    ``torch.empty`` parameter; a non-initialiser method of the config does not."""
+    def confidence(call):
+        source = (
+            "import torch\nfrom torch import nn\n"
+            "class Attention(nn.Module):\n"
+            "    def __init__(self, config, n):\n"
+            "        super().__init__()\n"
+            "        self.register_parameter('offset', nn.Parameter(torch.empty(n)))\n"
+            f"        self.offset = {call}\n"
+        )
+        return [f.confidence for f in lint(source, ["NL110"])]
+    assert confidence("config.init_method(self.offset)") == []
+    assert confidence("config.output_layer_init_method(self.offset)") == []
+    assert confidence("config.transform(self.offset)") == ["high"]
