@@ -407,7 +407,7 @@ def value_facts(
             operand = subject(ctx, node)
             if operand is not None:
                 out |= rec(operand) & {NONNEG, NONPOS, UPPER, LOWER}
-        if op in ("clamp", "clip"):
+        if op in ("clamp", "clip", "clamp_", "clip_"):
             has_max = arg(node, None, "max") is not None or (
                 arg(node, 1 if is_method_call(ctx, node) else 2) is not None
             )
@@ -418,7 +418,7 @@ def value_facts(
                 out.add(UPPER)
             if has_min:
                 out.add(LOWER)
-        if op in ("clamp_max", "minimum", "fmin"):
+        if op in ("clamp_max", "clamp_max_", "minimum", "fmin"):
             out.add(UPPER)
         if op in ("clamp_min", "maximum", "fmax"):
             out.add(LOWER)

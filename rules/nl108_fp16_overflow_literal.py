@@ -9,7 +9,7 @@ import libcst as cst
 from nanlint.analysis import HOST, INTEGER, WIDE
 from nanlint.dtypes import FLOAT16, fmt
 from nanlint.engine import subtree, children
-from nanlint.finding import UNSAFE
+from nanlint.finding import HIGH, LOW, UNSAFE
 from nanlint.analysis.masks import is_mask_factor
 from nanlint.patterns import arg, is_method_call, is_reference, subject
 from nanlint.patterns import number as _any_number
@@ -111,7 +111,10 @@ class Fp16OverflowLiteral(Rule):
     known to be float32/float64 or integer (`x.float() * 1e5`,
     `torch.ones(n, dtype=torch.float32)`, `x.long()`), factories without a
     dtype (float32 by default), and mask fills (`masked_fill`, `torch.where`,
-    `x[mask] = ...`, `mask * -1e9`), which are NL003's.
+    `x[mask] = ...`, `mask * -1e9`), which are NL003's. A replacement in a
+    parameter's gradient (`nan_to_num(p.grad, posinf=1e5)`) is low unless the
+    file casts the model itself to half: the gradient has the parameter's
+    dtype, float32 under AMP.
 
     ## Why is this bad?
     float16's largest finite value is 65504 and every literal from 65520 up
@@ -588,9 +591,21 @@ class Fp16OverflowLiteral(Rule):
                 f"`nan_to_num({keyword}={text})`: {text} rounds to {'-' if value < 0 else ''}inf in float16 "
                 f"(max {fmt(FLOAT16.max)}), so on a float16 tensor the replacement is itself infinite and the "
                 f"guard does nothing; use `torch.finfo({_name(self.ctx, x)}.dtype).{'min' if value < 0 else 'max'}`"
-                f"{'' if keyword == 'nan' else ' (the default)'}",
+                f"{'' if keyword == 'nan' else ' (the default)'}" + self._gradient_note(x, call),
                 self._finfo_fix(a.value, x, value),
+                confidence=LOW if self._gradient_note(x, call) else HIGH,
             )
+
+    def _gradient_note(self, x: cst.BaseExpression, site: cst.CSTNode) -> str:
+        """A parameter's gradient has the parameter's dtype: float32 under AMP and
+        in float32 training, float16 only where the model itself is cast to half,
+        which this file does not show (``p.grad`` of ``model.parameters()``)."""
+        if not (isinstance(x, cst.Attribute) and x.attr.value == "grad"):
+            return ""
+        if self.ctx.facts.safeguards.precision(site) == "half":
+            return ""
+        return (" (a parameter's gradient has the parameter's dtype, float32 unless the model itself is cast to "
+                "half, which this file does not show)")
 
     def _fill(self, call: cst.Call, op: str, value_arg: Optional[cst.Arg], receiver: cst.BaseExpression) -> None:
         if value_arg is None:

@@ -1363,7 +1363,11 @@ class _Lookup:
         return None
 
     def lookup_node(self, node: cst.Name) -> Optional[cst.BaseExpression]:
-        for b in self.facts.scopes.reaching(node)[:1]:
+        scopes = self.facts.scopes
+        for b in scopes.reaching(node)[:1]:
+            updated = _updated_in_place(scopes, b, node)
+            if updated is not None:
+                return updated
             if b.kind in ("assign", "walrus"):
                 return b.value if b.value is not None else _sorted_values(self.facts, b)
         return None
@@ -1381,6 +1385,40 @@ class _Lookup:
         if kind == PROBABILITY:
             return frozenset({NONNEG, UPPER, LOWER})
         return frozenset()
+
+
+#: in-place updates that bound a tensor: ``x.sub_(x.max(...))``, ``x.clamp_(max=v)``
+_BOUNDING_IN_PLACE = frozenset({"sub_", "clamp_", "clamp_max_", "clip_"})
+
+
+def _updated_in_place(scopes: Scopes, b: Binding, use: cst.Name) -> Optional[cst.BaseExpression]:
+    """The value a name holds after the latest bounding in-place update between
+    its binding and ``use`` (a statement of its own: ``logits.sub_(m)``):
+    ``logits - m`` or the clamp call, else None."""
+    where = scopes.order.get(use)
+    if where is None:
+        return None
+    latest: Optional[cst.Call] = None
+    for read in scopes.reads_of(b):
+        order = scopes.order.get(read, 0)
+        if order >= where:
+            continue
+        attr = scopes.parent.get(read)
+        call = scopes.parent.get(attr) if type(attr) is cst.Attribute else None
+        if (type(call) is cst.Call and attr.value is read and attr.attr.value in _BOUNDING_IN_PLACE
+                and type(scopes.parent.get(call)) is cst.Expr
+                and (latest is None or order > scopes.order.get(latest, 0))):
+            latest = call
+    if latest is None:
+        return None
+    method = latest.func.attr.value  # type: ignore[union-attr]
+    if method == "sub_":
+        if len(latest.args) != 1 or latest.args[0].keyword is not None:
+            return None
+        # a node outside the tree whose children are the tree's own nodes
+        return cst.BinaryOperation(left=latest.func.value, operator=cst.Subtract(),  # type: ignore[union-attr]
+                                   right=latest.args[0].value)
+    return latest
 
 
 # ops returning (values, indices) whose values are elements of their input

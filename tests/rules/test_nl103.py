@@ -54,3 +54,17 @@ def test_a_max_unpacked_with_its_indices_stabilises():
     assert {f.code for f in found("min")} == {"NL103", "NL002"}
     assert lint("import torch\ndef lse(x):\n    m, i = x.max(-1, keepdim=True)\n"
                 "    return torch.log(torch.exp(x - m).sum(-1))\n", ["NL103", "NL002"]) == []
+
+
+def test_an_in_place_max_subtraction_stabilises_later_exps():
+    """Model-parallel cross-entropy: ``logits.sub_(logits_max[..., None])``,
+    then ``logits.exp().sum()``; an in-place clamp from above bounds it too.
+    A min subtracted, or a max subtracted after the exp, does not."""
+    def codes(body):
+        return {f.code for f in lint("import torch\n" + body, ["NL103", "NL002"])}
+    assert codes("def f(x):\n    m = torch.max(x, dim=-1)[0]\n    x.sub_(m.unsqueeze(-1))\n"
+                 "    return torch.log(x.exp().sum(-1))\n") == set()
+    assert codes("def f(x):\n    x.clamp_(max=10.0)\n    return x.exp()\n") == set()
+    assert codes("def f(x):\n    x.sub_(x.min(-1, keepdim=True)[0])\n"
+                 "    return torch.log(x.exp().sum(-1))\n") == {"NL103", "NL002"}
+    assert codes("def f(x):\n    y = x.exp()\n    x.sub_(x.max())\n    return y\n") == {"NL002"}

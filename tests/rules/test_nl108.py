@@ -89,3 +89,21 @@ def test_moving_a_float32_factory_to_a_device_keeps_it_float32():
     assert found(".to(xyz.device)") == []
     assert found(".to(device=device)") == []
     assert [f.line for f in found(".to(xyz)")] == [4]
+
+
+def test_a_parameters_gradient_is_float32_unless_the_model_is_cast_to_half():
+    """EDM: ``torch.nan_to_num(p.grad, posinf=1e5, out=p.grad)`` for every
+    parameter: under AMP or float32 training the gradient is float32 (low);
+    in a file that casts the model to half it is float16 (high)."""
+    loop = (
+        "import torch\ndef step(net, opt):\n"
+        "    for p in net.parameters():\n"
+        "        if p.grad is not None:\n"
+        "            torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)\n"
+        "    opt.step()\n"
+    )
+    assert {f.confidence for f in lint(loop, ["NL108"])} == {"low"}
+    assert {f.confidence for f in lint(loop + "net = Net().half()\n", ["NL108"])} == {"high"}
+    # an activation is not a gradient
+    other = loop.replace("torch.nan_to_num(p.grad,", "torch.nan_to_num(p.data * 2,")
+    assert {f.confidence for f in lint(other, ["NL108"])} <= {"high"}
