@@ -209,6 +209,9 @@ class Facts:
         if isinstance(node, cst.IfExp):
             return _join(rec(node.body), rec(node.orelse))
         if isinstance(node, cst.Subscript):
+            if (type(node.value) is cst.Call and len(node.slice) == 1 and type(node.slice[0].slice) is cst.Index
+                    and number(node.slice[0].slice.value) == 1 and torch_op(self.ctx, node.value) in _SELECTING):
+                return INTEGER  # ``x.topk(k)[1]``, ``x.max(-1)[1]``: the indices
             return self._element_dtype(node.value, depth)
         if isinstance(node, cst.Name):
             return self._name_dtype(node, depth)

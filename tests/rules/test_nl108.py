@@ -107,3 +107,12 @@ def test_a_parameters_gradient_is_float32_unless_the_model_is_cast_to_half():
     # an activation is not a gradient
     other = loop.replace("torch.nan_to_num(p.grad,", "torch.nan_to_num(p.data * 2,")
     assert {f.confidence for f in lint(other, ["NL108"])} <= {"high"}
+
+
+def test_the_indices_of_a_max_or_topk_are_integers():
+    """``x.half().max(-1)[1]`` is int64 (times 1e5 it is float32); ``[0]``
+    holds the float16 values."""
+    def found(index):
+        return lint(f"import torch\ndef f(x):\n    return x.half().max(-1)[{index}] * 1e5\n", ["NL108"])
+    assert found(1) == []
+    assert [f.line for f in found(0)] == [3]
