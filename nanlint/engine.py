@@ -121,6 +121,21 @@ def subtree(root: cst.CSTNode, limit: Optional[int] = None) -> Iterator[cst.CSTN
         stack.extend(reversed(children(node)))
 
 
+def scope_nodes(root: cst.CSTNode) -> Iterator[cst.CSTNode]:
+    """The nodes under ``root`` (a function, its body, a module), without
+    entering nested functions, classes or lambdas (nor yielding them)."""
+    stack = list(children(root))
+    while stack:
+        node = stack.pop()
+        if type(node) in _NESTED_SCOPES:
+            continue
+        yield node
+        stack.extend(children(node))
+
+
+_NESTED_SCOPES = frozenset({cst.FunctionDef, cst.ClassDef, cst.Lambda})
+
+
 Handler = Callable[[cst.CSTNode], Any]
 
 

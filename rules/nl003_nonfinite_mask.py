@@ -9,7 +9,7 @@ import libcst as cst
 
 from nanlint.analysis import ACTIVATION, HALF, HOST, INTEGER, WIDE
 from nanlint.analysis import masks
-from nanlint.engine import children, subtree
+from nanlint.engine import scope_nodes, subtree
 
 from nanlint.dtypes import FLOAT32_MAX, fmt
 from nanlint.finding import HIGH, LOW, MEDIUM, SAFE, UNSAFE
@@ -34,17 +34,6 @@ class Hazard:
     literal: bool  # the value node is the literal itself (a fix may replace it)
     finite: bool
     overflows: Tuple[str, ...]  # target dtypes it overflows (finite values)
-
-
-def iter_assigns(func: cst.FunctionDef):
-    """The assignment statements of a function's own body (not nested functions)."""
-    stack = list(children(func.body))
-    while stack:
-        node = stack.pop()
-        if isinstance(node, cst.Assign):
-            yield node
-        if not isinstance(node, (cst.FunctionDef, cst.ClassDef, cst.Lambda)):
-            stack.extend(children(node))
 
 
 class NonfiniteMask(Rule):
@@ -333,8 +322,8 @@ class NonfiniteMask(Rule):
         if func is None:
             return False
         name = target.value.value
-        for other in iter_assigns(func):
-            if other is statement or len(other.targets) != 1:
+        for other in scope_nodes(func.body):
+            if type(other) is not cst.Assign or other is statement or len(other.targets) != 1:
                 continue
             t = other.targets[0].target
             if isinstance(t, cst.Subscript) and isinstance(t.value, cst.Name) and t.value.value == name:
@@ -421,17 +410,23 @@ class NonfiniteMask(Rule):
             qualified = self.ctx.resolve(node)
             if qualified in ("math.inf", "torch.inf", "numpy.inf", "numpy.Inf", "numpy.infty"):
                 return math.inf
-            if isinstance(node, cst.Attribute) and node.attr.value in ("min", "max") and isinstance(node.value, cst.Call):
-                call = node.value
-                callee = self.ctx.resolve(call.func)
-                if callee in ("torch.finfo", "numpy.finfo") and len(call.args) == 1:
-                    dtype = self.ctx.resolve(call.args[0].value)
-                    if isinstance(call.args[0].value, cst.SimpleString):
-                        dtype = "torch." + str(call.args[0].value.evaluated_value)
-                    big = FLOAT32_MAX if dtype in _FLOAT32_NAMES else FLOAT64_MAX if dtype in _FLOAT64_NAMES else None
-                    if big is not None:
-                        return -big if node.attr.value == "min" else big
+            dtype = self._finfo_dtype(node)
+            big = FLOAT32_MAX if dtype in _FLOAT32_NAMES else FLOAT64_MAX if dtype in _FLOAT64_NAMES else None
+            if big is not None:
+                return -big if node.attr.value == "min" else big  # type: ignore[union-attr]
         return None
+
+    def _finfo_dtype(self, node: cst.BaseExpression) -> Optional[str]:
+        """``torch.float32`` for ``torch.finfo(torch.float32).min`` (or ``.max``,
+        ``numpy.finfo``, a dtype written as a string), else None."""
+        if not (isinstance(node, cst.Attribute) and node.attr.value in ("min", "max") and isinstance(node.value, cst.Call)):
+            return None
+        call = node.value
+        if self.ctx.resolve(call.func) not in ("torch.finfo", "numpy.finfo") or len(call.args) != 1:
+            return None
+        if isinstance(call.args[0].value, cst.SimpleString):
+            return "torch." + str(call.args[0].value.evaluated_value)
+        return self.ctx.resolve(call.args[0].value)
 
     def _hazard(self, node: cst.BaseExpression) -> Optional[Hazard]:
         literal = True
@@ -620,13 +615,7 @@ class NonfiniteMask(Rule):
         author's own statement of the dtype the tensor holds."""
         if isinstance(value, cst.UnaryOperation):
             value = value.expression
-        if not (isinstance(value, cst.Attribute) and value.attr.value in ("min", "max")
-                and isinstance(value.value, cst.Call) and len(value.value.args) == 1):
-            return False
-        call = value.value
-        if self.ctx.resolve(call.func) not in ("torch.finfo", "numpy.finfo"):
-            return False
-        return (self.ctx.resolve(call.args[0].value) or "") in _FLOAT32_NAMES | _FLOAT64_NAMES
+        return (self._finfo_dtype(value) or "") in _FLOAT32_NAMES | _FLOAT64_NAMES
 
     def _integer_literal(self, value: cst.BaseExpression) -> bool:
         """`-100000`, `TOKEN_ID` (= `151654`): a number written without a float."""

@@ -2,13 +2,13 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Dict, Iterator, List, Optional, Set, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 import libcst as cst
 
 from nanlint.analysis import HOST, INTEGER, WIDE
 from nanlint.dtypes import FLOAT16, fmt
-from nanlint.engine import subtree, children
+from nanlint.engine import scope_nodes, subtree
 from nanlint.finding import HIGH, LOW, UNSAFE
 from nanlint.analysis.masks import is_mask_factor
 from nanlint.patterns import arg, is_method_call, is_reference, subject
@@ -260,7 +260,7 @@ class Fp16OverflowLiteral(Rule):
             for name, param in self.params[-1].items():
                 if param is not None and param.annotation is not None and "Tensor" in self.ctx.code(param.annotation.annotation):
                     found.add(name)
-        for n in _walk_scope(root):
+        for n in scope_nodes(root):
             if isinstance(n, cst.Attribute) and n.attr.value in _TENSOR_ONLY_ATTRS | _TENSOR_ONLY_METHODS:
                 text = dotted_name(n.value)
                 if text is not None and self.ctx.resolve(n.value) is None:
@@ -578,6 +578,7 @@ class Fp16OverflowLiteral(Rule):
         if method and not self._tensor(x):
             return
         offset = 0 if method else 1
+        gradient = self._gradient_note(x, call)
         for index, keyword in enumerate(("nan", "posinf", "neginf")):
             a = arg(call, offset + index, keyword)
             if a is None:
@@ -591,9 +592,9 @@ class Fp16OverflowLiteral(Rule):
                 f"`nan_to_num({keyword}={text})`: {text} rounds to {'-' if value < 0 else ''}inf in float16 "
                 f"(max {fmt(FLOAT16.max)}), so on a float16 tensor the replacement is itself infinite and the "
                 f"guard does nothing; use `torch.finfo({_name(self.ctx, x)}.dtype).{'min' if value < 0 else 'max'}`"
-                f"{'' if keyword == 'nan' else ' (the default)'}" + self._gradient_note(x, call),
+                f"{'' if keyword == 'nan' else ' (the default)'}" + gradient,
                 self._finfo_fix(a.value, x, value),
-                confidence=LOW if self._gradient_note(x, call) else HIGH,
+                confidence=LOW if gradient else HIGH,
             )
 
     def _gradient_note(self, x: cst.BaseExpression, site: cst.CSTNode) -> str:
@@ -736,12 +737,3 @@ def _has_float(node: cst.CSTNode) -> bool:
     return any(isinstance(n, cst.Float) for n in subtree(node))
 
 
-def _walk_scope(root: cst.CSTNode) -> Iterator[cst.CSTNode]:
-    """The nodes of a function (or module) body, not entering nested functions or classes."""
-    stack = list(children(root))
-    while stack:
-        n = stack.pop()
-        if isinstance(n, (cst.FunctionDef, cst.ClassDef, cst.Lambda)):
-            continue
-        yield n
-        stack.extend(children(n))

@@ -365,7 +365,7 @@ def _unpacked(target, value) -> List[Optional[cst.BaseExpression]]:
 
 
 #: reductions that return a (values, indices) pair when given a dim
-_VALUES_INDICES = frozenset({"max", "min", "sort", "topk", "kthvalue", "median", "mode", "cummax", "cummin"})
+VALUES_AND_INDICES = frozenset({"max", "min", "sort", "topk", "kthvalue", "median", "mode", "cummax", "cummin"})
 
 
 def _values_and_indices(value) -> bool:
@@ -373,7 +373,7 @@ def _values_and_indices(value) -> bool:
         return False
     func = value.func
     name = func.attr.value if isinstance(func, cst.Attribute) else func.value if isinstance(func, cst.Name) else ""
-    if name not in _VALUES_INDICES:
+    if name not in VALUES_AND_INDICES:
         return False
     if isinstance(func, cst.Name) and name in ("max", "min"):
         return False  # the builtin max/min

@@ -31,13 +31,13 @@ from typing import Dict, FrozenSet, List, Optional, Set
 
 import libcst as cst
 
-from ..patterns import (arg, look_through, number, subject, torch_op, value_facts, is_method_call, METADATA, NONNEG,
+from ..patterns import (arg, last_name, look_through, number, subject, torch_op, value_facts, is_method_call, METADATA, NONNEG,
                         NONPOS, LOWER, UPPER)
 from ..resolve import dotted_name
 from ..engine import iter_tree
 from .safeguards import Safeguards
 from .project import LOG_PROBABILITY, PROBABILITY
-from .scopes import SCOPE_NODES, Binding, Scopes
+from .scopes import SCOPE_NODES, VALUES_AND_INDICES, Binding, Scopes
 
 HALF = "half"
 WIDE = "wide"
@@ -210,7 +210,7 @@ class Facts:
             return _join(rec(node.body), rec(node.orelse))
         if isinstance(node, cst.Subscript):
             if (type(node.value) is cst.Call and len(node.slice) == 1 and type(node.slice[0].slice) is cst.Index
-                    and number(node.slice[0].slice.value) == 1 and torch_op(self.ctx, node.value) in _SELECTING):
+                    and number(node.slice[0].slice.value) == 1 and torch_op(self.ctx, node.value) in VALUES_AND_INDICES):
                 return INTEGER  # ``x.topk(k)[1]``, ``x.max(-1)[1]``: the indices
             return self._element_dtype(node.value, depth)
         if isinstance(node, cst.Name):
@@ -1424,8 +1424,6 @@ def _updated_in_place(scopes: Scopes, b: Binding, use: cst.Name) -> Optional[cst
     return latest
 
 
-# ops returning (values, indices) whose values are elements of their input
-_SELECTING = frozenset({"sort", "topk", "max", "min", "kthvalue", "cummax", "cummin", "median", "mode"})
 
 
 def _sorted_values(facts: Facts, b: Binding) -> Optional[cst.BaseExpression]:
@@ -1440,7 +1438,7 @@ def _sorted_values(facts: Facts, b: Binding) -> Optional[cst.BaseExpression]:
     first = target.elements[0].value
     if not (isinstance(first, cst.Name) and first.value == b.name):
         return None
-    if torch_op(facts.ctx, stmt.value) not in _SELECTING:
+    if torch_op(facts.ctx, stmt.value) not in VALUES_AND_INDICES:
         return None
     return subject(facts.ctx, stmt.value)
 
@@ -1513,8 +1511,7 @@ def _registers_decomposition(decorator: cst.BaseExpression) -> bool:
     """``@register_decomposition(aten.x)``, ``@register_lowering(...)``,
     ``@_make_elementwise_unary_reference(...)``, ``@constraints.dependent_property``."""
     func = decorator.func if type(decorator) is cst.Call else decorator
-    name = func.attr.value if type(func) is cst.Attribute else func.value if type(func) is cst.Name else ""
-    return bool(_DECOMPOSITION.match(name))
+    return bool(_DECOMPOSITION.match(last_name(func) or ""))
 
 
 def _transposed_here(node: cst.BaseExpression) -> bool:
