@@ -10,7 +10,7 @@ from nanlint.analysis import HOST, INTEGER, WIDE
 from nanlint.dtypes import FLOAT16, fmt
 from nanlint.engine import scope_nodes, subtree
 from nanlint.finding import HIGH, LOW, UNSAFE
-from nanlint.analysis.masks import is_mask_factor
+from nanlint.analysis.masks import ORDERINGS, is_mask_factor, only_selected
 from nanlint.patterns import arg, is_method_call, is_reference, subject
 from nanlint.patterns import number as _any_number
 from nanlint.resolve import dotted_name
@@ -646,6 +646,8 @@ class Fp16OverflowLiteral(Rule):
             return
         elif dtype == "other" and not _has_float(value_arg.value):
             return
+        if op not in ("full", "full_like") and self._sorting_sentinel(call):
+            return
         text = self.ctx.code(value_arg.value).strip()
         if op in ("full", "full_like"):
             consequence = "raises \"value cannot be converted to type c10::Half without overflow\""
@@ -655,6 +657,20 @@ class Fp16OverflowLiteral(Rule):
             value_arg.value,
             f"`torch.{op}` of {text}, beyond float16's max {fmt(FLOAT16.max)}: with a float16 dtype it {consequence}",
         )
+
+    def _sorting_sentinel(self, call: cst.Call) -> bool:
+        """``torch.where(d == 0, torch.tensor(1e10, dtype=d.dtype), d)``
+        whose result is only sorted or reduced by max/min/topk: as inf the
+        sentinel orders the same, so float16 changes nothing."""
+        up = self.ctx.facts.scopes.parent.get(call)
+        if not isinstance(up, cst.Arg) or up.keyword is not None:
+            return False
+        where = self.ctx.facts.scopes.parent.get(up)
+        if not isinstance(where, cst.Call) or self.ctx.resolve(where.func) != "torch.where":
+            return False
+        if len(where.args) != 3 or where.args[0] is up:
+            return False
+        return only_selected(self.ctx.facts, where, selections=ORDERINGS)
 
     def _arith_call(self, call: cst.Call, op: str, method: bool) -> None:
         symbol = _ARITH_CALLS[op]

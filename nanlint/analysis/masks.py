@@ -43,6 +43,8 @@ SELECTIONS = frozenset({
     "max", "amax", "argmax", "min", "amin", "argmin", "topk", "sort", "argsort", "kthvalue",
     "cummax", "cummin", "exp", "exp_",
 })
+#: selections by order alone: a sentinel that rounds to inf sorts the same
+ORDERINGS = SELECTIONS - {"exp", "exp_"}
 FILL_OPS = frozenset({"masked_fill", "masked_fill_"})
 # methods that keep a tensor's values (and dtype): a fill flows through them unchanged
 PURE_METHODS = frozenset({
@@ -401,11 +403,13 @@ def _position(facts, node: cst.BaseExpression) -> bool:
 
 
 # -- where a filled value goes -------------------------------------------------------
-def only_selected(facts, expr: cst.CSTNode, depth: int = 0) -> bool:
+def only_selected(facts, expr: cst.CSTNode, depth: int = 0, selections: frozenset = SELECTIONS) -> bool:
     """Whether the value of ``expr`` is only ever selected from (``max``,
     ``topk``...) or exponentiated: directly, through value-keeping methods,
     through a name assigned in the same function, or through the return value
-    of a function whose every call in the file is."""
+    of a function whose every call in the file is. ``selections`` narrows
+    what counts (``ORDERINGS`` for a large positive sentinel, which ``exp``
+    would overflow)."""
     if depth > 4:
         return False
     parent = facts.scopes.parent
@@ -424,13 +428,13 @@ def only_selected(facts, expr: cst.CSTNode, depth: int = 0) -> bool:
         elif isinstance(up, cst.Assign) and up.value is expr:
             if len(up.targets) != 1 or not isinstance(up.targets[0].target, cst.Name):
                 return False
-            return _binding_selected(facts, up.targets[0].target.value, up, depth)
+            return _binding_selected(facts, up.targets[0].target.value, up, depth, selections)
         elif isinstance(up, cst.Return):
-            return _calls_selected(facts, up, depth)
+            return _calls_selected(facts, up, depth, selections)
         else:
             return False
         op = torch_op(facts.ctx, call)
-        if op in SELECTIONS:
+        if op in selections:
             return True
         if op in PURE_METHODS:
             expr = call
@@ -448,15 +452,16 @@ def later_reads_only_selected(facts, name: cst.Name, stmt: cst.CSTNode) -> bool:
     return _reads_selected(facts, bindings[0], facts.scopes.order[stmt], stmt, 0)
 
 
-def _binding_selected(facts, name: str, assign: cst.Assign, depth: int) -> bool:
+def _binding_selected(facts, name: str, assign: cst.Assign, depth: int, selections: frozenset = SELECTIONS) -> bool:
     scope = facts.scopes.scope_of.get(assign)
     for b in facts.scopes.bindings.get(scope, {}).get(name, []):
         if b.node is assign:
-            return _reads_selected(facts, b, b.order, assign, depth)
+            return _reads_selected(facts, b, b.order, assign, depth, selections)
     return False
 
 
-def _reads_selected(facts, binding, after: int, stmt: cst.CSTNode, depth: int) -> bool:
+def _reads_selected(facts, binding, after: int, stmt: cst.CSTNode, depth: int,
+                    selections: frozenset = SELECTIONS) -> bool:
     scopes = facts.scopes
     scope = scopes.scope_of.get(binding.node)
     if _captured(facts, scope, binding.name):
@@ -469,7 +474,7 @@ def _reads_selected(facts, binding, after: int, stmt: cst.CSTNode, depth: int) -
         if isinstance(up, cst.Attribute) and up.attr.value in METADATA:
             continue  # s.shape, s.size(0): no values read
         uses += 1
-        if not only_selected(facts, read, depth + 1):
+        if not only_selected(facts, read, depth + 1, selections):
             return False
     return uses > 0
 
@@ -483,7 +488,7 @@ def _captured(facts, scope: cst.CSTNode, name: str) -> bool:
     return False
 
 
-def _calls_selected(facts, ret: cst.Return, depth: int) -> bool:
+def _calls_selected(facts, ret: cst.Return, depth: int, selections: frozenset = SELECTIONS) -> bool:
     func = facts.scopes.enclosing_function(ret)
     if func is None:
         return False
@@ -496,7 +501,7 @@ def _calls_selected(facts, ret: cst.Return, depth: int) -> bool:
                 isinstance(callee, cst.Attribute) and callee.attr.value == name
             ):
                 calls += 1
-                if not only_selected(facts, node, depth + 1):
+                if not only_selected(facts, node, depth + 1, selections):
                     return False
     return calls > 0
 

@@ -378,11 +378,13 @@ class Facts:
             args = [a for a in call.args if a.keyword is None]
             if all(number(a.value) is not None and float(number(a.value)).is_integer() for a in args):
                 return INTEGER
+            # without ``dtype=``, arange is int64 for integer bounds and the
+            # default dtype (float32) otherwise -- even for a float16 0-dim
+            # tensor bound: never a low-precision float
             kinds = [rec(a.value) for a in args]
-            if all(k in (HOST, INTEGER) for k in kinds):
-                # arange of Python numbers: int64 for ints, float32 for floats
-                return WIDE if any(isinstance(a.value, cst.Float) for a in args) else INTEGER
-            return UNKNOWN
+            if any(isinstance(a.value, cst.Float) for a in args) or WIDE in kinds:
+                return WIDE
+            return INTEGER
         if op in _FACTORIES and not on_method:
             if op in ("tril", "triu"):
                 first = arg(call, 0, "input")

@@ -116,3 +116,33 @@ def test_the_indices_of_a_max_or_topk_are_integers():
         return lint(f"import torch\ndef f(x):\n    return x.half().max(-1)[{index}] * 1e5\n", ["NL108"])
     assert found(1) == []
     assert [f.line for f in found(0)] == [3]
+
+
+def test_arange_without_a_dtype_is_never_float16():
+    """``torch.arange(n)`` is int64 (or float32 for a float bound) whatever
+    ``n`` is, so a distance-in-sequence penalty built from it is float32;
+    with ``dtype=`` the range takes that dtype."""
+    def found(make):
+        return lint("import torch\n"
+                    "def f(D, mask, n):\n"
+                    f"    pos = {make}\n"
+                    "    dseq = torch.abs(pos.unsqueeze(1) - pos.unsqueeze(0))\n"
+                    "    return D + (~mask) * (1e8 + dseq * 1e6)\n", ["NL108"])
+    assert found("torch.arange(n, device=D.device)") == []
+    assert found("torch.arange(0.5, n)") == []
+    assert [f.line for f in found("torch.arange(n, dtype=D.dtype)")] == [5, 5]
+
+
+def test_a_sentinel_that_is_only_sorted():
+    """A ``where`` sentinel that only a sort (or min/max/topk) reads orders
+    the same as inf; read by arithmetic or ``exp`` it is an overflow."""
+    def found(use):
+        return lint("import torch\n"
+                    "def f(x):\n"
+                    "    d = x[1:] - x[:-1]\n"
+                    "    d = torch.where(d.eq(0), torch.tensor(1e10, dtype=x.dtype, device=x.device), d)\n"
+                    f"    return {use}\n", ["NL108"])
+    assert found("d.sort(dim=-2)[0]") == []
+    assert found("torch.topk(d, 3, largest=False)") == []
+    assert [f.line for f in found("d.sum()")] == [4]
+    assert [f.line for f in found("d.exp().max()")] == [4]
