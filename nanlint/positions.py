@@ -153,6 +153,85 @@ def compute_ranges(
     return result
 
 
+def statement_lines(module: cst.Module, tree) -> Optional[List[int]]:
+    """The 1-based line where each of ``module.body``'s statements begins,
+    leading blank and comment lines included, read from Python's own syntax
+    tree ``tree`` of the same text (None when the two do not line up). A
+    top-level statement always begins a line, so with these lines a reported
+    node's position needs the code of its own statement only, not of
+    everything before it."""
+    body = getattr(tree, "body", None)
+    if body is None:
+        return None
+    out: List[int] = []
+    j = 0
+    for stmt in module.body:
+        if j >= len(body):
+            return None
+        first = body[j]
+        line = first.lineno
+        for deco in getattr(first, "decorator_list", ()):
+            line = min(line, deco.lineno)
+        if isinstance(stmt, cst.SimpleStatementLine):
+            j += len(stmt.body)
+            leading = len(stmt.leading_lines)
+        else:
+            j += 1
+            leading = len(getattr(stmt, "leading_lines", ()))
+        out.append(line - leading)
+    return out if j == len(body) else None
+
+
+def compute_statement_ranges(
+    module: cst.Module,
+    nodes: Iterable[cst.CSTNode],
+    starts: List[int],
+    text: str,
+    owners: Dict[cst.CSTNode, int],
+    lines: List[int],
+) -> Optional[Dict[cst.CSTNode, Range]]:
+    """What :func:`compute_ranges` gives, generating only the top-level
+    statements that hold ``nodes``: ``owners`` maps each node to the index of
+    its statement in ``module.body`` and ``lines`` gives where each statement
+    begins (:func:`statement_lines`). The code generated for each statement
+    is compared with ``text`` at that place, so a wrong start is never used:
+    the answer is None and the caller generates the module."""
+    groups: Dict[int, Set[cst.CSTNode]] = {}
+    for node in nodes:
+        index = owners.get(node)
+        if index is None:
+            return None
+        groups.setdefault(index, set()).add(node)
+    result: Dict[cst.CSTNode, Range] = {}
+    for index, watched in groups.items():
+        line = lines[index]
+        if not 1 <= line <= len(starts):
+            return None
+        base = starts[line - 1]
+        state = _WatchingState(module, watched)
+        try:
+            with deep_codegen():
+                module.body[index]._codegen(state)
+        except _Done:
+            pass
+        generated = "".join(state.tokens)
+        if text[base:base + len(generated)] != generated:
+            return None
+        offsets = [base]
+        offsets.extend(base + o for o in accumulate(map(len, state.tokens)))
+        for node, (a, b) in state.outer.items():
+            if node not in watched:
+                continue
+            ia, ib = state.inner.get(node, (a, b))
+            result[node] = Range(
+                offset_to_pos(starts, offsets[a]),
+                offset_to_pos(starts, offsets[b]),
+                offset_to_pos(starts, offsets[ia]),
+                offset_to_pos(starts, offsets[ib]),
+            )
+    return result
+
+
 class NodeText:
     """The source text of nodes, as ``module.code_for_node`` gives it, at a
     bounded total cost.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import libcst as cst
 import pytest
 
+from nanlint import engine
 from nanlint.engine import lint_source, noqa_codes, walk
 from nanlint.dtypes import FLOAT16
 from nanlint.fix import OverlapError, apply_edits
@@ -229,3 +230,56 @@ def test_the_split_trigger_search_answers_as_the_whole_pattern_does():
         trigger = re.compile(pattern)
         for text in ["|x", ")x", "ac", "bc", "d", "INF", "Nan", "]z", "|z", "(", ")", "a|b", "ab"]:
             assert _found(trigger, text) == bool(trigger.search(text)), (pattern, text)
+
+
+def test_parse_skips_validation_only_while_parsing():
+    """The parse gives the same tree as libcst's validating parse, and a node
+    built by hand afterwards is validated again (a fix's new node must be)."""
+    source = "import torch\n\n@dec(a, *b)\ndef f(x, /, y=1e-8, *, z):\n    return (x.exp() + y) [1:2]  # c\n"
+    tree = engine.parse(source)
+    assert tree.code == source
+    assert tree.deep_equals(cst.parse_module(source))
+    with pytest.raises(cst.CSTValidationError):
+        cst.Name("not a name")
+    with pytest.raises(cst.ParserSyntaxError):
+        engine.parse("def f(:\n")
+    with pytest.raises(cst.CSTValidationError):
+        cst.Name("still not a name")
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_statement_ranges_equal_the_whole_module_ranges(newline):
+    """Positions from each node's own top-level statement (started at the
+    line Python's tree gives) are those of generating the whole module --
+    through header comments, decorators with comments between them, `;`
+    lines, a block's trailing comments and data blocks."""
+    import ast
+
+    from nanlint.engine import subtree
+    from nanlint.positions import compute_statement_ranges, line_starts, statement_lines
+
+    source = newline.join([
+        "# header", "", "import torch; import math", "", "# lead", "@dec  # one", "# between",
+        "@other(1,", "       2)", "def f(x):", "    y = x.exp() + 1e-8", "    # trailing, indented", "",
+        "# dedented comment", "class A:", "    z = [", "        1, 2,", "    ]", "", "if x: y = (1 +", "  2)",
+        "t = torch.log(x)  # c", "",
+    ])
+    module = engine.parse(source)
+    nodes = [n for n in subtree(module) if n is not module]
+    top = {stmt: i for i, stmt in enumerate(module.body)}
+    owners = {}
+    for i, stmt in enumerate(module.body):
+        for n in subtree(stmt):
+            owners[n] = i
+    starts = line_starts(source)
+    lines = statement_lines(module, ast.parse(source))
+    assert lines is not None and len(lines) == len(top)
+    got = compute_statement_ranges(module, nodes, starts, source, owners, lines)
+    want = compute_ranges(module, nodes, starts)
+    assert got is not None and set(got) == set(want)
+    for node in nodes:
+        g, w = got[node], want[node]
+        assert (g.start, g.end, g.inner_start, g.inner_end) == (w.start, w.end, w.inner_start, w.inner_end)
+    # a start that does not line up with the text is refused, never used
+    wrong = [line + 1 for line in lines]
+    assert compute_statement_ranges(module, nodes, starts, source, owners, wrong) is None
