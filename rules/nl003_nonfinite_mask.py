@@ -374,7 +374,7 @@ class NonfiniteMask(Rule):
                 continue
             if self._nonzero(other):
                 continue
-            mask = masks.is_mask_factor(self.ctx.facts, other)
+            mask = masks.is_mask_factor(self.ctx.facts, other, positive=hazard.value > 0)
             if hazard.finite:
                 if not mask or not self.ctx.facts.can_be_half(other):
                     continue

@@ -476,7 +476,7 @@ class Fp16OverflowLiteral(Rule):
             kind = self._hazard_kind(value, symbol, where)
             if kind is None:
                 continue
-            if symbol == "*" and is_mask_factor(self.ctx.facts, other):
+            if symbol == "*" and is_mask_factor(self.ctx.facts, other, positive=value > 0):
                 continue  # NL003's additive-mask product
             tensor = self._tensor(other)
             if not tensor or (not _has_float(lit) and tensor == "tensor"):

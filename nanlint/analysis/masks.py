@@ -36,7 +36,7 @@ import libcst as cst
 
 from ..engine import iter_tree, subtree
 from ..patterns import METADATA, arg, is_method_call, number, subject, torch_op
-from .values import HOST
+from .values import HOST, INTEGER
 
 #: consumers for which a -inf entry is what is meant: it is never selected, and exp(-inf) = 0
 SELECTIONS = frozenset({
@@ -534,20 +534,39 @@ def consumed_here(facts, call: Optional[cst.Call], filled: Optional[cst.BaseExpr
 
 
 # -- products ------------------------------------------------------------------------
-def is_mask_factor(facts, node: cst.BaseExpression, depth: int = 0) -> bool:
+def is_mask_factor(facts, node: cst.BaseExpression, depth: int = 0, positive: bool = False) -> bool:
     """``mask``, ``attention_mask.float()``, ``(1 - mask)``, ``~keep``: the other
     factor of an additive-mask product (``(1 - mask) * -1e9``). NL003 reports
     those; NL108 leaves them to it. Where nothing else decides, a name
     containing ``mask`` says so."""
     if isinstance(node, cst.Name) and depth < 3:
         value = definition(facts, node)
-        if value is not None and is_mask_factor(facts, value, depth + 1):
+        if value is not None and is_mask_factor(facts, value, depth + 1, positive):
             return True
     for n in subtree(node):
         if isinstance(n, cst.Name) and "mask" in n.value.lower():
             return True
     if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.Subtract):
-        return number(node.left) == 1.0
+        # ``(1 - m) * -1e9`` inverts a mask; times a positive coefficient
+        # (``282744 * (1 - s)``, a spline's weight) only a 0/1 ``m`` makes it one
+        return number(node.left) == 1.0 and (not positive or _zero_one(facts, node.right, depth))
     if isinstance(node, cst.UnaryOperation) and isinstance(node.operator, cst.BitInvert):
         return True
+    return False
+
+
+_CASTS = frozenset({"float", "half", "bfloat16", "double", "to", "type", "type_as", "long", "int", "bool"})
+
+
+def _zero_one(facts, node: cst.BaseExpression, depth: int) -> bool:
+    """A 0/1 tensor: a comparison, an integer or bool tensor, or a cast of one."""
+    if depth > 4:
+        return False
+    if isinstance(node, cst.Comparison) or facts.dtype(node) == INTEGER:
+        return True
+    if isinstance(node, cst.Name):
+        value = definition(facts, node)
+        return value is not None and _zero_one(facts, value, depth + 1)
+    if isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute) and node.func.attr.value in _CASTS:
+        return _zero_one(facts, node.func.value, depth + 1)
     return False

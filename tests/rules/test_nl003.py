@@ -332,3 +332,20 @@ def test_a_float32_bound_on_a_tensor_of_unseen_origin_is_medium():
     softmaxed = ("def relative(content, position, pad):\n    s = content + position\n"
                  "    s = s.masked_fill(pad, torch.finfo(torch.float32).min)\n    return s.softmax(-1)\n")
     assert confidence(softmaxed) == ["high"]
+
+
+def test_one_minus_a_real_value_is_not_an_inverted_mask():
+    """``(1 - m) * -1e9`` inverts a mask; times a large *positive*
+    coefficient, ``1 - s`` is a mask only where ``s`` is evidently 0/1 (a
+    comparison, a cast of one): otherwise it is a spline's arithmetic."""
+    def found(make, coefficient="1e9"):
+        return lint("import torch\n"
+                    "def f(scores, ids, s):\n"
+                    f"    keep = {make}\n"
+                    f"    bias = (1 - keep) * {coefficient}\n"
+                    "    return torch.softmax(scores - bias, -1)\n", ["NL003"])
+    assert [f.line for f in found("(ids != 0).type_as(scores)")] == [4]
+    assert [f.line for f in found("ids.ne(0).to(scores.dtype)")] == [4]
+    assert found("s * 0.5") == []
+    assert found("s") == []
+    assert [f.line for f in found("s", "-1e9")] == [4]
