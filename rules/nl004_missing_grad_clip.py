@@ -61,9 +61,17 @@ class MissingGradClip(Rule):
     update; **medium** under mixed precision (a GradScaler, a float16
     autocast, a "16-mixed"/`fp16` setting): the scaler skips the steps whose
     gradients overflow, so only a large finite spike gets through; **low**
-    when nothing shows float16 (a bfloat16 or float32 loop), or in a
+    when nothing shows float16 (a bfloat16 or float32 loop), in a
     benchmark (a file or function named `bench*`/`benchmark*`/`profile*`: a
-    name heuristic, since nothing else tells a timing loop from training).
+    name heuristic, since nothing else tells a timing loop from training), or
+    when the optimizer stepped is built in this file (in the function, or as
+    `self.<attr>` of the class) from an adaptive optimizer: Adam, AdamW,
+    RMSprop, Adagrad, Adadelta, Lion, LAMB. Those divide the update by a
+    running gradient magnitude (or take its sign), so a single spike moves a
+    weight by about the learning rate (Adam: at most about
+    lr * (1 - beta1) / sqrt(1 - beta2) = 3.2 lr), not without bound; the
+    hazard that remains, a spike past about 8,100 whose square overflows a
+    float16 `exp_avg_sq`, freezes that weight rather than making it inf.
 
     ## Why is this bad?
     Without clipping, a single outlier batch turns into an update of any size.
@@ -200,7 +208,7 @@ class MissingGradClip(Rule):
             """
             import torch
             def train(model, loader):
-                optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+                optimizer = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9)
                 for x, y in loader:
                     loss = model(x, y)
                     loss.backward()
@@ -210,7 +218,7 @@ class MissingGradClip(Rule):
             fixed="""
             import torch
             def train(model, loader):
-                optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+                optimizer = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9)
                 for x, y in loader:
                     loss = model(x, y)
                     loss.backward()
@@ -329,13 +337,46 @@ class MissingGradClip(Rule):
             )
         safeguards = self.ctx.facts.safeguards
         precision = "mixed" if kind == "scaler" or state.scaled else safeguards.precision(step)
-        if safeguards.benchmark(step) or precision is None:
-            confidence = LOW  # a timing loop, or nothing shows float16 in this training code
+        adaptive = self._adaptive(flow, step, kind)
+        if adaptive is not None:
+            message += (
+                f" (low: `{adaptive}` divides by a running gradient magnitude, so its step stays about "
+                f"the learning rate whatever the spike)"
+            )
+        if safeguards.benchmark(step) or precision is None or adaptive is not None:
+            confidence = LOW  # a timing loop, nothing shows float16, or an adaptive optimizer
         elif precision == "mixed":
             confidence = MEDIUM  # the scaler skips overflowing steps: a large finite spike is needed
         else:
             confidence = HIGH  # float16 weights and gradients, no loss-scale guard
         self.report(step, message, self._fix(flow, step, state, kind, stmt), confidence=confidence)
+
+    def _adaptive(self, flow: "_Flow", step: cst.Call, kind: str) -> Optional[str]:
+        """The class name of the optimizer stepped, when it is built in this
+        file (in the function, or as ``self.<attr>`` of the class) from an
+        adaptive optimizer (Adam, AdamW, RMSprop, Adagrad, Lion...)."""
+        assert isinstance(step.func, cst.Attribute)
+        receiver = step.func.value
+        if kind == "scaler":
+            first = arg(step, 0, "optimizer")
+            if first is None:
+                return None
+            receiver = first.value
+        if not is_reference(receiver):
+            return None
+        built = flow.bindings.get(self.ctx.code(receiver))
+        values = [built] if built is not None else []
+        if not values and isinstance(receiver, cst.Attribute):
+            values = [v for _, v in self.ctx.facts.scopes.self_attribute(receiver)]
+        names = set()
+        for value in values:
+            if not isinstance(value, cst.Call):
+                return None
+            _, last = _callee_name(self.ctx, value)
+            if last is None or not _ADAPTIVE.search(last):
+                return None
+            names.add(last)
+        return sorted(names)[0] if names else None
 
     def _fix(self, flow: "_Flow", step: cst.Call, state: "_State", kind: str, stmt: Optional[cst.SimpleStatementLine]) -> Optional[FixSpec]:
         if stmt is None:
@@ -562,6 +603,10 @@ class _Flow:
 
 
 # -- what a call is ------------------------------------------------------------------
+
+#: optimizers whose update divides by a running gradient magnitude (or takes its
+#: sign): one spike cannot make the step much larger than the learning rate
+_ADAPTIVE = re.compile(r"adam|rmsprop|adagrad|adadelta|lion|lamb(?!da)|sophia", re.IGNORECASE)
 
 _OPT_RE = re.compile(r"(?:^|_)(?:opt|optim|optimizer|optimiser)s?(?:_|\d|$)")
 

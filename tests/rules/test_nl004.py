@@ -1,0 +1,46 @@
+"""NL004 beyond its documented examples."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from helpers import lint  # noqa: E402
+
+
+def _confidence(src):
+    return [f.confidence for f in lint(src, ["NL004"])]
+
+
+def test_an_adaptive_optimizer_bounds_the_step():
+    """Adam's update is about the learning rate whatever the spike: low. SGD
+    applies the spike in full: high in a half model."""
+    def loop(make):
+        return ("import torch\n"
+                "def train(model, loader):\n"
+                "    model.half()\n"
+                f"    optimizer = {make}\n"
+                "    for x in loader:\n"
+                "        model(x).sum().backward()\n"
+                "        optimizer.step()\n")
+    assert _confidence(loop("torch.optim.SGD(model.parameters(), lr=0.1)")) == ["high"]
+    assert _confidence(loop("torch.optim.AdamW(model.parameters(), lr=1e-4)")) == ["low"]
+    assert _confidence(loop("torch.optim.RMSprop(model.parameters())")) == ["low"]
+    assert _confidence(loop("build_optimizer(model)")) == ["high"]
+
+
+def test_an_adaptive_optimizer_held_by_the_class():
+    def trainer(make):
+        return ("import torch\n"
+                "class Trainer:\n"
+                "    def __init__(self, model):\n"
+                f"        self.opt = {make}\n"
+                "        self.scaler = torch.cuda.amp.GradScaler()\n"
+                "    def step(self, loss):\n"
+                "        self.scaler.scale(loss).backward()\n"
+                "        self.scaler.step(self.opt)\n"
+                "        self.scaler.update()\n")
+    assert _confidence(trainer("torch.optim.SGD(model.parameters(), lr=0.1)")) == ["medium"]
+    assert _confidence(trainer("torch.optim.Adam(model.parameters())")) == ["low"]
