@@ -71,6 +71,12 @@ _INTEGER_OPS = frozenset({
     "randint", "randint_like", "randperm", "bincount", "multinomial", "numel", "count_nonzero",
     "triu_indices", "tril_indices", "any", "all", "isclose", "isin",
 })
+#: the legacy typed tensor classes (``torch.FloatTensor``, ``torch.cuda.LongTensor``)
+_LEGACY_TENSORS = {
+    "FloatTensor": WIDE, "DoubleTensor": WIDE, "HalfTensor": HALF, "BFloat16Tensor": HALF,
+    "LongTensor": INTEGER, "IntTensor": INTEGER, "ShortTensor": INTEGER, "CharTensor": INTEGER,
+    "ByteTensor": INTEGER, "BoolTensor": INTEGER,
+}
 # ops that keep their first operand's dtype
 _SAME_DTYPE_OPS = frozenset({
     "view", "reshape", "unsqueeze", "squeeze", "transpose", "permute", "expand", "expand_as", "contiguous",
@@ -351,6 +357,10 @@ class Facts:
             helper = self.scopes.function_named(method, call)
             if helper is not None:
                 return self._returned_dtype(helper, depth)
+        if qualified is not None:
+            legacy = _LEGACY_TENSORS.get(qualified.rpartition(".")[2])
+            if legacy is not None:  # ``torch.cuda.FloatTensor(B, N)``: the class names the dtype
+                return legacy
         op = torch_op(self.ctx, call)
         if op is None:
             return UNKNOWN

@@ -146,3 +146,13 @@ def test_a_sentinel_that_is_only_sorted():
     assert found("torch.topk(d, 3, largest=False)") == []
     assert [f.line for f in found("d.sum()")] == [4]
     assert [f.line for f in found("d.exp().max()")] == [4]
+
+
+def test_legacy_typed_tensor_classes_name_their_dtype():
+    """``torch.cuda.FloatTensor(B, N)`` is float32 (a farthest-point
+    sampler's 1e10 scratch buffer); a buffer made like the input is not."""
+    def found(make):
+        return lint(f"import torch\ndef f(x, B, N):\n    return {make}.fill_(1e10)\n", ["NL108"])
+    assert found("torch.cuda.FloatTensor(B, N)") == []
+    assert found("torch.DoubleTensor(B, N)") == []
+    assert [f.line for f in found("x.new_zeros(B, N)")] == [3]
