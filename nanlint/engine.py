@@ -507,6 +507,20 @@ def python_tree(source: str) -> Tuple[Optional[Any], Optional[Tuple[str, int, in
         return None, (str(err) or type(err).__name__, 1, 1)
 
 
+def _newer_syntax(source: str) -> bool:
+    """Whether a text the running Python rejects is read by libcst's parser,
+    which knows the grammar of newer Pythons: PEP 695 generics
+    (``class Pipeline[T]:``, ``type X = ...``), PEP 701 f-strings, PEP 758
+    ``except A, B:``. Such a file is valid code for the Python its project
+    targets, not a syntax error (libcst rejects the real ones: ``f() = 1``,
+    ``print 1``)."""
+    try:
+        parse(source)
+    except Exception:
+        return False
+    return True
+
+
 def _python_syntax_error(source: str) -> Optional[Tuple[str, int, int]]:
     """Python's own message and position for a syntax error: libcst's native
     parser reports where it gave up, often a line later than the mistake."""
@@ -620,7 +634,7 @@ def lint_source(
         if hazard is not None:
             return Result([], [f"{path}: too deeply nested to check: {hazard}; not checked"])
         if not rules:
-            if problem is None:
+            if problem is None or _newer_syntax(source):
                 return Result([], [])
             return Result([syntax_error_finding(path, SyntaxError(problem[0]), source)], [])
         parsed_text = blank_data_blocks(source, tree)

@@ -107,6 +107,28 @@ def test_syntax_error_is_nl000_with_pythons_position():
     assert "never closed" in finding.message
 
 
+@pytest.mark.parametrize("source", [
+    "class Pipeline[T](Base):\n    pass\n",
+    "def load[T: int](x: T) -> T:\n    return x\n",
+    "type Shape = tuple[int, ...]\n",
+    "x = f'{a['b']}'\n",
+])
+def test_syntax_newer_than_this_python_is_not_a_syntax_error(source):
+    """Files of a project that targets a newer Python parse with libcst:
+    checked, never NL000, whether or not a rule's trigger is in them; real
+    errors libcst rejects too stay NL000."""
+    import sys
+
+    if sys.version_info >= (3, 12):
+        pytest.skip("this Python reads the syntax itself")
+    assert lint_source(source, "a.py", [], [FLOAT16]).findings == []
+    triggered = source + "import torch\ny = torch.log(torch.softmax(z, -1) + 1e-10)\n"
+    codes = [f.code for f in lint(triggered)]
+    assert codes and "NL000" not in codes  # checked: the rules report on it
+    for bad in ("f() = 1\n", "print 1\n", "del f()\n"):
+        assert [f.code for f in lint_source(bad, "a.py", [], [FLOAT16]).findings] == ["NL000"]
+
+
 def test_rule_crash_is_an_error_not_an_exception():
     class Broken(Rule):
         code = "NL999"
