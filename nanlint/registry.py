@@ -49,6 +49,8 @@ class SyntaxErrorRule(Rule):
     """## What it does
     Reports a file, or a notebook cell, that Python cannot parse: Python 2
     syntax, an unfinished edit, null bytes, syntax newer than the parser knows.
+    Syntax newer than the running Python but known to the parser (PEP 695
+    generics `class Pipeline[T]:` on Python 3.11) is checked, not reported.
 
     ## Why is this bad?
     No rule can look inside code that does not parse, so every hazard in it
