@@ -323,7 +323,10 @@ class TinyEpsilon(Rule):
     `x / x.abs().amax().clamp_min(1e-5)`, `(d - d.min()) / (d.max() - d.min()
     + 1e-6)` -- the quotient is at most 1 and cannot overflow; only its
     gradient at the bound (1/1e-6 = 1e6) can, for an all-zero vector: low
-    where a gradient flows, not flagged where none does.
+    where a gradient flows, not flagged where none does. Likewise a subnormal
+    guard inside `log` keeps the value finite (`log(1e-7)` = -16.1): only the
+    derivative 1/1e-7 overflows, so it is not flagged where no gradient flows
+    (`@torch.inference_mode()`, `torch.no_grad()`, a metric).
 
     Not flagged: the `eps` of the built-in `LayerNorm`/`GroupNorm`/`RMSNorm`
     modules and functional forms (they accumulate in float32), learning rates,
@@ -1133,6 +1136,10 @@ class TinyEpsilon(Rule):
         if overflow_only and use.saturates == "all":
             # the bound is not 0, so only the quotient's overflow is at stake, and every
             # use of it saturates to what float32 gives (sigmoid(inf) = 1)
+            return
+        if use.zero == LOG_ZERO and value >= FLOAT16.zero_below and not self.ctx.facts.grad_flows(use.node):
+            # a subnormal guard keeps log finite (log(1e-7) = -16.1): only its
+            # derivative 1/eps overflows, and no gradient flows here
             return
         low = overflow_only and use.saturates == "some"
         if overflow_only and use.bounded:

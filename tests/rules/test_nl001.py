@@ -294,3 +294,19 @@ def test_a_learned_parameter_reaches_the_bound_only_far_from_its_init():
     # look-alikes: a layer's output, and the exp of an activation
     assert confidences(snake("nn.Linear(dim, dim)", "self.alpha(x)")) == [(9, "medium")]
     assert confidences(snake("nn.Parameter(torch.zeros(dim))", "x.mean(-1, keepdim=True).exp()")) == [(9, "medium")]
+
+
+def test_a_subnormal_log_guard_without_a_gradient():
+    """``log(p + 1e-7)`` is finite in float16 (log(1e-7) = -16.1): only the
+    derivative 1/1e-7 overflows, so where no gradient flows it is no hazard;
+    a guard that rounds to 0 gives -inf in the forward pass either way."""
+    def found(deco, eps):
+        return lint("import torch\n"
+                    f"{deco}\n"
+                    "def entropy(logits):\n"
+                    "    p = torch.softmax(logits, -1)\n"
+                    f"    return -(p * torch.log(p + {eps})).sum(-1)\n", ["NL001"])
+    assert found("@torch.inference_mode()", "1e-7") == []
+    assert found("@torch.no_grad()", "1e-6") == []
+    assert [f.line for f in found("", "1e-7")] == [5]
+    assert [f.line for f in found("@torch.no_grad()", "1e-10")] == [5]
