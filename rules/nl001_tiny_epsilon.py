@@ -336,7 +336,8 @@ class TinyEpsilon(Rule):
     and any literal that
     is not a guard, and guards on values that cannot be float16 (the shared
     dtype facts: a tensor made with an explicit float32/float64 dtype, from
-    Python data (`torch.tensor(lengths)`) or numpy, an integer tensor, Python
+    Python data (`torch.tensor(lengths)`) or numpy, a parameter whose values the
+    function hands to numpy (`np.minimum(box2[2], ...)`: augmentation code), an integer tensor, Python
     numbers, a float32 region such as `autocast(enabled=False)`). Active only
     when float16 is a target dtype.
 

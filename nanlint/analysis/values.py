@@ -4,7 +4,8 @@
 
 - ``dtype(expr)``: ``HALF`` (explicitly float16/bfloat16), ``WIDE`` (provably
   float32/float64), ``INTEGER`` (int or bool tensors: ids, counts, masks),
-  ``HOST`` (Python numbers, numpy values: never a float16 tensor), or
+  ``HOST`` (Python numbers, numpy values -- also a parameter the function
+  hands to numpy, ``numpy_params`` -- never a float16 tensor), or
   ``UNKNOWN`` -- an activation of a model that may run in half;
 - ``can_be_half(expr)``: whether the target dtype can reach the value at all
   (not when the dtype is WIDE/INTEGER/HOST, nor inside a float32 region:
@@ -27,14 +28,14 @@ reports with ``low`` confidence instead of guessing.
 from __future__ import annotations
 
 import re
-from typing import Dict, FrozenSet, List, Optional, Set
+from typing import Dict, FrozenSet, List, Optional, Set, Tuple
 
 import libcst as cst
 
 from ..patterns import (arg, last_name, look_through, number, subject, torch_op, value_facts, is_method_call, METADATA, NONNEG,
                         NONPOS, LOWER, UPPER)
 from ..resolve import dotted_name
-from ..engine import iter_tree
+from ..engine import iter_tree, scope_nodes
 from .safeguards import Safeguards
 from .project import LOG_PROBABILITY, PROBABILITY
 from .scopes import SCOPE_NODES, VALUES_AND_INDICES, Binding, Scopes
@@ -71,6 +72,32 @@ _INTEGER_OPS = frozenset({
     "randint", "randint_like", "randperm", "bincount", "multinomial", "numel", "count_nonzero",
     "triu_indices", "tril_indices", "any", "all", "isclose", "isin",
 })
+#: numpy functions that convert their argument (a tensor handed to them is not numpy data)
+_NUMPY_CONVERSIONS = frozenset({"array", "asarray", "ascontiguousarray", "asanyarray", "copy", "frombuffer"})
+_ARITHMETIC = (cst.Add, cst.Subtract, cst.Multiply, cst.Divide)
+#: attributes that are metadata of an array, not its values
+_METADATA_ATTRS = frozenset({"shape", "dtype", "device", "ndim", "size", "is_cuda"})
+
+
+def _roots(node: cst.BaseExpression, depth: int = 0) -> set:
+    """The plain names whose values an expression computes with directly:
+    ``box2[2] - box2[0]`` -> {box2}; not through calls or metadata."""
+    if depth > 12:
+        return set()
+    kind = type(node)
+    if kind is cst.Name:
+        return {node.value}
+    if kind is cst.Subscript:
+        return _roots(node.value, depth + 1)
+    if kind is cst.Attribute:
+        return set() if node.attr.value in _METADATA_ATTRS else _roots(node.value, depth + 1)
+    if kind is cst.BinaryOperation:
+        return _roots(node.left, depth + 1) | _roots(node.right, depth + 1)
+    if kind is cst.UnaryOperation:
+        return _roots(node.expression, depth + 1)
+    return set()
+
+
 #: the legacy typed tensor classes (``torch.FloatTensor``, ``torch.cuda.LongTensor``)
 _LEGACY_TENSORS = {
     "FloatTensor": WIDE, "DoubleTensor": WIDE, "HalfTensor": HALF, "BFloat16Tensor": HALF,
@@ -151,6 +178,7 @@ class Facts:
         self._safeguards: Optional[Safeguards] = None
         self._project = None
         self._call_index: Optional[Dict[str, List[cst.Call]]] = None
+        self._numpy_params: Dict[cst.FunctionDef, frozenset] = {}
 
     @property
     def safeguards(self) -> Safeguards:
@@ -297,6 +325,9 @@ class Facts:
                     return HOST
             if b.value is not None and self.dtype(b.value, depth + 1) == HOST and number(b.value) is not None:
                 return HOST  # a number-valued hyper-parameter (``eps=1e-6``)
+            func = self.scopes.parent.get(self.scopes.parent.get(b.node))
+            if type(func) is cst.FunctionDef and b.name in self.numpy_params(func):
+                return HOST  # ``np.minimum(box2[2], ...)``: the function computes with numpy arrays
             return self._argument_dtype(b, depth)
         if b.kind == "for":
             it = b.value
@@ -304,6 +335,62 @@ class Facts:
                 return HOST if it.func.value == "range" else UNKNOWN
             return UNKNOWN
         return UNKNOWN
+
+    def numpy_params(self, func: cst.FunctionDef) -> frozenset:
+        """The parameters of ``func`` whose values its own numpy calls take
+        (``np.maximum(w2 / (h2 + eps), ...)`` with ``w2 = box2[2] - box2[0]``):
+        numpy arrays -- or CPU tensors numpy converts -- never a float16
+        activation under autocast. Followed through the function's plain
+        assignments from the parameter (subscripts, attributes, arithmetic);
+        conversions (``np.asarray(t)``) and metadata (``x.shape``) do not count."""
+        cached = self._numpy_params.get(func)
+        if cached is not None:
+            return cached
+        self._numpy_params[func] = frozenset()
+        names: set = set()
+        assigns: List[Tuple[List[str], cst.BaseExpression]] = []
+        #: operands of arithmetic: a value computed with a numpy array is one too
+        operands: List[Tuple[set, set]] = []
+        for node in scope_nodes(func.body):
+            if type(node) is cst.Call:
+                qualified = self.ctx.resolve(node.func) or ""
+                if qualified.split(".")[0] == "numpy" and qualified.rpartition(".")[2] not in _NUMPY_CONVERSIONS:
+                    for a in node.args:
+                        names.update(_roots(a.value))
+            elif type(node) is cst.BinaryOperation and type(node.operator) in _ARITHMETIC:
+                operands.append((_roots(node.left), _roots(node.right)))
+            elif type(node) is cst.Assign and len(node.targets) == 1:
+                target = node.targets[0].target
+                if type(target) is cst.Name:
+                    assigns.append(([target.value], node.value))
+                elif type(target) in (cst.Tuple, cst.List) and type(node.value) in (cst.Tuple, cst.List) \
+                        and len(target.elements) == len(node.value.elements):
+                    for t, v in zip(target.elements, node.value.elements):
+                        if type(t.value) is cst.Name:
+                            assigns.append(([t.value.value], v.value))
+        imported = self.ctx.names.bindings  # ``np.pi * x``: a module is no array
+        names = {n for n in names if n not in imported}
+        for _ in range(4):  # locals of locals: a few hops
+            grown = False
+            for targets, value in assigns:
+                if any(t in names for t in targets):
+                    new = {n for n in _roots(value) - names if n not in imported}
+                    if new:
+                        names |= new
+                        grown = True
+            for left, right in operands:
+                for one, other in ((left, right), (right, left)):
+                    if one & names:
+                        new = {n for n in other - names if n not in imported}
+                        if new:
+                            names |= new
+                            grown = True
+            if not grown:
+                break
+        params = {p.name.value for p in (*func.params.posonly_params, *func.params.params, *func.params.kwonly_params)}
+        result = frozenset(names & params)
+        self._numpy_params[func] = result
+        return result
 
     def _argument_dtype(self, b: Binding, depth: int) -> str:
         """A private helper's parameter holds what every call of it in this

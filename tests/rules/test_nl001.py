@@ -310,3 +310,22 @@ def test_a_subnormal_log_guard_without_a_gradient():
     assert found("@torch.no_grad()", "1e-6") == []
     assert [f.line for f in found("", "1e-7")] == [5]
     assert [f.line for f in found("@torch.no_grad()", "1e-10")] == [5]
+
+
+def test_a_function_computing_with_numpy_takes_arrays():
+    """Values a function hands to numpy (``np.minimum(b1_x2, b2_x2)``, and
+    what it computes with them) are arrays of augmentation code, never
+    float16 activations; ``np.prod(x.shape)`` or ``np.asarray(t)`` say
+    nothing of a tensor's values."""
+    def found(first):
+        return lint("import numpy as np\n"
+                    "def ioa(box1, box2):\n"
+                    "    b1_x2, b2_x2 = box1[2], box2[2]\n"
+                    "    w2 = box2[2] - box2[0]\n"
+                    f"    {first}\n"
+                    "    return inter / (w2 * (box2[3] - box2[1]) + 1e-16)\n", ["NL001"])
+    assert found("inter = np.minimum(b1_x2, b2_x2)") == []
+    assert found("inter = np.maximum(w2 / 2, 0)") == []
+    assert [f.line for f in found("inter = np.prod(box2.shape)")] == [6]
+    assert [f.line for f in found("inter = np.asarray(box2)")] == [6]
+    assert [f.line for f in found("inter = box2[0] * np.pi")] == [6]
