@@ -307,8 +307,12 @@ class TinyEpsilon(Rule):
     constant row, a real but rarer input (shown with
     `--min-confidence medium`). Low: a learned parameter or `exp` of one (a
     Snake activation's `1 / (alpha + 1e-9)`), which reaches the bound only for
-    a trained weight far from its initialisation. In a script that shows no reduced precision
-    at all, every finding is low (README, Confidence).
+    a trained weight far from its initialisation. Low too: a parameter
+    default (`def normalize(t, eps=1e-12)`, `__init__(self, dim, eps=1e-8)`)
+    that every call of the function or class in this file overrides
+    (`normalize(x, eps=1e-4)`): only callers elsewhere get the default. In a
+    script that shows no reduced precision at all, every finding is low
+    (README, Confidence).
 
     A subnormal divisor bound (`6e-8 <= v < 1.53e-5`, e.g. the `1e-5` of an
     inverse sigmoid `log(x.clamp(min=eps) / (1 - x).clamp(min=eps))`) is not
@@ -503,6 +507,8 @@ class TinyEpsilon(Rule):
         self.capped: Set[int] = set()
         #: (literal, message, fix, guarding node, reach, low: the overflow saturates at some calls)
         self.pending: List[Tuple[cst.CSTNode, str, Optional[FixSpec], cst.CSTNode, str, bool]] = []
+        #: parameter defaults reported: id(literal) -> (their function, the parameter)
+        self.defaults: Dict[int, Tuple[FuncScope, str]] = {}
         self.stack_kinds: List[str] = ["module"]  # module / class / function
 
     # -- scopes ------------------------------------------------------------------
@@ -960,6 +966,7 @@ class TinyEpsilon(Rule):
             scope.guard_params.setdefault(source.name, use)
             param = scope.params[source.name][0]
             if isinstance(param.default, cst.Float):
+                self.defaults[id(param.default)] = (scope, source.name)
                 self._report_literal(param.default, use.but(fixable=True), label or source.name)
         elif source.kind == "module":
             self.module_uses.append((source.name, use, label, source.node))
@@ -1054,7 +1061,40 @@ class TinyEpsilon(Rule):
                 if reach == HALF_ONLY and pure_half and message.endswith(HALF_ONLY_ZERO):
                     message += HALF_FILE
                 surely = reach == ORDINARY or reach == HALF_ONLY and pure_half
+                owner = self.defaults.get(id(literal))
+                overridden = self._overridden(*owner) if owner is not None else None
+                if overridden is not None:
+                    message += (f"; every call of `{overridden}` in this file passes its own `{owner[1]}`, so "  # type: ignore[index]
+                                f"only callers elsewhere get the default")
+                    low = True
                 self.report(literal, message, fix, confidence=LOW if low or reach == WEIGHT else HIGH if surely else MEDIUM)
+
+    def _overridden(self, scope: "FuncScope", pname: str) -> Optional[str]:
+        """The name of the function (or class, for ``__init__``) whose
+        parameter ``pname`` every call in this file passes explicitly; None
+        when some call relies on the default, or none is seen."""
+        func = scope.node
+        if func is None or pname not in scope.params:
+            return None
+        index = scope.params[pname][1]
+        facts = self.ctx.facts
+        if scope.klass is not None and func.name.value == "__init__":
+            name = scope.klass.node.name.value
+            calls = [c for c in facts.calls_named(name) if isinstance(c.func, cst.Name)]
+            shift = 1  # ``Norm(dim, eps=...)``: ``self`` is not among the arguments
+        else:
+            name = func.name.value
+            calls = facts.calls_of(func)
+            shift = 1 if scope.klass is not None else 0
+        if not calls:
+            return None
+        for call in calls:
+            if any(a.star for a in call.args):
+                return None
+            position = index - shift if index is not None and index - shift >= 0 else None
+            if arg(call, position, pname) is None:
+                return None
+        return name
 
     def _call_site(self, site: CallSite) -> None:
         funcs = self.module_funcs.get(site.name, [])

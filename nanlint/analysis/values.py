@@ -1346,6 +1346,26 @@ class Facts:
                  and aug not in set(self.scopes.ancestors(r))]
         return bool(reads) and all(self._flows_to_cleaning(r, seen, depth + 1, order) for r in reads)
 
+    def calls_of(self, func: Optional[cst.FunctionDef]) -> List[cst.Call]:
+        """The calls of a function of this file that the file shows (see ``_calls_of``)."""
+        return self._calls_of(func)
+
+    def calls_named(self, name: str) -> List[cst.Call]:
+        """Every call in this file of a plain name or ``self.<name>``."""
+        if self._call_index is None:
+            self._build_call_index()
+        return list(self._call_index.get(name, []))  # type: ignore[union-attr]
+
+    def _build_call_index(self) -> None:
+        self._call_index = {}
+        for n, _ in iter_tree(self.ctx.module):
+            if isinstance(n, cst.Call):
+                f = n.func
+                name = f.value if isinstance(f, cst.Name) else (
+                    f.attr.value if isinstance(f, cst.Attribute) and _is_self(f.value) else None)
+                if name is not None:
+                    self._call_index.setdefault(name, []).append(n)
+
     def _calls_of(self, func: Optional[cst.FunctionDef]) -> List[cst.Call]:
         """The calls of a module-level function (``f(x)``) or of a method
         (``self.f(x)``) in this file; empty when it may be called from elsewhere
@@ -1353,14 +1373,7 @@ class Facts:
         if func is None:
             return []
         if self._call_index is None:
-            self._call_index = {}
-            for n, _ in iter_tree(self.ctx.module):
-                if isinstance(n, cst.Call):
-                    f = n.func
-                    name = f.value if isinstance(f, cst.Name) else (
-                        f.attr.value if isinstance(f, cst.Attribute) and _is_self(f.value) else None)
-                    if name is not None:
-                        self._call_index.setdefault(name, []).append(n)
+            self._build_call_index()
         cls = self.scopes.enclosing_class(func)
         out = []
         for call in self._call_index.get(func.name.value, []):

@@ -333,3 +333,26 @@ def test_a_function_computing_with_numpy_takes_arrays():
     assert [f.line for f in found("inter = np.prod(box2.shape)")] == [6]
     assert [f.line for f in found("inter = np.asarray(box2)")] == [6]
     assert [f.line for f in found("inter = box2[0] * np.pi")] == [6]
+
+
+def test_a_default_every_call_in_the_file_overrides_is_low():
+    """``def normalize(t, eps=1e-12)`` whose every call here passes its own
+    eps (a normal float16 value): only callers elsewhere get the default.
+    One call that keeps the default leaves the finding as it was."""
+    def confidence(calls):
+        src = ("import torch\n"
+               "import torch.nn.functional as F\n"
+               "def normalize(t, eps=1e-12):\n"
+               "    return F.normalize(t, dim=-1, eps=eps)\n"
+               "class Norm(torch.nn.Module):\n"
+               "    def __init__(self, dim, eps=1e-8):\n"
+               "        super().__init__()\n"
+               "        self.eps = eps\n"
+               "    def forward(self, x):\n"
+               "        return x / (x.abs().sum(-1, keepdim=True) + self.eps)\n"
+               f"def use(x):\n    return {calls}\n")
+        return {f.line: f.confidence for f in lint(src, ["NL001"])}
+    both = confidence("normalize(x, eps=1e-4), normalize(x, 1e-4), Norm(8, eps=1e-4), Norm(8, 1e-4)")
+    assert both == {3: "low", 6: "low"}
+    kept = confidence("normalize(x, eps=1e-4), normalize(x), Norm(8, eps=1e-4), Norm(8)")
+    assert kept[3] != "low" and kept[6] != "low"
