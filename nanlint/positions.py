@@ -135,11 +135,19 @@ def compute_ranges(
             module._codegen(state)
     except _Done:
         pass
-    offsets = [0]
-    offsets.extend(accumulate(map(len, state.tokens)))
     if starts is None:
         starts = line_starts("".join(state.tokens))
     result: Dict[cst.CSTNode, Range] = {}
+    _collect(state, watched, starts, 0, result)
+    return result
+
+
+def _collect(state: "_WatchingState", watched: Set[cst.CSTNode], starts: List[int], base: int,
+             result: Dict[cst.CSTNode, Range]) -> None:
+    """The ranges of the watched nodes a generation recorded, its text
+    starting at offset ``base`` of the source."""
+    offsets = [base]
+    offsets.extend(base + o for o in accumulate(map(len, state.tokens)))
     for node, (a, b) in state.outer.items():
         if node not in watched:
             continue
@@ -150,7 +158,6 @@ def compute_ranges(
             offset_to_pos(starts, offsets[ia]),
             offset_to_pos(starts, offsets[ib]),
         )
-    return result
 
 
 def statement_lines(module: cst.Module, tree) -> Optional[List[int]]:
@@ -217,18 +224,7 @@ def compute_statement_ranges(
         generated = "".join(state.tokens)
         if text[base:base + len(generated)] != generated:
             return None
-        offsets = [base]
-        offsets.extend(base + o for o in accumulate(map(len, state.tokens)))
-        for node, (a, b) in state.outer.items():
-            if node not in watched:
-                continue
-            ia, ib = state.inner.get(node, (a, b))
-            result[node] = Range(
-                offset_to_pos(starts, offsets[a]),
-                offset_to_pos(starts, offsets[b]),
-                offset_to_pos(starts, offsets[ia]),
-                offset_to_pos(starts, offsets[ib]),
-            )
+        _collect(state, watched, starts, base, result)
     return result
 
 
