@@ -296,6 +296,26 @@ def _unvalidated(self: cst.CSTNode) -> None:
     pass
 
 
+def _identity_hash() -> None:
+    """libcst hashes a node by identity through a Python-level ``__hash__``
+    (``return id(self)``) that every node class copies; the analysis keys
+    dicts and sets by node millions of times per run, each a Python call.
+    ``object.__hash__`` is the same identity hash, computed in C (equality
+    stays libcst's identity test)."""
+    original = cst.CSTNode.__dict__.get("__hash__")
+    if original is None:
+        return
+    stack: List[type] = [cst.CSTNode]
+    while stack:
+        cls = stack.pop()
+        if cls.__dict__.get("__hash__") is original:
+            cls.__hash__ = object.__hash__  # type: ignore[method-assign, assignment]
+        stack.extend(cls.__subclasses__())
+
+
+_identity_hash()
+
+
 def syntax_error_finding(path: str, exc: Exception, source: str) -> Finding:
     precise = _python_syntax_error(source)
     if precise is not None:

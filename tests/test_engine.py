@@ -305,3 +305,17 @@ def test_statement_ranges_equal_the_whole_module_ranges(newline):
     # a start that does not line up with the text is refused, never used
     wrong = [line + 1 for line in lines]
     assert compute_statement_ranges(module, nodes, starts, source, owners, wrong) is None
+
+
+def test_nodes_hash_by_identity():
+    """Node hashing is identity, as libcst defines it, for every node class."""
+    from nanlint.engine import subtree
+
+    source = "x = f(a)[1] + g(b)\n"
+    one, two = engine.parse(source), engine.parse(source)
+    nodes = list(subtree(one)) + list(subtree(two))
+    assert len({id(n) for n in nodes}) == len(nodes) == len(set(nodes))
+    assert all(hash(n) == object.__hash__(n) for n in nodes)
+    assert one.body[0] != two.body[0] and one.body[0] == one.body[0]
+    table = {n: i for i, n in enumerate(nodes)}
+    assert all(table[n] == i for i, n in enumerate(nodes))
