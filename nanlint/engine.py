@@ -762,11 +762,8 @@ def _owners(ctx: Context, module: cst.Module, wanted: List[cst.CSTNode]) -> Opti
     owners: Dict[cst.CSTNode, int] = {}
     facts = ctx._facts
     if facts is not None:  # the shared analysis already knows every node's parent
-        parent = facts.scopes.parent
         for node in wanted:
-            up: Optional[cst.CSTNode] = node
-            while up is not None and up not in top:
-                up = parent.get(up)
+            up = node if node in top else next((a for a in facts.scopes.ancestors(node) if a in top), None)
             if up is None:
                 return None
             owners[node] = top[up]

@@ -129,17 +129,24 @@ def compute_ranges(
     watched = set(nodes)
     if not watched:
         return {}
-    state = _WatchingState(module, watched)
-    try:
-        with deep_codegen():
-            module._codegen(state)
-    except _Done:
-        pass
+    state = _generate(module, module, watched)
     if starts is None:
         starts = line_starts("".join(state.tokens))
     result: Dict[cst.CSTNode, Range] = {}
     _collect(state, watched, starts, 0, result)
     return result
+
+
+def _generate(module: cst.Module, root: cst.CSTNode, watched: Set[cst.CSTNode]) -> "_WatchingState":
+    """Generate ``root``'s code (the module or one of its top-level
+    statements) until the last watched node is done, recording where each is."""
+    state = _WatchingState(module, watched)
+    try:
+        with deep_codegen():
+            root._codegen(state)
+    except _Done:
+        pass
+    return state
 
 
 def _collect(state: "_WatchingState", watched: Set[cst.CSTNode], starts: List[int], base: int,
@@ -215,12 +222,7 @@ def compute_statement_ranges(
         if not 1 <= line <= len(starts):
             return None
         base = starts[line - 1]
-        state = _WatchingState(module, watched)
-        try:
-            with deep_codegen():
-                module.body[index]._codegen(state)
-        except _Done:
-            pass
+        state = _generate(module, module.body[index], watched)
         generated = "".join(state.tokens)
         if text[base:base + len(generated)] != generated:
             return None

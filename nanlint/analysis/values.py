@@ -75,8 +75,6 @@ _INTEGER_OPS = frozenset({
 #: numpy functions that convert their argument (a tensor handed to them is not numpy data)
 _NUMPY_CONVERSIONS = frozenset({"array", "asarray", "ascontiguousarray", "asanyarray", "copy", "frombuffer"})
 _ARITHMETIC = (cst.Add, cst.Subtract, cst.Multiply, cst.Divide)
-#: attributes that are metadata of an array, not its values
-_METADATA_ATTRS = frozenset({"shape", "dtype", "device", "ndim", "size", "is_cuda"})
 
 
 def _roots(node: cst.BaseExpression, depth: int = 0) -> set:
@@ -90,7 +88,7 @@ def _roots(node: cst.BaseExpression, depth: int = 0) -> set:
     if kind is cst.Subscript:
         return _roots(node.value, depth + 1)
     if kind is cst.Attribute:
-        return set() if node.attr.value in _METADATA_ATTRS else _roots(node.value, depth + 1)
+        return set() if node.attr.value in METADATA else _roots(node.value, depth + 1)
     if kind is cst.BinaryOperation:
         return _roots(node.left, depth + 1) | _roots(node.right, depth + 1)
     if kind is cst.UnaryOperation:
@@ -405,7 +403,7 @@ class Facts:
             index = next(i for i, p in enumerate(positional) if p is b.node)
         except StopIteration:
             index = None  # keyword-only
-        calls = self._calls_of(func)
+        calls = self.calls_of(func)
         kinds = []
         for call in calls[:8]:
             if type(call.func) is cst.Attribute and index is not None and not _is_static(func):
@@ -965,7 +963,7 @@ class Facts:
         name = func.name.value
         if not name.startswith("_") or name.startswith("__"):
             return False
-        calls = self._calls_of(func)
+        calls = self.calls_of(func)
         return bool(calls) and all(not self.grad_flows(call, depth + 1) for call in calls)
 
     def _custom_function_method(self, cls: cst.ClassDef, member: cst.FunctionDef) -> bool:
@@ -1236,7 +1234,7 @@ class Facts:
             return self._flows_to_cleaning(up, seen, depth + 1, order)
         if order and isinstance(up, cst.Return):
             # a helper's result (Gumbel noise): follow it to every call of the helper in this file
-            calls = self._calls_of(self.scopes.enclosing_function(up))
+            calls = self.calls_of(self.scopes.enclosing_function(up))
             if order == _SATURATE_SOME:
                 return any(self._flows_to_cleaning(c, seen, depth + 1, order) for c in calls)
             return bool(calls) and all(self._flows_to_cleaning(c, seen, depth + 1, order) for c in calls)
@@ -1346,10 +1344,6 @@ class Facts:
                  and aug not in set(self.scopes.ancestors(r))]
         return bool(reads) and all(self._flows_to_cleaning(r, seen, depth + 1, order) for r in reads)
 
-    def calls_of(self, func: Optional[cst.FunctionDef]) -> List[cst.Call]:
-        """The calls of a function of this file that the file shows (see ``_calls_of``)."""
-        return self._calls_of(func)
-
     def calls_named(self, name: str) -> List[cst.Call]:
         """Every call in this file of a plain name or ``self.<name>``."""
         if self._call_index is None:
@@ -1366,7 +1360,7 @@ class Facts:
                 if name is not None:
                     self._call_index.setdefault(name, []).append(n)
 
-    def _calls_of(self, func: Optional[cst.FunctionDef]) -> List[cst.Call]:
+    def calls_of(self, func: Optional[cst.FunctionDef]) -> List[cst.Call]:
         """The calls of a module-level function (``f(x)``) or of a method
         (``self.f(x)``) in this file; empty when it may be called from elsewhere
         in a way the file does not show (a public method of another name)."""
