@@ -18,7 +18,7 @@ else:  # pragma: no cover - exercised on Python < 3.11 only
     import tomli as tomllib
 
 from .dtypes import DTYPES
-from .registry import known_code, rules_by_code
+from .registry import infos_by_code, known_code
 
 #: in order of preference within one directory: a dedicated file beats pyproject.toml (as in ruff)
 CONFIG_FILES = (".nanlint.toml", "nanlint.toml", "pyproject.toml")
@@ -113,7 +113,7 @@ def check_dtypes(dtypes: Sequence[str], where: str) -> List[str]:
 
 def parse_table(table: Mapping[str, Any], where: str, root: Path) -> Settings:
     settings = Settings(root=root)
-    rules = rules_by_code()
+    rules = infos_by_code()
     for key, value in table.items():
         settings.origins[key] = "config"
         if key == "select":

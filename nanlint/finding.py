@@ -24,6 +24,10 @@ MEDIUM = "medium"
 HIGH = "high"
 CONFIDENCES = (LOW, MEDIUM, HIGH)
 
+#: the pseudo-rule the engine reports a file that does not parse with
+SYNTAX_ERROR_CODE = "NL000"
+SYNTAX_ERROR_NAME = "syntax-error"
+
 
 def at_least(confidence: str, minimum: str) -> bool:
     return CONFIDENCES.index(confidence) >= CONFIDENCES.index(minimum)

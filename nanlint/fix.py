@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from .engine import SYNTAX_ERROR_CODE
-from .finding import SAFE, Edit, Finding, Fix
-from .positions import line_starts
+from .finding import SAFE, SYNTAX_ERROR_CODE, Edit, Finding, Fix
+from .noqa import line_starts
 
 
 class OverlapError(ValueError):

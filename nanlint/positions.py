@@ -20,7 +20,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Set, Tuple
 import libcst as cst
 from libcst._nodes.internal import CodegenState
 
-NEWLINE_RE = re.compile(r"\r\n?|\n")
+from .noqa import NEWLINE_RE, line_starts  # noqa: F401 (re-exported)
 
 # (line, column): 1-based line, 0-based column, as libcst counts them.
 Pos = Tuple[int, int]
@@ -109,12 +109,6 @@ def deep_codegen() -> Iterator[None]:
         yield
     finally:
         sys.setrecursionlimit(previous)
-
-
-def line_starts(source: str) -> List[int]:
-    starts = [0]
-    starts.extend(m.end() for m in NEWLINE_RE.finditer(source))
-    return starts
 
 
 def offset_to_pos(starts: List[int], offset: int) -> Pos:

@@ -255,7 +255,8 @@ class Rule:
     #: in the default selection?
     default_enabled: ClassVar[bool] = True
     #: the hazard exists only in float16 (a literal that rounds to 0, an exp
-    #: past 65504): a script that runs in float32 gets it at low confidence
+    #: past 65504): the rule is off unless float16 is a target dtype, and a
+    #: script that runs in float32 gets it at low confidence
     float16_only: ClassVar[bool] = False
     #: the most permissive applicability of the rule's fixes: "safe", "unsafe" or None
     fix_applicability: ClassVar[Optional[str]] = None
@@ -302,4 +303,4 @@ class Rule:
     @classmethod
     def active(cls, dtypes: Sequence[DtypeFacts]) -> bool:
         """Whether the rule can report anything for these target dtypes."""
-        return True
+        return not cls.float16_only or any(d.name == "float16" for d in dtypes)

@@ -61,7 +61,7 @@ def render_settings(selection: Selection) -> str:
         lines.append(f"{key} = {_toml(value)}  # {origin}")
     lines.append("")
     lines.append("# the rules in force (after --select/--extend-select/--ignore and target dtypes)")
-    lines.append(f"rules = {_toml([r.code for r in selection.rules])}")
+    lines.append(f"rules = {_toml([i.code for i in selection.infos])}")
     for code, options in sorted(s.rule_options.items()):
         lines.append("")
         lines.append(f"[{code}]  # config")

@@ -480,10 +480,6 @@ class TinyEpsilon(Rule):
         ),
     ]
 
-    @classmethod
-    def active(cls, dtypes) -> bool:
-        return any(d.name == FLOAT16.name for d in dtypes)
-
     def __init__(self, ctx, options=None) -> None:
         super().__init__(ctx, options)
         self.threshold = float(self.opts.get("threshold", 6.1e-5))

@@ -204,10 +204,6 @@ class UnclampedExp(Rule):
         Invalid("import torch\n\ndef logits(x):\n    return x * 2\n\ny = torch.exp(logits(x))\n"),
     ]
 
-    @classmethod
-    def active(cls, dtypes) -> bool:
-        return any(d.name == FLOAT16.name for d in dtypes)
-
     def visit_Call(self, node: cst.Call) -> None:
         op = torch_op(self.ctx, node)
         if op not in EXP_OPS or _not_torch(self.ctx, node):

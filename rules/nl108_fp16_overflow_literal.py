@@ -187,10 +187,6 @@ class Fp16OverflowLiteral(Rule):
         ),
     ]
 
-    @classmethod
-    def active(cls, dtypes) -> bool:
-        return any(d.name == FLOAT16.name for d in dtypes)
-
     def __init__(self, ctx, options=None) -> None:
         super().__init__(ctx, options)
         # per function (index 0: module): name/attribute text -> value (None: unknown)

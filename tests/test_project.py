@@ -109,3 +109,30 @@ def test_helpers_and_configs_of_other_modules_give_the_same_findings_for_any_job
     for jobs in ("1", "2", "2"):
         proc = run("check", "--min-confidence", "low", "--output-format", "json", "-j", jobs, ".", cwd=tmp_path)
         assert proc.stdout == outputs[0]
+
+
+def test_imports_are_read_from_the_lines_that_hold_them():
+    from nanlint.analysis.project import Imported, read_imports
+
+    text = (
+        "'''import this: a docstring line does not start with the word'''\n"
+        "from .consts import (\n"
+        "    EPS,  # important: kept\n"
+        "    important as imp,\n"
+        ")\n"
+        "import torch.nn as nn, numpy\n"
+        "x = 1; import os\n"
+        "    from ..up import *\n"
+        "if True:\n"
+        "    from pkg.sub import name  # import again: one line, one reading\n"
+        "from . import sibling\r\n"
+        "import_path = 'not an import'\n"
+    )
+    assert read_imports(text, ["a", "b"]) == [
+        Imported("EPS", "a.b.consts", "EPS"),
+        Imported("imp", "a.b.consts", "important"),
+        Imported("name", "pkg.sub", "name"),
+        Imported("sibling", "a.b", "sibling"),
+        Imported("nn", "torch.nn", None),
+        Imported("numpy", "numpy", None),
+    ]

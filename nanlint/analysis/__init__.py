@@ -10,6 +10,15 @@ about. Data flows one way: files -> parse -> analysis -> rules -> findings.
   content hash; ``Facts.constant`` and ``Facts.summary_of_call`` ask it.
 """
 
-from .values import ACTIVATION, EDGE, HALF, HALF_ONLY, HOST, INTEGER, ORDINARY, UNKNOWN, WEIGHT, WIDE, Facts
 
 __all__ = ["Facts", "ORDINARY", "HALF_ONLY", "EDGE", "WEIGHT", "HALF", "WIDE", "INTEGER", "HOST", "UNKNOWN", "ACTIVATION"]
+
+
+def __getattr__(name: str):
+    # ``values`` (and libcst with it) is imported on first use: a run answered
+    # from the cache reads ``project``'s imports but never analyses a file
+    if name in __all__:
+        from . import values
+
+        return getattr(values, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -61,7 +61,8 @@ def read_imports(text: str, package: Sequence[str]) -> List[Imported]:
     """The imports of a source text, relative ones made absolute against the
     importing module's package (``package``: its dotted parts)."""
     out: List[Imported] = []
-    for m in _FROM.finditer(text):
+    froms, plains = _import_lines(text)
+    for m in froms:
         dots, module, names = m.group(1), m.group(2), m.group(3)
         if dots:
             up = len(dots) - 1
@@ -75,7 +76,7 @@ def read_imports(text: str, package: Sequence[str]) -> List[Imported]:
             alias = _ALIAS.match(part.strip())
             if alias and alias.group(1) != "*":
                 out.append(Imported(alias.group(2) or alias.group(1), module, alias.group(1)))
-    for m in _IMPORT.finditer(text):
+    for m in plains:
         for part in m.group(1).split(","):
             alias = _ALIAS.match(part.strip())
             if alias is None:
@@ -87,6 +88,32 @@ def read_imports(text: str, package: Sequence[str]) -> List[Imported]:
                 head = name.split(".")[0]
                 out.append(Imported(head, head, None))
     return out
+
+
+def _import_lines(text: str) -> Tuple[List["re.Match[str]"], List["re.Match[str]"]]:
+    """The matches of ``_FROM`` and of ``_IMPORT`` in ``text``, as their
+    ``finditer`` gives them. Both start a line holding the word ``import``, so
+    only those lines are tried: scanning for the word is a C loop, while the
+    patterns' leading ``^[ \\t]*`` makes ``finditer`` try every position."""
+    froms: List["re.Match[str]"] = []
+    plains: List["re.Match[str]"] = []
+    from_end = 0  # a from-import in parentheses spans lines: none starts inside it
+    last = -1
+    at = text.find("import")
+    while at >= 0:
+        start = text.rfind("\n", 0, at) + 1
+        if start != last:
+            last = start
+            if start >= from_end:
+                m = _FROM.match(text, start)
+                if m is not None:
+                    froms.append(m)
+                    from_end = m.end()
+            m = _IMPORT.match(text, start)
+            if m is not None:
+                plains.append(m)
+        at = text.find("import", at + 6)
+    return froms, plains
 
 
 # -- where modules live -----------------------------------------------------------
