@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import re
 import sys
 from functools import lru_cache
@@ -541,14 +542,18 @@ def tree_depth(tree: Any, source: str, limit: int = MAX_TREE_DEPTH) -> int:
 
 
 def nesting_problem(source: str, tree: Any) -> Optional[str]:
-    """Why ``source`` must not be given to libcst's native parser, or None."""
-    depth = bracket_depth(source)
-    if depth > MAX_BRACKET_DEPTH:
-        return f"{depth} nested brackets (Python allows {MAX_BRACKET_DEPTH})"
-    if tree is not None:
-        depth = tree_depth(tree, source)
-        if depth > MAX_TREE_DEPTH:
-            return f"an expression {depth} levels deep (the limit is {MAX_TREE_DEPTH})"
+    """Why ``source`` must not be given to libcst's native parser, or None.
+    ``tree`` is Python's syntax tree of it (None when Python rejected it)."""
+    if tree is None:
+        depth = bracket_depth(source)
+        if depth > MAX_BRACKET_DEPTH:
+            return f"{depth} nested brackets (Python allows {MAX_BRACKET_DEPTH})"
+        return None
+    # Python's tokenizer refuses more than MAX_BRACKET_DEPTH nested brackets
+    # (f-string fields included), so a text it parsed needs no bracket scan
+    depth = tree_depth(tree, source)
+    if depth > MAX_TREE_DEPTH:
+        return f"an expression {depth} levels deep (the limit is {MAX_TREE_DEPTH})"
     return None
 
 
@@ -560,6 +565,35 @@ def lint_source(
     rule_options: Optional[Mapping[str, Mapping[str, Any]]] = None,
     module: Optional[cst.Module] = None,
     project=None,
+) -> Result:
+    """Lint one unit of Python source with the given rule classes (see
+    :func:`_lint_source`), with Python's cyclic garbage collector paused.
+
+    A parse allocates a tree of a hundred thousand objects that all stay
+    alive until the file is done, and the collector, triggered by allocation
+    counts, traverses them again and again for nothing: it took 1.0 s of a
+    6.5 s single-process run of torch's nn/optim/distributions tree (measured
+    with ``gc.callbacks``). Refcounting still frees what a file drops; the
+    cycles it leaves are collected after it, when the collector runs again
+    (0.3 s in all)."""
+    paused = gc.isenabled()
+    if paused:
+        gc.disable()
+    try:
+        return _lint_source(source, path, rules, dtypes, rule_options, module, project)
+    finally:
+        if paused:
+            gc.enable()
+
+
+def _lint_source(
+    source: str,
+    path: str,
+    rules: Sequence[Type[Rule]],
+    dtypes: Sequence[DtypeFacts],
+    rule_options: Optional[Mapping[str, Mapping[str, Any]]],
+    module: Optional[cst.Module],
+    project,
 ) -> Result:
     """Lint one unit of Python source with the given rule classes.
 
@@ -576,6 +610,8 @@ def lint_source(
     tree = None
     if module is None:
         tree, problem = python_tree(source)
+        if not rules and problem is None:
+            return Result([], [])  # valid Python that no rule can report on: libcst never sees it
         hazard = nesting_problem(source, tree)
         if hazard is None and problem is not None and problem[0].startswith(_PYTHON_TOO_DEEP):
             hazard = f"Python's parser gave up ({problem[0]})"
