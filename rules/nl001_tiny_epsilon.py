@@ -189,6 +189,10 @@ def _self_attr(node: cst.BaseExpression) -> Optional[str]:
 # -- bookkeeping of names --------------------------------------------------------
 
 
+#: said of an optimizer built in another function than the float16 cast
+ELSEWHERE = "; the cast is in another function than this optimizer, which may get float32 parameters"
+
+
 @dataclass
 class Source:
     """Where a value may come from: a literal, a parameter, a module-level name,
@@ -491,9 +495,12 @@ class TinyEpsilon(Rule):
         self.class_uses: List[Tuple[ClassInfo, str, Use, Optional[str]]] = []
         self.module_uses: List[Tuple[str, Use, Optional[str], Optional[cst.CSTNode]]] = []
         self.call_sites: List[CallSite] = []
-        self.optimizer_uses: List[Tuple[Optional[Source], Use, Optional[str]]] = []
+        #: (source of an optimizer's eps, its use, label, the function building the optimizer)
+        self.optimizer_uses: List[Tuple[Optional[Source], Use, Optional[str], Optional[cst.FunctionDef]]] = []
         #: optimizers built with their default eps (``Adam(model.parameters())``)
-        self.default_optimizers: List[Tuple[cst.Call, str]] = []
+        self.default_optimizers: List[Tuple[cst.Call, str, Optional[cst.FunctionDef]]] = []
+        #: the functions (None: module level) that cast a model to float16
+        self.half_casts: List[Optional[cst.FunctionDef]] = []
         self.quiet = 0  # inside assert / tolerance calls
         self.quiet_calls: Set[int] = set()
         self.half = False
@@ -658,6 +665,7 @@ class TinyEpsilon(Rule):
         qualified, method = self.ctx.callee(node)
         if makes_model_half(self.ctx, node, lambda: self.ctx.facts.scopes.parent):
             self.half = True
+            self.half_casts.append(self.scope.node)
         if (qualified or "").endswith(("GradScaler", "autocast")) or fname in ("GradScaler", "autocast"):
             self.amp = True
         if self.quiet:
@@ -1010,9 +1018,9 @@ class TinyEpsilon(Rule):
                     RECIP, node, OPTIM_ZERO, quote=False, reach=ORDINARY,
                 )
                 label = None if isinstance(eps.value, cst.Float) else self.ctx.code(eps.value)
-                self.optimizer_uses.append((self._source(eps.value), use, label))
+                self.optimizer_uses.append((self._source(eps.value), use, label, self.scope.node))
             elif name in DEFAULT_OPTIMIZER_EPS and not any(a.star for a in node.args):
-                self.default_optimizers.append((node, name))
+                self.default_optimizers.append((node, name, self.scope.node))
 
     def _eps_arg(self, value: cst.BaseExpression, use: Use) -> None:
         if isinstance(value, cst.Float):
@@ -1024,10 +1032,13 @@ class TinyEpsilon(Rule):
     def leave_Module(self, node: cst.Module) -> None:
         # optimizers, when the model runs in float16 without AMP master weights
         if self.half and not self.amp and not trains_float32_adapters(self.ctx.source):
-            for source, use, label in self.optimizer_uses:
-                self._resolve(source, use.but(fixable=source is not None and source.kind == "lit"), label)
-            for call, name in self.default_optimizers:
-                self._report_default_eps(call, name)
+            for source, use, label, where in self.optimizer_uses:
+                use = use.but(fixable=source is not None and source.kind == "lit")
+                if not self._casts_in(where):
+                    use = use.but(role=use.role.replace("no AMP)", f"no AMP{ELSEWHERE})"), reach=EDGE)
+                self._resolve(source, use, label)
+            for call, name, where in self.default_optimizers:
+                self._report_default_eps(call, name, self._casts_in(where))
         # calls to this file's own functions and classes whose eps is a guard
         for site in self.call_sites:
             self._call_site(site)
@@ -1138,7 +1149,14 @@ class TinyEpsilon(Rule):
         return None
 
     # -- reporting ---------------------------------------------------------------------
-    def _report_default_eps(self, call: cst.Call, name: str) -> None:
+    def _casts_in(self, func: Optional[cst.FunctionDef]) -> bool:
+        """Whether a model is cast to float16 in ``func`` itself (None: at
+        module level). Where the cast is in another function (a profiler
+        matching a module to a float16 input, an export that saves a half
+        copy), whether the optimizer gets float16 parameters is not shown."""
+        return any(cast is func for cast in self.half_casts)
+
+    def _report_default_eps(self, call: cst.Call, name: str, same_function: bool = True) -> None:
         """``Adam(model.parameters())`` on half parameters: the eps nobody wrote."""
         default = DEFAULT_OPTIMIZER_EPS[name]
         fix = None
@@ -1150,8 +1168,10 @@ class TinyEpsilon(Rule):
             call.func,
             f"`{name}` keeps its default `eps` ({fmt(default)}), which rounds to 0 in float16 (below "
             f"{fmt(FLOAT16.zero_below)}), in a file that runs the model in half precision (`.half()`/"
-            f"`.to(torch.float16)`, no AMP), {OPTIM_ZERO}; pass `eps=1e-4` or keep float32 master weights (AMP)",
+            f"`.to(torch.float16)`, no AMP{'' if same_function else ELSEWHERE}), {OPTIM_ZERO}; pass `eps=1e-4` "
+            "or keep float32 master weights (AMP)",
             fix,
+            confidence=HIGH if same_function else MEDIUM,
         )
 
     def _report_literal(self, literal: cst.CSTNode, use: Use, label: Optional[str] = None) -> None:

@@ -356,3 +356,29 @@ def test_a_default_every_call_in_the_file_overrides_is_low():
     assert both == {3: "low", 6: "low"}
     kept = confidence("normalize(x, eps=1e-4), normalize(x), Norm(8, eps=1e-4), Norm(8)")
     assert kept[3] != "low" and kept[6] != "low"
+
+
+def test_optimizer_eps_is_high_only_where_the_same_function_casts_the_model():
+    same = (
+        "import torch\n"
+        "def build(model, lr):\n"
+        "    model = model.half()\n"
+        "    return torch.optim.Adam(model.parameters(), lr=lr), torch.optim.AdamW(model.parameters(), eps=1e-8)\n"
+    )
+    assert confidences(same) == [(4, "high"), (4, "high")]
+    # a profiler matches a module to its float16 input; the optimizer is built elsewhere
+    elsewhere = (
+        "import torch\n"
+        "def profile(x, ops):\n"
+        "    for m in ops:\n"
+        "        m = m.half() if x.dtype is torch.float16 else m\n"
+        "        print(sum(p.numel() for p in m.parameters()), m(x))\n"
+        "def build(model, lr):\n"
+        "    return torch.optim.Adam(model.parameters(), lr=lr), torch.optim.AdamW(model.parameters(), eps=1e-8)\n"
+    )
+    found = lint(elsewhere, ["NL001"])
+    assert [(f.line, f.confidence) for f in found] == [(7, "medium"), (7, "medium")]
+    assert all("the cast is in another function" in f.message for f in found)
+    # a script's module-level cast and module-level optimizer
+    script = "import torch\nmodel = Net().half()\nopt = torch.optim.Adam(model.parameters(), lr=1e-3)\n"
+    assert confidences(script) == [(3, "high")]
