@@ -122,7 +122,18 @@ class Context:
         self._facts = None
         self._test_code: Optional[bool] = None
         self._float32_script: Optional[bool] = None
+        self._main_block: Optional[bool] = None
+        #: node -> its children, shared by the engine's traversal and the analysis
+        self.kids: Dict[cst.CSTNode, List[cst.CSTNode]] = {}
         self._path_parts: Optional[List[str]] = None
+
+    @property
+    def main_block(self) -> bool:
+        """The file has a top-level ``if __name__ == "__main__":`` block (a
+        program; an ``__init__`` never counts)."""
+        if self._main_block is None:
+            self._main_block = not self.path.endswith("__init__.py") and has_main_block(self.module, self.source)
+        return self._main_block
 
     @property
     def float32_script(self) -> bool:
@@ -230,6 +241,13 @@ _LOW_PRECISION_TEXT = re.compile(
     r"|torch_dtype",
     re.IGNORECASE,
 )
+
+
+def has_main_block(module: cst.Module, source: str) -> bool:
+    """The module has a top-level ``if __name__ == "__main__":`` block: it is
+    run as a program."""
+    return "__main__" in source and any(
+        isinstance(stmt, cst.If) and "__main__" in module.code_for_node(stmt.test) for stmt in module.body)
 
 
 def _is_float32_script(module: cst.Module, source: str) -> bool:

@@ -170,7 +170,7 @@ class Facts:
 
     def __init__(self, ctx) -> None:
         self.ctx = ctx
-        self.scopes = Scopes(ctx.module)
+        self.scopes = Scopes(ctx.module, ctx.kids)
         self._dtype: Dict[cst.CSTNode, str] = {}
         self._module_class: Dict[cst.ClassDef, bool] = {}
         self._safeguards: Optional[Safeguards] = None
@@ -910,10 +910,11 @@ class Facts:
         differentiates the op by its own derivative formula), and in a
         distribution's parameter-dependent support
         (``@constraints.dependent_property``: bounds that are only compared);
-        in a private helper (``_name``) that this file calls only where no
-        gradient flows; when the value is only read as integers or Python
-        numbers (``.long()``, ``floor``, ``round``, ``.item()``) or every use
-        ends in a comparison or an index (``no_gradient_escapes``); and -- a name
+        in a private helper (``_name``), or a function of a program (a
+        ``__main__`` block), that this file calls only where no gradient
+        flows; when the value is only read as integers or Python numbers
+        (``.long()``, ``floor``, ``round``, ``.item()``) or every use ends in
+        a comparison or an index (``no_gradient_escapes``); and -- a name
         heuristic where nothing else decides -- in functions named like
         feature extraction, pre/post-processing or metrics, in
         ``feature_extraction_*``/``processing_*``/``metrics`` modules and in
@@ -957,11 +958,14 @@ class Facts:
         return True
 
     def _called_only_without_grad(self, func: cst.FunctionDef, depth: int) -> bool:
-        """A private helper (``_name``, not a dunder) whose every call in this
-        file runs where no gradient flows (``with torch.no_grad():``, a no-grad
-        function). A private name is not called from other modules."""
+        """A private helper (``_name``, not a dunder), or a function of a
+        program (a file with an ``if __name__ == "__main__":`` block), whose
+        every call in this file runs where no gradient flows (``with
+        torch.no_grad():``, a no-grad function). Other modules do not call a
+        private name, nor, as a rule, the helpers of a program (a metric
+        script's ``slerp``)."""
         name = func.name.value
-        if not name.startswith("_") or name.startswith("__"):
+        if name.startswith("__") or not (name.startswith("_") or self.ctx.main_block):
             return False
         calls = self.calls_of(func)
         return bool(calls) and all(not self.grad_flows(call, depth + 1) for call in calls)

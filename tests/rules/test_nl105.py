@@ -81,3 +81,31 @@ def test_the_same_code_in_a_model_or_transforms_folder_is_reported():
     assert [f.line for f in lint(SPHERICAL, ["NL105"], path="graphs/nn/spherical.py")] == [6]
     # a `transforms` folder may hold differentiable geometry (rotation conversions)
     assert [f.line for f in lint(SPHERICAL, ["NL105"], path="graphs/transforms/spherical.py")] == [6]
+
+
+SLERP = (
+    "import torch\n"
+    "def normalize(x):\n"
+    "    return x / torch.sqrt(x.pow(2).sum(-1, keepdim=True))\n"
+    "def slerp(a, b, t):\n"
+    "    a, b = normalize(a), normalize(b)\n"
+    "    d = (a * b).sum(-1, keepdim=True)\n"
+    "    return t * torch.acos(d)\n"
+)
+
+
+def test_a_programs_helper_called_only_without_gradient_is_quiet():
+    # a metric script: its helpers run only under no_grad, and no module imports a program's helpers
+    script = SLERP + (
+        "if __name__ == '__main__':\n"
+        "    z = torch.randn(8, 512)\n"
+        "    with torch.no_grad():\n"
+        "        print(slerp(z[::2], z[1::2], 0.5))\n"
+    )
+    assert lint(script, ["NL105"]) == []
+    # the same call with a gradient
+    assert [f.line for f in lint(script.replace("    with torch.no_grad():\n        print(", "    print("),
+                                 ["NL105"])] == [7]
+    # a module's public function, called here under no_grad, may be called elsewhere with one
+    module = SLERP + "def metric(z):\n    with torch.no_grad():\n        return slerp(z[::2], z[1::2], 0.5)\n"
+    assert [f.line for f in lint(module, ["NL105"])] == [7]
