@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 import libcst as cst
 
 from nanlint.dtypes import DtypeFacts, fmt
-from nanlint.finding import SAFE
+from nanlint.finding import MEDIUM, SAFE
 from nanlint.patterns import arg, is_method_call, number, subject, torch_op
 from nanlint.resolve import dotted_name
 from nanlint.rule import FixSpec, Invalid, Rule, Valid
@@ -45,7 +45,11 @@ class LogOfSoftmax(TracksLocals, Rule):
     line.
 
     Not flagged: a log whose operand is guarded (`softmax(x) + eps`,
-    `.clamp(min=...)`): the guard's size is NL001's business.
+    `.clamp(min=...)`): the guard's size is NL001's business; a `-inf` that
+    only sorts last (a beam score read by `topk`). Where no gradient flows
+    (`no_grad`, inference code) the finding is medium: `-inf` is log(0)'s
+    right value there, and becomes NaN only if a later step multiplies it by 0
+    (an entropy `p * log(p)`) or subtracts it from itself.
 
     ## Example
     ```python
@@ -127,7 +131,14 @@ class LogOfSoftmax(TracksLocals, Rule):
         match = classify(self.ctx, node, self.values)
         if match is None or self.ctx.facts.only_ordered(node):
             return  # the -inf only sorts last (a confidence, a beam score)
-        self.report(node, self._message(match), self._fix(node, match))
+        message = self._message(match)
+        if not self.ctx.facts.grad_flows(node):
+            message = message.replace(" and a NaN gradient", "") + (
+                " (no gradient flows here: the -inf becomes NaN only where it is later multiplied by 0 or "
+                "subtracted from itself)")
+            self.report(node, message, self._fix(node, match), confidence=MEDIUM)
+            return
+        self.report(node, message, self._fix(node, match))
 
     # -- messages ------------------------------------------------------------------
     def _message(self, match: Match) -> str:

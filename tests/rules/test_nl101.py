@@ -51,3 +51,18 @@ def test_variable_and_module_forms_have_no_fix():
 def test_rebinding_in_a_branch_is_followed_conservatively():
     src = "import torch\ndef f(x, c):\n    p = torch.sigmoid(x)\n    if c:\n        p = p * 0.9 + 0.05\n    return torch.log(p)\n"
     assert lint(src, ["NL101"]) == []
+
+
+def test_without_gradient_the_log_of_a_softmax_is_medium():
+    source = (
+        "import torch\n"
+        "def scores(model, tokens):\n"
+        "    with torch.no_grad():\n"
+        "        probs = torch.softmax(model(tokens), -1)\n"
+        "        return torch.log(probs) + 1\n"
+    )
+    [found] = lint(source, ["NL101"])
+    assert (found.line, found.confidence) == (5, "medium")
+    assert "NaN gradient" not in found.message and "no gradient flows here" in found.message
+    [trained] = lint(source.replace("    with torch.no_grad():\n", "    if True:\n"), ["NL101"])
+    assert (trained.line, trained.confidence) == (5, "high") and "NaN gradient" in trained.message
