@@ -143,13 +143,16 @@ def walk(
     root: cst.CSTNode,
     on_visit: Mapping[type, Sequence[Handler]],
     on_leave: Mapping[type, Sequence[Handler]],
+    kids: Optional[Mapping[cst.CSTNode, List[cst.CSTNode]]] = None,
 ) -> None:
     """Depth-first, source-order traversal without recursion (deeply nested
-    expressions must not hit Python's recursion limit)."""
+    expressions must not hit Python's recursion limit). ``kids``: children
+    lists already computed (by the shared analysis, once a rule asked for it)."""
     stack: List[Any] = [root]
     pop = stack.pop
     push = stack.append
     leave_marker = _LEAVE
+    known = (kids if kids is not None else {}).get
     while stack:
         node = pop()
         if node is leave_marker:
@@ -165,10 +168,14 @@ def walk(
         if cls in on_leave:
             push(node)
             push(leave_marker)
-        kids = children(node)
-        if kids:
-            kids.reverse()
-            stack.extend(kids)
+        below = known(node)
+        if below is None:
+            below = children(node)
+            if below:
+                below.reverse()
+                stack.extend(below)
+        elif below:
+            stack.extend(reversed(below))
 
 
 _LEAVE = object()
@@ -656,7 +663,7 @@ def _run_rules(ctx: Context, instances: List[Rule], names: Names, module: cst.Mo
     errors: List[str] = []
     try:
         with deep_codegen():  # rules read nodes' source text (ctx.code)
-            walk(module, on_visit, on_leave)
+            walk(module, on_visit, on_leave, ctx.kids)
     except RecursionError:
         errors.append(f"{path}: too deeply nested for the rules; not checked")
         return Result([], errors)

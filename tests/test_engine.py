@@ -319,3 +319,34 @@ def test_nodes_hash_by_identity():
     assert one.body[0] != two.body[0] and one.body[0] == one.body[0]
     table = {n: i for i, n in enumerate(nodes)}
     assert all(table[n] == i for i, n in enumerate(nodes))
+
+
+def test_the_walk_reads_the_children_the_analysis_computed():
+    import libcst as cst
+
+    from nanlint.analysis.scopes import Scopes
+
+    module = cst.parse_module(
+        "import torch\n"
+        "class M(torch.nn.Module):\n"
+        "    def forward(self, x, *, eps=1e-6):\n"
+        "        y = [t.exp() for t in x if t]\n"
+        "        return lambda z: (y, z @ x, {**z})\n"
+    )
+
+    def order(kids):
+        seen = []
+        on = {cls: [lambda n: seen.append(("in", n))] for cls in _node_types(module)}
+        off = {cls: [lambda n: seen.append(("out", n))] for cls in _node_types(module)}
+        walk(module, on, off, kids)
+        return seen
+
+    kids = Scopes(module).kids
+    assert len(kids) > 50 and all(isinstance(v, list) for v in kids.values())
+    assert order(kids) == order(None) == order({})
+
+
+def _node_types(module):
+    from nanlint.engine import subtree
+
+    return {type(n) for n in subtree(module)}

@@ -21,7 +21,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import libcst as cst
 
-from ..engine import iter_tree
+from ..engine import children, iter_tree
 
 SCOPE_NODES = (cst.Module, cst.ClassDef, cst.FunctionDef)
 # Exact node types for the build's per-node tests: libcst's node classes are
@@ -61,8 +61,12 @@ class Binding:
 class Scopes:
     """Parents, source order, and bindings per scope for one module."""
 
-    def __init__(self, module: cst.Module) -> None:
+    def __init__(self, module: cst.Module, kids: Optional[Dict[cst.CSTNode, List[cst.CSTNode]]] = None) -> None:
         self.module = module
+        #: node -> its children, filled by the build (the engine's traversal,
+        #: still under way when a rule first asks, reads them instead of
+        #: computing them again)
+        self.kids: Dict[cst.CSTNode, List[cst.CSTNode]] = {} if kids is None else kids
         self.parent: Dict[cst.CSTNode, Optional[cst.CSTNode]] = {}
         self.order: Dict[cst.CSTNode, int] = {}
         #: scope node -> name -> bindings in source order
@@ -80,7 +84,12 @@ class Scopes:
         self.scope_of = scope_of
         index = 0
         scope_types, binding_types = _SCOPE_TYPES, _BINDING_TYPES
-        for node, up in iter_tree(self.module):
+        kids = self.kids
+        stack: List[Tuple[cst.CSTNode, Optional[cst.CSTNode]]] = [(self.module, None)]
+        while stack:  # iter_tree, keeping each node's children
+            node, up = stack.pop()
+            below = kids[node] = children(node)
+            stack.extend((child, node) for child in reversed(below))
             parent[node] = up
             order[node] = index
             index += 1
