@@ -639,11 +639,41 @@ class TinyEpsilon(Rule):
         if isinstance(value, cst.Attribute) and attr is None:
             return Source("const", node=value)  # `consts.EPS`, `config.eps`
         if isinstance(value, cst.IfExp):
+            half = self._float16_test(value.test)
+            if half is not None:  # `1e-6 if x.dtype == torch.float16 else 1e-12`: float16 takes one branch
+                return self._source(value.body if half else value.orelse, depth + 1)
             parts = tuple(s for s in (self._source(value.body, depth + 1), self._source(value.orelse, depth + 1)) if s)
             return Source("any", parts=parts) if parts else None
         if isinstance(value, cst.BooleanOperation) and isinstance(value.operator, cst.Or):
             parts = tuple(s for s in (self._source(value.left, depth + 1), self._source(value.right, depth + 1)) if s)
             return Source("any", parts=parts) if parts else None
+        return None
+
+    def _float16_test(self, test: cst.BaseExpression) -> Optional[bool]:
+        """For a test of a tensor's dtype against float16 (``x.dtype ==
+        torch.float16``, ``is``, ``in (torch.float16, torch.bfloat16)``):
+        True when a float16 tensor makes it true, False when it makes it
+        false; None for any other test."""
+        if not isinstance(test, cst.Comparison) or len(test.comparisons) != 1:
+            return None
+        target = test.comparisons[0]
+        left, right, op = test.left, target.comparator, target.operator
+        if not (isinstance(left, cst.Attribute) and left.attr.value == "dtype"):
+            left, right = right, left
+        if not (isinstance(left, cst.Attribute) and left.attr.value == "dtype"):
+            return None
+        half = ("torch.float16", "torch.half")
+        if isinstance(op, (cst.Equal, cst.Is, cst.NotEqual, cst.IsNot)):
+            if self.ctx.resolve(right) not in half:
+                return None
+            return isinstance(op, (cst.Equal, cst.Is))
+        if isinstance(op, (cst.In, cst.NotIn)) and isinstance(right, (cst.Tuple, cst.List, cst.Set)):
+            if right is not target.comparator:
+                return None  # `torch.float16 in x.dtype` means nothing
+            named = [self.ctx.resolve(e.value) for e in right.elements]
+            if None in named:
+                return None  # a member this reading cannot name
+            return any(n in half for n in named) == isinstance(op, cst.In)
         return None
 
     def _local_value(self, node: cst.BaseExpression) -> Optional[cst.BaseExpression]:

@@ -382,3 +382,22 @@ def test_optimizer_eps_is_high_only_where_the_same_function_casts_the_model():
     # a script's module-level cast and module-level optimizer
     script = "import torch\nmodel = Net().half()\nopt = torch.optim.Adam(model.parameters(), lr=1e-3)\n"
     assert confidences(script) == [(3, "high")]
+
+
+def test_an_eps_chosen_by_a_float16_test_is_judged_by_the_float16_branch():
+    source = (
+        "import torch\n"
+        "import torch.nn.functional as F\n"
+        "def head(x):\n"
+        "    eps = 1e-4 if x.dtype == torch.float16 else 1e-12\n"
+        "    a = F.normalize(x, dim=-1, eps=eps)\n"
+        "    eps = 1e-12 if x.dtype is not torch.half else 1e-4\n"
+        "    b = F.normalize(x, dim=-1, eps=eps)\n"
+        "    eps = 1e-12 if x.dtype in (torch.float16, torch.bfloat16) else 1e-4\n"
+        "    c = F.normalize(x, dim=-1, eps=eps)\n"
+        "    eps = 1e-12 if x.dtype == torch.float32 else 1e-4\n"
+        "    d = F.normalize(x, dim=-1, eps=eps)\n"
+        "    return a, b, c, d\n"
+    )
+    # float16 takes 1e-4 on lines 4 and 6; 1e-12 on line 8; a float32 test says nothing of float16
+    assert [f.line for f in lint(source, ["NL001"])] == [8, 10]
