@@ -169,6 +169,28 @@ class Context:
             self._path_parts = _relative_parts(self.path, self.project)
         return self._path_parts
 
+    def uncalled_function(self, node: cst.CSTNode) -> Optional[str]:
+        """The name of the module-level function holding ``node`` when nothing
+        in this file uses that function and no other module is expected to: a
+        program's function (the file has a ``__main__`` block), undecorated,
+        whose name appears nowhere else in the file, in a file that hands no
+        module to a CLI maker (``fire.Fire()`` exposes every function). Dead
+        code: whatever it would compute never runs. None otherwise. (A
+        module's private ``_helper`` that its own file never calls is, more
+        likely than dead, imported by a sibling module: it does not count.)"""
+        func = None
+        for up in self.facts.scopes.ancestors(node):
+            if isinstance(up, (cst.FunctionDef, cst.ClassDef, cst.Lambda)):
+                func = up
+        if not isinstance(func, cst.FunctionDef) or func.decorators:
+            return None
+        name = func.name.value
+        if not self.main_block or name.startswith("test") or "Fire(" in self.source:
+            return None
+        if len(re.findall(rf"(?<![\w.]){re.escape(name)}\b", self.source)) > 1:
+            return None
+        return name
+
     @property
     def facts(self):
         """The shared analysis of this file (:class:`nanlint.analysis.Facts`),
@@ -309,6 +331,11 @@ class Rule:
             # steps) reach the hazard is nothing the analysis establishes
             confidence = LOW
             message += " (in test code, which chooses its own inputs)"
+        if confidence != LOW:
+            dead = self.ctx.uncalled_function(node)
+            if dead is not None:
+                confidence = LOW
+                message += f" (in `{dead}`, which nothing calls: dead code unless another module imports it)"
         if confidence != LOW and self.float16_only and self.ctx.float32_script:
             confidence = LOW
             message += " (this script shows no float16: nothing in it casts to half or enables autocast)"

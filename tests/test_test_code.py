@@ -77,3 +77,29 @@ def test_names_in_tuple_targets_are_bindings_not_reads():
     reads = scopes.reads.get(func, {})
     assert set(reads) == {"x", "a"}
     assert len(reads["a"]) == 1  # only `return a`
+
+
+DEAD = (
+    "import torch\n"
+    "def normalize(x):\n"
+    "    return x / torch.sqrt(x.pow(2).sum(-1, keepdim=True) + 1e-8)\n"
+    "def _unit(x):\n"
+    "    return x / torch.sqrt(x.pow(2).sum(-1, keepdim=True) + 1e-8)\n"
+)
+
+
+def test_a_function_nothing_calls_is_dead_code_at_low_confidence():
+    def found(source):
+        return [(f.line, f.confidence) for f in lint(source, ["NL001"]) if f.confidence != "low" or "nothing calls" in f.message]
+
+    # a module: its functions may be imported elsewhere (a private one that its
+    # own file never calls most likely is: torch imports `_helpers` across modules)
+    assert found(DEAD) == [(3, "medium"), (5, "medium")]
+    # a program: none of its functions is imported elsewhere as a rule
+    program = DEAD + "if __name__ == '__main__':\n    print(1)\n"
+    assert found(program) == [(3, "low"), (5, "low")]
+    # called, referenced by name, decorated, or exposed by fire.Fire(): not dead
+    assert found(program + "    print(normalize(torch.ones(3)))\n") == [(3, "medium"), (5, "low")]
+    assert found(program + "    fns = [normalize, _unit]\n") == [(3, "medium"), (5, "medium")]
+    assert found(program.replace("def normalize", "@torch.jit.script\ndef normalize")) == [(4, "medium"), (6, "low")]
+    assert found(program + "    import fire\n    fire.Fire()\n") == [(3, "medium"), (5, "medium")]
