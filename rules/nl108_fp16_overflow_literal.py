@@ -544,8 +544,8 @@ class Fp16OverflowLiteral(Rule):
         tensor = self._tensor(x)
         if method and not tensor and (op.startswith("clip") or dotted_name(x) in ("self", "cls")):
             return  # numpy arrays have .clip too; `self.clamp(...)` is the class's own method
-        if self._safe(x) or self._float32(x):
-            return
+        if self._safe(x) or self._float32(x) or self.ctx.facts.dtype(x) in (WIDE, INTEGER, HOST):
+            return  # the shared facts: a decomposition's eigenvalues, a `.float()` through names
         positions = _CLAMPS[op][0 if method else 1]
         for position, keyword in zip(positions, ("min", "max")):
             if position is None:

@@ -72,6 +72,14 @@ _INTEGER_OPS = frozenset({
     "randint", "randint_like", "randperm", "bincount", "multinomial", "numel", "count_nonzero",
     "triu_indices", "tril_indices", "any", "all", "isclose", "isin",
 })
+# decompositions and solvers: float16 and bfloat16 raise ("not implemented for 'Half'",
+# "Low precision dtypes not supported"), so what they return is float32/float64 or complex
+_WIDE_ONLY_OPS = frozenset({
+    "eigh", "eigvalsh", "eig", "eigvals", "cholesky", "cholesky_ex", "inv", "inv_ex", "inverse", "svd",
+    "svdvals", "qr", "solve", "solve_ex", "det", "logdet", "slogdet", "lstsq", "pinv", "pinverse",
+    "cholesky_inverse", "cholesky_solve", "lu_factor", "lu_factor_ex", "lu", "lu_solve", "ldl_factor",
+    "solve_triangular", "triangular_solve",
+})
 #: numpy functions that convert their argument (a tensor handed to them is not numpy data)
 _NUMPY_CONVERSIONS = frozenset({"array", "asarray", "ascontiguousarray", "asanyarray", "copy", "frombuffer"})
 _ARITHMETIC = (cst.Add, cst.Subtract, cst.Multiply, cst.Divide)
@@ -312,7 +320,7 @@ class Facts:
     def _binding_dtype(self, b: Binding, depth: int) -> str:
         if b.kind in ("assign", "walrus"):
             if b.value is None:
-                return UNKNOWN
+                return self._unpacked_dtype(b, depth)
             return self.dtype(b.value, depth + 1)
         if b.kind == "augassign":
             return UNKNOWN
@@ -469,6 +477,8 @@ class Facts:
             return rec(call.args[0].value)
         if op in _INTEGER_OPS:
             return INTEGER
+        if op in _WIDE_ONLY_OPS:
+            return WIDE
         if op == "arange" and not on_method:
             args = [a for a in call.args if a.keyword is None]
             if all(number(a.value) is not None and float(number(a.value)).is_integer() for a in args):
@@ -507,6 +517,33 @@ class Facts:
             base = subject(self.ctx, call)
             return rec(base) if base is not None else UNKNOWN
         return UNKNOWN
+
+    def _unpacked_dtype(self, b: Binding, depth: int) -> str:
+        """A name unpacked from a call's result (``w, v = torch.linalg.eigh(a)``,
+        ``e, v = self._decompose(a)``): WIDE from a decomposition or solver
+        (all its results are float32/float64, complex or integer pivots);
+        through a helper of this file, its returns' element at that place."""
+        stmt = b.node
+        if type(stmt) is not cst.Assign or len(stmt.targets) != 1 or type(stmt.value) is not cst.Call:
+            return UNKNOWN
+        call, target = stmt.value, stmt.targets[0].target
+        if torch_op(self.ctx, call) in _WIDE_ONLY_OPS:
+            return WIDE
+        if type(target) not in (cst.Tuple, cst.List):
+            return UNKNOWN
+        names = [e.value.value if type(e.value) is cst.Name else None for e in target.elements]
+        if b.name not in names or any(type(e.value) is cst.StarredElement for e in target.elements):
+            return UNKNOWN
+        index = names.index(b.name)
+        helper = None
+        if type(call.func) is cst.Name and self.ctx.resolve(call.func) is None:
+            helper = self.scopes.function_named(call.func.value, call)
+        elif type(call.func) is cst.Attribute and _is_self(call.func.value):
+            helper = self.scopes.function_named(call.func.attr.value, call)
+        returns = self.scopes.returns(helper) if helper is not None else []
+        if not returns or not all(type(r) is cst.Tuple and len(r.elements) == len(names) for r in returns):
+            return UNKNOWN
+        return _join_all(self.dtype(r.elements[index].value, depth + 1) for r in returns[:4])
 
     def _returned_dtype(self, func: Optional[cst.FunctionDef], depth: int) -> str:
         """The dtype class a function of this file returns (all its returns agree)."""

@@ -156,3 +156,25 @@ def test_legacy_typed_tensor_classes_name_their_dtype():
     assert found("torch.cuda.FloatTensor(B, N)") == []
     assert found("torch.DoubleTensor(B, N)") == []
     assert [f.line for f in found("x.new_zeros(B, N)")] == [3]
+
+
+def test_what_a_decomposition_returns_is_never_float16():
+    # linalg decompositions and solvers raise on float16 ("not implemented for 'Half'")
+    source = (
+        "import torch\n"
+        "def _decompose(a, b):\n"
+        "    e_val, e_vec = torch.linalg.eigh(torch.inverse(b) @ a)\n"
+        "    return e_val, e_vec\n"
+        "def beamform(a, b):\n"
+        "    w, v = torch.linalg.eigh(a)\n"
+        "    x = torch.clamp(w, max=1e6)\n"
+        "    e, vec = _decompose(a, b)\n"
+        "    y = torch.clamp(e, max=1e6)\n"
+        "    z = torch.linalg.svdvals(a).clamp(max=1e6)\n"
+        "    m, i = torch.max(a, -1)\n"
+        "    t = torch.clamp(m, max=1e6)\n"
+        "    u = torch.linalg.matrix_exp(a).clamp(max=1e6)\n"
+        "    return x, y, z, t, u, vec\n"
+    )
+    # the max's values and matrix_exp keep their input's dtype: those two stay
+    assert [f.line for f in lint(source, ["NL108"])] == [12, 13]
