@@ -66,8 +66,9 @@ class MissingGradClip(Rule):
     name heuristic, since nothing else tells a timing loop from training), or
     when the optimizer stepped is built in this file (in the function, or as
     `self.<attr>` of the class) from an adaptive optimizer: Adam, AdamW,
-    RMSprop, Adagrad, Adadelta, Lion, LAMB. Those divide the update by a
-    running gradient magnitude (or take its sign), so a single spike moves a
+    RMSprop, Adagrad, Adadelta, Lion, LAMB, LARS/LARC. Those divide the
+    update by a running gradient magnitude (or take its sign, or scale it by
+    the layer's trust ratio `||w|| / ||g||`), so a single spike moves a
     weight by about the learning rate (Adam: at most about
     lr * (1 - beta1) / sqrt(1 - beta2) = 3.2 lr), not without bound; the
     hazard that remains, a spike past about 8,100 whose square overflows a
@@ -340,8 +341,8 @@ class MissingGradClip(Rule):
         adaptive = self._adaptive(flow, step, kind)
         if adaptive is not None:
             message += (
-                f" (low: `{adaptive}` divides by a running gradient magnitude, so its step stays about "
-                f"the learning rate whatever the spike)"
+                f" (low: `{adaptive}` divides by a gradient magnitude (a running one, or the layer's "
+                f"norm), so its step stays about the learning rate whatever the spike)"
             )
         if safeguards.benchmark(step) or precision is None or adaptive is not None:
             confidence = LOW  # a timing loop, nothing shows float16, or an adaptive optimizer
@@ -606,7 +607,7 @@ class _Flow:
 
 #: optimizers whose update divides by a running gradient magnitude (or takes its
 #: sign): one spike cannot make the step much larger than the learning rate
-_ADAPTIVE = re.compile(r"adam|rmsprop|adagrad|adadelta|lion|lamb(?!da)|sophia", re.IGNORECASE)
+_ADAPTIVE = re.compile(r"adam|rmsprop|adagrad|adadelta|lion|lamb(?!da)|sophia|lars|larc", re.IGNORECASE)
 
 _OPT_RE = re.compile(r"(?:^|_)(?:opt|optim|optimizer|optimiser)s?(?:_|\d|$)")
 

@@ -29,6 +29,9 @@ def test_an_adaptive_optimizer_bounds_the_step():
     assert _confidence(loop("torch.optim.AdamW(model.parameters(), lr=1e-4)")) == ["low"]
     assert _confidence(loop("torch.optim.RMSprop(model.parameters())")) == ["low"]
     assert _confidence(loop("build_optimizer(model)")) == ["high"]
+    # LARS/LARC scale each layer's step by ||w|| / ||g||: a spike does not grow it
+    assert _confidence(loop("LARC(torch.optim.SGD(model.parameters(), lr=0.1), trust_coefficient=0.001)")) == ["low"]
+    assert _confidence(loop("LARS(model.parameters(), lr=0.1)")) == ["low"]
 
 
 def test_an_adaptive_optimizer_held_by_the_class():
