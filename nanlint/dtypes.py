@@ -50,6 +50,11 @@ FLOAT32_MAX = 3.4028234663852886e38
 DTYPES: Dict[str, DtypeFacts] = {d.name: d for d in (FLOAT16, BFLOAT16)}
 
 
+def targets_float16(dtypes) -> bool:
+    """Whether float16 is among the target dtypes (a float16-only rule runs only then)."""
+    return any(d.name == FLOAT16.name for d in dtypes)
+
+
 def fmt(value: float) -> str:
     """Format a number the way the rule messages and docs quote them (3 significant digits)."""
     if value == 0:

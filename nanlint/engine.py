@@ -8,7 +8,7 @@ import gc
 import re
 import sys
 from functools import lru_cache
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Type, Union
 
 import libcst as cst
 
@@ -100,13 +100,18 @@ def _is_node_type(kind: type) -> bool:
     return known
 
 
-def iter_tree(root: cst.CSTNode) -> Iterator[Tuple[cst.CSTNode, Optional[cst.CSTNode]]]:
-    """(node, parent) for every node under ``root`` in source order, without recursion."""
+def iter_tree(root: cst.CSTNode, kids: Optional[Dict[cst.CSTNode, List[cst.CSTNode]]] = None,
+              ) -> Iterator[Tuple[cst.CSTNode, Optional[cst.CSTNode]]]:
+    """(node, parent) for every node under ``root`` in source order, without
+    recursion; each node's children list is kept in ``kids`` when given."""
     stack: List[Tuple[cst.CSTNode, Optional[cst.CSTNode]]] = [(root, None)]
     while stack:
         node, parent = stack.pop()
         yield node, parent
-        stack.extend((child, node) for child in reversed(children(node)))
+        below = children(node)
+        if kids is not None:
+            kids[node] = below
+        stack.extend((child, node) for child in reversed(below))
 
 
 def subtree(root: cst.CSTNode, limit: Optional[int] = None) -> Iterator[cst.CSTNode]:
@@ -625,8 +630,8 @@ def _lint_source(
             hazard = f"Python's parser gave up ({problem[0]})"
         if hazard is not None:
             return Result([], [f"{path}: too deeply nested to check: {hazard}; not checked"])
-        if not rules:
-            if problem is None or _newer_syntax(source):
+        if not rules:  # and Python rejected the text
+            if _newer_syntax(source):
                 return Result([], [])
             return Result([syntax_error_finding(path, SyntaxError(problem[0]), source)], [])
         parsed_text = blank_data_blocks(source, tree)

@@ -82,7 +82,9 @@ class RuleInfo:
 
     def active(self, dtypes: Sequence["DtypeFacts"]) -> bool:
         """Whether the rule can report anything for these target dtypes (as ``Rule.active``)."""
-        return not self.float16_only or any(d.name == "float16" for d in dtypes)
+        from .dtypes import targets_float16
+
+        return not self.float16_only or targets_float16(dtypes)
 
 
 SYNTAX_ERROR_INFO = RuleInfo(SYNTAX_ERROR_CODE, SYNTAX_ERROR_NAME, True, False, {})

@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Union
 
 import libcst as cst
 
-from .dtypes import DtypeFacts
+from .dtypes import DtypeFacts, targets_float16
 from .finding import APPLICABILITIES, CONFIDENCES, HIGH, LOW, MEDIUM
 from .positions import NodeText
 from .resolve import Names
@@ -275,12 +275,7 @@ def has_main_block(module: cst.Module, source: str) -> bool:
 def _is_float32_script(module: cst.Module, source: str) -> bool:
     if ".backward(" not in source or _LOW_PRECISION_TEXT.search(source):
         return False  # a model file with a demo block is not a training program
-    for stmt in module.body:
-        if isinstance(stmt, (cst.For, cst.While)):
-            return True
-        if isinstance(stmt, cst.If) and "__main__" in module.code_for_node(stmt.test):
-            return True
-    return False
+    return any(isinstance(stmt, (cst.For, cst.While)) for stmt in module.body) or has_main_block(module, source)
 
 
 class Rule:
@@ -348,4 +343,4 @@ class Rule:
     @classmethod
     def active(cls, dtypes: Sequence[DtypeFacts]) -> bool:
         """Whether the rule can report anything for these target dtypes."""
-        return not cls.float16_only or any(d.name == "float16" for d in dtypes)
+        return not cls.float16_only or targets_float16(dtypes)

@@ -9,7 +9,7 @@ import signal
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type
 
@@ -39,12 +39,10 @@ class Selection:
     #: whether NL000 (syntax errors) is reported, before per-file-ignores
     syntax_errors: bool = True
 
-    @property
+    @cached_property
     def rules(self) -> List[Type["Rule"]]:
         """The selected rule classes (imported on first use)."""
-        if not hasattr(self, "_rules"):
-            self._rules = load(self.infos)
-        return self._rules
+        return load(self.infos)
 
     def prepare(self) -> None:
         """Import the engine and the rules before worker processes fork, so

@@ -1125,10 +1125,10 @@ class TinyEpsilon(Rule):
             shift = 1 if scope.klass is not None else 0
         if not calls:
             return None
+        position = index - shift if index is not None and index - shift >= 0 else None
         for call in calls:
             if any(a.star for a in call.args):
                 return None
-            position = index - shift if index is not None and index - shift >= 0 else None
             if arg(call, position, pname) is None:
                 return None
         return name

@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 import libcst as cst
 
 from nanlint.dtypes import DtypeFacts, fmt
-from nanlint.finding import MEDIUM, SAFE
+from nanlint.finding import HIGH, MEDIUM, SAFE
 from nanlint.patterns import arg, is_method_call, number, subject, torch_op
 from nanlint.resolve import dotted_name
 from nanlint.rule import FixSpec, Invalid, Rule, Valid
@@ -131,14 +131,13 @@ class LogOfSoftmax(TracksLocals, Rule):
         match = classify(self.ctx, node, self.values)
         if match is None or self.ctx.facts.only_ordered(node):
             return  # the -inf only sorts last (a confidence, a beam score)
-        message = self._message(match)
+        message, confidence = self._message(match), HIGH
         if not self.ctx.facts.grad_flows(node):
             message = message.replace(" and a NaN gradient", "") + (
                 " (no gradient flows here: the -inf becomes NaN only where it is later multiplied by 0 or "
                 "subtracted from itself)")
-            self.report(node, message, self._fix(node, match), confidence=MEDIUM)
-            return
-        self.report(node, message, self._fix(node, match))
+            confidence = MEDIUM
+        self.report(node, message, self._fix(node, match), confidence=confidence)
 
     # -- messages ------------------------------------------------------------------
     def _message(self, match: Match) -> str:

@@ -21,7 +21,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import libcst as cst
 
-from ..engine import children, iter_tree
+from ..engine import iter_tree
 
 SCOPE_NODES = (cst.Module, cst.ClassDef, cst.FunctionDef)
 # Exact node types for the build's per-node tests: libcst's node classes are
@@ -84,12 +84,7 @@ class Scopes:
         self.scope_of = scope_of
         index = 0
         scope_types, binding_types = _SCOPE_TYPES, _BINDING_TYPES
-        kids = self.kids
-        stack: List[Tuple[cst.CSTNode, Optional[cst.CSTNode]]] = [(self.module, None)]
-        while stack:  # iter_tree, keeping each node's children
-            node, up = stack.pop()
-            below = kids[node] = children(node)
-            stack.extend((child, node) for child in reversed(below))
+        for node, up in iter_tree(self.module, self.kids):
             parent[node] = up
             order[node] = index
             index += 1

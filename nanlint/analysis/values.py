@@ -443,11 +443,11 @@ class Facts:
                 # builtins: host numbers unless given tensors
                 args = [rec(a.value) for a in call.args]
                 return HOST if all(a == HOST for a in args) else UNKNOWN
-            return self._returned_dtype(self.scopes.function_named(builtin, call), depth)
+            return self._returned_dtype(self._helper_called(call), depth)
         if method is not None and isinstance(call.func, cst.Attribute) and _is_self(call.func.value):
             # ``self.helper(x)``: a method of this class (a method name says
             # nothing of a tensor op here)
-            helper = self.scopes.function_named(method, call)
+            helper = self._helper_called(call)
             if helper is not None:
                 return self._returned_dtype(helper, depth)
         if qualified is not None:
@@ -535,15 +535,21 @@ class Facts:
         if b.name not in names or any(type(e.value) is cst.StarredElement for e in target.elements):
             return UNKNOWN
         index = names.index(b.name)
-        helper = None
-        if type(call.func) is cst.Name and self.ctx.resolve(call.func) is None:
-            helper = self.scopes.function_named(call.func.value, call)
-        elif type(call.func) is cst.Attribute and _is_self(call.func.value):
-            helper = self.scopes.function_named(call.func.attr.value, call)
+        helper = self._helper_called(call)
         returns = self.scopes.returns(helper) if helper is not None else []
         if not returns or not all(type(r) is cst.Tuple and len(r.elements) == len(names) for r in returns):
             return UNKNOWN
         return _join_all(self.dtype(r.elements[index].value, depth + 1) for r in returns[:4])
+
+    def _helper_called(self, call: cst.Call) -> Optional[cst.FunctionDef]:
+        """The function of this file a call runs: ``helper(x)`` on a name no
+        import binds, or ``self.helper(x)``; None otherwise."""
+        func = call.func
+        if type(func) is cst.Name and self.ctx.resolve(func) is None:
+            return self.scopes.function_named(func.value, call)
+        if type(func) is cst.Attribute and _is_self(func.value):
+            return self.scopes.function_named(func.attr.value, call)
+        return None
 
     def _returned_dtype(self, func: Optional[cst.FunctionDef], depth: int) -> str:
         """The dtype class a function of this file returns (all its returns agree)."""
@@ -1393,7 +1399,7 @@ class Facts:
 
     def _build_call_index(self) -> None:
         self._call_index = {}
-        for n, _ in iter_tree(self.ctx.module):
+        for n in self.scopes.order:  # every node, in source order: no second traversal
             if isinstance(n, cst.Call):
                 f = n.func
                 name = f.value if isinstance(f, cst.Name) else (
