@@ -8,7 +8,7 @@ import libcst as cst
 
 from nanlint.engine import subtree, children
 
-from nanlint.analysis import EDGE, HALF_ONLY, HOST, INTEGER, ORDINARY, WEIGHT, WIDE
+from nanlint.analysis import BF16, EDGE, HALF_ONLY, HOST, INTEGER, ORDINARY, WEIGHT, WIDE
 from nanlint.analysis.safeguards import makes_model_half, trains_float32_adapters
 from nanlint.finding import HIGH, LOW, MEDIUM
 from nanlint.dtypes import FLOAT16, fmt
@@ -924,7 +924,7 @@ class TinyEpsilon(Rule):
         ``torch.tensor(data)``, ``torch.from_numpy``), looking through the
         local names it was computed from (any of their assignments)."""
         facts = self.ctx.facts
-        if self.scope.fp32 or facts.dtype(node) in (WIDE, INTEGER) or facts.in_float32_region(node):
+        if self.scope.fp32 or facts.dtype(node) in (WIDE, BF16, INTEGER) or facts.in_float32_region(node):
             return True
         return self._derived(node, self._upcast_here, depth, set())
 

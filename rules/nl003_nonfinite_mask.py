@@ -7,11 +7,11 @@ from typing import Optional, Tuple
 
 import libcst as cst
 
-from nanlint.analysis import ACTIVATION, HALF, HOST, INTEGER, WIDE
+from nanlint.analysis import ACTIVATION, BF16, HALF, HOST, INTEGER, WIDE
 from nanlint.analysis import masks
 from nanlint.engine import scope_nodes, subtree
 
-from nanlint.dtypes import FLOAT32_MAX, fmt
+from nanlint.dtypes import BFLOAT16, FLOAT32_MAX, fmt
 from nanlint.finding import HIGH, LOW, MEDIUM, SAFE, UNSAFE
 from nanlint.patterns import arg, is_method_call, number, subject, torch_op
 from nanlint.rule import FixSpec, Invalid, Rule, Valid
@@ -583,7 +583,7 @@ class NonfiniteMask(Rule):
         facts = self.ctx.facts
         in_float32 = dtype == WIDE or (filled is not None and facts.in_float32_region(filled))
         if hazard.finite:
-            if in_float32 and abs(hazard.value) <= FLOAT32_MAX:
+            if in_float32 and abs(hazard.value) <= FLOAT32_MAX or dtype == BF16 and abs(hazard.value) <= BFLOAT16.max:
                 return None, ""  # representable where it is used
             if dtype != HALF and self._integer_literal(value):
                 return LOW, " (an integer fill: the tensor may hold integers, such as token ids)"

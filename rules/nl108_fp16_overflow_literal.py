@@ -6,7 +6,7 @@ from typing import Dict, List, Optional, Set, Tuple
 
 import libcst as cst
 
-from nanlint.analysis import HOST, INTEGER, WIDE
+from nanlint.analysis import BF16, HOST, INTEGER, WIDE
 from nanlint.dtypes import FLOAT16, fmt
 from nanlint.engine import scope_nodes, subtree
 from nanlint.finding import HIGH, LOW, UNSAFE
@@ -370,7 +370,7 @@ class Fp16OverflowLiteral(Rule):
         (plausibly a float16 tensor) or "" (not known to be a tensor, or known safe)."""
         if depth > 8 or self._safe(node):
             return ""
-        if depth == 0 and self.ctx.facts.dtype(node) in (WIDE, INTEGER, HOST):
+        if depth == 0 and self.ctx.facts.dtype(node) in (WIDE, BF16, INTEGER, HOST):
             return ""  # the shared dtype facts: float32 through names and indexing (`out[0].float()[i]`)
         if isinstance(node, (cst.Name, cst.Attribute)):
             text = dotted_name(node)
@@ -544,7 +544,7 @@ class Fp16OverflowLiteral(Rule):
         tensor = self._tensor(x)
         if method and not tensor and (op.startswith("clip") or dotted_name(x) in ("self", "cls")):
             return  # numpy arrays have .clip too; `self.clamp(...)` is the class's own method
-        if self._safe(x) or self._float32(x) or self.ctx.facts.dtype(x) in (WIDE, INTEGER, HOST):
+        if self._safe(x) or self._float32(x) or self.ctx.facts.dtype(x) in (WIDE, BF16, INTEGER, HOST):
             return  # the shared facts: a decomposition's eigenvalues, a `.float()` through names
         positions = _CLAMPS[op][0 if method else 1]
         for position, keyword in zip(positions, ("min", "max")):

@@ -11,7 +11,7 @@ about. Data flows one way: files -> parse -> analysis -> rules -> findings.
 """
 
 
-__all__ = ["Facts", "ORDINARY", "HALF_ONLY", "EDGE", "WEIGHT", "HALF", "WIDE", "INTEGER", "HOST", "UNKNOWN", "ACTIVATION"]
+__all__ = ["Facts", "ORDINARY", "HALF_ONLY", "EDGE", "WEIGHT", "HALF", "BF16", "WIDE", "INTEGER", "HOST", "UNKNOWN", "ACTIVATION"]
 
 
 def __getattr__(name: str):

@@ -2,13 +2,13 @@
 
 ``Facts`` answers, for an expression of the file being checked:
 
-- ``dtype(expr)``: ``HALF`` (explicitly float16/bfloat16), ``WIDE`` (provably
-  float32/float64), ``INTEGER`` (int or bool tensors: ids, counts, masks),
+- ``dtype(expr)``: ``HALF`` (explicitly float16), ``BF16`` (explicitly
+  bfloat16: float32's range), ``WIDE`` (provably float32/float64), ``INTEGER`` (int or bool tensors: ids, counts, masks),
   ``HOST`` (Python numbers, numpy values -- also a parameter the function
   hands to numpy, ``numpy_params`` -- never a float16 tensor), or
   ``UNKNOWN`` -- an activation of a model that may run in half;
-- ``can_be_half(expr)``: whether the target dtype can reach the value at all
-  (not when the dtype is WIDE/INTEGER/HOST, nor inside a float32 region:
+- ``can_be_half(expr)``: whether float16 can reach the value at all
+  (not when the dtype is WIDE/BF16/INTEGER/HOST, nor inside a float32 region:
   ``autocast(enabled=False)``, ``@force_fp32``, ``custom_fwd(cast_inputs=float32)``);
 - ``bounded_above(expr)`` / ``range_facts(expr)``: sign and bound facts,
   following names over several hops, ``self.<attr>`` set in the class,
@@ -41,6 +41,8 @@ from .project import LOG_PROBABILITY, PROBABILITY
 from .scopes import SCOPE_NODES, VALUES_AND_INDICES, Binding, Scopes
 
 HALF = "half"
+#: explicitly bfloat16: a low-precision float with float32's range (max 3.39e38)
+BF16 = "bfloat16"
 WIDE = "wide"
 INTEGER = "integer"
 HOST = "host"
@@ -55,14 +57,14 @@ WEIGHT = "weight"
 ACTIVATION = "activation"
 
 _TORCH_DTYPES = {
-    "float16": HALF, "half": HALF, "bfloat16": HALF,
+    "float16": HALF, "half": HALF, "bfloat16": BF16,
     "float32": WIDE, "float": WIDE, "float64": WIDE, "double": WIDE,
     "int8": INTEGER, "uint8": INTEGER, "int16": INTEGER, "short": INTEGER, "int32": INTEGER,
     "int": INTEGER, "int64": INTEGER, "long": INTEGER, "bool": INTEGER,
 }
 # methods that set the dtype
 _CAST_METHODS = {
-    "half": HALF, "bfloat16": HALF, "float": WIDE, "double": WIDE,
+    "half": HALF, "bfloat16": BF16, "float": WIDE, "double": WIDE,
     "long": INTEGER, "int": INTEGER, "bool": INTEGER, "short": INTEGER, "byte": INTEGER, "char": INTEGER,
 }
 # ops whose result is an integer or bool tensor whatever the input
@@ -106,7 +108,7 @@ def _roots(node: cst.BaseExpression, depth: int = 0) -> set:
 
 #: the legacy typed tensor classes (``torch.FloatTensor``, ``torch.cuda.LongTensor``)
 _LEGACY_TENSORS = {
-    "FloatTensor": WIDE, "DoubleTensor": WIDE, "HalfTensor": HALF, "BFloat16Tensor": HALF,
+    "FloatTensor": WIDE, "DoubleTensor": WIDE, "HalfTensor": HALF, "BFloat16Tensor": BF16,
     "LongTensor": INTEGER, "IntTensor": INTEGER, "ShortTensor": INTEGER, "CharTensor": INTEGER,
     "ByteTensor": INTEGER, "BoolTensor": INTEGER,
 }
@@ -586,11 +588,17 @@ class Facts:
             return _TORCH_DTYPES.get(text.replace("torch.", ""), UNKNOWN)
         if isinstance(node, cst.Name) and node.value in ("float", "int", "bool"):
             return WIDE if node.value == "float" else INTEGER
+        if isinstance(node, cst.Name):  # ``dtype = torch.bfloat16`` earlier in the function
+            values = [b.value for b in self.scopes.reaching(node)[:4]]
+            if values and all(b is not None and not isinstance(b, cst.Name) for b in values):
+                return _join_all(self._dtype_value(v) for v in values)
         return UNKNOWN
 
     def can_be_half(self, node: cst.BaseExpression) -> bool:
-        """Whether a value may hold the target low-precision dtype here."""
-        if self.dtype(node) in (WIDE, INTEGER, HOST):
+        """Whether a value may hold float16 here (the low-precision dtype
+        whose range the overflow and underflow rules are about: an explicit
+        bfloat16 tensor has float32's range)."""
+        if self.dtype(node) in (WIDE, INTEGER, HOST, BF16):
             return False
         return not self.in_float32_region(node)
 

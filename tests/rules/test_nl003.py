@@ -349,3 +349,19 @@ def test_one_minus_a_real_value_is_not_an_inverted_mask():
     assert found("s * 0.5") == []
     assert found("s") == []
     assert [f.line for f in found("s", "-1e9")] == [4]
+
+
+def test_a_finite_fill_of_an_explicit_bfloat16_tensor_is_representable():
+    """-1e9 fits bfloat16 (max 3.39e38): no overflow on a tensor cast to bfloat16;
+    the same scores cast to half raise on the fill."""
+    def found(cast):
+        src = (
+            "import torch\n"
+            "def attend(q, k, pad):\n"
+            f"    w = (q @ k.transpose(-1, -2)).{cast}()\n"
+            "    w = w.masked_fill(pad, -1e9)\n"
+            "    return torch.softmax(w, -1)\n"
+        )
+        return [f.line for f in lint(src, ["NL003"])]
+    assert found("bfloat16") == []
+    assert found("half") == [4]

@@ -178,3 +178,23 @@ def test_what_a_decomposition_returns_is_never_float16():
     )
     # the max's values and matrix_exp keep their input's dtype: those two stay
     assert [f.line for f in lint(source, ["NL108"])] == [12, 13]
+
+
+def test_an_explicit_bfloat16_tensor_has_float32s_range():
+    """A poison fill of 1e30 into a tensor made as bfloat16 (max 3.39e38) is
+    finite; the same fill into float16, or into a tensor of unknown dtype, raises."""
+    def found(dtype_line):
+        src = (
+            "import torch\n"
+            "def make(rows, n):\n"
+            f"    {dtype_line}\n"
+            "    t = torch.randn(rows, n, dtype=dtype)\n"
+            "    t[n:].fill_(1e30)\n"
+            "    return t\n"
+        )
+        return [f.line for f in lint(src, ["NL108"])]
+    assert found("dtype = torch.bfloat16") == []
+    assert found("dtype = torch.float16") == [5]
+    assert found("dtype = pick_dtype()") == [5]
+    src = "import torch\nt = torch.zeros(4).bfloat16()\nt.fill_(1e30)\nu = torch.zeros(4).half()\nu.fill_(1e30)\n"
+    assert [f.line for f in lint(src, ["NL108"])] == [5]
