@@ -35,7 +35,7 @@ import secrets
 import stat
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import __version__
 from .files import process_alive
@@ -157,14 +157,20 @@ def _finding(value: Any) -> Finding:
     )
 
 
-def encode_entry(key: str, findings: Sequence[Finding]) -> bytes:
-    payload = json.dumps([f.to_dict() for f in findings], separators=(",", ":")).encode()
+def encode_entry(key: str, findings: Sequence[Finding], requires: Sequence[Tuple[str, str]] = ()) -> bytes:
+    """An entry: the findings, and -- when linting read facts from modules the
+    key does not cover -- those modules' (path, content hash)."""
+    items = [f.to_dict() for f in findings]
+    body: Any = {"requires": [list(r) for r in requires], "findings": items} if requires else items
+    payload = json.dumps(body, separators=(",", ":")).encode()
     return MAGIC + f"{key}\n{hashlib.sha256(payload).hexdigest()}\n".encode() + payload
 
 
-def decode_entry(key: str, data: bytes) -> Optional[List[Finding]]:
+def decode_entry(key: str, data: bytes,
+                 holds: Optional[Callable[[List[Tuple[str, str]]], bool]] = None) -> Optional[List[Finding]]:
     """The findings of an entry, or None unless it is exactly what nanlint
-    writes for ``key``."""
+    writes for ``key`` and the modules it requires are unchanged (``holds``
+    decides; an entry that requires some is a miss without it)."""
     header = MAGIC + key.encode() + b"\n"
     if not data.startswith(header):
         return None
@@ -172,9 +178,21 @@ def decode_entry(key: str, data: bytes) -> Optional[List[Finding]]:
     if not newline or digest != hashlib.sha256(payload).hexdigest().encode():
         return None
     try:
-        return [_finding(d) for d in _list(json.loads(payload))]
+        body = json.loads(payload)
+        if isinstance(body, dict):
+            requires = [(_text(r[0]), _text(r[1])) for r in _list(body.get("requires")) if len(_list(r)) == 2]
+            if holds is None or not holds(requires):
+                return None
+            body = body.get("findings")
+        return [_finding(d) for d in _list(body)]
     except (ValueError, KeyError, TypeError, RecursionError, _Invalid):
         return None
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Invalid("expected a string")
+    return value
 
 
 def _read_regular(name: str, dir_fd: int, limit: int) -> Optional[bytes]:
@@ -231,7 +249,7 @@ class Cache:
         h.update(b"\0" + sys.implementation.cache_tag.encode())  # e.g. cpython-311
         return h.hexdigest()
 
-    def get(self, key: str) -> Optional[List[Finding]]:
+    def get(self, key: str, holds: Optional[Callable[[List[Tuple[str, str]]], bool]] = None) -> Optional[List[Finding]]:
         directory = self._version_fd()
         if directory is None:
             return None
@@ -243,9 +261,9 @@ class Cache:
             data = _read_regular(f"{key}.json", shard, MAX_ENTRY_BYTES)
         finally:
             os.close(shard)
-        return None if data is None else decode_entry(key, data)
+        return None if data is None else decode_entry(key, data, holds)
 
-    def put(self, key: str, findings: Sequence[Finding]) -> None:
+    def put(self, key: str, findings: Sequence[Finding], requires: Sequence[Tuple[str, str]] = ()) -> None:
         directory = self._version_fd()
         if directory is None or self._tmp_fd is None:
             return
@@ -256,7 +274,7 @@ class Cache:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=self._tmp_fd)
             try:
                 with os.fdopen(fd, "wb") as handle:
-                    handle.write(encode_entry(key, findings))
+                    handle.write(encode_entry(key, findings, requires))
                 os.replace(tmp, f"{key}.json", src_dir_fd=self._tmp_fd, dst_dir_fd=shard)
             except BaseException:
                 _unlink(tmp, self._tmp_fd)

@@ -207,7 +207,7 @@ def _check_notebook_file(data: bytes, display: str, path: Path, selection: Selec
         return hit
     findings, errors = _lint_notebook(nb, virtual, display, path, selection, project)
     if selection.cache is not None and not errors:
-        selection.cache.put(key, findings)
+        selection.cache.put(key, findings, project.requires() if project is not None else ())
     return FileResult(display, findings, errors)
 
 
@@ -231,7 +231,7 @@ def check_file(path: Path, selection: Selection) -> FileResult:
         return FileResult(display, [], [f"{display}: {exc}"])
     findings, errors = check_text(source.text, display, path, selection, project)
     if selection.cache is not None and not errors:
-        selection.cache.put(key, findings)
+        selection.cache.put(key, findings, project.requires() if project is not None else ())
     return FileResult(display, findings, errors, source, noqa_warnings(source.text, display))
 
 
@@ -467,7 +467,9 @@ def _cache_lookup(data: bytes, display: str, path: Path, selection: Selection,
     if selection.cache is None or project is None:
         return "", None
     key = selection.cache.key(data, display, selection.codes_for(path), project.dependencies())
-    hit = selection.cache.get(key)
+    from .analysis.project import unchanged
+
+    hit = selection.cache.get(key, unchanged)
     if hit is None:
         return key, None
     return key, FileResult(display, hit, [], warnings=_hit_warnings(data, display, path))

@@ -6,6 +6,7 @@ from typing import Dict, List, Optional, Set, Tuple
 
 import libcst as cst
 
+from nanlint.analysis.project import INIT_HOOK as _INIT_METHOD
 from nanlint.finding import HIGH, LOW
 from nanlint.dtypes import fmt
 from nanlint.patterns import last_name, name_chain, arg, number
@@ -28,12 +29,8 @@ _INT_DTYPE = re.compile(r"(^|\.)(u?int\d*|long|short|int|bool|uint\d+|qint\d+|qu
 #: dtypes of quantized checkpoint storage (a class holding them is filled by a loader)
 _STORAGE_DTYPE = re.compile(r"u?int\d|qint|quint|fp8|float8|e4m3|e5m2|fp4|nf4|packed", re.IGNORECASE)
 
-#: methods that, by convention, initialise a module's parameters
-_INIT_METHOD = re.compile(
-    r"^_*(?:(?:re_?)?init|reset|initiali[sz]e|weights?_init|param\w*_init|post_init)"  # init_weights, reset_lora_parameters
-    r"|_init(?:ial\w*)?(?:_|$)",  # _setup_init, custom_init
-    re.IGNORECASE,
-)
+#: a function given one of these fills what it allocates from it (`def load(module, state_dict, prefix)`)
+_CHECKPOINT_PARAMS = frozenset({"state_dict", "checkpoint", "ckpt"})
 #: module containers: what they hold is unknown
 _CONTAINERS = frozenset({"ModuleList", "ModuleDict", "Sequential", "ParameterList", "ParameterDict"})
 #: calls that walk every submodule or parameter
@@ -114,7 +111,11 @@ class UninitializedParameter(Rule):
     the file -- the whole class when that method is generic (iterates
     `self.parameters()` / `self.modules()`, calls `self.apply(...)`, passes
     `self` to a helper, calls `super().reset_parameters()`), else the
-    attributes it mentions; a call of such a hook on `self` that the file does
+    attributes it mentions; a base class in another module of the project
+    (followed through imports, up to six classes deep) whose init hook
+    walks every parameter or child (a framework's `Module.init_states`
+    over `self.children()`); a function given a `state_dict` / `checkpoint`
+    / `ckpt` (a loader fills what it allocates); a call of such a hook on `self` that the file does
     not define (inherited from elsewhere); any method that iterates
     `self.parameters()` / `self.modules()` and runs an initialiser; frozen or
     quantized storage (a class with a `requires_grad=False` or
@@ -146,6 +147,18 @@ class UninitializedParameter(Rule):
     A parameter that a conversion constructor of the file replaces on the
     instances it builds (`m = cls(...); m.bias = float_module.bias`, the QAT
     modules' `from_float`) is **low**: only a direct construction keeps it.
+    So is a parameter of an inference module -- a class named `*Inference*`
+    or a file or package named for inference (`ops/inference/`,
+    `moe_inference.py`), a name heuristic: such a layer serves a model
+    trained elsewhere, whose weights a loader copies in -- and one of an
+    *inference release*: a project (the directory holding `.git`, else the
+    highest one with a `pyproject.toml`, `setup.py` or `setup.cfg`, else
+    the checked tree) whose Python files and notebooks load weights
+    (`load_state_dict(`, `torch.load(`, `from_pretrained(`...) and never
+    train (no `.backward(`, `torch.optim`, `zero_grad(`, `Trainer`,
+    `training_step`...): a model's reference code and its loader, whose
+    parameters only ever hold a checkpoint. The cached findings remember
+    that fact and are recomputed when it changes.
 
     ## Why is this bad?
     `torch.empty` returns whatever bytes were in that memory. Reinterpreted as
@@ -366,6 +379,8 @@ class UninitializedParameter(Rule):
         #: enclosing classes: (name, number of frames when entered)
         self.classes: List[Tuple[str, int]] = []
         self.bases: Dict[str, List[str]] = {}
+        #: class -> its bases as spelled (``protocols.Module``): to follow imported ones
+        self.base_spellings: Dict[str, List[str]] = {}
         self.covered_classes: Set[str] = set()
         self.class_local: Set[Tuple[Optional[str], str]] = set()
         #: attribute names initialised through a longer chain (`m.weight`, `self.fc.weight`):
@@ -396,6 +411,7 @@ class UninitializedParameter(Rule):
     def visit_ClassDef(self, node: cst.ClassDef) -> None:
         bases = [last_name(b.value) or "" for b in node.bases if b.keyword is None]
         self.bases[node.name.value] = bases
+        self.base_spellings[node.name.value] = [dotted_name(b.value) or "" for b in node.bases if b.keyword is None]
         if any(b.endswith("PreTrainedModel") for b in bases):
             self.file_wide = True  # transformers: post_init() runs _init_weights on every module
         self.classes.append((node.name.value, len(self.frames)))
@@ -426,7 +442,10 @@ class UninitializedParameter(Rule):
         init_method = method and name != "__init__" and bool(_INIT_METHOD.search(name))
         if init_method:
             self.defined_hooks.add((owner, name))
-        self.frames.append(_Frame(name=name, cls=owner, init_method=init_method))
+        frame = _Frame(name=name, cls=owner, init_method=init_method)
+        # a loader: what it allocates, it fills from the checkpoint it is given
+        frame.loads = any(p.name.value in _CHECKPOINT_PARAMS for p in _all_params(node.params))
+        self.frames.append(frame)
 
     def leave_FunctionDef(self, node: cst.FunctionDef) -> None:
         frame = self.frames.pop()
@@ -499,7 +518,26 @@ class UninitializedParameter(Rule):
                     "; skip_init defers initialisation on purpose, usually to a model-level loop over "
                     "parameters() or a checkpoint load elsewhere, which this file does not show"
                 )
-            self.report(c.node, message, confidence=LOW if loaded or replaced or c.kind == "skip_init" else HIGH)
+            low = loaded or replaced or c.kind == "skip_init"
+            if not low and self._inference_module(cls_node):
+                low = True
+                message += "; an inference module (`inference` in its name or path) holds a trained model's weights"
+            if not low and self.ctx.project is not None and self.ctx.project.inference_release():
+                low = True
+                message += (
+                    "; this project loads trained weights and never trains a model (no optimizer, "
+                    "no `backward()`), so a checkpoint fills it"
+                )
+            self.report(c.node, message, confidence=LOW if low else HIGH)
+
+    def _inference_module(self, cls_node: Optional[cst.ClassDef]) -> bool:
+        """A class named ``*Inference*`` or in a file or package named for
+        inference (``ops/inference/``, ``moe_inference.py``): a layer that
+        serves a model trained elsewhere, its weights copied in by a loader."""
+        if cls_node is not None and "inference" in cls_node.name.value.lower():
+            return True
+        parts = re.split(r"[\\/]", self.ctx.path or "")
+        return any("inference" in part.lower() for part in parts[-4:])
 
     def _foreign(self, c: _Creation) -> bool:
         """`weight` initialised as `m.weight` (any module), or as `self.child.weight` in
@@ -531,6 +569,13 @@ class UninitializedParameter(Rule):
 
     def _covered_classes(self) -> Set[str]:
         covered = set(self.covered_classes)
+        project = self.ctx.facts.project
+        for name, spellings in self.base_spellings.items():
+            # a base class of another project module whose init hook sweeps
+            # every parameter (``Module.init_states`` over ``self.children()``)
+            if any(base and base.rpartition(".")[2] not in self.bases and project.base_initialises(base)
+                   for base in spellings):
+                covered.add(name)
         changed = True
         while changed:
             changed = False
@@ -1044,3 +1089,11 @@ def _is_meta_device(node: cst.BaseExpression) -> bool:
     if isinstance(node, cst.Call) and last_name(node.func) == "device" and node.args:
         return _is_meta_device(node.args[0].value)
     return False
+
+
+def _all_params(params: cst.Parameters) -> List[cst.Param]:
+    out = list(params.posonly_params) + list(params.params) + list(params.kwonly_params)
+    for star in (params.star_arg, params.star_kwarg):
+        if isinstance(star, cst.Param):
+            out.append(star)
+    return out

@@ -136,3 +136,71 @@ def test_imports_are_read_from_the_lines_that_hold_them():
         Imported("nn", "torch.nn", None),
         Imported("numpy", "numpy", None),
     ]
+
+
+BASE_SWEEPS = (
+    "from torch import nn\n\n\nclass Module(nn.Module):\n"
+    "    def init_states(self):\n"
+    "        for child in self.children():\n"
+    "            child.init_states()\n"
+    "        self._init_self_parameters()\n"
+)
+# a look-alike hook: it names the one attribute it sets, not every parameter of a subclass
+BASE_NAMES_ITS_OWN = (
+    "from torch import nn\n\n\nclass Module(nn.Module):\n"
+    "    def reset_parameters(self):\n"
+    "        nn.init.ones_(self.scale)\n"
+)
+
+
+def test_a_base_class_of_another_module_that_initialises_every_parameter_covers_its_subclasses(tmp_path):
+    """torchtitan-style: every layer subclasses a project ``Module`` whose
+    ``init_states`` walks the children; the base is two imports away."""
+    package(tmp_path, {
+        "pkg/__init__.py": "",
+        "pkg/protocols/__init__.py": "",
+        "pkg/protocols/module.py": BASE_SWEEPS,
+        "pkg/common.py": "from pkg.protocols.module import Module\n\n\nclass Experts(Module):\n    pass\n",
+        "pkg/moe.py": "import torch\nfrom torch import nn\nfrom pkg import common\n\n\n"
+                      "class GatedExperts(common.Experts):\n    def __init__(self, n):\n        super().__init__()\n"
+                      "        self.w1 = nn.Parameter(torch.empty(n, n))\n",
+    })
+    assert findings(run("check", "--output-format", "json", ".", cwd=tmp_path)) == []
+    # the base two imports away changes: the warm run must not answer from the cache
+    (tmp_path / "pkg/protocols/module.py").write_text(BASE_NAMES_ITS_OWN)
+    assert findings(run("check", "--output-format", "json", ".", cwd=tmp_path)) == [("pkg/moe.py", 9, "NL110")]
+    (tmp_path / "pkg/protocols/module.py").write_text(BASE_SWEEPS)
+    assert findings(run("check", "--output-format", "json", ".", cwd=tmp_path)) == []
+    assert findings(run("check", "--no-cache", "--output-format", "json", ".", cwd=tmp_path)) == []
+
+
+MODEL_WITH_EMPTY = (
+    "import torch\nfrom torch import nn\n\n\nclass Encoder(nn.Module):\n    def __init__(self, n, d):\n"
+    "        super().__init__()\n        self.positional_embedding = nn.Parameter(torch.empty(n, d))\n"
+)
+
+
+def test_an_inference_release_fills_its_parameters_from_a_checkpoint(tmp_path):
+    """whisper-style: the project loads trained weights and nothing in it
+    trains. Its ``torch.empty`` parameters are low; once a training script
+    appears they are shown again, also on a warm run."""
+    package(tmp_path, {
+        "pyproject.toml": "[project]\nname = 'release'\n",
+        "release/__init__.py": "",
+        "release/model.py": MODEL_WITH_EMPTY,
+        "release/load.py": "import torch\n\n\ndef load_model(model, path):\n"
+                           "    model.load_state_dict(torch.load(path))\n    return model\n",
+    })
+    low = run("check", "--min-confidence", "low", "--output-format", "json", ".", cwd=tmp_path)
+    (finding,) = json.loads(low.stdout)
+    assert finding["confidence"] == "low" and "never trains a model" in finding["message"]
+    assert findings(run("check", "--output-format", "json", ".", cwd=tmp_path)) == []
+    package(tmp_path, {"scripts/train.py": "def step(model, loss, opt):\n    loss.backward()\n    opt.step()\n"})
+    assert findings(run("check", "--output-format", "json", ".", cwd=tmp_path)) == [
+        ("release/model.py", 8, "NL110")]
+
+
+def test_a_project_that_neither_trains_nor_loads_weights_keeps_the_finding(tmp_path):
+    """A snippet or a library of layers: nothing says a checkpoint fills the parameter."""
+    package(tmp_path, {"pyproject.toml": "[project]\nname = 'layers'\n", "layers/model.py": MODEL_WITH_EMPTY})
+    assert findings(run("check", "--output-format", "json", ".", cwd=tmp_path)) == [("layers/model.py", 8, "NL110")]

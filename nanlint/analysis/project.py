@@ -34,11 +34,23 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 PROBABILITY = "probability"
 LOG_PROBABILITY = "log_probability"
 EXP = "exp"
+
+#: methods that, by convention, initialise a module's parameters
+#: (``init_weights``, ``reset_parameters``, ``_init_weights``, ``init_states``,
+#: ``reset_lora_parameters``, ``_setup_init``, ``custom_init``)
+INIT_HOOK = re.compile(
+    r"^_*(?:(?:re_?)?init|reset|initiali[sz]e|weights?_init|param\w*_init|post_init)"
+    r"|_init(?:ial\w*)?(?:_|$)",
+    re.IGNORECASE,
+)
+#: what an init hook reaches every parameter through
+_SWEEPS = frozenset({"parameters", "named_parameters", "modules", "named_modules", "children",
+                     "named_children", "apply", "_parameters"})
 
 # -- imports, read from the text --------------------------------------------------
 
@@ -213,6 +225,9 @@ class ProjectFile:
         for imp in read_imports(text, package):
             self.imports.setdefault(imp.local, imp)
         self._dependencies: Optional[List[Tuple[str, str]]] = None
+        #: modules beyond the direct dependencies that linting read a fact
+        #: from (a base class two imports away): path -> content hash
+        self.consulted: Dict[str, str] = {}
 
     def dotted(self, local: str) -> str:
         """What an imported name stands for, spelled ``pkg.mod.NAME``."""
@@ -274,6 +289,109 @@ class ProjectFile:
             self._dependencies = sorted((p, content_hash(p) or "") for p in paths)
         return self._dependencies
 
+    def consult(self, path: str) -> None:
+        """Note that a fact was read from ``path`` (see :meth:`requires`)."""
+        if path != self.path:
+            self.consulted[path] = content_hash(path) or ""
+
+    def requires(self) -> List[Tuple[str, str]]:
+        """(path, content hash) of the modules consulted while linting that
+        the cache key does not cover: a cached result holds only while they
+        are unchanged."""
+        direct = {p for p, _ in self.dependencies()}
+        return sorted((p, h) for p, h in self.consulted.items() if p not in direct)
+
+    def inference_release(self) -> bool:
+        """Whether this file's project loads trained weights and never trains
+        (see :func:`use_of_weights`); False when its extent is unknown."""
+        root = project_root(self.path, self.roots[-1])
+        if root is None:
+            return False
+        use = use_of_weights(root)
+        self.consulted[_WEIGHTS_KEY + root] = use
+        return use == INFERENCE
+
+
+def unchanged(requires: Sequence[Sequence[str]]) -> bool:
+    """Whether every (path, content hash) still matches the file on disk,
+    and every project fact (``weights:<root>``) still has its value."""
+    for path, digest in requires:
+        if path.startswith(_WEIGHTS_KEY):
+            if use_of_weights(path[len(_WEIGHTS_KEY):]) != digest:
+                return False
+        elif content_hash(path) != digest:
+            return False
+    return True
+
+
+# -- the project as a whole ----------------------------------------------------------
+
+_WEIGHTS_KEY = "weights:"
+TRAINS, INFERENCE, NEITHER = "trains", "inference", "neither"
+#: what a project that trains (or fine-tunes) a model writes somewhere: a
+#: backward pass, an optimizer, a trainer. Gradients taken only with respect
+#: to an input (``torch.autograd.grad(loss, x)``, guidance) do not count.
+_TRAINS = re.compile(
+    r"\.backward\(|\btorch\.optim\b|from torch import optim|\boptim\.[A-Z]\w*\(|\.zero_grad\(|training_step"
+    r"|\bTrainer\b|deepspeed|GradScaler|\bOptimizer\b|\bfit\("
+)
+#: what a project that runs trained weights writes: it loads them
+_LOADS = re.compile(r"load_state_dict\(|torch\.load\(|\bload_checkpoint\(|from_pretrained\(|safetensors")
+_PROJECT_MARKERS = ("pyproject.toml", "setup.py", "setup.cfg")
+_NOT_SOURCE = frozenset({"__pycache__", "node_modules", "site-packages"})
+#: past this many files without a sign of training, a project is assumed to train
+_SCAN_LIMIT = 20000
+_WEIGHTS_USE: Dict[str, str] = {}
+
+
+def project_root(path: str, run_root: Optional[str] = None) -> Optional[str]:
+    """The directory of the project a file belongs to: the nearest one above
+    it holding ``.git``, else the highest holding a ``pyproject.toml`` /
+    ``setup.py`` / ``setup.cfg`` (not above ``run_root`` when the file is
+    inside it); without either, ``run_root`` when the file is inside it
+    (the checked tree), else None."""
+    folder = os.path.dirname(os.path.abspath(path))
+    limit = os.path.abspath(run_root) if run_root else None
+    inside = limit is not None and (folder == limit or folder.startswith(limit.rstrip(os.sep) + os.sep))
+    best = None
+    while True:
+        if os.path.exists(os.path.join(folder, ".git")):
+            return folder
+        if any(os.path.isfile(os.path.join(folder, m)) for m in _PROJECT_MARKERS):
+            best = folder
+        parent = os.path.dirname(folder)
+        if (inside and folder == limit) or parent == folder:
+            return best if best is not None or not inside else limit
+        folder = parent
+
+
+def use_of_weights(root: str) -> str:
+    """What the project below ``root`` does with its models' weights, read
+    from its Python files and notebooks once per process: TRAINS when any
+    of them trains (``_TRAINS``); INFERENCE when none does and one loads
+    weights (``_LOADS``): an inference release, a model's reference code
+    and its checkpoint loader, whose parameters only ever hold a
+    checkpoint's values; NEITHER otherwise (a snippet, a library of layers)."""
+    if root not in _WEIGHTS_USE:
+        use, seen = NEITHER, 0
+        for folder, dirs, files in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in _NOT_SOURCE
+                             and not os.path.isfile(os.path.join(folder, d, "pyvenv.cfg")))
+            for name in sorted(files):
+                if not name.endswith((".py", ".ipynb")):
+                    continue
+                seen += 1
+                text = _read_text(os.path.join(folder, name)) if seen <= _SCAN_LIMIT else "fit("
+                if _TRAINS.search(text):
+                    use = TRAINS
+                    break
+                if use == NEITHER and _LOADS.search(text):
+                    use = INFERENCE
+            if use == TRAINS:
+                break
+        _WEIGHTS_USE[root] = use
+    return _WEIGHTS_USE[root]
+
 
 # -- summaries ---------------------------------------------------------------------
 
@@ -298,6 +416,11 @@ class ModuleSummary:
     functions: Dict[str, FunctionSummary] = field(default_factory=dict)
     #: class name -> field name -> numeric default
     fields: Dict[str, Dict[str, float]] = field(default_factory=dict)
+    #: class name -> its bases as spelled (``nn.Module``, ``Module``, ``moe.GroupedExperts``)
+    bases: Dict[str, List[str]] = field(default_factory=dict)
+    #: classes with an init hook that sweeps the whole module (``init_weights``
+    #: iterating ``self.parameters()`` / ``self.children()``, ``self.apply(...)``)
+    init_protocol: Set[str] = field(default_factory=set)
 
 
 _SUMMARIES: Dict[str, Tuple[str, ModuleSummary]] = {}
@@ -357,7 +480,17 @@ def summarise(tree: ast.Module, path: str = "") -> ModuleSummary:
                         for name, value in _init_fields(item, summary_.defaults, out.constants).items():
                             fields.setdefault(name, value)
             out.fields[stmt.name] = fields
+            out.bases[stmt.name] = [_dotted(b) for b in stmt.bases]
+            if any(isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and item.name != "__init__"
+                   and INIT_HOOK.search(item.name) and _sweeps_self(item) for item in stmt.body):
+                out.init_protocol.add(stmt.name)
     return out
+
+
+def _sweeps_self(func) -> bool:
+    """Whether a method walks every parameter or submodule of ``self``."""
+    return any(isinstance(node, ast.Attribute) and node.attr in _SWEEPS and isinstance(node.value, ast.Name)
+               and node.value.id == "self" for node in ast.walk(func))
 
 
 def _flat(body):
@@ -565,6 +698,44 @@ def lookup(path: str, symbol: str, kind: str, depth: int = 0):
     return lookup(owner, imp.symbol, kind, depth + 1)
 
 
+def inherits_init_protocol(project: Optional[ProjectFile], path: str, cls: str, depth: int = 0) -> bool:
+    """Whether class ``cls`` of the module at ``path``, or a base class of it
+    (followed through that module's imports, up to six classes deep), has an
+    init hook that sweeps every parameter (``Module.init_states`` walking
+    ``self.children()``): its subclasses' parameters are initialised by it."""
+    found = summary(path)
+    if found is None or depth > 6:
+        return False
+    if project is not None:
+        project.consult(path)
+    if cls in found.init_protocol:
+        return True
+    imports = module_imports(path)
+    if cls not in found.bases:  # a re-export: ``from .module import Module`` in an ``__init__``
+        imp = imports.get(cls)
+        owner = find_module(imp.module, [package_root(path)]) if imp is not None and imp.symbol else None
+        return owner is not None and owner != path and inherits_init_protocol(project, owner, imp.symbol, depth + 1)
+    for base in found.bases[cls]:
+        if base in found.bases:
+            if base != cls and inherits_init_protocol(project, path, base, depth + 1):
+                return True
+            continue
+        head, _, rest = base.partition(".")
+        imp = imports.get(head)
+        if imp is None or "." in rest:
+            continue
+        if rest:  # ``import pkg.mod as m`` / ``from pkg import mod``, then ``mod.Cls``
+            module, symbol = (imp.module if imp.symbol is None else f"{imp.module}.{imp.symbol}"), rest
+        elif imp.symbol is not None:  # ``from pkg.mod import Cls``
+            module, symbol = imp.module, imp.symbol
+        else:
+            continue
+        owner = find_module(module, [package_root(path)])
+        if owner is not None and owner != path and inherits_init_protocol(project, owner, symbol, depth + 1):
+            return True
+    return False
+
+
 def module_symbol(project: Optional[ProjectFile], local: str, attr: Optional[str] = None) -> Optional[Tuple[str, str]]:
     """(file, symbol) for an imported name (``EPS``) or an attribute of an
     imported module (``consts.EPS`` with ``attr="EPS"``)."""
@@ -725,6 +896,15 @@ class ProjectFacts:
         if table is None:
             return None
         return table, self.project.dotted(cls_name), True, overrides  # type: ignore[union-attr]
+
+    def base_initialises(self, base: str) -> bool:
+        """Whether an imported base class (``Module``, ``protocols.Module``)
+        brings an init hook that sweeps every parameter of its subclasses."""
+        head, _, rest = base.partition(".")
+        if "." in rest:
+            return False
+        found = module_symbol(self.project, head, rest or None)
+        return found is not None and inherits_init_protocol(self.project, found[0], found[1])
 
     # -- helpers -------------------------------------------------------------
     def summary_of_call(self, call) -> Optional[FunctionSummary]:

@@ -102,3 +102,39 @@ def test_an_initialiser_held_by_a_config_initialises_its_argument():
     assert confidence("config.init_method(self.offset)") == []
     assert confidence("config.output_layer_init_method(self.offset)") == []
     assert confidence("config.transform(self.offset)") == ["high"]
+
+
+def test_a_loader_given_a_state_dict_fills_what_it_allocates():
+    """DeepSpeed's tensor-parallel loader: a meta tensor is replaced by an
+    ``empty_like`` parameter, then copied from the checkpoint the function
+    was given. The same allocation in a function given no checkpoint is a finding."""
+    def found(params):
+        source = (
+            "import torch\n"
+            f"def load(module, {params}, prefix):\n"
+            "    module.weight = torch.nn.Parameter(torch.empty_like(module.weight.data, device='cpu'))\n"
+            "    module.weight = copy_slice(module.weight.data, source[prefix + 'weight'])\n"
+        )
+        return [f.line for f in lint(source, ["NL110"])]
+    assert found("state_dict") == [] and found("checkpoint") == []
+    assert found("source") == [3]
+
+
+@pytest.mark.parametrize("path, cls, confidence", [
+    ("ops/inference/moe.py", "MoEMLP", "low"),
+    ("layers/moe_inference.py", "MoEMLP", "low"),
+    ("layers/moe.py", "MoEInferenceMLP", "low"),
+    # look-alikes: nothing says inference
+    ("layers/moe.py", "MoEMLP", "high"),
+])
+def test_an_inference_module_holds_a_trained_models_weights(path, cls, confidence):
+    source = (
+        "import torch\nfrom torch import nn\n"
+        f"class {cls}(nn.Module):\n"
+        "    def __init__(self, d):\n"
+        "        super().__init__()\n"
+        "        self.inter_w = nn.Parameter(torch.Tensor(d, 4 * d))\n"
+    )
+    found = lint(source, ["NL110"], path=path)
+    assert [f.confidence for f in found] == [confidence]
+    assert ("an inference module" in found[0].message) == (confidence == "low")
