@@ -152,6 +152,13 @@ BASE_NAMES_ITS_OWN = (
     "        nn.init.ones_(self.scale)\n"
 )
 
+BASE_SWEEPS_A_SETTING = (
+    "from torch import nn\n\n\nclass Module(nn.Module):\n"
+    "    def reset_attention_backend(self):\n"
+    "        for module in self.modules():\n"
+    "            module.backend = None\n"
+)
+
 
 def test_a_base_class_of_another_module_that_initialises_every_parameter_covers_its_subclasses(tmp_path):
     """torchtitan-style: every layer subclasses a project ``Module`` whose
@@ -168,6 +175,9 @@ def test_a_base_class_of_another_module_that_initialises_every_parameter_covers_
     assert findings(run("check", "--output-format", "json", ".", cwd=tmp_path)) == []
     # the base two imports away changes: the warm run must not answer from the cache
     (tmp_path / "pkg/protocols/module.py").write_text(BASE_NAMES_ITS_OWN)
+    assert findings(run("check", "--output-format", "json", ".", cwd=tmp_path)) == [("pkg/moe.py", 9, "NL110")]
+    # walking every module to clear a setting initialises nothing
+    (tmp_path / "pkg/protocols/module.py").write_text(BASE_SWEEPS_A_SETTING)
     assert findings(run("check", "--output-format", "json", ".", cwd=tmp_path)) == [("pkg/moe.py", 9, "NL110")]
     (tmp_path / "pkg/protocols/module.py").write_text(BASE_SWEEPS)
     assert findings(run("check", "--output-format", "json", ".", cwd=tmp_path)) == []

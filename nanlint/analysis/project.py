@@ -48,6 +48,9 @@ INIT_HOOK = re.compile(
     r"|_init(?:ial\w*)?(?:_|$)",
     re.IGNORECASE,
 )
+#: in-place methods that set a tensor's values
+_FILLS = frozenset({"normal_", "uniform_", "zero_", "fill_", "copy_", "trunc_normal_", "xavier_uniform_",
+                    "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "ones_", "zeros_", "orthogonal_"})
 #: what an init hook reaches every parameter through
 _SWEEPS = frozenset({"parameters", "named_parameters", "modules", "named_modules", "children",
                      "named_children", "apply", "_parameters"})
@@ -488,9 +491,24 @@ def summarise(tree: ast.Module, path: str = "") -> ModuleSummary:
 
 
 def _sweeps_self(func) -> bool:
-    """Whether a method walks every parameter or submodule of ``self``."""
-    return any(isinstance(node, ast.Attribute) and node.attr in _SWEEPS and isinstance(node.value, ast.Name)
-               and node.value.id == "self" for node in ast.walk(func))
+    """Whether a method walks every parameter or submodule of ``self`` and
+    initialises what it finds: it calls an initialiser (``nn.init.*``, an
+    in-place fill such as ``normal_``) or an init hook (``child.init_states()``,
+    ``m.reset_parameters()``), or hands a function to ``self.apply``.
+    ``reset_attention_backend`` walking ``self.modules()`` to clear a setting
+    does not."""
+    sweeps = initialises = False
+    for node in ast.walk(func):
+        if isinstance(node, ast.Attribute) and node.attr in _SWEEPS and isinstance(node.value, ast.Name) \
+                and node.value.id == "self":
+            sweeps = True
+            initialises |= node.attr == "apply"
+        elif isinstance(node, ast.Call):
+            dotted = _dotted(node.func)
+            short = dotted.rsplit(".", 1)[-1]
+            if ".init." in f".{dotted}" or short in _FILLS or (short != "__init__" and INIT_HOOK.search(short)):
+                initialises = True
+    return sweeps and initialises
 
 
 def _flat(body):

@@ -589,9 +589,11 @@ class Facts:
         if isinstance(node, cst.Name) and node.value in ("float", "int", "bool"):
             return WIDE if node.value == "float" else INTEGER
         if isinstance(node, cst.Name):  # ``dtype = torch.bfloat16`` earlier in the function
-            values = [b.value for b in self.scopes.reaching(node)[:4]]
-            if values and all(b is not None and not isinstance(b, cst.Name) for b in values):
-                return _join_all(self._dtype_value(v) for v in values)
+            bindings = self.scopes.reaching(node)[:4]
+            # a parameter's default is not a fact: a caller may pass another dtype
+            if bindings and all(b.kind in ("assign", "walrus") and b.value is not None
+                                and not isinstance(b.value, cst.Name) for b in bindings):
+                return _join_all(self._dtype_value(b.value) for b in bindings)
         return UNKNOWN
 
     def can_be_half(self, node: cst.BaseExpression) -> bool:

@@ -198,3 +198,14 @@ def test_an_explicit_bfloat16_tensor_has_float32s_range():
     assert found("dtype = pick_dtype()") == [5]
     src = "import torch\nt = torch.zeros(4).bfloat16()\nt.fill_(1e30)\nu = torch.zeros(4).half()\nu.fill_(1e30)\n"
     assert [f.line for f in lint(src, ["NL108"])] == [5]
+
+
+def test_a_bfloat16_parameter_default_is_not_the_dtype_callers_pass():
+    src = (
+        "import torch\n"
+        "def make(rows, n, dtype=torch.bfloat16):\n"
+        "    t = torch.randn(rows, n, dtype=dtype)\n"
+        "    t.fill_(1e30)\n"
+        "    return t\n"
+    )
+    assert [f.line for f in lint(src, ["NL108"])] == [4]
