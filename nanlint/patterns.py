@@ -450,6 +450,16 @@ def value_facts(
                     out |= {NONPOS, UPPER}  # sums of products of opposite signs
                 elif (NONNEG in a and NONNEG in b) or (NONPOS in a and NONPOS in b):
                     out |= {NONNEG, LOWER}
+        if op == "where" and not is_method_call(ctx, node) and len(node.args) == 3:
+            cond, a, b = (x.value for x in node.args)
+            fa, fb = rec(a), rec(b)
+            out |= fa & fb & {NONNEG, NONPOS, UPPER, LOWER}  # what both branches are
+            for pivot, other, other_facts in ((a, b, fb), (b, a, fa)):
+                # `where(isneginf(m), 0, m)` for m = s.amax(...): where m is -inf the whole
+                # row of s is -inf, so `s - 0` is -inf there and `s - m <= 0` still holds
+                if MAXLIKE in rec(pivot) and (number(other) is not None or _zeros(ctx, other)) \
+                        and _tests_nonfinite(ctx, cond, pivot):
+                    out.add(MAXLIKE)
         if op in ("uniform_", "uniform", "rand", "rand_like") and is_method_call(ctx, node) and node.args:
             out |= {UPPER, LOWER}  # uniform_(a, b) draws from [a, b]
         if op in ("to", "float", "half", "double", "type_as", "detach", "contiguous", "squeeze", "unsqueeze", "view", "reshape", "transpose", "permute", "flatten", "expand", "expand_as", "clone") and is_method_call(ctx, node):
@@ -460,6 +470,32 @@ def value_facts(
 
 #: products (and sums of products) of two tensors: their sign is the sign rule's
 _PRODUCTS = frozenset({"einsum", "mul", "multiply", "matmul", "mm", "bmm", "outer"})
+
+
+def _zeros(ctx: Context, node: cst.BaseExpression) -> bool:
+    return isinstance(node, cst.Call) and torch_op(ctx, node) in ("zeros_like", "zeros", "new_zeros")
+
+
+def _tests_nonfinite(ctx: Context, cond: cst.BaseExpression, value: cst.BaseExpression) -> bool:
+    """``isneginf(m)``, ``isinf(m)``, ``~isfinite(m)``, ``m == -inf``: a test
+    that holds where ``value`` is not finite (and maybe elsewhere never)."""
+    text = ctx.code(value).strip()
+    if isinstance(cond, cst.UnaryOperation) and isinstance(cond.operator, (cst.BitInvert, cst.Not)):
+        inner = cond.expression
+        return (isinstance(inner, cst.Call) and torch_op(ctx, inner) == "isfinite"
+                and _operand_text(ctx, inner) == text)
+    if isinstance(cond, cst.Call) and torch_op(ctx, cond) in ("isneginf", "isinf"):
+        return _operand_text(ctx, cond) == text
+    if isinstance(cond, cst.Comparison) and len(cond.comparisons) == 1 and isinstance(
+            cond.comparisons[0].operator, cst.Equal):
+        right = number(cond.comparisons[0].comparator)
+        return right is not None and right == -math.inf and ctx.code(cond.left).strip() == text
+    return False
+
+
+def _operand_text(ctx: Context, call: cst.Call) -> Optional[str]:
+    operand = subject(ctx, call)
+    return ctx.code(operand).strip() if operand is not None else None
 
 
 def _product_operands(ctx: Context, node: cst.Call, op: str) -> List[cst.BaseExpression]:

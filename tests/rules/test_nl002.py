@@ -158,3 +158,26 @@ def test_einops_rearrange_and_repeat_keep_the_sign():
         )
     assert found("-torch.exp(A_log.float())") == []
     assert [f.line for f in found("torch.exp(A_log.float())")] == [8]
+
+
+@pytest.mark.parametrize("guard, reported", [
+    ("torch.where(torch.isneginf(m), torch.zeros_like(m), m)", False),
+    ("torch.where(~torch.isfinite(m), 0.0, m)", False),
+    ("torch.where(m == float('-inf'), torch.zeros_like(m), m)", False),
+    # look-alikes: the test is not on the pivot, or not of non-finiteness
+    ("torch.where(torch.isneginf(s), torch.zeros_like(m), m)", True),
+    ("torch.where(pad, torch.zeros_like(m), m)", True),
+])
+def test_a_max_pivot_guarded_for_all_masked_rows_still_stabilises(guard, reported):
+    """fla's reference attention: a fully masked row has an -inf max, replaced by
+    0; there `s - 0` is -inf, so `s - m <= 0` holds on every row."""
+    source = (
+        "import torch\n"
+        "def attend(s, pad):\n"
+        "    s = s.masked_fill(pad, float('-inf'))\n"
+        "    m = s.amax(dim=-1, keepdim=True)\n"
+        f"    m = {guard}\n"
+        "    p = (s - m).exp()\n"
+        "    return p, p.sum(-1)\n"
+    )
+    assert bool([f for f in lint(source, ["NL002"]) if f.line == 6]) == reported
