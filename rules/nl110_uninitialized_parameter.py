@@ -157,8 +157,12 @@ class UninitializedParameter(Rule):
     (`load_state_dict(`, `torch.load(`, `from_pretrained(`...) and never
     train (no `.backward(`, `torch.optim`, `zero_grad(`, `Trainer`,
     `training_step`...): a model's reference code and its loader, whose
-    parameters only ever hold a checkpoint. The cached findings remember
-    that fact and are recomputed when it changes.
+    parameters only ever hold a checkpoint -- and one of a class that a
+    module of the project patches over another library's class
+    (`modeling_mixtral.MixtralExperts = LigerExperts`, or handed to a
+    `*patch*(...)` function): that library builds the model and initialises
+    or loads it. The cached findings remember these facts and are
+    recomputed when they change.
 
     ## Why is this bad?
     `torch.empty` returns whatever bytes were in that memory. Reinterpreted as
@@ -522,6 +526,13 @@ class UninitializedParameter(Rule):
             if not low and self._inference_module(cls_node):
                 low = True
                 message += "; an inference module (`inference` in its name or path) holds a trained model's weights"
+            if not low and cls_node is not None and self.ctx.project is not None \
+                    and self.ctx.project.patched_in(cls_node.name.value):
+                low = True
+                message += (
+                    f"; `{cls_node.name.value}` is patched over another library's class, which builds "
+                    "the model that holds it and initialises or loads its weights"
+                )
             if not low and self.ctx.project is not None and self.ctx.project.inference_release():
                 low = True
                 message += (

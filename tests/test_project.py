@@ -214,3 +214,30 @@ def test_a_project_that_neither_trains_nor_loads_weights_keeps_the_finding(tmp_p
     """A snippet or a library of layers: nothing says a checkpoint fills the parameter."""
     package(tmp_path, {"pyproject.toml": "[project]\nname = 'layers'\n", "layers/model.py": MODEL_WITH_EMPTY})
     assert findings(run("check", "--output-format", "json", ".", cwd=tmp_path)) == [("layers/model.py", 8, "NL110")]
+
+
+EXPERTS = (
+    "import torch\nfrom torch import nn\n\n\nclass Experts(nn.Module):\n    def __init__(self, n, d):\n"
+    "        super().__init__()\n        self.gate_up = nn.Parameter(torch.empty(n, d, d))\n"
+)
+
+
+@pytest.mark.parametrize("patch, patched", [
+    ("from pkg.experts import Experts\nimport modeling\n\n\ndef apply():\n    modeling.MixtralExperts = Experts\n", True),
+    ("from .experts import Experts\n\n\ndef apply(layer):\n    _patch_module(layer.mlp.experts, Experts)\n", True),
+    # look-alikes: the class is built, not patched in; another module's class of the same name is patched
+    ("from pkg.experts import Experts\n\n\ndef build(n, d):\n    return Experts(n, d)\n", False),
+    ("from pkg.other import Experts\nimport modeling\n\n\ndef apply():\n    modeling.MixtralExperts = Experts\n", False),
+])
+def test_a_class_patched_over_another_librarys_class_is_built_and_loaded_by_it(tmp_path, patch, patched):
+    """Liger-style kernels: `modeling_mixtral.MixtralExperts = LigerExperts`. The
+    patched library builds the model and loads or initialises its weights."""
+    package(tmp_path, {"pkg/__init__.py": "", "pkg/experts.py": EXPERTS, "pkg/other.py": EXPERTS,
+                       "pkg/patch.py": patch})
+    shown = findings(run("check", "--output-format", "json", "pkg/experts.py", cwd=tmp_path))
+    assert shown == ([] if patched else [("pkg/experts.py", 8, "NL110")])
+    if patched:
+        # the patch goes away: the warm run must not answer from the cache
+        (tmp_path / "pkg/patch.py").write_text("")
+        assert findings(run("check", "--output-format", "json", "pkg/experts.py", cwd=tmp_path)) == [
+            ("pkg/experts.py", 8, "NL110")]

@@ -315,12 +315,25 @@ class ProjectFile:
         return use == INFERENCE
 
 
+    def patched_in(self, cls: str) -> bool:
+        """Whether a class of this file is patched over another library's
+        class (see :func:`patched_in`)."""
+        found = patched_in(self.path, cls)
+        self.consulted[f"{_PATCHED_KEY}{cls}:{self.path}"] = "yes" if found else "no"
+        return found
+
+
 def unchanged(requires: Sequence[Sequence[str]]) -> bool:
     """Whether every (path, content hash) still matches the file on disk,
-    and every project fact (``weights:<root>``) still has its value."""
+    and every project fact (``weights:<root>``, ``patched:<class>:<path>``)
+    still has its value."""
     for path, digest in requires:
         if path.startswith(_WEIGHTS_KEY):
             if use_of_weights(path[len(_WEIGHTS_KEY):]) != digest:
+                return False
+        elif path.startswith(_PATCHED_KEY):
+            cls, _, where = path[len(_PATCHED_KEY):].partition(":")
+            if ("yes" if patched_in(where, cls) else "no") != digest:
                 return False
         elif content_hash(path) != digest:
             return False
@@ -345,6 +358,54 @@ _NOT_SOURCE = frozenset({"__pycache__", "node_modules", "site-packages"})
 #: past this many files without a sign of training, a project is assumed to train
 _SCAN_LIMIT = 20000
 _WEIGHTS_USE: Dict[str, str] = {}
+_PATCHED_KEY = "patched:"
+_PATCHED: Dict[Tuple[str, str], bool] = {}
+_SOURCES: Dict[str, List[str]] = {}
+
+
+def _source_files(root: str) -> List[str]:
+    """The Python files below ``root`` (hidden folders, caches and
+    virtualenvs left out), listed once per process; past ``_SCAN_LIMIT``
+    files the list is cut."""
+    if root not in _SOURCES:
+        out: List[str] = []
+        for folder, dirs, files in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in _NOT_SOURCE
+                             and not os.path.isfile(os.path.join(folder, d, "pyvenv.cfg")))
+            out.extend(os.path.join(folder, name) for name in sorted(files) if name.endswith(".py"))
+            if len(out) > _SCAN_LIMIT:
+                break
+        _SOURCES[root] = out[:_SCAN_LIMIT]
+    return _SOURCES[root]
+
+
+def patched_in(path: str, cls: str) -> bool:
+    """Whether a module of the project (below the package root of ``path``)
+    patches class ``cls`` of ``path`` over another library's class
+    (``modeling_mixtral.MixtralExperts = LigerExperts``) or hands it to a
+    patching function (``_patch_swiglu_module(layer.mlp.experts, LigerExperts)``):
+    the patched library then builds the model that holds it, and initialises
+    or loads its weights."""
+    key = (path, cls)
+    if key not in _PATCHED:
+        spelled = re.compile(
+            r"[\w\])]\.\w+[ \t]*=[ \t]*" + re.escape(cls) + r"[ \t]*(?:#.*)?$"
+            r"|\b\w*patch\w*\([^()\n]*\b" + re.escape(cls) + r"\b",
+            re.MULTILINE,
+        )
+        found = False
+        for other in _source_files(package_root(path)):
+            text = _read_text(other)
+            if cls not in text or not spelled.search(text):
+                continue
+            if other != path:
+                imp = module_imports(other).get(cls)
+                if imp is None or imp.symbol != cls or find_module(imp.module, [package_root(other)]) != path:
+                    continue
+            found = True
+            break
+        _PATCHED[key] = found
+    return _PATCHED[key]
 
 
 def project_root(path: str, run_root: Optional[str] = None) -> Optional[str]:
