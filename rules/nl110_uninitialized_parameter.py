@@ -161,7 +161,9 @@ class UninitializedParameter(Rule):
     module of the project patches over another library's class
     (`modeling_mixtral.MixtralExperts = LigerExperts`, or handed to a
     `*patch*(...)` function): that library builds the model and initialises
-    or loads it. The cached findings remember these facts and are
+    or loads it; and a `weight` or `bias` parameter where a function of the
+    project (below the file's package root) walks `model.modules()` and
+    initialises `getattr(m, "weight")` on any module, whatever its class. The cached findings remember these facts and are
     recomputed when they change.
 
     ## Why is this bad?
@@ -526,6 +528,13 @@ class UninitializedParameter(Rule):
             if not low and self._inference_module(cls_node):
                 low = True
                 message += "; an inference module (`inference` in its name or path) holds a trained model's weights"
+            if not low and c.attr is not None and self.ctx.project is not None \
+                    and self.ctx.project.generically_initialised(c.attr):
+                low = True
+                message += (
+                    f"; a function of this project initialises `{c.attr}` on every module it walks "
+                    f"(`getattr(m, \"{c.attr}\")` in a loop over `modules()`), which may include this one"
+                )
             if not low and cls_node is not None and self.ctx.project is not None \
                     and self.ctx.project.patched_in(cls_node.name.value):
                 low = True

@@ -241,3 +241,31 @@ def test_a_class_patched_over_another_librarys_class_is_built_and_loaded_by_it(t
         (tmp_path / "pkg/patch.py").write_text("")
         assert findings(run("check", "--output-format", "json", "pkg/experts.py", cwd=tmp_path)) == [
             ("pkg/experts.py", 8, "NL110")]
+
+
+NORM = (
+    "import torch\nfrom torch import nn\n\n\nclass RMSNorm2d(nn.Module):\n    def __init__(self, n):\n"
+    "        super().__init__()\n        self.weight = nn.Parameter(torch.empty(n))\n"
+)
+
+
+@pytest.mark.parametrize("walker, covered", [
+    ("def init_modules(model, init_func):\n    for m in model.modules():\n"
+     "        weight = getattr(m, 'weight', None)\n        if isinstance(weight, nn.Parameter):\n"
+     "            init_func(weight)\n", True),
+    ("def init_all(model):\n    for name, m in model.named_modules():\n        if hasattr(m, 'weight'):\n"
+     "            nn.init.normal_(m.weight, std=0.02)\n", True),
+    # look-alike: the same walk freezes the weights, it initialises nothing
+    ("def freeze(model):\n    for m in model.modules():\n        weight = getattr(m, 'weight', None)\n"
+     "        if weight is not None:\n            weight.requires_grad_(False)\n", False),
+])
+def test_a_project_function_that_initialises_every_modules_weight_covers_custom_layers(tmp_path, walker, covered):
+    """Open-Sora's `init_modules`: its catch-all branch initialises `getattr(m, "weight")`
+    on any module, custom norms included."""
+    package(tmp_path, {"pkg/__init__.py": "", "pkg/norm.py": NORM,
+                       "pkg/init.py": "from torch import nn\n\n\n" + walker})
+    shown = findings(run("check", "--output-format", "json", ".", cwd=tmp_path))
+    assert shown == ([] if covered else [("pkg/norm.py", 8, "NL110")])
+    if covered:
+        (tmp_path / "pkg/init.py").write_text("")
+        assert findings(run("check", "--output-format", "json", ".", cwd=tmp_path)) == [("pkg/norm.py", 8, "NL110")]

@@ -34,7 +34,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
 
 PROBABILITY = "probability"
 LOG_PROBABILITY = "log_probability"
@@ -315,6 +315,14 @@ class ProjectFile:
         return use == INFERENCE
 
 
+    def generically_initialised(self, name: str) -> bool:
+        """Whether a function of the project initialises a parameter called
+        ``name`` on whatever module it walks (see :func:`generically_initialised`)."""
+        root = package_root(self.path)
+        names = generically_initialised(root)
+        self.consulted[_GENERIC_KEY + root] = ",".join(sorted(names))
+        return name in names
+
     def patched_in(self, cls: str) -> bool:
         """Whether a class of this file is patched over another library's
         class (see :func:`patched_in`)."""
@@ -334,6 +342,9 @@ def unchanged(requires: Sequence[Sequence[str]]) -> bool:
         elif path.startswith(_PATCHED_KEY):
             cls, _, where = path[len(_PATCHED_KEY):].partition(":")
             if ("yes" if patched_in(where, cls) else "no") != digest:
+                return False
+        elif path.startswith(_GENERIC_KEY):
+            if ",".join(sorted(generically_initialised(path[len(_GENERIC_KEY):]))) != digest:
                 return False
         elif content_hash(path) != digest:
             return False
@@ -361,6 +372,9 @@ _WEIGHTS_USE: Dict[str, str] = {}
 _PATCHED_KEY = "patched:"
 _PATCHED: Dict[Tuple[str, str], bool] = {}
 _SOURCES: Dict[str, List[str]] = {}
+_GENERIC_KEY = "generic-init:"
+_GENERIC: Dict[str, FrozenSet[str]] = {}
+_GENERIC_TEXT = re.compile(r"""(?:get|has)attr\(\s*\w+\s*,\s*["'](?:weight|bias)["']""")
 
 
 def _source_files(root: str) -> List[str]:
@@ -406,6 +420,51 @@ def patched_in(path: str, cls: str) -> bool:
             break
         _PATCHED[key] = found
     return _PATCHED[key]
+
+
+def generically_initialised(root: str) -> FrozenSet[str]:
+    """The parameter names (``weight``, ``bias``) that a function of the
+    project below ``root`` initialises on every module it walks, whatever
+    its class: a loop over ``model.modules()`` that reads
+    ``getattr(m, "weight", None)`` (or tests ``hasattr(m, "weight")``) and
+    runs an initialiser (``init_func(weight)``, ``nn.init.*``, ``bias.data.zero_()``)
+    on it -- Open-Sora's ``init_modules``, whose catch-all branch covers
+    custom norms."""
+    if root not in _GENERIC:
+        names: Set[str] = set()
+        for path in _source_files(root):
+            text = _read_text(path)
+            if "modules()" not in text or not _GENERIC_TEXT.search(text):
+                continue
+            try:
+                tree = ast.parse(text)
+            except (SyntaxError, ValueError, RecursionError, MemoryError):
+                continue
+            for loop in ast.walk(tree):
+                if isinstance(loop, ast.For) and isinstance(loop.iter, ast.Call) \
+                        and _short(loop.iter.func) in ("modules", "named_modules"):
+                    names |= _initialised_by_name(loop)
+        _GENERIC[root] = frozenset(names)
+    return _GENERIC[root]
+
+
+def _initialised_by_name(loop: ast.For) -> Set[str]:
+    """``weight``/``bias`` when the loop reads them by name off the module it
+    walks and initialises something (``nn.init.*``, an in-place fill, an
+    ``init*`` function)."""
+    read: Set[str] = set()
+    initialises = False
+    for node in ast.walk(loop):
+        if not isinstance(node, ast.Call):
+            continue
+        short = _short(node.func)
+        if short in ("getattr", "hasattr") and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant) \
+                and node.args[1].value in ("weight", "bias"):
+            read.add(node.args[1].value)
+        dotted = _dotted(node.func)
+        if ".init." in f".{dotted}" or short in _FILLS or ("init" in short.lower() and short != "__init__"):
+            initialises = True
+    return read if initialises else set()
 
 
 def project_root(path: str, run_root: Optional[str] = None) -> Optional[str]:
