@@ -1259,7 +1259,10 @@ class Facts:
         if depth > 24:
             return False
         if node not in seen:
-            seen[node] = False  # a cycle is an escape
+            # a cycle is an escape -- except when following orderings: a running
+            # minimum fed back into itself (`best = torch.min(loss, best)` in a
+            # loop) adds no use the other reads do not already decide
+            seen[node] = order is True
             seen[node] = self._cleaning_step(node, seen, depth, order)
         return seen[node]
 
@@ -1354,7 +1357,10 @@ class Facts:
                 if op in _SATURATES:
                     return True
                 return op in _KEEPS_OVERFLOW and self._flows_to_cleaning(call, seen, depth + 1, order)
-            if (op in _CARRIES_NONFINITE or (order and op in _ORDER_VALUES)) and up is call.args[0]:
+            if (op in _CARRIES_NONFINITE or (order and op in _ORDER_VALUES)) and (
+                    up is call.args[0] or order and op in ("min", "max") and len(call.args) == 2
+                    and not is_method_call(self.ctx, call) and all(a.keyword is None for a in call.args)):
+                # `torch.min(loss, best)`: the elementwise minimum of two tensors, either one
                 return self._flows_to_cleaning(call, seen, depth + 1, order)
             if order == _GRAD and (op in _CARRIES_NONFINITE or op in _ELEMENTWISE_GRAD) and (
                     op != "where" or up is not call.args[0]):
@@ -1369,7 +1375,8 @@ class Facts:
             reads = self.scopes.reads_of_statement(up, first.value)
             return all(self._flows_to_cleaning(r, seen, depth + 1, order) for r in reads)
         if isinstance(up, cst.Assign) and len(up.targets) == 1 and isinstance(up.targets[0].target, cst.Name):
-            reads = self.scopes.reads_of_statement(up, up.targets[0].target.value)
+            name = up.targets[0].target.value
+            reads = self.scopes.reads_of_statement(up, name) + self._loop_back_reads(up, name)
             for r in reads:
                 if self._finiteness_test(r):
                     continue  # `isfinite(x)` reads it without passing it on
@@ -1379,6 +1386,29 @@ class Facts:
                     return False
             return bool(reads)
         return False
+
+    def _loop_back_reads(self, stmt: cst.CSTNode, name: str) -> List[cst.Name]:
+        """The reads of ``name`` that a binding made in a loop's body reaches on
+        the next iteration: those earlier in the body of the innermost loop
+        around ``stmt`` (``best = torch.min(loss, best)`` feeds ``loss < best``)."""
+        loop = next((a for a in self.scopes.ancestors(stmt)
+                     if isinstance(a, (cst.For, cst.While, cst.FunctionDef, cst.Lambda, cst.ClassDef))), None)
+        if not isinstance(loop, (cst.For, cst.While)):
+            return []
+        scope = self.scopes.scope_of.get(stmt)
+        # up to the first binding of the name in the loop: later reads see that one
+        inside = [b for b in self.scopes.bindings.get(scope, {}).get(name, [])
+                  if b.node is not None and loop in self.scopes.ancestors(b.node)]
+        if not inside:
+            return []
+        first = min(inside, key=lambda b: b.order)
+        out = []
+        for n in self.scopes.reads.get(scope, {}).get(name, []):
+            ups = list(self.scopes.ancestors(n))
+            # before it, or in its own value (`best = torch.min(loss, best)` reads the last one)
+            if loop in ups and (self.scopes.order[n] < first.order or first.node in ups):
+                out.append(n)
+        return out
 
     def _augmented_saturates(self, aug: cst.AugAssign, seen: Dict[cst.CSTNode, bool], depth: int, order) -> bool:
         """``t += v`` / ``t[..., :2] += v`` (``v`` overflowing): the overflow is

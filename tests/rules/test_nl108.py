@@ -209,3 +209,27 @@ def test_a_bfloat16_parameter_default_is_not_the_dtype_callers_pass():
         "    return t\n"
     )
     assert [f.line for f in lint(src, ["NL108"])] == [4]
+
+
+SEARCH = (
+    "import torch\n"
+    "def search(x, steps, loss_fn):\n"
+    "    lo, hi = x.amin(-1), x.amax(-1)\n"
+    "    best = torch.zeros_like(lo) + 1e9\n"
+    "    for i in range(1, steps + 1):\n"
+    "        t = hi / steps * i\n"
+    "        loss = loss_fn(x, -t, t)\n"
+    "        lo = torch.where(loss < best, -t, lo)\n"
+    "        best = torch.min(loss, best)\n"
+    "    return {}\n"
+)
+
+
+def test_a_running_minimums_start_that_only_meets_comparisons_is_harmless():
+    """torchao's clip search: `best` starts at 1e9 (inf in float16) and only ever
+    meets `loss < best` and `torch.min(loss, best)`, fed back on the next
+    iteration; inf compares as 1e9 does. Returned, it is a finding."""
+    assert lint(SEARCH.format("lo"), ["NL108"]) == []
+    assert [f.line for f in lint(SEARCH.format("lo, best"), ["NL108"])] == [4]
+    # the loop-carried value read at the top of the next iteration counts too
+    assert [f.line for f in lint(SEARCH.format("lo").replace("loss < best", "loss < best * x"), ["NL108"])] == [4]
