@@ -259,7 +259,7 @@ def _relative_parts(path: str, project) -> List[str]:
 #: text that shows a program may run in reduced precision
 _LOW_PRECISION_TEXT = re.compile(
     r"half|float16|fp16|bfloat16|bf16|autocast|GradScaler|\bamp\b|_amp\b|\bamp_|precision\s*=|mixed_precision"
-    r"|Accelerator|deepspeed"
+    r"|(?-i:\bAccelerator\b)|deepspeed"  # accelerate's Accelerator (mixed precision), not torch.accelerator
     r"|torch_dtype",
     re.IGNORECASE,
 )

@@ -69,6 +69,7 @@ class _Frame:
     generic: bool = False  # initialises whatever it finds: iterates, apply(), passes `self` on, calls a hook
     self_refs: Set[str] = field(default_factory=set)  # `x` of every `self.x` it mentions
     instances: Dict[str, str] = field(default_factory=dict)  # m = cls(...) / m = Net(...): the class built
+    attr_sets: List[Tuple[str, str, int]] = field(default_factory=list)  # `m.weight = ...`: (m, weight, order)
 
 
 @dataclass
@@ -146,7 +147,9 @@ class UninitializedParameter(Rule):
     translation toolkit whose model builder initialises every parameter).
     A parameter that a conversion constructor of the file replaces on the
     instances it builds (`m = cls(...); m.bias = float_module.bias`, the QAT
-    modules' `from_float`) is **low**: only a direct construction keeps it.
+    modules' `from_float`) is **low**: only a direct construction keeps it;
+    so is a `to_empty()` after which the function assigns attributes of the
+    module (`q.weight = module.weight`, optimum-quanto's `from_module`).
     So is a parameter of an inference module -- a class named `*Inference*`
     or a file or package named for inference (`ops/inference/`,
     `moe_inference.py`), a name heuristic: such a layer serves a model
@@ -525,6 +528,15 @@ class UninitializedParameter(Rule):
                     "parameters() or a checkpoint load elsewhere, which this file does not show"
                 )
             low = loaded or replaced or c.kind == "skip_init"
+            if c.kind == "to_empty" and c.local is not None:
+                assigned = sorted({attr for name, attr, order in c.frame.attr_sets
+                                   if name == c.local and order >= c.order})
+                if assigned:
+                    low = True
+                    message += (
+                        "; the function then assigns " + ", ".join(f"`{c.local}.{a}`" for a in assigned)
+                        + ", as a conversion constructor does: only what it leaves unassigned keeps the garbage"
+                    )
             if not low and self._inference_module(cls_node):
                 low = True
                 message += "; an inference module (`inference` in its name or path) holds a trained model's weights"
@@ -665,6 +677,8 @@ class UninitializedParameter(Rule):
                 self._assign_target(element.value)
             return
         chain = name_chain(target)
+        if isinstance(target, cst.Attribute) and len(chain) == 2 and chain[0] != "self":
+            self.frames[-1].attr_sets.append((chain[0], chain[1], self.order))
         if isinstance(target, cst.Attribute) and len(chain) == 2 and chain[0] in self.frames[-1].instances:
             # `qat = cls(...); qat.bias = float_module.bias`: a conversion constructor
             # replaces the parameter the plain constructor left as it was
@@ -985,7 +999,8 @@ class UninitializedParameter(Rule):
         if not meta:
             return
         self.creations.append(
-            _Creation(node, "to_empty", frame, self._cls(), None, None, self.order, "to_empty(...)")
+            _Creation(node, "to_empty", frame, self._cls(), None, chain[0] if len(chain) == 1 else None,
+                      self.order, "to_empty(...)")
         )
 
     def _is_meta(self, expr: cst.BaseExpression) -> bool:

@@ -90,6 +90,17 @@ def test_a_script_that_shows_no_float16_is_low():
     assert "this script shows no float16" in finding.message
 
 
+def test_torch_accelerator_is_a_device_not_mixed_precision():
+    """`torch.accelerator.current_accelerator()` picks a device (pytorch/examples
+    does); accelerate's `Accelerator(...)` can turn mixed precision on."""
+    device = SCRIPT.replace("model = torch.nn.Linear(4, 1)\n",
+                            "device = torch.accelerator.current_accelerator()\nmodel = torch.nn.Linear(4, 1).to(device)\n")
+    assert [f.confidence for f in lint(device, ["NL001"])] == ["low"]
+    accelerate = SCRIPT.replace("import torch\n", "import torch\nfrom accelerate import Accelerator\n"
+                                "accelerator = Accelerator(mixed_precision='fp16')\n".replace("mixed_precision='fp16'", ""))
+    assert [f.confidence for f in lint(accelerate, ["NL001"])] == ["high"]
+
+
 def test_a_script_with_autocast_or_a_half_model_is_not_capped():
     with_amp = SCRIPT.replace("    z = model(", "    with torch.autocast('cuda'):\n        z = model(").replace(
         "    loss = -", "        loss = -")

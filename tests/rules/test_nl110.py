@@ -138,3 +138,23 @@ def test_an_inference_module_holds_a_trained_models_weights(path, cls, confidenc
     found = lint(source, ["NL110"], path=path)
     assert [f.confidence for f in found] == [confidence]
     assert ("an inference module" in found[0].message) == (confidence == "low")
+
+
+def test_a_conversion_constructor_that_assigns_after_to_empty_is_low():
+    """optimum-quanto's ``from_module``: a quantized twin is built on the meta
+    device, moved with ``to_empty``, then handed the source module's weight and
+    bias. Only what it leaves unassigned keeps the garbage: low, not high."""
+    def found(after):
+        source = (
+            "import torch\n"
+            "def from_module(cls, module):\n"
+            "    q = cls(module.in_features, module.out_features, device='meta')\n"
+            "    q = q.to_empty(device=module.weight.device)\n"
+            f"{after}"
+            "    return q\n"
+        )
+        return [(f.line, f.confidence) for f in lint(source, ["NL110"])]
+    assert found("    q.weight = module.weight\n    q.bias = module.bias\n") == [(4, "low")]
+    # look-alikes: nothing assigned, or another module's attribute
+    assert found("") == [(4, "high")]
+    assert found("    module.weight = module.weight\n") == [(4, "high")]
