@@ -165,7 +165,7 @@ class UninitializedParameter(Rule):
     (`modeling_mixtral.MixtralExperts = LigerExperts`, or handed to a
     `*patch*(...)` function): that library builds the model and initialises
     or loads it; and a `weight` or `bias` parameter where a function of the
-    project (below the file's package root) walks `model.modules()` and
+    project (below the file's top-level package) walks `model.modules()` and
     initialises `getattr(m, "weight")` on any module, whatever its class. The cached findings remember these facts and are
     recomputed when they change.
 

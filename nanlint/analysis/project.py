@@ -318,7 +318,7 @@ class ProjectFile:
     def generically_initialised(self, name: str) -> bool:
         """Whether a function of the project initialises a parameter called
         ``name`` on whatever module it walks (see :func:`generically_initialised`)."""
-        root = package_root(self.path)
+        root = code_scope(self.path)
         names = generically_initialised(root)
         self.consulted[_GENERIC_KEY + root] = ",".join(sorted(names))
         return name in names
@@ -370,7 +370,7 @@ _NOT_SOURCE = frozenset({"__pycache__", "node_modules", "site-packages"})
 _SCAN_LIMIT = 20000
 _WEIGHTS_USE: Dict[str, str] = {}
 _PATCHED_KEY = "patched:"
-_PATCHED: Dict[Tuple[str, str], bool] = {}
+_PATCH_SITES: Dict[str, Dict[str, List[str]]] = {}
 _SOURCES: Dict[str, List[str]] = {}
 _GENERIC_KEY = "generic-init:"
 _GENERIC: Dict[str, FrozenSet[str]] = {}
@@ -393,33 +393,62 @@ def _source_files(root: str) -> List[str]:
     return _SOURCES[root]
 
 
+def code_scope(path: str) -> str:
+    """Where the code that builds, patches or initialises the classes of a
+    module lives: its top-level package (``src/liger_kernel``, ``torch``),
+    or the folder of a module outside any package. Not the package root:
+    for an installed package that is all of ``site-packages``."""
+    root = package_root(path)
+    parts = module_parts(path, root)
+    if len(parts) <= 1:
+        return os.path.dirname(os.path.abspath(path))
+    return os.path.join(root, parts[0])
+
+
+#: ``modeling_mixtral.MixtralExperts = LigerExperts`` (a class assigned over an
+#: attribute), ``_patch_swiglu_module(layer.mlp.experts, LigerExperts)``
+_PATCH_ASSIGN = re.compile(r"=[ \t]*([A-Z]\w*)[ \t]*(?:#[^\n]*)?$", re.MULTILINE)
+#: what stands left of that ``=``: an attribute (``modeling_mixtral.MixtralExperts``)
+_ATTRIBUTE_TARGET = re.compile(r"[\w.\[\]()'\"]*[\w\])]\.\w+")
+_PATCH_CALL = re.compile(r"patch\w*\(([^()\n]*)\)")
+_CLASS_NAME = re.compile(r"\b[A-Z]\w*")
+
+
+def _patch_sites(scope: str) -> Dict[str, List[str]]:
+    """Class name -> the files below ``scope`` that patch a class of that
+    name in, read once per process."""
+    if scope not in _PATCH_SITES:
+        sites: Dict[str, List[str]] = {}
+        for path in _source_files(scope):
+            text = _read_text(path)
+            names = []
+            for m in _PATCH_ASSIGN.finditer(text):
+                target = text[text.rfind("\n", 0, m.start()) + 1:m.start()].strip()
+                if _ATTRIBUTE_TARGET.fullmatch(target):
+                    names.append(m.group(1))
+            if "patch" in text:
+                names += [n for m in _PATCH_CALL.finditer(text) for n in _CLASS_NAME.findall(m.group(1))]
+            for name in names:
+                if path not in sites.setdefault(name, []):
+                    sites[name].append(path)
+        _PATCH_SITES[scope] = sites
+    return _PATCH_SITES[scope]
+
+
 def patched_in(path: str, cls: str) -> bool:
-    """Whether a module of the project (below the package root of ``path``)
-    patches class ``cls`` of ``path`` over another library's class
+    """Whether a module of the project (below the top-level package of
+    ``path``) patches class ``cls`` of ``path`` over another library's class
     (``modeling_mixtral.MixtralExperts = LigerExperts``) or hands it to a
     patching function (``_patch_swiglu_module(layer.mlp.experts, LigerExperts)``):
     the patched library then builds the model that holds it, and initialises
     or loads its weights."""
-    key = (path, cls)
-    if key not in _PATCHED:
-        spelled = re.compile(
-            r"[\w\])]\.\w+[ \t]*=[ \t]*" + re.escape(cls) + r"[ \t]*(?:#.*)?$"
-            r"|\b\w*patch\w*\([^()\n]*\b" + re.escape(cls) + r"\b",
-            re.MULTILINE,
-        )
-        found = False
-        for other in _source_files(package_root(path)):
-            text = _read_text(other)
-            if cls not in text or not spelled.search(text):
-                continue
-            if other != path:
-                imp = module_imports(other).get(cls)
-                if imp is None or imp.symbol != cls or find_module(imp.module, [package_root(other)]) != path:
-                    continue
-            found = True
-            break
-        _PATCHED[key] = found
-    return _PATCHED[key]
+    for other in _patch_sites(code_scope(path)).get(cls, []):
+        if other == path:
+            return True
+        imp = module_imports(other).get(cls)
+        if imp is not None and imp.symbol == cls and find_module(imp.module, [package_root(other)]) == path:
+            return True
+    return False
 
 
 def generically_initialised(root: str) -> FrozenSet[str]:
