@@ -454,12 +454,11 @@ def value_facts(
             cond, a, b = (x.value for x in node.args)
             fa, fb = rec(a), rec(b)
             out |= fa & fb & {NONNEG, NONPOS, UPPER, LOWER}  # what both branches are
-            for pivot, other, other_facts in ((a, b, fb), (b, a, fa)):
-                # `where(isneginf(m), 0, m)` for m = s.amax(...): where m is -inf the whole
-                # row of s is -inf, so `s - 0` is -inf there and `s - m <= 0` still holds
-                if MAXLIKE in rec(pivot) and (number(other) is not None or _zeros(ctx, other)) \
-                        and _tests_nonfinite(ctx, cond, pivot):
-                    out.add(MAXLIKE)
+            # `where(isneginf(m), 0, m)` for m = s.amax(...): where m is -inf the whole
+            # row of s is -inf, so `s - 0` is -inf there and `s - m <= 0` still holds;
+            # the 0 must be what the non-finite case takes, the max what the rest keeps
+            if MAXLIKE in fb and (number(a) is not None or _zeros(ctx, a)) and _tests_nonfinite(ctx, cond, b):
+                out.add(MAXLIKE)
         if op in ("uniform_", "uniform", "rand", "rand_like") and is_method_call(ctx, node) and node.args:
             out |= {UPPER, LOWER}  # uniform_(a, b) draws from [a, b]
         if op in ("to", "float", "half", "double", "type_as", "detach", "contiguous", "squeeze", "unsqueeze", "view", "reshape", "transpose", "permute", "flatten", "expand", "expand_as", "clone") and is_method_call(ctx, node):

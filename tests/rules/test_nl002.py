@@ -167,6 +167,8 @@ def test_einops_rearrange_and_repeat_keep_the_sign():
     # look-alikes: the test is not on the pivot, or not of non-finiteness
     ("torch.where(torch.isneginf(s), torch.zeros_like(m), m)", True),
     ("torch.where(pad, torch.zeros_like(m), m)", True),
+    # the branches swapped: the finite maxima are replaced by 0
+    ("torch.where(torch.isneginf(m), m, torch.zeros_like(m))", True),
 ])
 def test_a_max_pivot_guarded_for_all_masked_rows_still_stabilises(guard, reported):
     """fla's reference attention: a fully masked row has an -inf max, replaced by
