@@ -308,52 +308,49 @@ class ProjectFile:
         """Whether this file's project loads trained weights and never trains
         (see :func:`use_of_weights`); False when its extent is unknown."""
         root = project_root(self.path, self.roots[-1])
-        if root is None:
-            return False
-        use = use_of_weights(root)
-        self.consulted[_WEIGHTS_KEY + root] = use
-        return use == INFERENCE
-
+        return root is not None and self._fact("weights", root) == INFERENCE
 
     def generically_initialised(self, name: str) -> bool:
         """Whether a function of the project initialises a parameter called
         ``name`` on whatever module it walks (see :func:`generically_initialised`)."""
-        root = code_scope(self.path)
-        names = generically_initialised(root)
-        self.consulted[_GENERIC_KEY + root] = ",".join(sorted(names))
-        return name in names
+        return name in self._fact("generic-init", code_scope(self.path)).split(",")
 
     def patched_in(self, cls: str) -> bool:
         """Whether a class of this file is patched over another library's
         class (see :func:`patched_in`)."""
-        found = patched_in(self.path, cls)
-        self.consulted[f"{_PATCHED_KEY}{cls}:{self.path}"] = "yes" if found else "no"
-        return found
+        return self._fact("patched", f"{cls}:{self.path}") == "yes"
+
+    def _fact(self, kind: str, subject: str) -> str:
+        """A project-wide fact's value, noted for the cache (see :func:`unchanged`)."""
+        value = _FACTS[kind](subject)
+        self.consulted[f"{kind}:{subject}"] = value
+        return value
+
+
+#: project-wide facts a cached result may rest on: kind -> subject -> value
+_FACTS = {
+    "weights": lambda root: use_of_weights(root),
+    "generic-init": lambda scope: ",".join(sorted(generically_initialised(scope))),
+    "patched": lambda subject: "yes" if patched_in(subject.partition(":")[2], subject.partition(":")[0]) else "no",
+}
 
 
 def unchanged(requires: Sequence[Sequence[str]]) -> bool:
     """Whether every (path, content hash) still matches the file on disk,
-    and every project fact (``weights:<root>``, ``patched:<class>:<path>``)
-    still has its value."""
-    for path, digest in requires:
-        if path.startswith(_WEIGHTS_KEY):
-            if use_of_weights(path[len(_WEIGHTS_KEY):]) != digest:
+    and every project fact (``weights:<root>``, ``patched:<class>:<path>``,
+    ``generic-init:<scope>``) still has its value."""
+    for key, value in requires:
+        kind, _, subject = key.partition(":")
+        if kind in _FACTS:
+            if _FACTS[kind](subject) != value:
                 return False
-        elif path.startswith(_PATCHED_KEY):
-            cls, _, where = path[len(_PATCHED_KEY):].partition(":")
-            if ("yes" if patched_in(where, cls) else "no") != digest:
-                return False
-        elif path.startswith(_GENERIC_KEY):
-            if ",".join(sorted(generically_initialised(path[len(_GENERIC_KEY):]))) != digest:
-                return False
-        elif content_hash(path) != digest:
+        elif content_hash(key) != value:
             return False
     return True
 
 
 # -- the project as a whole ----------------------------------------------------------
 
-_WEIGHTS_KEY = "weights:"
 TRAINS, INFERENCE, NEITHER = "trains", "inference", "neither"
 #: what a project that trains (or fine-tunes) a model writes somewhere: a
 #: backward pass, an optimizer, a trainer. Gradients taken only with respect
@@ -369,28 +366,27 @@ _NOT_SOURCE = frozenset({"__pycache__", "node_modules", "site-packages"})
 #: past this many files without a sign of training, a project is assumed to train
 _SCAN_LIMIT = 20000
 _WEIGHTS_USE: Dict[str, str] = {}
-_PATCHED_KEY = "patched:"
 _PATCH_SITES: Dict[str, Dict[str, List[str]]] = {}
-_SOURCES: Dict[str, List[str]] = {}
-_GENERIC_KEY = "generic-init:"
+_SOURCES: Dict[Tuple[str, Tuple[str, ...]], List[str]] = {}
 _GENERIC: Dict[str, FrozenSet[str]] = {}
 _GENERIC_TEXT = re.compile(r"""(?:get|has)attr\(\s*\w+\s*,\s*["'](?:weight|bias)["']""")
 
 
-def _source_files(root: str) -> List[str]:
-    """The Python files below ``root`` (hidden folders, caches and
-    virtualenvs left out), listed once per process; past ``_SCAN_LIMIT``
-    files the list is cut."""
-    if root not in _SOURCES:
+def _source_files(root: str, suffixes: Tuple[str, ...] = (".py",)) -> List[str]:
+    """The files below ``root`` ending in ``suffixes`` (hidden folders,
+    caches and virtualenvs left out), listed once per process; past
+    ``_SCAN_LIMIT`` files the list stops, one file past the limit."""
+    key = (root, suffixes)
+    if key not in _SOURCES:
         out: List[str] = []
         for folder, dirs, files in os.walk(root):
             dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in _NOT_SOURCE
                              and not os.path.isfile(os.path.join(folder, d, "pyvenv.cfg")))
-            out.extend(os.path.join(folder, name) for name in sorted(files) if name.endswith(".py"))
+            out.extend(os.path.join(folder, name) for name in sorted(files) if name.endswith(suffixes))
             if len(out) > _SCAN_LIMIT:
                 break
-        _SOURCES[root] = out[:_SCAN_LIMIT]
-    return _SOURCES[root]
+        _SOURCES[key] = out[:_SCAN_LIMIT + 1]
+    return _SOURCES[key]
 
 
 def code_scope(path: str) -> str:
@@ -419,7 +415,7 @@ def _patch_sites(scope: str) -> Dict[str, List[str]]:
     name in, read once per process."""
     if scope not in _PATCH_SITES:
         sites: Dict[str, List[str]] = {}
-        for path in _source_files(scope):
+        for path in _source_files(scope)[:_SCAN_LIMIT]:
             text = _read_text(path)
             names = []
             for m in _PATCH_ASSIGN.finditer(text):
@@ -461,7 +457,7 @@ def generically_initialised(root: str) -> FrozenSet[str]:
     custom norms."""
     if root not in _GENERIC:
         names: Set[str] = set()
-        for path in _source_files(root):
+        for path in _source_files(root)[:_SCAN_LIMIT]:
             text = _read_text(path)
             if "modules()" not in text or not _GENERIC_TEXT.search(text):
                 continue
@@ -525,22 +521,16 @@ def use_of_weights(root: str) -> str:
     and its checkpoint loader, whose parameters only ever hold a
     checkpoint's values; NEITHER otherwise (a snippet, a library of layers)."""
     if root not in _WEIGHTS_USE:
-        use, seen = NEITHER, 0
-        for folder, dirs, files in os.walk(root):
-            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in _NOT_SOURCE
-                             and not os.path.isfile(os.path.join(folder, d, "pyvenv.cfg")))
-            for name in sorted(files):
-                if not name.endswith((".py", ".ipynb")):
-                    continue
-                seen += 1
-                text = _read_text(os.path.join(folder, name)) if seen <= _SCAN_LIMIT else "fit("
-                if _TRAINS.search(text):
-                    use = TRAINS
-                    break
-                if use == NEITHER and _LOADS.search(text):
-                    use = INFERENCE
+        files = _source_files(root, (".py", ".ipynb"))
+        use = TRAINS if len(files) > _SCAN_LIMIT else NEITHER
+        for path in files:
             if use == TRAINS:
                 break
+            text = _read_text(path)
+            if _TRAINS.search(text):
+                use = TRAINS
+            elif use == NEITHER and _LOADS.search(text):
+                use = INFERENCE
         _WEIGHTS_USE[root] = use
     return _WEIGHTS_USE[root]
 
