@@ -334,6 +334,14 @@ def value_facts(
         qualified = ctx.resolve(node)
         if qualified is not None and qualified.startswith("math."):
             return frozenset({UPPER, LOWER, NONNEG})  # math.pi, math.e, math.inf excluded below
+        assigned = getattr(bindings, "self_values", None)
+        values = assigned(node) if assigned is not None else None
+        if values:
+            # ``self.coeff = -0.5 / step ** 2`` in ``__init__``: what every assignment shows
+            out = rec(values[0])
+            for v in values[1:]:
+                out &= rec(v)
+            return out
         return _NONE
     if isinstance(node, cst.UnaryOperation) and isinstance(node.operator, cst.Minus):
         inner = rec(node.expression)
@@ -348,7 +356,7 @@ def value_facts(
             out.add(LOWER)
         return frozenset(out)
     if isinstance(node, cst.BinaryOperation):
-        return _binary_facts(ctx, node, rec)
+        return _binary_facts(ctx, node, rec, bindings)
     if isinstance(node, cst.Subscript):
         # x.max(dim)[0] is the max values; indexing keeps a tensor's bounds
         base = node.value
@@ -511,7 +519,7 @@ def _product_operands(ctx: Context, node: cst.Call, op: str) -> List[cst.BaseExp
     return [a.value for a in node.args[:2] if a.keyword is None] if len(node.args) == 2 else []
 
 
-def _binary_facts(ctx: Context, node: cst.BinaryOperation, rec) -> Facts:
+def _binary_facts(ctx: Context, node: cst.BinaryOperation, rec, bindings=None) -> Facts:
     op = node.operator
     left, right = rec(node.left), rec(node.right)
     out = set()
@@ -551,7 +559,7 @@ def _binary_facts(ctx: Context, node: cst.BinaryOperation, rec) -> Facts:
             out.add(LOWER)
         return frozenset(out)
     if isinstance(op, cst.Subtract):
-        if MAXLIKE in right:
+        if MAXLIKE in right or _operand_of_maximum(ctx, node.left, node.right, bindings):
             out |= {NONPOS, UPPER}
         if NONPOS in left and NONNEG in right:
             out |= {NONPOS, UPPER}
@@ -563,6 +571,28 @@ def _binary_facts(ctx: Context, node: cst.BinaryOperation, rec) -> Facts:
             out.add(LOWER)
         return frozenset(out)
     return frozenset(out)
+
+
+def _operand_of_maximum(ctx: Context, left: cst.BaseExpression, right: cst.BaseExpression, bindings) -> bool:
+    """``a - maximum(a, b)`` (also through a name: ``p = torch.maximum(pp, ww)``
+    then ``pp - p``): a value minus an elementwise maximum it takes part in is
+    at most 0 -- RWKV's log-space running state ``exp(pp - p)``, ``exp(ww - p)``."""
+    if type(right) is cst.Name and bindings is not None:
+        lookup_node = getattr(bindings, "lookup_node", None)
+        bound = lookup_node(right) if lookup_node is not None else bindings.lookup(right.value)
+        if bound is not None and bound is not right:
+            right = bound
+    if type(right) is not cst.Call or len(right.args) != 2 or any(a.keyword or a.star for a in right.args):
+        return False
+    op = torch_op(ctx, right)
+    if op in ("maximum", "fmax", "max") and not is_method_call(ctx, right):
+        pass
+    elif type(right.func) is cst.Name and right.func.value == "max" and ctx.resolve(right.func) is None:
+        pass  # the builtin ``max(a, b)``
+    else:
+        return False
+    spelled = ctx.code(left)
+    return any(ctx.code(a.value) == spelled for a in right.args)
 
 
 def _assumed_scalar_sign(node: cst.BaseExpression) -> Facts:

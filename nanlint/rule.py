@@ -27,6 +27,7 @@ import libcst as cst
 from .dtypes import DtypeFacts, targets_float16
 from .finding import APPLICABILITIES, CONFIDENCES, HIGH, LOW, MEDIUM
 from .positions import NodeText
+from .analysis.project import TEST_DIRS as _TEST_DIRS, TEST_FILE as _TEST_FILE
 from .resolve import Names
 
 
@@ -121,6 +122,7 @@ class Context:
         self._text = NodeText(module, len(source))
         self._facts = None
         self._test_code: Optional[bool] = None
+        self._jax_code: Optional[bool] = None
         self._float32_script: Optional[bool] = None
         self._main_block: Optional[bool] = None
         #: node -> its children, shared by the engine's traversal and the analysis
@@ -148,6 +150,16 @@ class Context:
         if self._float32_script is None:
             self._float32_script = _is_float32_script(self.module, self.source)
         return self._float32_script
+
+    @property
+    def jax_code(self) -> bool:
+        """The file computes with JAX: it imports ``jax`` or ``flax``, and from
+        torch at most utilities (``torch.utils.tensorboard``, ``torch.utils.data``).
+        Its arrays are JAX's, whose dtypes and ops the torch rules do not model."""
+        if self._jax_code is None:
+            self._jax_code = bool(_JAX_IMPORT.search(self.source)) and not any(
+                not m.group(1).startswith("torch.utils") for m in _TORCH_IMPORT.finditer(self.source))
+        return self._jax_code
 
     @property
     def test_code(self) -> bool:
@@ -240,8 +252,11 @@ class Context:
         return self.dtypes[0]
 
 
-_TEST_DIRS = frozenset({"test", "tests", "testing"})
-_TEST_FILE = re.compile(r"^(?:test_\w*|\w+_tests?|conftest)\.(?:py|ipynb)$")
+
+
+_JAX_IMPORT = re.compile(r"^[ \t]*(?:import|from)[ \t]+(?:jax|flax)\b", re.MULTILINE)
+#: ``import torch``, ``from torch.nn import ...``: the module named
+_TORCH_IMPORT = re.compile(r"^[ \t]*(?:import|from)[ \t]+(torch(?:\.[\w.]+)?)", re.MULTILINE)
 
 
 def _relative_parts(path: str, project) -> List[str]:
@@ -331,6 +346,9 @@ class Rule:
             if dead is not None:
                 confidence = LOW
                 message += f" (in `{dead}`, which nothing calls: dead code unless another module imports it)"
+        if confidence != LOW and self.ctx.jax_code:
+            confidence = LOW
+            message += " (this file computes with JAX: it imports jax or flax, and from torch only utilities)"
         if confidence != LOW and self.float16_only and self.ctx.float32_script:
             confidence = LOW
             message += " (this script shows no float16: nothing in it casts to half or enables autocast)"

@@ -269,3 +269,50 @@ def test_a_project_function_that_initialises_every_modules_weight_covers_custom_
     if covered:
         (tmp_path / "pkg/init.py").write_text("")
         assert findings(run("check", "--output-format", "json", ".", cwd=tmp_path)) == [("pkg/norm.py", 8, "NL110")]
+
+
+OPS = (
+    "import torch\n\n\ndef ratio(logp, logq):\n    return torch.exp(logp - logq)\n\n\n"
+    "def angle(a, b):\n    cos = (torch.nn.functional.normalize(a, dim=-1) * torch.nn.functional.normalize(b, dim=-1)).sum(-1)\n"
+    "    return torch.acos(cos)\n"
+)
+
+
+@pytest.mark.parametrize("caller, shown", [
+    ("from pkg.ops import ratio\n\n\ndef loss(out, y):\n    return ratio(out.float(), y.float()).mean()\n", []),
+    ("from pkg import ops\n\n\ndef loss(out, y):\n    return ops.ratio(out.double(), y.double()).mean()\n", []),
+    # look-alikes: a caller passes the model's own dtype; one of two callers does;
+    # the function is handed on as a value, so its calls are not all seen
+    ("from pkg.ops import ratio\n\n\ndef loss(out, y):\n    return ratio(out, y).mean()\n", [("pkg/ops.py", 5, "NL002")]),
+    ("from pkg.ops import ratio\n\n\ndef a(out, y):\n    return ratio(out.float(), y.float())\n\n\n"
+     "def b(out, y):\n    return ratio(out, y)\n", [("pkg/ops.py", 5, "NL002")]),
+    ("from pkg.ops import ratio\n\nCHOICES = {'ratio': ratio}\n\n\ndef loss(out, y):\n    return ratio(out.float(), y.float())\n",
+     [("pkg/ops.py", 5, "NL002")]),
+])
+def test_a_public_function_holds_what_every_caller_in_the_project_passes(tmp_path, caller, shown):
+    """A function's parameter is float32 when every call of it in the project,
+    in other modules too, passes a float32 value; a caller in test code does
+    not count (tests choose their own inputs)."""
+    package(tmp_path, {"pkg/__init__.py": "", "pkg/ops.py": OPS.split("\n\n\ndef angle")[0] + "\n",
+                       "pkg/train.py": caller,
+                       "tests/test_ops.py": "from pkg.ops import ratio\n\n\ndef test_ratio(x):\n    assert ratio(x, x)\n"})
+    args = ("check", "--min-confidence", "low", "--output-format", "json", ".")
+    assert [f for f in findings(run(*args, cwd=tmp_path)) if f[0].startswith("pkg")] == shown
+    if not shown:
+        # a caller changes: the cached answer for ops.py must not survive it
+        (tmp_path / "pkg/train.py").write_text(caller.replace(".float()", "").replace(".double()", ""))
+        assert [f for f in findings(run(*args, cwd=tmp_path)) if f[0].startswith("pkg")] == [("pkg/ops.py", 5, "NL002")]
+
+
+@pytest.mark.parametrize("use, shown", [
+    ("    return torch.rad2deg(angle(e1, e2)).abs() < thr\n", []),
+    ("    deg = torch.rad2deg(angle(e1, e2))\n    return (180.0 - deg.abs()).abs() < thr\n", []),
+    # look-alike: the angle goes into a loss, and its gradient with it
+    ("    return torch.rad2deg(angle(e1, e2)).mean() * thr\n", [("pkg/ops.py", 10, "NL105")]),
+])
+def test_no_gradient_leaves_a_function_whose_every_caller_only_compares_its_result(tmp_path, use, shown):
+    """alphafold3-style colinearity test: the angle of two edges, only compared with a threshold."""
+    package(tmp_path, {"pkg/__init__.py": "", "pkg/ops.py": OPS,
+                       "pkg/frames.py": "import torch\nfrom .ops import angle\n\n\ndef colinear(e1, e2, thr):\n" + use})
+    proc = run("check", "--no-cache", "--output-format", "json", ".", cwd=tmp_path)
+    assert [f for f in findings(proc) if f[2] == "NL105"] == shown

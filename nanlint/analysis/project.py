@@ -320,6 +320,20 @@ class ProjectFile:
         class (see :func:`patched_in`)."""
         return self._fact("patched", f"{cls}:{self.path}") == "yes"
 
+    def callers(self, name: str) -> Optional[List[Tuple[str, str, bool]]]:
+        """The other files of this file's project that may call its
+        module-level function ``name`` (see :func:`callers`), noted for the
+        cache with their content hashes; None when they cannot be listed."""
+        root = project_root(self.path, self.roots[-1]) or code_scope(self.path)
+        value = self._fact("callers", f"{name}:{self.path}|{root}")
+        if value == "?":
+            return None
+        out = []
+        for entry in filter(None, value.split(";")):
+            other, local, via, _ = entry.split("|")
+            out.append((other, local, via == "1"))
+        return out
+
     def _fact(self, kind: str, subject: str) -> str:
         """A project-wide fact's value, noted for the cache (see :func:`unchanged`)."""
         value = _FACTS[kind](subject)
@@ -332,6 +346,7 @@ _FACTS = {
     "weights": lambda root: use_of_weights(root),
     "generic-init": lambda scope: ",".join(sorted(generically_initialised(scope))),
     "patched": lambda subject: "yes" if patched_in(subject.partition(":")[2], subject.partition(":")[0]) else "no",
+    "callers": lambda subject: _callers_fact(subject),
 }
 
 
@@ -533,6 +548,111 @@ def use_of_weights(root: str) -> str:
                 use = INFERENCE
         _WEIGHTS_USE[root] = use
     return _WEIGHTS_USE[root]
+
+
+# -- who calls a function -------------------------------------------------------------
+
+#: test code: its callers choose their own inputs, so they say nothing of the
+#: values a function meets in training or inference
+TEST_DIRS = frozenset({"test", "tests", "testing"})
+TEST_FILE = re.compile(r"^(?:test_\w*|\w+_tests?|conftest)\.(?:py|ipynb)$")
+_STAR = re.compile(r"^[ \t]*from[ \t]+(\.*)([\w.]*)[ \t]+import[ \t]+\*", re.MULTILINE)
+#: root -> importer index: target file -> [(importer, local name, symbol or None)];
+#: a target under a star import maps to None (its callers cannot be listed)
+_IMPORTERS: Dict[str, Dict[str, Optional[List[Tuple[str, str, Optional[str]]]]]] = {}
+
+
+def is_test_path(path: str, root: str) -> bool:
+    """Test code below ``root``: a ``test``/``tests``/``testing`` folder, or
+    ``test_*.py``, ``*_test.py``, ``*_tests.py``, ``conftest.py``."""
+    parts = os.path.relpath(path, root).split(os.sep)
+    return bool(TEST_FILE.match(parts[-1])) or any(p in TEST_DIRS for p in parts[:-1])
+
+
+def _importers(root: str) -> Dict[str, Optional[List[Tuple[str, str, Optional[str]]]]]:
+    """Which files below ``root`` (test code left out) import what from which
+    project file, read once per process: an imported name (``from pkg.mod
+    import f as g``: ``g``, symbol ``f``), a module (``import pkg.mod as m``,
+    ``from pkg import mod``: ``m``, symbol None), and a name an ``__init__``
+    re-exports (``from pkg import f`` where ``pkg/__init__.py`` imports ``f``
+    from ``pkg.mod``)."""
+    if root not in _IMPORTERS:
+        index: Dict[str, Optional[List[Tuple[str, str, Optional[str]]]]] = {}
+        for other in _source_files(root)[:_SCAN_LIMIT]:
+            if is_test_path(other, root):
+                continue
+            base = [package_root(other)]
+            for imp in module_imports(other).values():
+                if imp.symbol is not None:
+                    sub = find_module(f"{imp.module}.{imp.symbol}", base)
+                    if sub is not None:
+                        _add_importer(index, sub, (other, imp.local, None))
+                        continue
+                    owner = find_module(imp.module, base)
+                    if owner is None:
+                        continue
+                    _add_importer(index, owner, (other, imp.local, imp.symbol))
+                    again = module_imports(owner).get(imp.symbol) if owner.endswith("__init__.py") else None
+                    if again is not None and again.symbol is not None:
+                        origin = find_module(again.module, [package_root(owner)])
+                        if origin is not None:
+                            _add_importer(index, origin, (other, imp.local, again.symbol))
+                else:
+                    owner = find_module(imp.module, base)
+                    if owner is not None:
+                        _add_importer(index, owner, (other, imp.local, None))
+            text = _read_text(other)
+            if "*" in text:
+                parts = module_parts(other, base[0])
+                package = parts if other.endswith("__init__.py") else parts[:-1]
+                for m in _STAR.finditer(text):
+                    dots, module = m.group(1), m.group(2)
+                    if dots:
+                        up = len(dots) - 1
+                        module = ".".join(list(package[: len(package) - up] if up else package) + ([module] if module else []))
+                    target = find_module(module, base) if module else None
+                    if target is not None:
+                        index[target] = None
+        _IMPORTERS[root] = index
+    return _IMPORTERS[root]
+
+
+def _add_importer(index, target: str, entry: Tuple[str, str, Optional[str]]) -> None:
+    if target in index and index[target] is None:
+        return
+    index.setdefault(target, []).append(entry)  # type: ignore[union-attr]
+
+
+def callers(path: str, name: str, root: str) -> Optional[List[Tuple[str, str, bool]]]:
+    """The other files of the project below ``root`` (test code left out)
+    that may call function ``name`` of ``path``: (file, the local name it
+    goes by there, whether that name is the module -- ``m.name(...)``).
+    None when a star import of ``path``'s module hides who calls it, or an
+    ``__init__`` of ``path``'s package re-exports it under a name imported
+    through it that this index does not follow further."""
+    entries = _importers(root).get(os.path.abspath(path), [])
+    if entries is None:
+        return None
+    out = []
+    for other, local, symbol in entries:
+        if other == path:
+            continue
+        if symbol is None:
+            out.append((other, local, True))
+        elif symbol == name:
+            out.append((other, local, False))
+    return sorted(set(out))
+
+
+def _callers_fact(subject: str) -> str:
+    """``callers:<name>:<path>``: the files that may call it, each with its
+    content hash (a caller edited, added or removed changes the value)."""
+    name, _, rest = subject.partition(":")
+    path, _, root = rest.partition("|")
+    found = callers(path, name, root)
+    if found is None:
+        return "?"
+    return ";".join(f"{other}|{local}|{int(via)}|{content_hash(other) or ''}" for other, local, via in found)
 
 
 # -- summaries ---------------------------------------------------------------------

@@ -187,6 +187,10 @@ class Facts:
         self._project = None
         self._call_index: Optional[Dict[str, List[cst.Call]]] = None
         self._numpy_params: Dict[cst.FunctionDef, frozenset] = {}
+        #: the analysis of a caller in another module (see :meth:`all_calls`):
+        #: it does not follow its own callers further
+        self.remote = False
+        self._all_calls: Dict[cst.FunctionDef, Optional[List[Tuple["Facts", cst.Call]]]] = {}
 
     @property
     def safeguards(self) -> Safeguards:
@@ -297,7 +301,11 @@ class Facts:
         if type(shown) in (cst.Dict, cst.DictComp):
             return UNKNOWN
         kind = self.dtype(container, depth + 1)
-        if kind == HOST and type(shown) is cst.Call and type(shown.func) is cst.Name and shown.func.value in ("list", "tuple"):
+        if kind == HOST and type(shown) is cst.Call and (
+                type(shown.func) is cst.Name and shown.func.value in ("list", "tuple")
+                or self._helper_called(shown) is not None):
+            # ``list(x)``; a helper's dict or tuple of results: a Python
+            # container of whatever the helper put in it
             return UNKNOWN
         return kind
 
@@ -406,9 +414,11 @@ class Facts:
         RMSNorm) makes ``x`` float32 inside ``_norm``. A private name
         (``_name``, not a dunder) is not called from other modules."""
         func = self.scopes.parent.get(self.scopes.parent.get(b.node))
-        if type(func) is not cst.FunctionDef or not func.name.value.startswith("_") or func.name.value.startswith("__"):
+        if type(func) is not cst.FunctionDef or func.name.value.startswith("__"):
             return UNKNOWN
         positional = [*func.params.posonly_params, *func.params.params]
+        if not func.name.value.startswith("_"):
+            return self._passed_by_every_call(func, b, positional, depth)
         try:
             index = next(i for i, p in enumerate(positional) if p is b.node)
         except StopIteration:
@@ -427,6 +437,25 @@ class Facts:
                 return UNKNOWN  # the default, or a call this reading does not follow
             kinds.append(self.dtype(given.value, depth + 1))
         return _join_all(kinds) if len(calls) <= 8 else UNKNOWN
+
+    def _passed_by_every_call(self, func: cst.FunctionDef, b: Binding, positional, depth: int) -> str:
+        """A public module-level function's parameter holds what every call
+        of it in the project passes (see :meth:`all_calls`): ``angle(x.float())``
+        in every caller makes ``x`` float32 inside ``angle``. Unknown when no
+        call is seen, or one passes the default."""
+        calls = self.all_calls(func)
+        if not calls or len(calls) > 8:
+            return UNKNOWN
+        index = next((i for i, p in enumerate(positional) if p is b.node), None)
+        kinds = []
+        for facts, call in calls:
+            if any(a.star for a in call.args):
+                return UNKNOWN
+            given = arg(call, index, b.name)
+            if given is None:
+                return UNKNOWN
+            kinds.append(facts.dtype(given.value, depth + 1))
+        return _join_all(kinds)
 
     def _call_dtype(self, call: cst.Call, depth: int) -> str:
         rec = lambda n: self.dtype(n, depth + 1)  # noqa: E731
@@ -965,7 +994,9 @@ class Facts:
         (``@constraints.dependent_property``: bounds that are only compared);
         in a private helper (``_name``), or a function of a program (a
         ``__main__`` block), that this file calls only where no gradient
-        flows; when the value is only read as integers or Python numbers
+        flows, and in a public function whose every call in the project runs
+        without gradient or only compares its result (but inside ``with
+        torch.enable_grad():`` gradients flow, whatever surrounds it); when the value is only read as integers or Python numbers
         (``.long()``, ``floor``, ``round``, ``.item()``) or every use ends in
         a comparison or an index (``no_gradient_escapes``); and -- a name
         heuristic where nothing else decides -- in functions named like
@@ -984,6 +1015,8 @@ class Facts:
                 return True
             child = up
             if isinstance(up, cst.With):
+                if any(self._enables_grad(item.item) for item in up.items):
+                    break  # ``with torch.enable_grad():`` inside a no-grad method: gradients flow here
                 for item in up.items:
                     if self._no_grad(item.item):
                         return False
@@ -1016,10 +1049,17 @@ class Facts:
         every call in this file runs where no gradient flows (``with
         torch.no_grad():``, a no-grad function). Other modules do not call a
         private name, nor, as a rule, the helpers of a program (a metric
-        script's ``slerp``)."""
+        script's ``slerp``). A public module-level function counts when every
+        call of it in the project (:meth:`all_calls`) runs without gradient
+        or only compares or indexes its result (an angle tested against a
+        threshold)."""
         name = func.name.value
-        if name.startswith("__") or not (name.startswith("_") or self.ctx.main_block):
+        if name.startswith("__"):
             return False
+        if not (name.startswith("_") or self.ctx.main_block):
+            every = self.all_calls(func)
+            return bool(every) and all(not facts.grad_flows(call, depth + 1) or facts.no_gradient_escapes(call)
+                                       for facts, call in every)
         calls = self.calls_of(func)
         return bool(calls) and all(not self.grad_flows(call, depth + 1) for call in calls)
 
@@ -1065,6 +1105,15 @@ class Facts:
             if isinstance(n, cst.AugAssign) and isinstance(target, cst.Attribute) and _is_self(target.value):
                 return True
         return False
+
+    def _enables_grad(self, node: cst.BaseExpression) -> bool:
+        """``torch.enable_grad()``, ``torch.set_grad_enabled(True)``."""
+        target = node.func if isinstance(node, cst.Call) else node
+        short = (self.ctx.resolve(target) or dotted_name(target) or "").rsplit(".", 1)[-1]
+        if short == "enable_grad":
+            return True
+        return (short == "set_grad_enabled" and isinstance(node, cst.Call) and bool(node.args)
+                and isinstance(node.args[0].value, cst.Name) and node.args[0].value.value == "True")
 
     def _no_grad(self, node: cst.BaseExpression) -> bool:
         target = node.func if isinstance(node, cst.Call) else node
@@ -1335,7 +1384,7 @@ class Facts:
                 if name in _SATURATES:
                     return True
                 return name in _KEEPS_OVERFLOW and self._flows_to_cleaning(call, seen, depth + 1, order)
-            if name in _CARRIES_NONFINITE or (order and name in _ORDER_VALUES):
+            if name in _CARRIES_NONFINITE or (order and name in _ORDER_VALUES) or (order == _GRAD and name in _ELEMENTWISE_GRAD):
                 return self._flows_to_cleaning(call, seen, depth + 1, order)
             return False
         if isinstance(up, cst.Arg):
@@ -1465,6 +1514,61 @@ class Facts:
                 out.append(call)
         return out
 
+    def all_calls(self, func: cst.FunctionDef) -> Optional[List[Tuple["Facts", cst.Call]]]:
+        """Every call in the project of a public module-level function, each
+        with the analysis of the file it is in: this file's calls, and those
+        of the other modules that import it (test code left out: tests choose
+        their own inputs). None when they cannot all be seen: the function is
+        used other than by calling it (a callback, a registry), is decorated
+        by a registering decorator, is star-imported, has more than
+        ``_CALLER_FILES`` caller files, or this file is not part of a
+        project or is test code (whose callers, tests, are left out); or when this analysis is itself a caller's (one level of
+        callers is followed)."""
+        if func in self._all_calls:
+            return self._all_calls[func]
+        self._all_calls[func] = None
+        name = func.name.value
+        project = self.ctx.project
+        if (self.remote or project is None or self.ctx.test_code or name.startswith("__") or self.scopes.parent.get(func) is not self.ctx.module
+                or any("regist" in self.ctx.code(d.decorator) for d in func.decorators)):
+            return None
+        here = self.calls_of(func)
+        if len(re.findall(rf"(?<![\w.]){re.escape(name)}\b", self.ctx.source)) != 1 + len(here):
+            return None  # a use of the name that is not a call this reading follows
+        found = project.callers(name)
+        if found is None or len(found) > _CALLER_FILES:
+            return None
+        out: List[Tuple[Facts, cst.Call]] = [(self, c) for c in here]
+        for other, local, via_module in found:
+            facts = _remote_facts(other, self.ctx.dtypes)
+            if facts is None:
+                return None
+            calls = facts.calls_through_import(local, name if via_module else None)
+            if calls is None:
+                return None
+            out.extend((facts, c) for c in calls)
+        self._all_calls[func] = out
+        return out
+
+    def calls_through_import(self, local: str, attr: Optional[str]) -> Optional[List[cst.Call]]:
+        """The calls in this file of an imported function: ``local(...)``, or
+        ``local.attr(...)`` when ``local`` is its module. None when the name
+        is also used otherwise (passed as a value, rebound)."""
+        spelled = f"{local}.{attr}" if attr else local
+        uses = len(re.findall(rf"(?<![\w.]){re.escape(spelled)}\b", self.ctx.source))
+        calls = []
+        for n in self.scopes.order:
+            if type(n) is cst.Call:
+                f = n.func
+                if attr is None and type(f) is cst.Name and f.value == local:
+                    calls.append(n)
+                elif attr is not None and type(f) is cst.Attribute and f.attr.value == attr \
+                        and type(f.value) is cst.Name and f.value.value == local:
+                    calls.append(n)
+        # the import itself spells the name once (``from m import f``); a
+        # module alias is spelled ``local.attr`` only where it is used
+        return calls if uses == len(calls) + (0 if attr else 1) else None
+
     def _finiteness_test(self, read: cst.Name) -> bool:
         """``isfinite(x)`` / ``x.isnan()``: a read that tests, not passes on, the value."""
         up = self.scopes.parent.get(read)
@@ -1487,6 +1591,45 @@ class Facts:
         stmt = self.scopes.parent.get(expr) if isinstance(expr, cst.Expr) else None
         return stmt is not None and self.scopes.parent.get(stmt) is self.scopes.parent.get(
             self.scopes.parent.get(assign))
+
+
+#: at most this many other files calling one function are analysed
+_CALLER_FILES = 6
+#: the analyses of callers in other modules, newest last (a few are kept: a
+#: parsed module is large)
+_REMOTE: Dict[str, Optional["Facts"]] = {}
+_REMOTE_KEPT = 8
+
+
+def _remote_facts(path: str, dtypes) -> Optional["Facts"]:
+    """The analysis of another module of the project, to read its calls of
+    a function of the checked file; None when it cannot be parsed."""
+    if path in _REMOTE:
+        facts = _REMOTE.pop(path)
+        _REMOTE[path] = facts
+        return facts
+    from ..engine import parse
+    from ..rule import Context
+    from ..resolve import Names
+    from .project import ProjectFile, _read_text
+
+    source = _read_text(path)
+    facts = None
+    try:
+        module = parse(source)
+    except Exception:  # libcst raises several kinds on bad input
+        module = None
+    if module is not None:
+        names = Names()
+        names.scan(module.body)
+        ctx = Context(path, source, module, names, dtypes, ProjectFile(path, source))
+        facts = Facts(ctx)
+        facts.remote = True
+        ctx._facts = facts
+    _REMOTE[path] = facts
+    while len(_REMOTE) > _REMOTE_KEPT:
+        del _REMOTE[next(iter(_REMOTE))]
+    return facts
 
 
 def _through_local(facts: "Facts", node: cst.BaseExpression) -> cst.BaseExpression:
@@ -1526,7 +1669,12 @@ _ORDER_INDEX = frozenset({"argsort", "argmax", "argmin"})
 #: the mode of the flow walker that follows a gradient through any arithmetic
 _GRAD = "grad"
 #: differentiable elementwise ops whose every tensor operand reaches the result
-_ELEMENTWISE_GRAD = frozenset({"where", "maximum", "minimum", "mul", "add", "sub", "div", "pow", "clamp", "square"})
+_ELEMENTWISE_GRAD = frozenset({
+    "where", "maximum", "minimum", "mul", "add", "sub", "div", "pow", "clamp", "clip", "square",
+    # elementwise functions: the gradient goes wherever the value goes
+    "rad2deg", "deg2rad", "sin", "cos", "tan", "asin", "acos", "atan", "atan2", "tanh", "sigmoid", "relu",
+    "reciprocal", "rsqrt", "log1p", "expm1", "clamp_min", "clamp_max",
+})
 #: modes of the flow walker that follow an overflow (+-inf) to a function that saturates it:
 #: every call of a helper must saturate it, or at least one
 _SATURATE = "saturate"
@@ -1567,6 +1715,18 @@ class _Lookup:
             if b.kind in ("assign", "walrus"):
                 return b.value if b.value is not None else _sorted_values(self.facts, b)
         return None
+
+    def self_values(self, node: cst.Attribute) -> Optional[List[cst.BaseExpression]]:
+        """The values of every ``self.<attr> = value`` in the class around a
+        ``self.<attr>`` read (at most four); None when there are none, one
+        is not a plain value (an unpacking), or the file updates it in place
+        (``self.<attr> *= -1``)."""
+        found = self.facts.scopes.self_attribute(node)
+        if not found or len(found) > 4 or any(v is None for _, v in found):
+            return None
+        if re.search(rf"self\.{re.escape(node.attr.value)}\s*(?:[-+*/%@&|^]|\*\*|//|<<|>>)=", self.facts.ctx.source):
+            return None
+        return [v for _, v in found]  # type: ignore[misc]
 
     def call_facts(self, call: cst.Call) -> FrozenSet[str]:
         """The range of a call the analysis knows beyond torch ops: a helper

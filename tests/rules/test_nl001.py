@@ -7,6 +7,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from helpers import lint  # noqa: E402
@@ -412,3 +414,19 @@ def test_an_eps_chosen_by_a_float16_test_is_judged_by_the_float16_branch():
     )
     # float16 takes 1e-4 on lines 4 and 6; 1e-12 on line 8; a float32 test says nothing of float16
     assert [f.line for f in lint(source, ["NL001"])] == [8, 10]
+
+
+@pytest.mark.parametrize("imports, confidence", [
+    ("import jax.numpy as jnp\nfrom torch.utils.tensorboard import SummaryWriter\n", "low"),
+    ("import flax.linen as nn\n", "low"),
+    # look-alikes: torch itself is imported beside jax; no jax at all
+    ("import jax\nimport torch\n", "medium"),
+    ("import jax.numpy as jnp\nfrom torch import nn\n", "medium"),
+    ("import torch\n", "medium"),
+])
+def test_jax_code_is_not_judged_as_torch(imports, confidence):
+    # cleanrl's JAX agents: `(adv - adv.mean()) / (adv.std() + 1e-8)` on JAX arrays
+    src = imports + "def loss(adv):\n    return (adv - adv.mean()) / (adv.std() + 1e-8)\n"
+    found = lint(src, ["NL001"])
+    assert [f.confidence for f in found] == [confidence]
+    assert ("JAX" in found[0].message) == (confidence == "low")

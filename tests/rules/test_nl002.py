@@ -183,3 +183,39 @@ def test_a_max_pivot_guarded_for_all_masked_rows_still_stabilises(guard, reporte
         "    return p, p.sum(-1)\n"
     )
     assert bool([f for f in lint(source, ["NL002"]) if f.line == 6]) == reported
+
+
+def test_a_value_minus_an_elementwise_maximum_it_takes_part_in_is_at_most_zero():
+    # RWKV's log-space running state: p = maximum(pp, ww), then exp(pp - p), exp(ww - p)
+    src = (
+        "import torch\n"
+        "def step(pp, ww, k):\n"
+        "    p = torch.maximum(pp, ww)\n"
+        "    e1 = torch.exp(pp - p)\n"
+        "    e2 = torch.exp(ww - p)\n"
+        "    e3 = torch.exp(k - p)\n"
+        "    return e1, e2, e3, torch.exp(k - max(pp, k)), torch.exp(k - torch.minimum(pp, k))\n"
+    )
+    # look-alikes: k takes no part in that maximum; a minimum bounds nothing above
+    assert [(f.line, f.column) for f in lint(src, ["NL002"])] == [(6, 10), (7, 51)]
+
+
+def test_a_coefficient_set_in_init_carries_its_sign_to_forward():
+    # SchNet's Gaussian smearing: coeff = -0.5 / step**2, then exp(coeff * d**2) <= 1
+    src = (
+        "import torch\n"
+        "class Smearing(torch.nn.Module):\n"
+        "    def __init__(self, start, stop, n):\n"
+        "        super().__init__()\n"
+        "        offset = torch.linspace(start, stop, n)\n"
+        "        self.coeff = -0.5 / (offset[1] - offset[0]).item() ** 2\n"
+        "        self.register_buffer('offset', offset)\n"
+        "    def forward(self, dist):\n"
+        "        d = dist.view(-1, 1) - self.offset.view(1, -1)\n"
+        "        return torch.exp(self.coeff * torch.pow(d, 2))\n"
+    )
+    assert lint(src, ["NL002"]) == []
+    # look-alikes: a positive coefficient; one flipped in place later
+    assert [f.line for f in lint(src.replace("-0.5 /", "0.5 /"), ["NL002"])] == [10]
+    flipped = src.replace("        self.register_buffer", "        self.coeff *= -1\n        self.register_buffer")
+    assert [f.line for f in lint(flipped, ["NL002"])] == [11]

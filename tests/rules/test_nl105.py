@@ -109,3 +109,16 @@ def test_a_programs_helper_called_only_without_gradient_is_quiet():
     # a module's public function, called here under no_grad, may be called elsewhere with one
     module = SLERP + "def metric(z):\n    with torch.no_grad():\n        return slerp(z[::2], z[1::2], 0.5)\n"
     assert [f.line for f in lint(module, ["NL105"])] == [7]
+
+
+def test_enable_grad_inside_a_no_grad_method_lets_the_gradient_flow():
+    # diffedit-style guidance: `__call__` runs under no_grad, a regularising
+    # loss inside `with torch.enable_grad():` is differentiated
+    cls = (
+        "import torch\n\n\nclass Pipe:\n    @torch.no_grad()\n    def __call__(self, a, b):\n"
+        "        with torch.enable_grad():\n"
+        "            c = (torch.nn.functional.normalize(a, dim=-1) * torch.nn.functional.normalize(b, dim=-1)).sum(-1)\n"
+        "            torch.acos(c).sum().backward()\n"
+    )
+    assert [f.line for f in lint(cls, ["NL105"])] == [9]
+    assert lint(cls.replace("torch.enable_grad()", "torch.no_grad()"), ["NL105"]) == []
