@@ -138,8 +138,10 @@ class UninitializedParameter(Rule):
     ## Confidence
     **High**, except in a class whose weights come from a checkpoint
     (`nanlint.analysis.safeguards`: a transformers `*PreTrainedModel` or
-    diffusers `ModelMixin` subclass, or a layer built only inside such
-    classes in the file): **low**, since only a model trained from scratch
+    diffusers `ModelMixin` subclass, a class the file builds and then
+    loads a state dict into -- `model = RWKV(args).cuda()` then
+    `model.load_state_dict(sd)` in an inference script -- or a layer built
+    only inside such classes in the file): **low**, since only a model trained from scratch
     keeps the memory as it was. `skip_init` is **low** too: it defers
     initialisation on purpose, usually to a model-level loop over
     `model.parameters()` in another module or to a checkpoint load, which a
@@ -528,6 +530,12 @@ class UninitializedParameter(Rule):
                     "parameters() or a checkpoint load elsewhere, which this file does not show"
                 )
             low = loaded or replaced or c.kind == "skip_init"
+            if loaded:
+                message += (
+                    "; the model that holds it takes its weights from a checkpoint (a pretrained-model class, "
+                    "or a model this file builds and then gives `load_state_dict`), which fills it unless "
+                    "the model is trained from scratch"
+                )
             if c.kind == "to_empty" and c.local is not None:
                 assigned = sorted({attr for name, attr, order in c.frame.attr_sets
                                    if name == c.local and order >= c.order})

@@ -341,7 +341,8 @@ class Safeguards:
         """The class's weights come from a checkpoint: it subclasses a
         pretrained-model base (transformers ``*PreTrainedModel``, diffusers
         ``ModelMixin``, directly or through classes of this file), or it is
-        built only inside classes that are (a sub-layer of such a model)."""
+        built only inside classes that are (a sub-layer of such a model) or
+        where the file loads a state dict into the model it builds."""
         if cls in self._checkpoint:
             return self._checkpoint[cls]
         self._checkpoint[cls] = False
@@ -351,14 +352,19 @@ class Safeguards:
         )
         if not result and depth < 8:
             builders = self._builders(cls.name.value)
-            result = bool(builders) and all(self.checkpoint_loaded(b, depth + 1) for b in builders)
+            result = builders is not None and bool(builders[0] or builders[1]) and all(
+                self.checkpoint_loaded(b, depth + 1) for b in builders[0])
         self._checkpoint[cls] = result
         return result
 
-    def _builders(self, name: str) -> List[cst.ClassDef]:
-        """The classes whose code constructs ``name(...)``; empty when it is
-        also built outside every class (or never)."""
+    def _builders(self, name: str):
+        """(the classes whose code constructs ``name(...)``, the constructions
+        outside every class); None when one of those outside a class is not
+        followed by a ``load_state_dict`` into the model it builds (``model =
+        RWKV(args).cuda()`` then ``model.load_state_dict(sd)``, in an inference
+        script: every layer the model builds holds the checkpoint's values)."""
         out: List[cst.ClassDef] = []
+        loaded: List[cst.Call] = []
         for n in self.scopes.reads.get(self.scopes.module, {}).get(name, []) + [
             r for scope, table in self.scopes.reads.items() if scope is not self.scopes.module
             for r in table.get(name, [])
@@ -368,7 +374,27 @@ class Safeguards:
                 continue
             owner = self.scopes.enclosing_class(n)
             if owner is None:
-                return []
-            if owner not in out:
+                if not self._state_loaded(call):
+                    return None
+                loaded.append(call)
+            elif owner not in out:
                 out.append(owner)
-        return out
+        return out, loaded
+
+    def _state_loaded(self, call: cst.Call) -> bool:
+        """``model = Cls(...)`` (through ``.to(...)``, ``.cuda()``, ``.eval()``...)
+        whose binding is later given ``model.load_state_dict(...)``."""
+        node: cst.CSTNode = call
+        up = self.scopes.parent.get(node)
+        while isinstance(up, cst.Attribute) and up.value is node and isinstance(self.scopes.parent.get(up), cst.Call):
+            node = self.scopes.parent.get(up)
+            up = self.scopes.parent.get(node)
+        if not (isinstance(up, cst.Assign) and up.value is node and len(up.targets) == 1
+                and isinstance(up.targets[0].target, cst.Name)):
+            return False
+        for read in self.scopes.reads_of_statement(up, up.targets[0].target.value):
+            attr = self.scopes.parent.get(read)
+            if isinstance(attr, cst.Attribute) and attr.value is read and attr.attr.value == "load_state_dict" \
+                    and isinstance(self.scopes.parent.get(attr), cst.Call):
+                return True
+        return False

@@ -158,3 +158,33 @@ def test_a_conversion_constructor_that_assigns_after_to_empty_is_low():
     # look-alikes: nothing assigned, or another module's attribute
     assert found("") == [(4, "high")]
     assert found("    module.weight = module.weight\n") == [(4, "high")]
+
+
+LAYERS = (
+    "import torch\nfrom torch import nn\n"
+    "class Mix(nn.Module):\n"
+    "    def __init__(self, d):\n"
+    "        super().__init__()\n"
+    "        self.x_k = nn.Parameter(torch.empty(1, 1, d))\n"
+    "class Model(nn.Module):\n"
+    "    def __init__(self, d):\n"
+    "        super().__init__()\n"
+    "        self.blocks = nn.ModuleList([Mix(d) for _ in range(4)])\n"
+)
+
+
+@pytest.mark.parametrize("script, confidence", [
+    # RWKV-style inference demo: the model is built and loaded at module level
+    ("sd = torch.load('w.pth')\nwith torch.no_grad():\n    model = Model(8).to(torch.half).cuda()\n"
+     "    model.load_state_dict(sd, strict=False)\n", "low"),
+    ("def main(path):\n    model = Model(8)\n    model.load_state_dict(torch.load(path))\n    return model\n", "low"),
+    # look-alikes: the model is trained from scratch; another model is loaded;
+    # one of two constructions is loaded
+    ("model = Model(8)\nopt = torch.optim.AdamW(model.parameters())\n", "high"),
+    ("model = Model(8)\nteacher = Model(8)\nteacher.load_state_dict(torch.load('t.pth'))\n", "high"),
+    ("model = Model(8).cuda()\nother = nn.Linear(2, 2)\nother.load_state_dict(torch.load('t.pth'))\n", "high"),
+])
+def test_layers_of_a_model_the_file_builds_and_loads_hold_the_checkpoint(script, confidence):
+    found = lint(LAYERS + script, ["NL110"])
+    assert [f.confidence for f in found] == [confidence]
+    assert ("load_state_dict" in found[0].message.split("; ", 1)[-1]) == (confidence == "low")
