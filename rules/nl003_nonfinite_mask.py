@@ -3,7 +3,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import libcst as cst
 
@@ -514,6 +514,8 @@ class NonfiniteMask(Rule):
             return  # the -inf only sorts last or loses a comparison (a worst score)
         if statement is not None and isinstance(filled, cst.Name) and self._later_reads_ordered(filled, statement):
             return  # `lprobs[stopped] = -inf`, then only ranked (beam search)
+        if not hazard.finite and call is not None and mask is not None and self._remasked_after_softmax(call, mask):
+            return  # a fully masked row's NaN is zeroed again by the same mask (ESPnet-style attention)
         confidence, why = self._confidence(hazard, value, filled, dtype, where, mask, fill_when, target,
                                            call, statement)
         if confidence is None:
@@ -549,6 +551,43 @@ class NonfiniteMask(Rule):
                 f"{hazard.quoted} as a fill: inf - inf and 0 * inf are NaN in whatever consumes it; use {instead}"
             )
         self.report(value, message + why, self._fix(value, filled, hazard), confidence=confidence)
+
+    def _remasked_after_softmax(self, call: cst.Call, mask: cst.BaseExpression) -> bool:
+        """Every use of the filled scores is a softmax whose result is filled
+        with 0 by the same mask (``softmax(scores).masked_fill(mask, 0.0)``):
+        a fully masked row's NaN is replaced by zeros, and masked_fill's
+        backward passes no gradient at the masked entries, so the NaN of
+        softmax's backward stops there too."""
+        facts = self.ctx.facts
+        parent = facts.scopes.parent
+        up = parent.get(call)
+        if isinstance(up, cst.Assign) and len(up.targets) == 1 and isinstance(up.targets[0].target, cst.Name):
+            reads: List[cst.CSTNode] = [r for r in facts.scopes.reads_of_statement(up, up.targets[0].target.value)
+                                        if not facts.scopes.exclusive(up, r)]  # not the other branch of an if
+        else:
+            reads = [call]
+        spelled = self.ctx.code(mask).strip()
+        if not reads or len(reads) > 4:
+            return False
+        for read in reads:
+            node = _through_casts(parent, read)
+            up = parent.get(node)
+            if isinstance(up, cst.Attribute) and up.value is node and up.attr.value == "softmax" \
+                    and isinstance(parent.get(up), cst.Call):
+                softmax = parent.get(up)
+            elif isinstance(up, cst.Arg) and isinstance(parent.get(up), cst.Call) \
+                    and torch_op(self.ctx, parent.get(up)) == "softmax" and parent.get(up).args[0] is up:
+                softmax = parent.get(up)
+            else:
+                return False
+            out = _through_casts(parent, softmax)
+            fill = parent.get(out)
+            zeroing = parent.get(fill)
+            if not (isinstance(fill, cst.Attribute) and fill.value is out and fill.attr.value in ("masked_fill", "masked_fill_")
+                    and isinstance(zeroing, cst.Call) and len(zeroing.args) == 2
+                    and self.ctx.code(zeroing.args[0].value).strip() == spelled and number(zeroing.args[1].value) == 0):
+                return False
+        return True
 
     def _later_reads_ordered(self, filled: cst.Name, statement: cst.CSTNode) -> bool:
         facts = self.ctx.facts
@@ -663,6 +702,21 @@ class NonfiniteMask(Rule):
             replace=[(value, new)],
             imports=("torch",),
         )
+
+
+#: methods that change a tensor's dtype or layout, not its values' pattern
+_CASTS = frozenset({"float", "half", "bfloat16", "double", "to", "type_as", "type", "contiguous"})
+
+
+def _through_casts(parent, node: cst.CSTNode) -> cst.CSTNode:
+    """``node``, or the outermost ``node.float().type_as(v)...`` chain of casts around it."""
+    while True:
+        up = parent.get(node)
+        call = parent.get(up)
+        if not (isinstance(up, cst.Attribute) and up.value is node and up.attr.value in _CASTS
+                and isinstance(call, cst.Call) and call.func is up):
+            return node
+        node = call
 
 
 def _is_chain(node: cst.BaseExpression) -> bool:

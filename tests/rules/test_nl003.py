@@ -365,3 +365,27 @@ def test_a_finite_fill_of_an_explicit_bfloat16_tensor_is_representable():
         return [f.line for f in lint(src, ["NL003"])]
     assert found("bfloat16") == []
     assert found("half") == [4]
+
+
+ESPNET_ATTENTION = (
+    "import torch\n"
+    "def attend(scores, mask, value):\n"
+    "    if mask.size(-1) > 0:\n"
+    "        mask = mask.unsqueeze(1).eq(0)\n"
+    "        scores = scores.masked_fill(mask, -float('inf'))\n"
+    "        attn = torch.softmax(scores.float(), dim=-1).type_as(value).masked_fill(mask, 0.0)\n"
+    "    else:\n"
+    "        attn = torch.softmax(scores.float(), dim=-1).type_as(value)\n"
+    "    return attn @ value\n"
+)
+
+
+def test_softmax_zeroed_again_by_the_same_mask_cleans_a_fully_masked_row():
+    # ESPnet/wenet attention: the NaN of a fully masked row is filled with 0 by the same mask
+    assert lint(ESPNET_ATTENTION, ["NL003"]) == []
+    # look-alikes: zeroed by another mask; the scores also go elsewhere; not zeroed
+    assert [f.line for f in lint(ESPNET_ATTENTION.replace("masked_fill(mask, 0.0)", "masked_fill(pad, 0.0)"),
+                                 ["NL003"])] == [5]
+    assert [f.line for f in lint(ESPNET_ATTENTION.replace("return attn @ value", "return attn @ value, scores.max()"),
+                                 ["NL003"])] == [5]
+    assert [f.line for f in lint(ESPNET_ATTENTION.replace(".masked_fill(mask, 0.0)", ""), ["NL003"])] == [5]
