@@ -154,6 +154,7 @@ _KEEPS_VALUES = frozenset({
 _PROB_NAME = re.compile(r"^(probs?|probabilit(y|ies)|p_attn|\w+_probs?|probs?_\w+)$", re.IGNORECASE)
 _HOST_MODULES = ("math", "numpy", "np", "random", "scipy")
 
+_TRANSFORM_BASE = re.compile(r"(?:^|\.)\w*Transform$")
 _FP32_DECORATORS = re.compile(r"(force_fp32|float32_region|no_autocast|disable_autocast)")
 _NO_GRAD = frozenset({"no_grad", "inference_mode"})
 #: reads that leave autograd: integer casts, rounding, Python numbers
@@ -1004,7 +1005,8 @@ class Facts:
         ``feature_extraction_*``/``processing_*``/``metrics`` modules and in
         ``datasets`` and ``metrics`` folders (data pipelines and evaluation, as
         a ``metrics.py`` module is; a ``transforms`` folder may hold
-        differentiable geometry, so it does not count)."""
+        differentiable geometry, so it does not count), and in a data
+        transform class (:meth:`_data_transform`)."""
         parts = self.ctx.path_parts
         if _DATA_FILE.match(parts[-1]) or any(p in _DATA_DIRS for p in parts[:-1]):
             return False
@@ -1030,7 +1032,7 @@ class Facts:
                 if depth < 3 and self._called_only_without_grad(up, depth):
                     return False
             elif isinstance(up, cst.ClassDef):
-                if self._inference_class(up) or self._data_class_update(up, node):
+                if self._inference_class(up) or self._data_class_update(up, node) or self._data_transform(up):
                     return False
                 if method is not None and self._custom_function_method(up, method):
                     return False
@@ -1085,6 +1087,15 @@ class Facts:
                 if isinstance(b.node, cst.FunctionDef) and any(self._no_grad(d.decorator) for d in b.node.decorators):
                     return True
         return False
+
+    def _data_transform(self, cls: cst.ClassDef) -> bool:
+        """A data transform: a class that is not a module and derives from a
+        ``*Transform`` base (PyG's ``BaseTransform``, MONAI's ``MapTransform``,
+        albumentations' ``DualTransform``), a name heuristic where nothing
+        else decides. It prepares samples for a dataset: no gradient flows
+        through it. (kornia's and torchgeo's augmentations are modules.)"""
+        return not self.is_module_class(cls) and any(
+            _TRANSFORM_BASE.search(dotted_name(b.value) or "") for b in cls.bases if b.keyword is None)
 
     def _data_class_update(self, cls: cst.ClassDef, node: cst.CSTNode) -> bool:
         if self.is_module_class(cls) or any(

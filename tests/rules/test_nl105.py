@@ -122,3 +122,24 @@ def test_enable_grad_inside_a_no_grad_method_lets_the_gradient_flow():
     )
     assert [f.line for f in lint(cls, ["NL105"])] == [9]
     assert lint(cls.replace("torch.enable_grad()", "torch.no_grad()"), ["NL105"]) == []
+
+
+@pytest.mark.parametrize("base, shown", [
+    ("BaseTransform", []),
+    ("T.MapTransform", []),
+    # look-alikes: a module (a differentiable layer), and a base that names no transform
+    ("nn.Module", [8]),
+    ("Base", [8]),
+])
+def test_a_data_transform_class_carries_no_gradient(base, shown):
+    # PyG's Spherical transform: polar angles of edge vectors, for a dataset
+    src = (
+        "import torch\nfrom torch import nn\n\n"
+        f"class Spherical({base}):\n"
+        "    def forward(self, data):\n"
+        "        cart = data.pos[data.col] - data.pos[data.row]\n"
+        "        rho = torch.norm(cart, p=2, dim=-1).view(-1, 1)\n"
+        "        data.edge_attr = torch.acos(cart[..., 2:3] / rho)\n"
+        "        return data\n"
+    )
+    assert [f.line for f in lint(src, ["NL105"])] == shown
