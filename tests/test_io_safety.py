@@ -310,3 +310,21 @@ def test_fix_keeps_a_cells_line_endings(tmp_path, ending, style):
     fixed = cell if isinstance(cell, str) else "".join(cell)
     assert FIXED_FRAGMENT in fixed
     assert set(re.findall(r"\r\n|\r|\n", fixed)) == {ending}  # the added import line too
+
+
+@POSIX
+def test_project_facts_never_read_special_files(tmp_path):
+    """The facts read across a project (who imports a function, whether the
+    project trains) walk every module: a FIFO or a symlink to /dev/zero among
+    them is skipped, not read (a read would hang or never end)."""
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg/__init__.py").write_text("")
+    (tmp_path / "pkg/ops.py").write_text(HAZARD)
+    (tmp_path / "pkg/zero.py").symlink_to("/dev/zero")
+    os.mkfifo(tmp_path / "pkg/pipe.py")
+    (tmp_path / "pkg/train.py").write_text("from pkg.ops import f\n\n\ndef g(x):\n    return f(x.float())\n")
+    proc = run("check", "--no-cache", "--exit-zero", "pkg/ops.py", "pkg/train.py", cwd=tmp_path, timeout=120,
+               preexec_fn=_memory_cap)
+    no_traceback(proc)
+    assert error_lines(proc) == []
+    assert proc.returncode == 0

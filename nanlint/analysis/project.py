@@ -34,7 +34,10 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
+
+from ..files import ReadError, TooLarge, read_bytes
 
 PROBABILITY = "probability"
 LOG_PROBABILITY = "log_probability"
@@ -176,13 +179,23 @@ def find_module(module: str, roots: Sequence[str]) -> Optional[str]:
 _IMPORTS: Dict[str, Dict[str, Imported]] = {}
 
 
+#: project files read for facts (imports, callers, the use of weights) are
+#: read up to this size; a larger one, or one that is not a regular file (a
+#: FIFO, a symlink to ``/dev/zero``), is read as empty
+_FACT_FILE_LIMIT = 4 * 1_048_576
+
+
+def _read_bytes(path: str) -> Optional[bytes]:
+    try:
+        return read_bytes(Path(path), _FACT_FILE_LIMIT)
+    except (ReadError, TooLarge):
+        return None
+
+
 def _read_text(path: str) -> str:
     """A project module's text ("" when it cannot be read: it then defines nothing)."""
-    try:
-        with open(path, "rb") as handle:
-            return handle.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
+    data = _read_bytes(path)
+    return data.decode("utf-8", "replace") if data is not None else ""
 
 
 def module_imports(path: str) -> Dict[str, Imported]:
@@ -207,11 +220,8 @@ def content_hash(path: str) -> Optional[str]:
     """sha256 of a module's bytes (read once per process: a run does not
     expect the files it checks to change under it)."""
     if path not in _HASHES:
-        try:
-            with open(path, "rb") as handle:
-                _HASHES[path] = hashlib.sha256(handle.read()).hexdigest()
-        except OSError:
-            _HASHES[path] = None
+        data = _read_bytes(path)
+        _HASHES[path] = hashlib.sha256(data).hexdigest() if data is not None else None
     return _HASHES[path]
 
 
@@ -697,11 +707,10 @@ def summary(path: str, text: Optional[str] = None) -> Optional[ModuleSummary]:
     if cached is not None and cached[0] == digest:
         return cached[1]
     if text is None:
-        try:
-            with open(path, "rb") as handle:
-                text = handle.read().decode("utf-8", "replace")
-        except OSError:
+        data = _read_bytes(path)
+        if data is None:
             return None
+        text = data.decode("utf-8", "replace")
     try:
         result = summarise(ast.parse(text), path)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
