@@ -181,6 +181,19 @@ class Context:
             self._path_parts = _relative_parts(self.path, self.project)
         return self._path_parts
 
+    def only_tested_function(self, node: cst.CSTNode) -> Optional[str]:
+        """The name of the module-level function holding ``node`` when only
+        test code runs it (:meth:`nanlint.analysis.Facts.only_tests_call`), else None."""
+        if self.project is None or self.test_code:
+            return None
+        func = None
+        for up in self.facts.scopes.ancestors(node):
+            if isinstance(up, (cst.FunctionDef, cst.ClassDef, cst.Lambda)):
+                func = up
+        if not isinstance(func, cst.FunctionDef) or not self.facts.only_tests_call(func):
+            return None
+        return func.name.value
+
     def uncalled_function(self, node: cst.CSTNode) -> Optional[str]:
         """The name of the module-level function holding ``node`` when nothing
         in this file uses that function and no other module is expected to: a
@@ -341,6 +354,11 @@ class Rule:
             # steps) reach the hazard is nothing the analysis establishes
             confidence = LOW
             message += " (in test code, which chooses its own inputs)"
+        if confidence != LOW:
+            tested = self.ctx.only_tested_function(node)
+            if tested is not None:
+                confidence = LOW
+                message += f" (in `{tested}`, which only tests run: a reference implementation or a test helper)"
         if confidence != LOW:
             dead = self.ctx.uncalled_function(node)
             if dead is not None:

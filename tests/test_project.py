@@ -316,3 +316,32 @@ def test_no_gradient_leaves_a_function_whose_every_caller_only_compares_its_resu
                        "pkg/frames.py": "import torch\nfrom .ops import angle\n\n\ndef colinear(e1, e2, thr):\n" + use})
     proc = run("check", "--no-cache", "--output-format", "json", ".", cwd=tmp_path)
     assert [f for f in findings(proc) if f[2] == "NL105"] == shown
+
+
+REF = (
+    "import torch\n\n\ndef scan_ref(u, delta, A):\n    dA = torch.exp(torch.einsum('bdl,dn->bdln', delta, A))\n"
+    "    return (dA * u[..., None]).sum(-1)\n\n\ndef inner_ref(u, delta, A):\n    return scan_ref(u, delta, A)\n"
+)
+
+
+@pytest.mark.parametrize("users, confidence", [
+    # only tests import the reference (directly, or through a function only tests call)
+    ({"tests/ops/test_scan.py": "from pkg.ops import inner_ref, scan_ref\n\n\ndef test_scan(u, d, A):\n"
+                                "    assert scan_ref(u, d, A) is not None and inner_ref(u, d, A) is not None\n"},
+     "low"),
+    ({"tests/test_inner.py": "from pkg.ops import inner_ref\n\n\ndef test_inner(u, d, A):\n    assert inner_ref(u, d, A) is not None\n"},
+     "low"),
+    # look-alikes: a model module calls it too; nothing calls it at all
+    ({"tests/ops/test_scan.py": "from pkg.ops import scan_ref\n\n\ndef test_scan(u, d, A):\n    assert scan_ref(u, d, A) is not None\n",
+      "pkg/model.py": "from pkg.ops import scan_ref\n\n\ndef forward(u, d, A):\n    return scan_ref(u, d, A)\n"},
+     "high"),
+    ({}, "high"),
+])
+def test_a_reference_implementation_only_tests_run_is_low(tmp_path, users, confidence):
+    """mamba's selective_scan_ref: the kernels' tests compare against it."""
+    package(tmp_path, {"pkg/__init__.py": "", "pkg/ops.py": REF, **users})
+    proc = run("check", "--no-cache", "--min-confidence", "low", "--output-format", "json", ".", cwd=tmp_path)
+    assert proc.returncode in (0, 1), proc.stderr
+    found = [f for f in json.loads(proc.stdout) if f["code"] == "NL002" and f["path"] == "pkg/ops.py"]
+    assert [f["confidence"] for f in found] == [confidence]
+    assert ("only tests run" in found[0]["message"]) == (confidence == "low")

@@ -330,7 +330,7 @@ class ProjectFile:
         class (see :func:`patched_in`)."""
         return self._fact("patched", f"{cls}:{self.path}") == "yes"
 
-    def callers(self, name: str) -> Optional[List[Tuple[str, str, bool]]]:
+    def callers(self, name: str) -> Optional[List[Tuple[str, str, bool, bool]]]:
         """The other files of this file's project that may call its
         module-level function ``name`` (see :func:`callers`), noted for the
         cache with their content hashes; None when they cannot be listed."""
@@ -340,8 +340,8 @@ class ProjectFile:
             return None
         out = []
         for entry in filter(None, value.split(";")):
-            other, local, via, _ = entry.split("|")
-            out.append((other, local, via == "1"))
+            other, local, via, test, _ = entry.split("|")
+            out.append((other, local, via == "1", test == "1"))
         return out
 
     def _fact(self, kind: str, subject: str) -> str:
@@ -567,9 +567,10 @@ def use_of_weights(root: str) -> str:
 TEST_DIRS = frozenset({"test", "tests", "testing"})
 TEST_FILE = re.compile(r"^(?:test_\w*|\w+_tests?|conftest)\.(?:py|ipynb)$")
 _STAR = re.compile(r"^[ \t]*from[ \t]+(\.*)([\w.]*)[ \t]+import[ \t]+\*", re.MULTILINE)
-#: root -> importer index: target file -> [(importer, local name, symbol or None)];
-#: a target under a star import maps to None (its callers cannot be listed)
-_IMPORTERS: Dict[str, Dict[str, Optional[List[Tuple[str, str, Optional[str]]]]]] = {}
+#: root -> importer index: target file -> [(importer, local name, symbol or None,
+#: whether the importer is test code)]; a target under a star import maps to
+#: None (its callers cannot be listed)
+_IMPORTERS: Dict[str, Dict[str, Optional[List[Tuple[str, str, Optional[str], bool]]]]] = {}
 
 
 def is_test_path(path: str, root: str) -> bool:
@@ -579,38 +580,37 @@ def is_test_path(path: str, root: str) -> bool:
     return bool(TEST_FILE.match(parts[-1])) or any(p in TEST_DIRS for p in parts[:-1])
 
 
-def _importers(root: str) -> Dict[str, Optional[List[Tuple[str, str, Optional[str]]]]]:
-    """Which files below ``root`` (test code left out) import what from which
+def _importers(root: str) -> Dict[str, Optional[List[Tuple[str, str, Optional[str], bool]]]]:
+    """Which files below ``root`` (test code marked) import what from which
     project file, read once per process: an imported name (``from pkg.mod
     import f as g``: ``g``, symbol ``f``), a module (``import pkg.mod as m``,
     ``from pkg import mod``: ``m``, symbol None), and a name an ``__init__``
     re-exports (``from pkg import f`` where ``pkg/__init__.py`` imports ``f``
     from ``pkg.mod``)."""
     if root not in _IMPORTERS:
-        index: Dict[str, Optional[List[Tuple[str, str, Optional[str]]]]] = {}
+        index: Dict[str, Optional[List[Tuple[str, str, Optional[str], bool]]]] = {}
         for other in _source_files(root)[:_SCAN_LIMIT]:
-            if is_test_path(other, root):
-                continue
-            base = [package_root(other)]
+            test = is_test_path(other, root)
+            base = _import_roots(other, root)
             for imp in module_imports(other).values():
                 if imp.symbol is not None:
                     sub = find_module(f"{imp.module}.{imp.symbol}", base)
                     if sub is not None:
-                        _add_importer(index, sub, (other, imp.local, None))
+                        _add_importer(index, sub, (other, imp.local, None, test))
                         continue
                     owner = find_module(imp.module, base)
                     if owner is None:
                         continue
-                    _add_importer(index, owner, (other, imp.local, imp.symbol))
+                    _add_importer(index, owner, (other, imp.local, imp.symbol, test))
                     again = module_imports(owner).get(imp.symbol) if owner.endswith("__init__.py") else None
                     if again is not None and again.symbol is not None:
                         origin = find_module(again.module, [package_root(owner)])
                         if origin is not None:
-                            _add_importer(index, origin, (other, imp.local, again.symbol))
+                            _add_importer(index, origin, (other, imp.local, again.symbol, test))
                 else:
                     owner = find_module(imp.module, base)
                     if owner is not None:
-                        _add_importer(index, owner, (other, imp.local, None))
+                        _add_importer(index, owner, (other, imp.local, None, test))
             text = _read_text(other)
             if "*" in text:
                 parts = module_parts(other, base[0])
@@ -621,22 +621,37 @@ def _importers(root: str) -> Dict[str, Optional[List[Tuple[str, str, Optional[st
                         up = len(dots) - 1
                         module = ".".join(list(package[: len(package) - up] if up else package) + ([module] if module else []))
                     target = find_module(module, base) if module else None
-                    if target is not None:
+                    if target is not None and not test:
                         index[target] = None
         _IMPORTERS[root] = index
     return _IMPORTERS[root]
 
 
-def _add_importer(index, target: str, entry: Tuple[str, str, Optional[str]]) -> None:
+def _import_roots(path: str, root: str) -> List[str]:
+    """Where the imports of a project file may resolve: its package root,
+    up to two folders above it (``tests/ops/test_x.py`` importing ``pkg.ops``
+    of the repository that holds both), and the project root."""
+    out = [package_root(path)]
+    for _ in range(2):
+        up = os.path.dirname(out[-1])
+        if up == out[-1] or not (up + os.sep).startswith(root.rstrip(os.sep) + os.sep):
+            break
+        out.append(up)
+    if root not in out:
+        out.append(root)
+    return out
+
+
+def _add_importer(index, target: str, entry: Tuple[str, str, Optional[str], bool]) -> None:
     if target in index and index[target] is None:
         return
     index.setdefault(target, []).append(entry)  # type: ignore[union-attr]
 
 
-def callers(path: str, name: str, root: str) -> Optional[List[Tuple[str, str, bool]]]:
-    """The other files of the project below ``root`` (test code left out)
-    that may call function ``name`` of ``path``: (file, the local name it
-    goes by there, whether that name is the module -- ``m.name(...)``).
+def callers(path: str, name: str, root: str) -> Optional[List[Tuple[str, str, bool, bool]]]:
+    """The other files of the project below ``root`` that may call function
+    ``name`` of ``path``: (file, the local name it goes by there, whether
+    that name is the module -- ``m.name(...)``, whether the file is test code).
     None when a star import of ``path``'s module hides who calls it, or an
     ``__init__`` of ``path``'s package re-exports it under a name imported
     through it that this index does not follow further."""
@@ -644,13 +659,13 @@ def callers(path: str, name: str, root: str) -> Optional[List[Tuple[str, str, bo
     if entries is None:
         return None
     out = []
-    for other, local, symbol in entries:
+    for other, local, symbol, test in entries:
         if other == path:
             continue
         if symbol is None:
-            out.append((other, local, True))
+            out.append((other, local, True, test))
         elif symbol == name:
-            out.append((other, local, False))
+            out.append((other, local, False, test))
     return sorted(set(out))
 
 
@@ -662,7 +677,8 @@ def _callers_fact(subject: str) -> str:
     found = callers(path, name, root)
     if found is None:
         return "?"
-    return ";".join(f"{other}|{local}|{int(via)}|{content_hash(other) or ''}" for other, local, via in found)
+    return ";".join(f"{other}|{local}|{int(via)}|{int(test)}|{content_hash(other) or ''}"
+                    for other, local, via, test in found)
 
 
 # -- summaries ---------------------------------------------------------------------

@@ -1547,10 +1547,11 @@ class Facts:
         if len(re.findall(rf"(?<![\w.]){re.escape(name)}\b", self.ctx.source)) != 1 + len(here):
             return None  # a use of the name that is not a call this reading follows
         found = project.callers(name)
+        found = [c for c in found if not c[3]] if found is not None else None  # tests choose their own inputs
         if found is None or len(found) > _CALLER_FILES:
             return None
         out: List[Tuple[Facts, cst.Call]] = [(self, c) for c in here]
-        for other, local, via_module in found:
+        for other, local, via_module, _ in found:
             facts = _remote_facts(other, self.ctx.dtypes)
             if facts is None:
                 return None
@@ -1560,6 +1561,31 @@ class Facts:
             out.extend((facts, c) for c in calls)
         self._all_calls[func] = out
         return out
+
+    def only_tests_call(self, func: cst.FunctionDef, depth: int = 0) -> bool:
+        """A module-level function that only test code runs: test modules
+        import it, no other module does, and each call of it in this file is
+        inside a function that only tests run (``mamba_inner_ref`` calling
+        ``selective_scan_ref``): a reference implementation that checks a
+        kernel, or a test helper. Its inputs are the tests' own."""
+        project = self.ctx.project
+        if (depth > 2 or self.remote or project is None or self.ctx.test_code
+                or self.scopes.parent.get(func) is not self.ctx.module):
+            return False
+        name = func.name.value
+        here = self.calls_of(func)
+        if len(re.findall(rf"(?<![\w.]){re.escape(name)}\b", self.ctx.source)) != 1 + len(here):
+            return False
+        found = project.callers(name)
+        if found is None or any(not test for *_, test in found):
+            return False
+        for call in here:
+            outer = self.scopes.enclosing_function(call)
+            while outer is not None and self.scopes.parent.get(outer) is not self.ctx.module:
+                outer = self.scopes.enclosing_function(outer)
+            if outer is None or outer is func or not self.only_tests_call(outer, depth + 1):
+                return False
+        return bool(found) or bool(here)
 
     def calls_through_import(self, local: str, attr: Optional[str]) -> Optional[List[cst.Call]]:
         """The calls in this file of an imported function: ``local(...)``, or
