@@ -345,3 +345,47 @@ def test_a_reference_implementation_only_tests_run_is_low(tmp_path, users, confi
     found = [f for f in json.loads(proc.stdout) if f["code"] == "NL002" and f["path"] == "pkg/ops.py"]
     assert [f["confidence"] for f in found] == [confidence]
     assert ("only tests run" in found[0]["message"]) == (confidence == "low")
+
+
+def test_callers_are_unknown_when_the_project_is_too_large_to_list(tmp_path, monkeypatch):
+    """Past the scan limit the file listing stops, so an importer may be
+    missing: no function's callers are listed then (none is concluded from)."""
+    from nanlint.analysis import project
+
+    package(tmp_path, {"pkg/__init__.py": "", "pkg/ops.py": OPS,
+                       "pkg/a.py": "from pkg.ops import ratio\n", "pkg/b.py": "from pkg.ops import ratio\n"})
+    ops = str(tmp_path / "pkg/ops.py")
+    monkeypatch.setattr(project, "_IMPORTERS", {})
+    monkeypatch.setattr(project, "_SOURCES", {})
+    assert [c[0] for c in project.callers(ops, "ratio", str(tmp_path))] == [
+        str(tmp_path / "pkg/a.py"), str(tmp_path / "pkg/b.py")]
+    monkeypatch.setattr(project, "_IMPORTERS", {})
+    monkeypatch.setattr(project, "_SOURCES", {})
+    monkeypatch.setattr(project, "_SCAN_LIMIT", 2)
+    assert project.callers(ops, "ratio", str(tmp_path)) is None
+
+
+WHISPER = (
+    "import torch\nfrom torch import nn\n\n\nclass Decoder(nn.Module):\n    def __init__(self, n, d):\n"
+    "        super().__init__()\n        self.positional_embedding = nn.Parameter(torch.empty(n, d))\n\n\n"
+    "class Model(nn.Module):\n    def __init__(self, n, d):\n        super().__init__()\n        self.decoder = Decoder(n, d)\n"
+)
+
+
+@pytest.mark.parametrize("loader, confidence", [
+    ("def load_model(path):\n    ckpt = torch.load(path)\n    model = Model(**ckpt['dims'])\n"
+     "    model.load_state_dict(ckpt['model_state_dict'])\n    return model\n", "low"),
+    # look-alike: the other module builds the model and trains it from scratch
+    ("def build(n, d):\n    model = Model(n, d)\n    return model.cuda()\n", "high"),
+])
+def test_a_model_another_module_builds_and_loads_holds_the_checkpoint(tmp_path, loader, confidence):
+    """whisper: `load_model` in the package's `__init__` builds `Whisper(dims)` and loads it."""
+    package(tmp_path, {"pkg/__init__.py": "import torch\nfrom .model import Model\n\n\n" + loader, "pkg/model.py": WHISPER,
+                       # a test that builds the model without loading it does not count
+                       "tests/test_model.py": "from pkg.model import Model\n\n\ndef test_model():\n    Model(4, 8)\n",
+                       # the project trains (fine-tunes), so it is no inference release
+                       "pkg/train.py": "def step(model, loss):\n    loss.backward()\n"})
+    proc = run("check", "--no-cache", "--min-confidence", "low", "--output-format", "json", ".", cwd=tmp_path)
+    assert proc.returncode in (0, 1), proc.stderr
+    found = [f for f in json.loads(proc.stdout) if f["code"] == "NL110"]
+    assert [(f["path"], f["confidence"]) for f in found] == [("pkg/model.py", confidence)]

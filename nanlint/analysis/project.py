@@ -589,7 +589,13 @@ def _importers(root: str) -> Dict[str, Optional[List[Tuple[str, str, Optional[st
     from ``pkg.mod``)."""
     if root not in _IMPORTERS:
         index: Dict[str, Optional[List[Tuple[str, str, Optional[str], bool]]]] = {}
-        for other in _source_files(root)[:_SCAN_LIMIT]:
+        files = _source_files(root)
+        if len(files) > _SCAN_LIMIT:
+            # past the limit the listing stops: an importer may be missing, so
+            # no function's callers can be listed
+            _IMPORTERS[root] = _UNLISTED
+            return _UNLISTED
+        for other in files:
             test = is_test_path(other, root)
             base = _import_roots(other, root)
             for imp in module_imports(other).values():
@@ -640,6 +646,16 @@ def _import_roots(path: str, root: str) -> List[str]:
     if root not in out:
         out.append(root)
     return out
+
+
+class _Unlisted(dict):
+    """The importer index of a project too large to list: every lookup is None."""
+
+    def get(self, key, default=None):  # type: ignore[override]
+        return None
+
+
+_UNLISTED = _Unlisted()
 
 
 def _add_importer(index, target: str, entry: Tuple[str, str, Optional[str], bool]) -> None:
