@@ -322,11 +322,9 @@ def value_facts(
         if node.value.isupper() and len(node.value) > 1:
             return frozenset({UPPER, LOWER})  # a module constant
         facts = name_facts(node.value)
-        if bindings is not None:
-            lookup_node = getattr(bindings, "lookup_node", None)
-            bound = lookup_node(node) if lookup_node is not None else bindings.lookup(node.value)
-            if bound is not None and bound is not node:
-                facts = facts | rec(bound)
+        bound = _bound_value(bindings, node)
+        if bound is not None:
+            facts = facts | rec(bound)
         return facts
     if isinstance(node, cst.Attribute):
         if node.attr.value == "values" and isinstance(node.value, cst.Call):
@@ -577,11 +575,8 @@ def _operand_of_maximum(ctx: Context, left: cst.BaseExpression, right: cst.BaseE
     """``a - maximum(a, b)`` (also through a name: ``p = torch.maximum(pp, ww)``
     then ``pp - p``): a value minus an elementwise maximum it takes part in is
     at most 0 -- RWKV's log-space running state ``exp(pp - p)``, ``exp(ww - p)``."""
-    if type(right) is cst.Name and bindings is not None:
-        lookup_node = getattr(bindings, "lookup_node", None)
-        bound = lookup_node(right) if lookup_node is not None else bindings.lookup(right.value)
-        if bound is not None and bound is not right:
-            right = bound
+    if type(right) is cst.Name:
+        right = _bound_value(bindings, right) or right
     if type(right) is not cst.Call or len(right.args) != 2 or any(a.keyword or a.star for a in right.args):
         return False
     op = torch_op(ctx, right)
@@ -593,6 +588,16 @@ def _operand_of_maximum(ctx: Context, left: cst.BaseExpression, right: cst.BaseE
         return False
     spelled = ctx.code(left)
     return any(ctx.code(a.value) == spelled for a in right.args)
+
+
+def _bound_value(bindings, node: cst.Name) -> Optional[cst.BaseExpression]:
+    """The value a name is bound to at its use, as ``bindings`` tells it
+    (``lookup_node`` where the adapter has it, else ``lookup`` by name), or None."""
+    if bindings is None:
+        return None
+    lookup_node = getattr(bindings, "lookup_node", None)
+    bound = lookup_node(node) if lookup_node is not None else bindings.lookup(node.value)
+    return bound if bound is not None and bound is not node else None
 
 
 def _assumed_scalar_sign(node: cst.BaseExpression) -> Facts:

@@ -181,15 +181,20 @@ class Context:
             self._path_parts = _relative_parts(self.path, self.project)
         return self._path_parts
 
+    def _outermost_definition(self, node: cst.CSTNode) -> Optional[cst.CSTNode]:
+        """The module-level function, class or lambda holding ``node``, or None."""
+        found = None
+        for up in self.facts.scopes.ancestors(node):
+            if isinstance(up, (cst.FunctionDef, cst.ClassDef, cst.Lambda)):
+                found = up
+        return found
+
     def only_tested_function(self, node: cst.CSTNode) -> Optional[str]:
         """The name of the module-level function holding ``node`` when only
         test code runs it (:meth:`nanlint.analysis.Facts.only_tests_call`), else None."""
         if self.project is None or self.test_code:
             return None
-        func = None
-        for up in self.facts.scopes.ancestors(node):
-            if isinstance(up, (cst.FunctionDef, cst.ClassDef, cst.Lambda)):
-                func = up
+        func = self._outermost_definition(node)
         if not isinstance(func, cst.FunctionDef) or not self.facts.only_tests_call(func):
             return None
         return func.name.value
@@ -203,10 +208,7 @@ class Context:
         code: whatever it would compute never runs. None otherwise. (A
         module's private ``_helper`` that its own file never calls is, more
         likely than dead, imported by a sibling module: it does not count.)"""
-        func = None
-        for up in self.facts.scopes.ancestors(node):
-            if isinstance(up, (cst.FunctionDef, cst.ClassDef, cst.Lambda)):
-                func = up
+        func = self._outermost_definition(node)
         if not isinstance(func, cst.FunctionDef) or func.decorators:
             return None
         name = func.name.value
@@ -263,8 +265,6 @@ class Context:
     def dtype(self) -> DtypeFacts:
         """The most fragile target dtype (the first one configured)."""
         return self.dtypes[0]
-
-
 
 
 _JAX_IMPORT = re.compile(r"^[ \t]*(?:import|from)[ \t]+(?:jax|flax)\b", re.MULTILINE)

@@ -389,3 +389,18 @@ def test_a_model_another_module_builds_and_loads_holds_the_checkpoint(tmp_path, 
     assert proc.returncode in (0, 1), proc.stderr
     found = [f for f in json.loads(proc.stdout) if f["code"] == "NL110"]
     assert [(f["path"], f["confidence"]) for f in found] == [("pkg/model.py", confidence)]
+
+
+def test_callers_are_unknown_when_a_module_star_imports_the_function(tmp_path, monkeypatch):
+    """`from .ops import *` may call `ratio` under its own name, unseen."""
+    from nanlint.analysis import project
+
+    package(tmp_path, {"pkg/__init__.py": "", "pkg/ops.py": OPS, "pkg/a.py": "from pkg.ops import ratio\n",
+                       "pkg/b.py": "from .ops import *\n"})
+    monkeypatch.setattr(project, "_IMPORTERS", {})
+    assert project.callers(str(tmp_path / "pkg/ops.py"), "ratio", str(tmp_path)) is None
+    (tmp_path / "pkg/b.py").write_text("from .other import *\n")
+    monkeypatch.setattr(project, "_IMPORTERS", {})
+    monkeypatch.setattr(project, "_IMPORTS", {})
+    assert [c[0] for c in project.callers(str(tmp_path / "pkg/ops.py"), "ratio", str(tmp_path))] == [
+        str(tmp_path / "pkg/a.py")]

@@ -63,6 +63,7 @@ _SWEEPS = frozenset({"parameters", "named_parameters", "modules", "named_modules
 _FROM = re.compile(r"^[ \t]*from[ \t]+(\.*)([\w.]*)[ \t]+import[ \t]+(\([^)]*\)|[^\n#;]*)", re.MULTILINE)
 _IMPORT = re.compile(r"^[ \t]*import[ \t]+([\w., \t]+)", re.MULTILINE)
 _ALIAS = re.compile(r"^([\w.]+)(?:\s+as\s+(\w+))?$")
+_STAR = re.compile(r"^[ \t]*from[ \t]+(\.*)([\w.]*)[ \t]+import[ \t]+\*", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -81,13 +82,8 @@ def read_imports(text: str, package: Sequence[str]) -> List[Imported]:
     out: List[Imported] = []
     froms, plains = _import_lines(text)
     for m in froms:
-        dots, module, names = m.group(1), m.group(2), m.group(3)
-        if dots:
-            up = len(dots) - 1
-            if up > len(package):
-                continue
-            base = list(package[: len(package) - up]) if up else list(package)
-            module = ".".join(base + ([module] if module else []))
+        dots, names = m.group(1), m.group(3)
+        module = _absolute(dots, m.group(2), package)
         if not module:
             continue
         for part in names.strip("() \t\r\n\\").replace("\n", ",").split(","):
@@ -106,6 +102,18 @@ def read_imports(text: str, package: Sequence[str]) -> List[Imported]:
                 head = name.split(".")[0]
                 out.append(Imported(head, head, None))
     return out
+
+
+def _absolute(dots: str, module: str, package: Sequence[str]) -> str:
+    """The absolute name of ``from <dots><module> import ...`` in a module of
+    package ``package`` (its dotted parts); "" when the dots climb above it."""
+    if dots:
+        up = len(dots) - 1
+        if up > len(package):
+            return ""
+        base = list(package[: len(package) - up]) if up else list(package)
+        module = ".".join(base + ([module] if module else []))
+    return module
 
 
 def _import_lines(text: str) -> Tuple[List["re.Match[str]"], List["re.Match[str]"]]:
@@ -198,8 +206,12 @@ def _read_text(path: str) -> str:
     return data.decode("utf-8", "replace") if data is not None else ""
 
 
+_STARS: Dict[str, List[str]] = {}
+
+
 def module_imports(path: str) -> Dict[str, Imported]:
-    """The names a project module imports (read once per process)."""
+    """The names a project module imports (read once per process, with its
+    star imports: :func:`star_imports`)."""
     if path not in _IMPORTS:
         text = _read_text(path)
         parts = module_parts(path, package_root(path))
@@ -208,7 +220,15 @@ def module_imports(path: str) -> Dict[str, Imported]:
         for imp in read_imports(text, package):
             table.setdefault(imp.local, imp)
         _IMPORTS[path] = table
+        stars = (_absolute(dots, module, package) for dots, module in _STAR.findall(text)) if "*" in text else ()
+        _STARS[path] = [m for m in stars if m]
     return _IMPORTS[path]
+
+
+def star_imports(path: str) -> List[str]:
+    """The modules a project module imports everything from (``from .ops import *``)."""
+    module_imports(path)
+    return _STARS[path]
 
 
 _HASHES: Dict[str, Optional[str]] = {}
@@ -566,7 +586,6 @@ def use_of_weights(root: str) -> str:
 #: values a function meets in training or inference
 TEST_DIRS = frozenset({"test", "tests", "testing"})
 TEST_FILE = re.compile(r"^(?:test_\w*|\w+_tests?|conftest)\.(?:py|ipynb)$")
-_STAR = re.compile(r"^[ \t]*from[ \t]+(\.*)([\w.]*)[ \t]+import[ \t]+\*", re.MULTILINE)
 #: root -> importer index: target file -> [(importer, local name, symbol or None,
 #: whether the importer is test code)]; a target under a star import maps to
 #: None (its callers cannot be listed)
@@ -617,18 +636,10 @@ def _importers(root: str) -> Dict[str, Optional[List[Tuple[str, str, Optional[st
                     owner = find_module(imp.module, base)
                     if owner is not None:
                         _add_importer(index, owner, (other, imp.local, None, test))
-            text = _read_text(other)
-            if "*" in text:
-                parts = module_parts(other, base[0])
-                package = parts if other.endswith("__init__.py") else parts[:-1]
-                for m in _STAR.finditer(text):
-                    dots, module = m.group(1), m.group(2)
-                    if dots:
-                        up = len(dots) - 1
-                        module = ".".join(list(package[: len(package) - up] if up else package) + ([module] if module else []))
-                    target = find_module(module, base) if module else None
-                    if target is not None and not test:
-                        index[target] = None
+            for module in star_imports(other):
+                target = find_module(module, base)
+                if target is not None and not test:
+                    index[target] = None
         _IMPORTERS[root] = index
     return _IMPORTERS[root]
 

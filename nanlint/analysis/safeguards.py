@@ -352,11 +352,12 @@ class Safeguards:
         )
         if not result and depth < 8:
             builders = self._builders(cls.name.value)
-            if builders is not None and not builders[0] and not builders[1] and self.scopes.parent.get(cls) is self.scopes.module:
-                result = self._loaded_by_importers(cls.name.value)
-            else:
-                result = builders is not None and bool(builders[0] or builders[1]) and all(
-                    self.checkpoint_loaded(b, depth + 1) for b in builders[0])
+            if builders is not None:
+                classes, loaded = builders
+                if classes or loaded:
+                    result = all(self.checkpoint_loaded(b, depth + 1) for b in classes)
+                elif self.scopes.parent.get(cls) is self.scopes.module:
+                    result = self._loaded_by_importers(cls.name.value)  # built in other modules only
         self._checkpoint[cls] = result
         return result
 
@@ -382,7 +383,7 @@ class Safeguards:
             facts = _remote_facts(other, self.ctx.dtypes)
             builders = facts.safeguards._builders(local) if facts is not None else None
             if builders is None or builders[0]:
-                return False
+                return False  # a construction there is not loaded, or is a layer of another class
             loaded += len(builders[1])
         return loaded > 0
 

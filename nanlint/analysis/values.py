@@ -410,51 +410,34 @@ class Facts:
         return result
 
     def _argument_dtype(self, b: Binding, depth: int) -> str:
-        """A private helper's parameter holds what every call of it in this
-        file passes: ``self._norm(x.float())`` at each call (Gemma-style
-        RMSNorm) makes ``x`` float32 inside ``_norm``. A private name
-        (``_name``, not a dunder) is not called from other modules."""
+        """A parameter holds what every call of its function passes:
+        ``self._norm(x.float())`` at each call (Gemma-style RMSNorm) makes
+        ``x`` float32 inside ``_norm``. A private helper (``_name``, not a
+        dunder) is called from this file only; a public module-level function
+        from anywhere in the project (:meth:`all_calls`: ``angle(x.float())``
+        in every caller). Unknown when no call is seen, more than eight are,
+        or one passes the default."""
         func = self.scopes.parent.get(self.scopes.parent.get(b.node))
         if type(func) is not cst.FunctionDef or func.name.value.startswith("__"):
             return UNKNOWN
-        positional = [*func.params.posonly_params, *func.params.params]
-        if not func.name.value.startswith("_"):
-            return self._passed_by_every_call(func, b, positional, depth)
-        try:
-            index = next(i for i, p in enumerate(positional) if p is b.node)
-        except StopIteration:
-            index = None  # keyword-only
-        calls = self.calls_of(func)
-        kinds = []
-        for call in calls[:8]:
-            if type(call.func) is cst.Attribute and index is not None and not _is_static(func):
-                index_here = index - 1  # ``self._f(x)``: ``self`` is not among the arguments
-            else:
-                index_here = index
-            if any(a.star for a in call.args):
-                return UNKNOWN
-            given = arg(call, index_here if index_here is not None and index_here >= 0 else None, b.name)
-            if given is None:
-                return UNKNOWN  # the default, or a call this reading does not follow
-            kinds.append(self.dtype(given.value, depth + 1))
-        return _join_all(kinds) if len(calls) <= 8 else UNKNOWN
-
-    def _passed_by_every_call(self, func: cst.FunctionDef, b: Binding, positional, depth: int) -> str:
-        """A public module-level function's parameter holds what every call
-        of it in the project passes (see :meth:`all_calls`): ``angle(x.float())``
-        in every caller makes ``x`` float32 inside ``angle``. Unknown when no
-        call is seen, or one passes the default."""
-        calls = self.all_calls(func)
+        if func.name.value.startswith("_"):
+            calls: List[Tuple[Facts, cst.Call]] = [(self, c) for c in self.calls_of(func)]
+        else:
+            calls = self.all_calls(func) or []
         if not calls or len(calls) > 8:
             return UNKNOWN
-        index = next((i for i, p in enumerate(positional) if p is b.node), None)
+        positional = [*func.params.posonly_params, *func.params.params]
+        index = next((i for i, p in enumerate(positional) if p is b.node), None)  # None: keyword-only
+        # ``self._f(x)``: ``self`` is not among the arguments
+        bound = self.scopes.enclosing_class(func) is not None and not _is_static(func)
         kinds = []
         for facts, call in calls:
             if any(a.star for a in call.args):
                 return UNKNOWN
-            given = arg(call, index, b.name)
+            here = index - 1 if bound and index is not None and type(call.func) is cst.Attribute else index
+            given = arg(call, here if here is not None and here >= 0 else None, b.name)
             if given is None:
-                return UNKNOWN
+                return UNKNOWN  # the default, or a call this reading does not follow
             kinds.append(facts.dtype(given.value, depth + 1))
         return _join_all(kinds)
 
@@ -997,8 +980,8 @@ class Facts:
         ``__main__`` block), that this file calls only where no gradient
         flows, and in a public function whose every call in the project runs
         without gradient or only compares its result (but inside ``with
-        torch.enable_grad():`` gradients flow, whatever surrounds it); when the value is only read as integers or Python numbers
-        (``.long()``, ``floor``, ``round``, ``.item()``) or every use ends in
+        torch.enable_grad():`` gradients flow, whatever surrounds it); when
+        the value is only read as integers or Python numbers (``.long()``, ``floor``, ``round``, ``.item()``) or every use ends in
         a comparison or an index (``no_gradient_escapes``); and -- a name
         heuristic where nothing else decides -- in functions named like
         feature extraction, pre/post-processing or metrics, in
@@ -1117,25 +1100,27 @@ class Facts:
                 return True
         return False
 
-    def _enables_grad(self, node: cst.BaseExpression) -> bool:
-        """``torch.enable_grad()``, ``torch.set_grad_enabled(True)``."""
+    def _grad_mode(self, node: cst.BaseExpression) -> Optional[bool]:
+        """What a context manager or decorator sets gradients to: False for
+        ``no_grad``/``inference_mode``/``set_grad_enabled(False)``, True for
+        ``enable_grad``/``set_grad_enabled(True)``, None for anything else."""
         target = node.func if isinstance(node, cst.Call) else node
         short = (self.ctx.resolve(target) or dotted_name(target) or "").rsplit(".", 1)[-1]
-        if short == "enable_grad":
-            return True
-        return (short == "set_grad_enabled" and isinstance(node, cst.Call) and bool(node.args)
-                and isinstance(node.args[0].value, cst.Name) and node.args[0].value.value == "True")
-
-    def _no_grad(self, node: cst.BaseExpression) -> bool:
-        target = node.func if isinstance(node, cst.Call) else node
-        qualified = self.ctx.resolve(target) or dotted_name(target) or ""
-        short = qualified.rsplit(".", 1)[-1]
         if short in _NO_GRAD:
+            return False
+        if short == "enable_grad":
             return True
         if short == "set_grad_enabled" and isinstance(node, cst.Call) and node.args:
             value = node.args[0].value
-            return isinstance(value, cst.Name) and value.value == "False"
-        return False
+            if isinstance(value, cst.Name) and value.value in ("True", "False"):
+                return value.value == "True"
+        return None
+
+    def _no_grad(self, node: cst.BaseExpression) -> bool:
+        return self._grad_mode(node) is False
+
+    def _enables_grad(self, node: cst.BaseExpression) -> bool:
+        return self._grad_mode(node) is True
 
     # -- where values go ----------------------------------------------------
     def at_most(self, numerator: cst.BaseExpression, bound: cst.BaseExpression) -> bool:
@@ -1533,19 +1518,21 @@ class Facts:
         used other than by calling it (a callback, a registry), is decorated
         by a registering decorator, is star-imported, has more than
         ``_CALLER_FILES`` caller files, or this file is not part of a
-        project or is test code (whose callers, tests, are left out); or when this analysis is itself a caller's (one level of
-        callers is followed)."""
+        project or is test code (whose callers, tests, are left out); or
+        when this analysis is itself a caller's (one level of callers is
+        followed)."""
         if func in self._all_calls:
             return self._all_calls[func]
         self._all_calls[func] = None
         name = func.name.value
         project = self.ctx.project
-        if (self.remote or project is None or self.ctx.test_code or name.startswith("__") or self.scopes.parent.get(func) is not self.ctx.module
+        if (self.remote or project is None or self.ctx.test_code or name.startswith("__")
+                or self.scopes.parent.get(func) is not self.ctx.module
                 or any("regist" in self.ctx.code(d.decorator) for d in func.decorators)):
             return None
-        here = self.calls_of(func)
-        if len(re.findall(rf"(?<![\w.]){re.escape(name)}\b", self.ctx.source)) != 1 + len(here):
-            return None  # a use of the name that is not a call this reading follows
+        here = self._only_called(func)
+        if here is None:
+            return None
         found = project.callers(name)
         found = [c for c in found if not c[3]] if found is not None else None  # tests choose their own inputs
         if found is None or len(found) > _CALLER_FILES:
@@ -1572,11 +1559,10 @@ class Facts:
         if (depth > 2 or self.remote or project is None or self.ctx.test_code
                 or self.scopes.parent.get(func) is not self.ctx.module):
             return False
-        name = func.name.value
-        here = self.calls_of(func)
-        if len(re.findall(rf"(?<![\w.]){re.escape(name)}\b", self.ctx.source)) != 1 + len(here):
+        here = self._only_called(func)
+        if here is None:
             return False
-        found = project.callers(name)
+        found = project.callers(func.name.value)
         if found is None or any(not test for *_, test in found):
             return False
         for call in here:
@@ -1586,6 +1572,14 @@ class Facts:
             if outer is None or outer is func or not self.only_tests_call(outer, depth + 1):
                 return False
         return bool(found) or bool(here)
+
+    def _only_called(self, func: cst.FunctionDef) -> Optional[List[cst.Call]]:
+        """This file's calls of a module-level function (:meth:`calls_of`);
+        None when its name is also used otherwise here (passed as a value,
+        put in a table): its definition and its calls must be every mention."""
+        here = self.calls_of(func)
+        mentions = len(re.findall(rf"(?<![\w.]){re.escape(func.name.value)}\b", self.ctx.source))
+        return here if mentions == 1 + len(here) else None
 
     def calls_through_import(self, local: str, attr: Optional[str]) -> Optional[List[cst.Call]]:
         """The calls in this file of an imported function: ``local(...)``, or
