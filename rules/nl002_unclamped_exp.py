@@ -30,7 +30,9 @@ class UnclampedExp(Rule):
     Confidence: **high** where an ordinary input overflows: the argument is a
     score -- a product with a transposed activation (`q @ k.T * scale`,
     `bmm(q, k.transpose(1, 2))`, an `einsum`): a dot product over d features
-    above 11 is ordinary -- or an activation whose exp is summed or
+    above 11 is ordinary (a product transposed back the same way,
+    `matmul(attn, v.transpose(1, 2)).transpose(1, 2)`, is channel-first code
+    applying an alignment to values, not a score) -- or an activation whose exp is summed or
     normalised (a manual softmax over logits: `exp(x).sum()`,
     `e = exp(x); e / e.sum()`). **medium** for the exp of another activation
     (the output of a layer, a parameter of `forward`): a predicted

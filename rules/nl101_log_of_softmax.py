@@ -21,6 +21,11 @@ from nanlint.probabilities import (
 )
 
 
+#: a temperature from which the logits' needed span (17.34*T in float16) is
+#: beyond what trained logits reach: 69 at T = 4
+_LARGE_TEMPERATURE = 4.0
+
+
 class LogOfSoftmax(TracksLocals, Rule):
     """
     ## What it does
@@ -49,7 +54,11 @@ class LogOfSoftmax(TracksLocals, Rule):
     only sorts last (a beam score read by `topk`). Where no gradient flows
     (`no_grad`, inference code) the finding is medium: `-inf` is log(0)'s
     right value there, and becomes NaN only if a later step multiplies it by 0
-    (an entropy `p * log(p)`) or subtracts it from itself.
+    (an entropy `p * log(p)`) or subtracts it from itself. Medium too where
+    the input is divided by a temperature of 4 or more that the code names
+    (`softmax(x / T)` with T a literal, a constant or a parameter's default,
+    as in distillation losses, `temperature=20`): the logits must then span
+    17.34*T (69 at T = 4) to underflow, beyond what trained logits reach.
 
     ## Example
     ```python
@@ -137,7 +146,38 @@ class LogOfSoftmax(TracksLocals, Rule):
                 " (no gradient flows here: the -inf becomes NaN only where it is later multiplied by 0 or "
                 "subtracted from itself)")
             confidence = MEDIUM
+        scale = self._temperature(match)
+        if scale is not None:
+            gap, low, high = underflow(self.ctx.dtype)
+            reach = {"softmax": f"logits spanning {fmt(gap * scale)}", "sigmoid": f"x <= {fmt(low * scale)}"}.get(
+                match.kind, f"x >= {fmt(high * scale)}")
+            note = (f" (x is divided by a temperature of {fmt(scale)} first: only {reach} underflow, "
+                    "unusual for trained logits)")
+            message = message.replace("; use ", note + "; use ", 1)
+            confidence = MEDIUM
         self.report(node, message, self._fix(node, match), confidence=confidence)
+
+    def _temperature(self, match: Match) -> Optional[float]:
+        """The temperature T the probability's input is divided by
+        (``softmax(x / T)``, ``(x / self.t).sigmoid()``, through one local),
+        when it is at least ``_LARGE_TEMPERATURE``: the logits must then span
+        17.34*T (float16) to underflow. T is a number the code names: a
+        literal, a constant, or a parameter's default (the usual value)."""
+        prob = match.prob
+        op = torch_op(self.ctx, prob)
+        x = subject(self.ctx, prob) if op is not None else (prob.args[0].value if prob.args else None)
+        if isinstance(x, cst.Name):
+            x = self.ctx.facts.scopes.assigned_value(x)
+        divisor = None
+        if isinstance(x, cst.BinaryOperation) and isinstance(x.operator, cst.Divide):
+            divisor = x.right
+        elif isinstance(x, cst.Call) and isinstance(x.func, cst.Attribute) and x.func.attr.value in ("div", "true_divide") \
+                and is_method_call(self.ctx, x) and len(x.args) == 1:
+            divisor = x.args[0].value
+        if divisor is None:
+            return None
+        scale = self.ctx.facts.typical_number(divisor)
+        return scale if scale is not None and scale >= _LARGE_TEMPERATURE else None
 
     # -- messages ------------------------------------------------------------------
     def _message(self, match: Match) -> str:

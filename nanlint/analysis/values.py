@@ -27,6 +27,7 @@ reports with ``low`` confidence instead of guessing.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Dict, FrozenSet, List, Optional, Set, Tuple
 
@@ -214,6 +215,31 @@ class Facts:
         module constant of this file or imported from the project, a class or
         config field default), as a :class:`project.Constant`, or None."""
         return self.project.constant(node)
+
+    def typical_number(self, node: cst.BaseExpression, depth: int = 0) -> Optional[float]:
+        """The number an expression stands for, as :meth:`constant`, or
+        else the default of the parameter it reads (``temperature=20``), also
+        through ``self.t`` assigned such a parameter in every assignment of
+        the class: the value the author wrote down as the usual one, which a
+        caller may override."""
+        found = self.constant(node)
+        if found is not None:
+            return found.value
+        if depth > 2:
+            return None
+        if isinstance(node, cst.Name):
+            for b in self.scopes.reaching(node)[:1]:
+                if b.kind == "param" and b.value is not None:
+                    default = self.constant(b.value)
+                    return default.value if default is not None else None
+            return None
+        if isinstance(node, cst.Attribute):
+            values = [v for _, v in self.scopes.self_attribute(node)]
+            if not values or any(v is None for v in values):
+                return None
+            numbers = {self.typical_number(v, depth + 1) for v in values}  # type: ignore[arg-type]
+            return numbers.pop() if len(numbers) == 1 else None
+        return None
 
     def summary_of_call(self, call: cst.Call):
         """The :class:`project.FunctionSummary` of the function of this file
@@ -878,6 +904,8 @@ class Facts:
         or reshaped, followed through local names. Scores over d features
         reach magnitudes above 11 for ordinary inputs."""
         if depth > 8:
+            return False
+        if _transposed_here(node) and _transposed_back(self.ctx, node):
             return False
         node = look_through(self.ctx, node, _KEEPS_VALUES)
         if isinstance(node, cst.BinaryOperation):
@@ -1906,6 +1934,50 @@ def _transposed_here(node: cst.BaseExpression) -> bool:
         return node.attr.value in ("T", "mT", "H", "mH")
     return isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute) and node.func.attr.value in (
         "transpose", "t", "swapaxes", "swapdims")
+
+
+def _data_code(parts: List[str]) -> bool:
+    """A module of a data pipeline or of metrics, by its path below the
+    project root (a name heuristic: no gradient flows there)."""
+    return bool(_DATA_FILE.match(parts[-1])) or any(p in _DATA_DIRS for p in parts[:-1])
+
+
+def _parts_below(path: str, roots: List[str]) -> List[str]:
+    """A project file's path parts below the project root (the first of
+    ``roots``, reversed, that holds it)."""
+    for root in reversed(roots):
+        rel = os.path.relpath(path, root)
+        if not rel.startswith(os.pardir):
+            return rel.replace(os.sep, "/").split("/")
+    return [os.path.basename(path)]
+
+
+def _transposed_back(ctx, node: cst.BaseExpression) -> bool:
+    """``matmul(A, V.transpose(1, 2)).transpose(1, 2)``: a product with a
+    transposed operand, transposed back the same way. That is how
+    channel-first code (``(B, C, T)`` tensors: TTS, speech) applies an
+    alignment ``A`` (``(B, T', T)``) to values: the transposes move the
+    channels out of the contracted dimension and back, so ``A`` weighs time
+    steps of ``V`` (VITS' ``logs_p``); it sums no products of features, as a
+    score ``q @ k.transpose(1, 2)`` does, which is never transposed back
+    before its softmax."""
+    def dims(call: cst.BaseExpression) -> Optional[str]:
+        if isinstance(call, cst.Attribute):
+            return "T"
+        if isinstance(call, cst.Call) and isinstance(call.func, cst.Attribute) and call.func.attr.value == "transpose":
+            return ",".join(ctx.code(a.value) for a in call.args)
+        return None
+    outer = dims(node)
+    inner = node.value if isinstance(node, cst.Attribute) else node.func.value  # type: ignore[union-attr]
+    product = look_through(ctx, inner, frozenset({"squeeze", "unsqueeze", "contiguous"}))
+    if isinstance(product, cst.BinaryOperation) and isinstance(product.operator, cst.MatrixMultiply):
+        right = product.right
+    elif isinstance(product, cst.Call) and torch_op(ctx, product) in _SCORE_OPS:
+        positional = [a.value for a in product.args if not a.keyword]
+        right = positional[1] if len(positional) == 2 else None
+    else:
+        return False
+    return outer is not None and right is not None and dims(right) == outer
 
 
 def _same(a: Optional[cst.BaseExpression], b: Optional[cst.BaseExpression]) -> bool:

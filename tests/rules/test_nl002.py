@@ -219,3 +219,24 @@ def test_a_coefficient_set_in_init_carries_its_sign_to_forward():
     assert [f.line for f in lint(src.replace("-0.5 /", "0.5 /"), ["NL002"])] == [10]
     flipped = src.replace("        self.register_buffer", "        self.coeff *= -1\n        self.register_buffer")
     assert [f.line for f in lint(flipped, ["NL002"])] == [11]
+
+
+def test_an_alignment_applied_to_channel_first_values_is_no_score():
+    # VITS: the durations' path matrix averages the predicted log-scales over
+    # time; the transposes only move the channels, so nothing sums feature products
+    src = (
+        "import torch\n"
+        "def expand(attn, m_p, logs_p):\n"
+        "    logs_p = torch.matmul(attn.squeeze(1), logs_p.transpose(1, 2)).transpose(1, 2)\n"
+        "    return m_p + torch.randn_like(m_p) * torch.exp(logs_p)\n"
+        "def scores(q, k):\n"
+        "    s = torch.matmul(q, k.transpose(1, 2))\n"
+        "    t = (q @ k.transpose(-2, -1)).transpose(1, 2)\n"
+        "    return torch.exp(s), torch.exp(t)\n"
+    )
+    found = {f.line: f.confidence for f in lint(src, ["NL002"])}
+    # the alignment's exp is that of an activation (medium); the look-alikes
+    # are scores: not transposed back, or transposed back along other dims
+    assert found[4] == "medium"
+    assert found[8] == "high"
+    assert [f.column for f in lint(src, ["NL002"]) if f.line == 8 and f.confidence == "high"] == [12, 26]

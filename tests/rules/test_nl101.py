@@ -66,3 +66,40 @@ def test_without_gradient_the_log_of_a_softmax_is_medium():
     assert "NaN gradient" not in found.message and "no gradient flows here" in found.message
     [trained] = lint(source.replace("    with torch.no_grad():\n", "    if True:\n"), ["NL101"])
     assert (trained.line, trained.confidence) == (5, "high") and "NaN gradient" in trained.message
+
+
+def test_a_large_temperature_makes_the_underflow_unusual():
+    # a distillation loss: the logits are divided by the temperature before
+    # the softmax, so they must span 17.34*T to underflow in float16
+    source = (
+        "import torch\nimport torch.nn.functional as F\n"
+        "class KD:\n"
+        "    def __init__(self, temperature=8.0):\n"
+        "        self.t = temperature\n"
+        "    def cls(self, s, t, temperature=20):\n"
+        "        p = F.softmax(s / temperature, dim=1)\n"
+        "        return F.kl_div(torch.log(p), F.softmax(t / temperature, dim=1))\n"
+        "    def attr(self, s):\n"
+        "        return torch.log(F.softmax(s / self.t, -1))\n"
+        "    def method(self, s):\n"
+        "        z = s.div(10.0)\n"
+        "        return torch.log(torch.sigmoid(z))\n"
+    )
+    found = lint(source, ["NL101"])
+    assert [(f.line, f.confidence) for f in found] == [(8, "medium"), (10, "medium"), (13, "medium")]
+    assert "logits spanning 346.8 underflow" in found[0].message
+    assert "x <= -173.4 underflow" in found[2].message
+
+
+def test_a_small_or_unknown_temperature_stays_high():
+    source = (
+        "import torch\nimport torch.nn.functional as F\n"
+        "def small(s, temperature=2.0):\n"
+        "    return torch.log(F.softmax(s / temperature, -1))\n"
+        "def unknown(s, tau):\n"
+        "    return torch.log(F.softmax(s / tau, -1))\n"
+        "def scaled_up(s):\n"
+        "    return torch.log(F.softmax(s / 0.07, -1))\n"
+    )
+    found = lint(source, ["NL101"])
+    assert [(f.line, f.confidence) for f in found] == [(4, "high"), (6, "high"), (8, "high")]
