@@ -404,3 +404,40 @@ def test_callers_are_unknown_when_a_module_star_imports_the_function(tmp_path, m
     monkeypatch.setattr(project, "_IMPORTS", {})
     assert [c[0] for c in project.callers(str(tmp_path / "pkg/ops.py"), "ratio", str(tmp_path))] == [
         str(tmp_path / "pkg/a.py")]
+
+
+@pytest.mark.parametrize("users, shown", [
+    # nerfstudio: camera utilities called by the dataparsers only, however many
+    ({f"pkg/data/parsers/p{i}.py": "from pkg import ops\n\n\ndef parse(a, b):\n    return ops.angle(a, b)\n"
+      for i in range(8)}, []),
+    ({"pkg/datasets/load.py": "from pkg.ops import angle\n\n\ndef load(a, b):\n    return angle(a, b)\n",
+      "pkg/metrics.py": "from pkg.ops import angle\n\n\ndef score(a, b):\n    return angle(a, b).mean()\n"}, []),
+    # look-alikes: a model module calls it too; nothing calls it
+    ({"pkg/data/parse.py": "from pkg import ops\n\n\ndef parse(a, b):\n    return ops.angle(a, b)\n",
+      "pkg/model.py": "from pkg import ops\n\n\ndef forward(a, b):\n    return ops.angle(a, b).mean()\n"},
+     [("pkg/ops.py", 10, "NL105")]),
+    ({}, [("pkg/ops.py", 10, "NL105")]),
+])
+def test_no_gradient_leaves_a_function_only_data_code_calls(tmp_path, users, shown):
+    package(tmp_path, {"pkg/__init__.py": "", "pkg/ops.py": OPS, **users})
+    proc = run("check", "--no-cache", "--output-format", "json", ".", cwd=tmp_path)
+    assert [f for f in findings(proc) if f[2] == "NL105"] == shown
+
+
+def test_a_module_importer_that_never_names_the_function_is_no_caller(tmp_path, monkeypatch):
+    """`from pkg import ops` in many files that use other functions of it:
+    only those that spell `ops.angle` call `angle`, so the six-file limit on
+    callers read is not spent on the others, and the cache watches them all."""
+    from nanlint.analysis import project
+
+    users = {f"pkg/u{i}.py": "from pkg import ops\n\n\ndef f(a, b):\n    return ops.ratio(a, b)\n" for i in range(8)}
+    users["pkg/frames.py"] = "from pkg import ops\n\n\ndef colinear(e1, e2, thr):\n    return ops.angle(e1, e2) < thr\n"
+    package(tmp_path, {"pkg/__init__.py": "", "pkg/ops.py": OPS, **users})
+    monkeypatch.setattr(project, "_IMPORTERS", {})
+    found = project.callers(str(tmp_path / "pkg/ops.py"), "angle", str(tmp_path))
+    assert [c[0] for c in found] == [str(tmp_path / "pkg/frames.py")]
+    args = ("check", "--output-format", "json", ".")
+    assert [f for f in findings(run(*args, cwd=tmp_path)) if f[2] == "NL105"] == []
+    # an importer starts using the angle in a loss: the cached result must go
+    (tmp_path / "pkg/u3.py").write_text("from pkg import ops\n\n\ndef f(a, b):\n    return ops.angle(a, b).mean()\n")
+    assert [f for f in findings(run(*args, cwd=tmp_path)) if f[2] == "NL105"] == [("pkg/ops.py", 10, "NL105")]

@@ -361,7 +361,8 @@ class ProjectFile:
         out = []
         for entry in filter(None, value.split(";")):
             other, local, via, test, _ = entry.split("|")
-            out.append((other, local, via == "1", test == "1"))
+            if test != "w":  # only watched (see ``_callers_fact``)
+                out.append((other, local, via == "1", test == "1"))
         return out
 
     def _fact(self, kind: str, subject: str) -> str:
@@ -690,10 +691,33 @@ def callers(path: str, name: str, root: str) -> Optional[List[Tuple[str, str, bo
         if other == path:
             continue
         if symbol is None:
-            out.append((other, local, True, test))
+            if name in _module_attributes(other, local):
+                out.append((other, local, True, test))
         elif symbol == name:
             out.append((other, local, False, test))
     return sorted(set(out))
+
+
+def module_importers(path: str, root: str) -> List[str]:
+    """The files below ``root`` that import ``path``'s module as a module
+    (``import pkg.mod as m``), whether or not they use a given function of it:
+    a cached list of callers rests on them too (one may start calling it)."""
+    entries = _importers(root).get(os.path.abspath(path), []) or []
+    return sorted({other for other, _, symbol, _ in entries if symbol is None and other != path})
+
+
+_ATTRIBUTES: Dict[Tuple[str, str], FrozenSet[str]] = {}
+
+
+def _module_attributes(path: str, local: str) -> FrozenSet[str]:
+    """The attributes a file reads from the module it imports as ``local``
+    (``m.f(...)``, ``m.C``), by its text: a file that imports a module of
+    utilities but never names ``m.f`` does not call ``f``."""
+    key = (path, local)
+    if key not in _ATTRIBUTES:
+        pattern = rf"(?<![\w.]){re.escape(local)}\s*\.\s*([A-Za-z_]\w*)"
+        _ATTRIBUTES[key] = frozenset(re.findall(pattern, _read_text(path)))
+    return _ATTRIBUTES[key]
 
 
 def _callers_fact(subject: str) -> str:
@@ -704,8 +728,11 @@ def _callers_fact(subject: str) -> str:
     found = callers(path, name, root)
     if found is None:
         return "?"
-    return ";".join(f"{other}|{local}|{int(via)}|{int(test)}|{content_hash(other) or ''}"
-                    for other, local, via, test in found)
+    listed = {other for other, *_ in found}
+    # a module's importers that do not call it now: an edit may make one a caller
+    watched = [f"{other}|||w|{content_hash(other) or ''}" for other in module_importers(path, root) if other not in listed]
+    return ";".join([f"{other}|{local}|{int(via)}|{int(test)}|{content_hash(other) or ''}"
+                     for other, local, via, test in found] + watched)
 
 
 # -- summaries ---------------------------------------------------------------------

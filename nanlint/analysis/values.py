@@ -167,7 +167,7 @@ _DATA_FILE = re.compile(
     r"postprocess(?:ing)?|metrics?|evaluat(?:e|ion)|audio_utils)(?:_|\.|$)"
 )
 #: folders of data pipelines: dataset samples are prepared without gradients
-_DATA_DIRS = frozenset({"datasets", "metrics"})
+_DATA_DIRS = frozenset({"data", "dataset", "datasets", "dataloaders", "metrics"})
 _NO_GRAD_FUNCTION = re.compile(
     r"extract\w*features?|^_?(?:pre|post)_?process|(?:^|_)metrics?(?:_|$)|^_?compute_metrics", re.IGNORECASE
 )
@@ -1014,12 +1014,11 @@ class Facts:
         heuristic where nothing else decides -- in functions named like
         feature extraction, pre/post-processing or metrics, in
         ``feature_extraction_*``/``processing_*``/``metrics`` modules and in
-        ``datasets`` and ``metrics`` folders (data pipelines and evaluation, as
+        ``data``/``dataset(s)``/``dataloaders`` and ``metrics`` folders (data pipelines and evaluation, as
         a ``metrics.py`` module is; a ``transforms`` folder may hold
         differentiable geometry, so it does not count), and in a data
         transform class (:meth:`_data_transform`)."""
-        parts = self.ctx.path_parts
-        if _DATA_FILE.match(parts[-1]) or any(p in _DATA_DIRS for p in parts[:-1]):
+        if _data_code(self.ctx.path_parts):
             return False
         child: cst.CSTNode = node
         method: Optional[cst.FunctionDef] = None  # the function directly in the class met next
@@ -1070,11 +1069,31 @@ class Facts:
         if name.startswith("__"):
             return False
         if not (name.startswith("_") or self.ctx.main_block):
+            if self._called_by_data_code(func, depth):
+                return True
             every = self.all_calls(func)
             return bool(every) and all(not facts.grad_flows(call, depth + 1) or facts.no_gradient_escapes(call)
                                        for facts, call in every)
         calls = self.calls_of(func)
         return bool(calls) and all(not self.grad_flows(call, depth + 1) for call in calls)
+
+    def _called_by_data_code(self, func: cst.FunctionDef, depth: int) -> bool:
+        """A public module-level function that only data-pipeline and
+        metrics modules of the project call (:func:`_data_code`, by their
+        paths: no need to read them, however many they are), and whose calls
+        in this file all run without gradient (nerfstudio's camera utilities,
+        called by its dataparsers). Test callers do not count."""
+        project = self.ctx.project
+        if (self.remote or project is None or self.ctx.test_code
+                or self.scopes.parent.get(func) is not self.ctx.module):
+            return False
+        here = self._only_called(func)
+        found = project.callers(func.name.value)
+        if here is None or found is None:
+            return False
+        found = [other for other, _, _, test in found if not test]
+        return bool(found) and all(_data_code(_parts_below(other, project.roots)) for other in found) and all(
+            not self.grad_flows(call, depth + 1) for call in here)
 
     def _custom_function_method(self, cls: cst.ClassDef, member: cst.FunctionDef) -> bool:
         """``forward`` / ``setup_context`` / ``backward`` of a
