@@ -343,10 +343,21 @@ class Rule:
             self.opts.update(options)
 
     def report(
-        self, node: cst.CSTNode, message: str, fix: Optional[FixSpec] = None, confidence: str = HIGH
+        self, node: cst.CSTNode, message: str, fix: Optional[FixSpec] = None, confidence: str = HIGH,
+        autocast_float32: Optional[str] = None,
     ) -> None:
+        """Record a finding. ``autocast_float32``: the op, named so in the
+        message, that CUDA/MPS autocast computes in float32 (``exp``,
+        ``softmax``): the hazard then needs a model run in pure half, so a
+        high finding is medium in a project that casts nothing to half
+        (:meth:`nanlint.analysis.project.ProjectFile.casts_to_half`)."""
         if confidence not in CONFIDENCES:
             raise ValueError(f"confidence must be one of {CONFIDENCES}")
+        if confidence == HIGH and autocast_float32 and self.ctx.project is not None \
+                and self.ctx.project.casts_to_half() is False:
+            confidence = MEDIUM
+            message += (f" (CUDA autocast computes `{autocast_float32}` in float32, and nothing in this project "
+                        f"casts a model to half: only a model run in pure {self.ctx.dtype.name} reaches this)")
         if "numel" in self.ctx.source and self.ctx.facts.only_for_empty(node):
             return  # `if x.numel() == 0:` -- no element to overflow
         if confidence != LOW and self.ctx.test_code:

@@ -37,7 +37,12 @@ class UnclampedExp(Rule):
     `e = exp(x); e / e.sum()`). **medium** for the exp of another activation
     (the output of a layer, a parameter of `forward`): a predicted
     log-variance or log-scale overflows only once it reaches 11, a real but
-    unusual value (shown with `--min-confidence medium`). **low** where the
+    unusual value (shown with `--min-confidence medium`); medium too, for
+    `exp`/`expm1`, in a project that casts nothing to half (no `.half()`,
+    `torch_dtype=torch.float16`, DeepSpeed `"fp16"` config...): CUDA/MPS
+    autocast computes `exp` in float32, so only a model run in pure float16
+    overflows there (CPU autocast does not, but trains in float16 rarely).
+    **low** where the
     analysis cannot tell where the argument comes from (schedule arithmetic,
     a helper's parameter, summed or not): shown with `--min-confidence low`.
 
@@ -229,6 +234,7 @@ class UnclampedExp(Rule):
                 "overflowing; use `torch.logsumexp` / `torch.softmax`, or upcast (`x.float().exp()`)",
                 None,
                 confidence=HIGH if origin == ACTIVATION else LOW,
+                autocast_float32=_autocast_float32(op),
             )
             return
         self.report(
@@ -237,6 +243,7 @@ class UnclampedExp(Rule):
             f"for x >= {fmt(limit)} (max {fmt(FLOAT16.max)}); clamp it or max-stabilise it",
             self._fix(node, x, "log2" if op.startswith("exp2") else "log"),
             confidence=(HIGH if facts.is_score(x) else MEDIUM) if origin == ACTIVATION else LOW,
+            autocast_float32=_autocast_float32(op),
         )
 
     def _summed(self, call: cst.Call) -> bool:
@@ -287,6 +294,13 @@ def _strip_shape_calls(ctx, node: cst.BaseExpression) -> cst.BaseExpression:
     ):
         node = node.func.value
     return node
+
+
+def _autocast_float32(op: str) -> Optional[str]:
+    """The op's name where CUDA/MPS autocast computes it in float32 (``exp``,
+    ``expm1``; not ``exp2``)."""
+    name = op.rpartition(".")[2].rstrip("_")
+    return name if name in ("exp", "expm1") else None
 
 
 def _module_attribute(ctx, node: cst.BaseExpression) -> bool:

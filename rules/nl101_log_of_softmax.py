@@ -59,6 +59,10 @@ class LogOfSoftmax(TracksLocals, Rule):
     (`softmax(x / T)` with T a literal, a constant or a parameter's default,
     as in distillation losses, `temperature=20`): the logits must then span
     17.34*T (69 at T = 4) to underflow, beyond what trained logits reach.
+    Medium also for a softmax in a project that casts nothing to half (no
+    `.half()`, `torch_dtype=torch.float16`, DeepSpeed `"fp16"` config...):
+    CUDA/MPS autocast computes softmax in float32, so only a model run in
+    pure half underflows. A sigmoid stays float16 under autocast.
 
     ## Example
     ```python
@@ -155,7 +159,8 @@ class LogOfSoftmax(TracksLocals, Rule):
                     "unusual for trained logits)")
             message = message.replace("; use ", note + "; use ", 1)
             confidence = MEDIUM
-        self.report(node, message, self._fix(node, match), confidence=confidence)
+        self.report(node, message, self._fix(node, match), confidence=confidence,
+                    autocast_float32="softmax" if match.kind == "softmax" else None)
 
     def _temperature(self, match: Match) -> Optional[float]:
         """The temperature T the probability's input is divided by

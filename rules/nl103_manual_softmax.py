@@ -103,7 +103,10 @@ class ManualSoftmax(TracksLocals, Rule):
     exp: `torch.exp(x) / torch.exp(x).sum(dim, keepdim=True)`,
     `e = x.exp(); e / e.sum(-1, keepdim=True)` (also `e /= e.sum(...)`),
     and `torch.log(torch.exp(x).sum(dim))`. The finding is on the division,
-    or on the log.
+    or on the log. It is medium in a project that casts nothing to half (no
+    `.half()`, `torch_dtype=torch.float16`, DeepSpeed `"fp16"` config...):
+    CUDA/MPS autocast computes `exp` and `sum` in float32, so only a model
+    run in pure half overflows.
 
     ## Why is this bad?
     `exp(x)` is inf in float16 for every x >= 11.09 (the largest float16 is
@@ -266,6 +269,7 @@ class ManualSoftmax(TracksLocals, Rule):
             f"manual softmax: exp overflows {dtype.name} to inf for x >= {fmt(dtype.exp_overflow)} "
             f"(max {fmt(dtype.max)}), and inf / inf = NaN; torch.softmax subtracts the max first",
             None if (via or wrapped or isinstance(node, cst.AugAssign)) else self._softmax_fix(node, x, total),  # type: ignore[arg-type]
+            autocast_float32="exp",
         )
 
     def _softmax_fix(self, node: cst.CSTNode, x: cst.BaseExpression, total: cst.Call) -> Optional[FixSpec]:
@@ -336,6 +340,7 @@ class ManualSoftmax(TracksLocals, Rule):
             f"log(sum(exp(x))) by hand: exp overflows {dtype.name} to inf for x >= {fmt(dtype.exp_overflow)} "
             f"(max {fmt(dtype.max)}), so the result is inf; torch.logsumexp subtracts the max first",
             fix,
+            autocast_float32="exp",
         )
 
     def _lse_fix(self, node: cst.Call, x: cst.BaseExpression, rest) -> Optional[FixSpec]:

@@ -15,7 +15,7 @@ import pytest
 from nanlint.cache import Cache
 from nanlint.finding import Finding
 
-HAZARD = "import torch\ny = torch.exp(q @ k.mT)\n"
+HAZARD = "import torch\ny = torch.exp(q.half() @ k.mT)\n"
 
 
 def run(*args, cwd):

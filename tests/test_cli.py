@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-HAZARD = "import torch\ndef attend(q, k):\n    s = q @ k.mT\n    return torch.exp(s)\n"
+HAZARD = "import torch\ndef attend(q, k):\n    s = q.half() @ k.mT\n    return torch.exp(s)\n"
 CLEAN = "import torch\n\ndef f(x):\n    return torch.exp(x - x.amax(-1, keepdim=True))\n"
 
 

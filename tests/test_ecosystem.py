@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
 NOTEBOOK = ROOT / "fixtures" / "notebooks" / "vae.ipynb"
 
-HAZARD = "import torch\ndef attend(q, k):\n    s = q @ k.mT\n    return torch.exp(s)\n"
+HAZARD = "import torch\ndef attend(q, k):\n    s = q.half() @ k.mT\n    return torch.exp(s)\n"
 FIXABLE = "import torch\nh = x * (1 + torch.tanh(s))\n"
 CLEAN = "import torch\n\ndef f(x):\n    return torch.exp(x - x.amax(-1, keepdim=True))\n"
 

@@ -339,7 +339,9 @@ REF = (
 ])
 def test_a_reference_implementation_only_tests_run_is_low(tmp_path, users, confidence):
     """mamba's selective_scan_ref: the kernels' tests compare against it."""
-    package(tmp_path, {"pkg/__init__.py": "", "pkg/ops.py": REF, **users})
+    # the project runs its model in pure half (else the exp is medium: autocast computes it in float32)
+    package(tmp_path, {"pkg/__init__.py": "", "pkg/ops.py": REF, "pkg/half.py": "def run(m, x):\n    return m.half()(x)\n",
+                       **users})
     proc = run("check", "--no-cache", "--min-confidence", "low", "--output-format", "json", ".", cwd=tmp_path)
     assert proc.returncode in (0, 1), proc.stderr
     found = [f for f in json.loads(proc.stdout) if f["code"] == "NL002" and f["path"] == "pkg/ops.py"]
@@ -441,3 +443,39 @@ def test_a_module_importer_that_never_names_the_function_is_no_caller(tmp_path, 
     # an importer starts using the angle in a loss: the cached result must go
     (tmp_path / "pkg/u3.py").write_text("from pkg import ops\n\n\ndef f(a, b):\n    return ops.angle(a, b).mean()\n")
     assert [f for f in findings(run(*args, cwd=tmp_path)) if f[2] == "NL105"] == [("pkg/ops.py", 10, "NL105")]
+
+
+SIMCLR = (
+    "import torch\n\n\ndef nce(out, temperature):\n"
+    "    sim = torch.exp(torch.mm(out, out.t()) / temperature)\n    return sim.sum(-1).log().mean()\n"
+)
+
+
+@pytest.mark.parametrize("train, confidence", [
+    # AMP only: CUDA autocast computes exp in float32
+    ("import torch\n\n\ndef step(model, x):\n    with torch.autocast('cuda'):\n        loss = model(x)\n"
+     "    loss.backward()\n", "medium"),
+    ("import torch\n\n\ndef step(model, x):\n    if x.dtype == torch.float16:\n        x = x.float()\n"
+     "    model(x).backward()\n", "medium"),
+    # look-alikes: the model is run in pure half somewhere in the project
+    ("def step(model, x):\n    model.half()\n    model(x).backward()\n", "high"),
+    ("import torch\n\n\ndef load(cls, path):\n    return cls.from_pretrained(path, torch_dtype=torch.float16)\n", "high"),
+    ("ds_config = {'fp16': {'enabled': True}}\n", "high"),
+])
+def test_an_exp_autocast_computes_in_float32_needs_a_model_cast_to_half(tmp_path, train, confidence):
+    """SimCLR's exp of similarities: float16 only where something runs the model in pure half."""
+    package(tmp_path, {"pkg/__init__.py": "", "pkg/losses.py": SIMCLR, "pkg/train.py": train})
+    proc = run("check", "--no-cache", "--min-confidence", "medium", "--output-format", "json", ".", cwd=tmp_path)
+    assert proc.returncode in (0, 1), proc.stderr
+    found = [f for f in json.loads(proc.stdout) if f["code"] == "NL002"]
+    assert [f["confidence"] for f in found] == [confidence]
+    assert ("casts a model to half" in found[0]["message"]) == (confidence == "medium")
+
+
+def test_a_half_cast_added_elsewhere_invalidates_the_cached_finding(tmp_path):
+    package(tmp_path, {"pkg/__init__.py": "", "pkg/losses.py": SIMCLR,
+                       "pkg/train.py": "def step(model, x):\n    model(x).backward()\n"})
+    args = ("check", "--output-format", "json", ".")
+    assert [f for f in findings(run(*args, cwd=tmp_path)) if f[2] == "NL002"] == []
+    (tmp_path / "pkg/train.py").write_text("def step(model, x):\n    model.half()(x).backward()\n")
+    assert [f for f in findings(run(*args, cwd=tmp_path)) if f[2] == "NL002"] == [("pkg/losses.py", 5, "NL002")]

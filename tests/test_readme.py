@@ -64,8 +64,10 @@ def test_quick_start_output_is_what_nanlint_prints(tmp_path):
     install, command = re.search(r"```sh\n(.*?)```", section, re.S).group(1).strip().splitlines()
     assert install.startswith("pip install 'nanlint @ git+https://") and command == "nanlint check ."
     expected = re.search(r"```\n(model\.py:.*?)```", section, re.S).group(1)
-    # attention scores: an activation, so the finding is high confidence (shown by default)
-    (tmp_path / "model.py").write_text("import torch\n" + "\n" * 10 + "def f(q, k):\n    x = q @ k.mT\n    weights = torch.exp(x)\n")
+    # attention scores: an activation, so the finding is high confidence (shown by default) in a
+    # project that runs in pure half (under autocast alone exp is float32: medium)
+    (tmp_path / "model.py").write_text("import torch\nDTYPE = torch.float16\n" + "\n" * 9
+                                       + "def f(q, k):\n    x = q @ k.mT\n    weights = torch.exp(x)\n")
     proc = _shell(command, tmp_path)
     assert proc.returncode == 1, proc.stderr
     assert proc.stdout == expected
@@ -87,7 +89,8 @@ def test_confirm_example_output_is_what_nanlint_prints(tmp_path):
 
 # -- the ecosystem sections: each example is executed -------------------------------------------
 
-HAZARD = "import torch\nclass Attention(torch.nn.Module):\n    def forward(self, q, k):\n        return torch.exp(q @ k.transpose(-2, -1))\n"
+HAZARD = ("import torch\nclass Attention(torch.nn.Module):\n    def forward(self, q, k):\n        return torch.exp(q @ k.transpose(-2, -1))\n"
+          "model = Attention().half()\n")
 
 
 def _block(heading: str, lang: str) -> str:

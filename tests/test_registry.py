@@ -56,7 +56,7 @@ def test_infos_select_the_same_rules_as_the_classes():
 
 
 def test_a_run_answered_from_the_cache_does_not_import_libcst(tmp_path):
-    (tmp_path / "m.py").write_text("import torch\ny = torch.exp(q @ k.mT)  # noqa: NL999\n")
+    (tmp_path / "m.py").write_text("import torch\ny = torch.exp(q.half() @ k.mT)  # noqa: NL999\n")
     (tmp_path / "clean.py").write_text("import torch\nfrom m import y\nz = y + 1\n")
     code = textwrap.dedent(
         """

@@ -14,7 +14,7 @@ import pytest
 from helpers import lint
 from nanlint.analysis.scopes import Scopes
 
-SCORE = "import torch\n\ndef attend(q, k):\n    s = q @ k.mT\n    return torch.exp(s)\n"
+SCORE = "import torch\n\ndef attend(q, k):\n    s = q.half() @ k.mT\n    return torch.exp(s)\n"
 
 
 def _check(cwd, *args):

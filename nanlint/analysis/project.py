@@ -255,6 +255,9 @@ class ProjectFile:
         parts = module_parts(self.path, root)
         package = parts if self.path.endswith("__init__.py") else parts[:-1]
         self.imports: Dict[str, Imported] = {}
+        #: the file itself runs something in pure half (its text, which may
+        #: not be on disk: stdin, an unsaved buffer)
+        self.own_half = _PURE_HALF.search(text) is not None
         for imp in read_imports(text, package):
             self.imports.setdefault(imp.local, imp)
         self._dependencies: Optional[List[Tuple[str, str]]] = None
@@ -340,6 +343,15 @@ class ProjectFile:
         root = project_root(self.path, self.roots[-1])
         return root is not None and self._fact("weights", root) == INFERENCE
 
+    def casts_to_half(self) -> Optional[bool]:
+        """Whether this file's project runs something in pure float16 or
+        bfloat16 anywhere (see :func:`casts_to_half`); None when its extent
+        is unknown."""
+        if self.own_half:
+            return True
+        root = project_root(self.path, self.roots[-1])
+        return None if root is None else self._fact("half", root) == "yes"
+
     def generically_initialised(self, name: str) -> bool:
         """Whether a function of the project initialises a parameter called
         ``name`` on whatever module it walks (see :func:`generically_initialised`)."""
@@ -375,6 +387,7 @@ class ProjectFile:
 #: project-wide facts a cached result may rest on: kind -> subject -> value
 _FACTS = {
     "weights": lambda root: use_of_weights(root),
+    "half": lambda root: "yes" if casts_to_half(root) else "no",
     "generic-init": lambda scope: ",".join(sorted(generically_initialised(scope))),
     "patched": lambda subject: "yes" if patched_in(subject.partition(":")[2], subject.partition(":")[0]) else "no",
     "callers": lambda subject: _callers_fact(subject),
@@ -579,6 +592,38 @@ def use_of_weights(root: str) -> str:
                 use = INFERENCE
         _WEIGHTS_USE[root] = use
     return _WEIGHTS_USE[root]
+
+
+#: what a project that runs a model in pure half precision (no autocast) writes:
+#: a half cast (``.half()``, ``.to(torch.float16)``), a half dtype given or
+#: assigned (a loader's ``torch_dtype=torch.float16``, FSDP's
+#: ``compute_dtype = torch.float16``, a tensor made with
+#: ``dtype=torch.float16``, a table ``{"fp16": torch.float16}``), a half
+#: default dtype, DeepSpeed's ``"fp16": {...}`` config, apex's O2/O3,
+#: Lightning's ``"16-true"``, a ``HalfTensor`` default tensor type (LLaMA's
+#: reference code), DeepSpeed's engine (its fp16/bf16 modes cast the model;
+#: the config is often a JSON file); bfloat16 alike. A dtype compared
+#: (``x.dtype == torch.half``) is not a cast.
+_PURE_HALF = re.compile(
+    r"\.(?:half|bfloat16)\(\s*\)|\.to\([^)\n]*\btorch\.(?:float16|half|bfloat16)\b"
+    r"|(?:(?<![=!<>])=|:)\s*torch\.(?:float16|half|bfloat16)\b|set_default_dtype\(\s*torch\.(?:float16|half|bfloat16)"
+    r"|[\"']fp16[\"']\s*:\s*\{|opt_level\s*=\s*[\"']O[23]|[\"'](?:16|bf16)-true[\"']"
+    r"|set_default_tensor_type\([^)\n]*(?:Half|BFloat16)Tensor|\bdeepspeed\.initialize\("
+)
+_HALF_USE: Dict[str, bool] = {}
+
+
+def casts_to_half(root: str) -> bool:
+    """Whether any Python file or notebook below ``root`` (tests included:
+    a test of half inputs says the code is meant for them) names a pure
+    half-precision dtype or cast (``_PURE_HALF``), read once per process.
+    Where none does, the project runs in float32, under autocast at most:
+    CUDA/MPS autocast computes ``exp``, ``softmax`` and ``log`` in float32.
+    Assumed true past ``_SCAN_LIMIT`` files."""
+    if root not in _HALF_USE:
+        files = _source_files(root, (".py", ".ipynb"))
+        _HALF_USE[root] = len(files) > _SCAN_LIMIT or any(_PURE_HALF.search(_read_text(f)) for f in files)
+    return _HALF_USE[root]
 
 
 # -- who calls a function -------------------------------------------------------------
