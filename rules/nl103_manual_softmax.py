@@ -120,7 +120,9 @@ class ManualSoftmax(TracksLocals, Rule):
 
     Not flagged: stabilised forms (`exp(x - x.max(dim, keepdim=True).values)`,
     `exp(x - torch.logsumexp(...))`, a clamped or otherwise bounded argument),
-    and an exp of an explicitly upcast argument (`x.float().exp()`). The exp
+    and an exp of an explicitly upcast argument (`x.float().exp()`) or of a
+    tensor that is float32 by construction (`torch.linspace(-eta, 0, n)`, a
+    factory without `dtype=`, makes the default dtype). The exp
     itself is NL002's finding (float16 only); this rule names the
     replacement, which exists here.
 
@@ -155,6 +157,8 @@ class ManualSoftmax(TracksLocals, Rule):
     triggers = (re.compile(r"\bexp\b"),)
     valid = [
         Valid("import torch\nattn = torch.softmax(scores, dim=-1)\n"),
+        # botorch's window weights: linspace makes float32 (and the argument is <= 0)
+        Valid("import torch\nw = torch.exp(torch.linspace(-eta, 0, n))\nw = w / w.sum()\n"),
         Valid(
             "import torch\ne = torch.exp(x - x.max(dim=-1, keepdim=True).values)\n"
             "p = e / e.sum(dim=-1, keepdim=True)\n"
@@ -204,8 +208,9 @@ class ManualSoftmax(TracksLocals, Rule):
                 return None, None, False
             node, via = bound, True
         x = _exp_arg(self.ctx, node)
-        if x is None or _bounded(self.ctx, x, self.values) or is_upcast(self.ctx, x):
-            return None, None, False
+        if x is None or _bounded(self.ctx, x, self.values) or is_upcast(self.ctx, x) \
+                or not self.ctx.facts.can_be_half(x):
+            return None, None, False  # bounded, or float32 where the exp runs (``exp(torch.linspace(-eta, 0, n))``)
         return node, x, via
 
     def _sum_of(self, node: cst.BaseExpression) -> Optional[Tuple[cst.Call, cst.BaseExpression, bool]]:

@@ -68,3 +68,9 @@ def test_an_in_place_max_subtraction_stabilises_later_exps():
     assert codes("def f(x):\n    x.sub_(x.min(-1, keepdim=True)[0])\n"
                  "    return torch.log(x.exp().sum(-1))\n") == {"NL103", "NL002"}
     assert codes("def f(x):\n    y = x.exp()\n    x.sub_(x.max())\n    return y\n") == {"NL002"}
+
+
+def test_a_float32_factory_is_no_float16_softmax_but_its_half_cast_is():
+    src = "import torch\nw = torch.exp(torch.linspace(-eta, 0, n){cast})\nw = w / w.sum()\n"
+    assert lint(src.format(cast=""), ["NL103"]) == []
+    assert [f.line for f in lint(src.format(cast=".half()"), ["NL103"])] == [3]
