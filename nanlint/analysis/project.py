@@ -257,7 +257,7 @@ class ProjectFile:
         self.imports: Dict[str, Imported] = {}
         #: the file itself runs something in pure half (its text, which may
         #: not be on disk: stdin, an unsaved buffer)
-        self.own_half = _PURE_HALF.search(text) is not None
+        self._text = text
         for imp in read_imports(text, package):
             self.imports.setdefault(imp.local, imp)
         self._dependencies: Optional[List[Tuple[str, str]]] = None
@@ -347,7 +347,7 @@ class ProjectFile:
         """Whether this file's project runs something in pure float16 or
         bfloat16 anywhere (see :func:`casts_to_half`); None when its extent
         is unknown."""
-        if self.own_half:
+        if runs_pure_half(self._text):
             return True
         root = project_root(self.path, self.roots[-1])
         return None if root is None else self._fact("half", root) == "yes"
@@ -604,25 +604,59 @@ def use_of_weights(root: str) -> str:
 #: reference code), DeepSpeed's engine (its fp16/bf16 modes cast the model;
 #: the config is often a JSON file); bfloat16 alike. A dtype compared
 #: (``x.dtype == torch.half``) is not a cast.
-_PURE_HALF = re.compile(
-    r"\.(?:half|bfloat16)\(\s*\)|\.to\([^)\n]*\btorch\.(?:float16|half|bfloat16)\b"
-    r"|(?:(?<![=!<>])=|:)\s*torch\.(?:float16|half|bfloat16)\b|set_default_dtype\(\s*torch\.(?:float16|half|bfloat16)"
-    r"|[\"']fp16[\"']\s*:\s*\{|opt_level\s*=\s*[\"']O[23]|[\"'](?:16|bf16)-true[\"']"
-    r"|set_default_tensor_type\([^)\n]*(?:Half|BFloat16)Tensor|\bdeepspeed\.initialize\("
+_HALF_DTYPE = re.compile(r"torch\.(?:float16|half|bfloat16)\b")
+#: what may come right before a half dtype for it to be given or assigned
+#: (not compared): ``=`` (not ``==``), ``:``, an open ``.to(``, ``set_default_dtype(``
+_GIVEN_BEFORE = re.compile(r"(?:(?<![=!<>])=|:|\.to\([^)\n]*|set_default_dtype\()\s*\Z")
+#: the other signs, each a literal to look for first and the pattern it must start
+_HALF_SIGNS = (
+    (".half(", re.compile(r"\.half\(\s*\)")),
+    (".bfloat16(", re.compile(r"\.bfloat16\(\s*\)")),
+    ("fp16", re.compile(r"[\"']fp16[\"']\s*:\s*\{")),
+    ("opt_level", re.compile(r"opt_level\s*=\s*[\"']O[23]")),
+    ("-true", re.compile(r"[\"'](?:16|bf16)-true[\"']")),
+    ("Tensor", re.compile(r"set_default_tensor_type\([^)\n]*(?:Half|BFloat16)Tensor")),
+    ("deepspeed.initialize(", None),
 )
+
+
+def runs_pure_half(text: str) -> bool:
+    """Whether a file's text runs something in pure half precision (no
+    autocast): a half cast (``.half()``, ``.to(torch.float16)``), a half dtype
+    given or assigned (a loader's ``torch_dtype=torch.float16``, FSDP's
+    ``compute_dtype = torch.float16``, a tensor made with
+    ``dtype=torch.float16``, a table ``{"fp16": torch.float16}``), a half
+    default dtype, DeepSpeed's engine (its fp16/bf16 modes cast the model;
+    the config is often a JSON file) or ``"fp16": {...}`` config, apex's
+    O2/O3, Lightning's ``"16-true"``, a ``HalfTensor`` default tensor type
+    (LLaMA's reference code); bfloat16 alike. A dtype compared
+    (``x.dtype == torch.half``) is not a cast. Each sign is a literal found
+    with ``str.find`` before any pattern runs (most files have none)."""
+    for literal, pattern in _HALF_SIGNS:
+        if literal in text and (pattern is None or pattern.search(text)):
+            return True
+    if "torch.float16" not in text and "torch.half" not in text and "torch.bfloat16" not in text:
+        return False
+    for found in _HALF_DTYPE.finditer(text):
+        start = found.start()
+        if _GIVEN_BEFORE.search(text, max(0, start - 120), start):
+            return True
+    return False
+
+
 _HALF_USE: Dict[str, bool] = {}
 
 
 def casts_to_half(root: str) -> bool:
     """Whether any Python file or notebook below ``root`` (tests included:
-    a test of half inputs says the code is meant for them) names a pure
-    half-precision dtype or cast (``_PURE_HALF``), read once per process.
+    a test of half inputs says the code is meant for them) runs something
+    in pure half precision (:func:`runs_pure_half`), read once per process.
     Where none does, the project runs in float32, under autocast at most:
     CUDA/MPS autocast computes ``exp``, ``softmax`` and ``log`` in float32.
     Assumed true past ``_SCAN_LIMIT`` files."""
     if root not in _HALF_USE:
         files = _source_files(root, (".py", ".ipynb"))
-        _HALF_USE[root] = len(files) > _SCAN_LIMIT or any(_PURE_HALF.search(_read_text(f)) for f in files)
+        _HALF_USE[root] = len(files) > _SCAN_LIMIT or any(runs_pure_half(_read_text(f)) for f in files)
     return _HALF_USE[root]
 
 
@@ -760,8 +794,16 @@ def _module_attributes(path: str, local: str) -> FrozenSet[str]:
     utilities but never names ``m.f`` does not call ``f``."""
     key = (path, local)
     if key not in _ATTRIBUTES:
-        pattern = rf"(?<![\w.]){re.escape(local)}\s*\.\s*([A-Za-z_]\w*)"
-        _ATTRIBUTES[key] = frozenset(re.findall(pattern, _read_text(path)))
+        data = _read_bytes(path)
+        if path not in _HASHES:  # the callers fact notes its hash: one read for both
+            _HASHES[path] = hashlib.sha256(data).hexdigest() if data is not None else None
+        text = data.decode("utf-8", "replace") if data is not None else ""
+        # the pattern starts with the literal name, which the regex engine finds
+        # fast; a name that only ends another (``my_utils.f``) is dropped after
+        pattern = re.compile(rf"{re.escape(local)}\s*\.\s*([A-Za-z_]\w*)")
+        _ATTRIBUTES[key] = frozenset(
+            m.group(1) for m in pattern.finditer(text)
+            if m.start() == 0 or not (text[m.start() - 1].isalnum() or text[m.start() - 1] in "_."))
     return _ATTRIBUTES[key]
 
 
