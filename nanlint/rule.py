@@ -27,7 +27,7 @@ import libcst as cst
 from .dtypes import DtypeFacts, targets_float16
 from .finding import APPLICABILITIES, CONFIDENCES, HIGH, LOW, MEDIUM
 from .positions import NodeText
-from .analysis.project import TEST_DIRS as _TEST_DIRS, TEST_FILE as _TEST_FILE
+from .analysis.project import TEST_DIRS as _TEST_DIRS, TEST_FILE as _TEST_FILE, parts_below
 from .resolve import Names
 
 
@@ -274,13 +274,8 @@ _TORCH_IMPORT = re.compile(r"^[ \t]*(?:import|from)[ \t]+(torch(?:\.[\w.]+)?)", 
 
 def _relative_parts(path: str, project) -> List[str]:
     if project is not None:
-        rel = ""
-        for root in reversed(project.roots):  # the project root first, then the package root
-            rel = os.path.relpath(project.path, root)
-            if not rel.startswith(os.pardir):
-                break
-    else:
-        rel = os.path.basename(path) if os.path.isabs(path) else os.path.normpath(path)
+        return parts_below(project.path, project.roots)  # the package root holds it, at least
+    rel = os.path.basename(path) if os.path.isabs(path) else os.path.normpath(path)
     return rel.replace(os.sep, "/").split("/")
 
 

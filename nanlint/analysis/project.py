@@ -240,9 +240,24 @@ def content_hash(path: str) -> Optional[str]:
     """sha256 of a module's bytes (read once per process: a run does not
     expect the files it checks to change under it)."""
     if path not in _HASHES:
-        data = _read_bytes(path)
-        _HASHES[path] = hashlib.sha256(data).hexdigest() if data is not None else None
+        _note_hash(path, _read_bytes(path))
     return _HASHES[path]
+
+
+def _note_hash(path: str, data: Optional[bytes]) -> None:
+    """Remember the content hash of bytes just read from ``path`` (once)."""
+    if path not in _HASHES:
+        _HASHES[path] = hashlib.sha256(data).hexdigest() if data is not None else None
+
+
+def parts_below(path: str, roots: Sequence[str]) -> List[str]:
+    """A file's path parts below the outermost of ``roots`` that holds it
+    (the project root before the package root); its base name when none does."""
+    for root in reversed(roots):
+        rel = os.path.relpath(path, root)
+        if not rel.startswith(os.pardir):
+            return rel.replace(os.sep, "/").split("/")
+    return [os.path.basename(path)]
 
 
 class ProjectFile:
@@ -255,8 +270,8 @@ class ProjectFile:
         parts = module_parts(self.path, root)
         package = parts if self.path.endswith("__init__.py") else parts[:-1]
         self.imports: Dict[str, Imported] = {}
-        #: the file itself runs something in pure half (its text, which may
-        #: not be on disk: stdin, an unsaved buffer)
+        #: the checked text, which may not be on disk (stdin, an unsaved
+        #: buffer): read for the half-cast fact (:meth:`casts_to_half`)
         self._text = text
         for imp in read_imports(text, package):
             self.imports.setdefault(imp.local, imp)
@@ -594,16 +609,8 @@ def use_of_weights(root: str) -> str:
     return _WEIGHTS_USE[root]
 
 
-#: what a project that runs a model in pure half precision (no autocast) writes:
-#: a half cast (``.half()``, ``.to(torch.float16)``), a half dtype given or
-#: assigned (a loader's ``torch_dtype=torch.float16``, FSDP's
-#: ``compute_dtype = torch.float16``, a tensor made with
-#: ``dtype=torch.float16``, a table ``{"fp16": torch.float16}``), a half
-#: default dtype, DeepSpeed's ``"fp16": {...}`` config, apex's O2/O3,
-#: Lightning's ``"16-true"``, a ``HalfTensor`` default tensor type (LLaMA's
-#: reference code), DeepSpeed's engine (its fp16/bf16 modes cast the model;
-#: the config is often a JSON file); bfloat16 alike. A dtype compared
-#: (``x.dtype == torch.half``) is not a cast.
+#: the signs of a pure half-precision run (see :func:`runs_pure_half`): a half
+#: dtype, to be found given or assigned
 _HALF_DTYPE = re.compile(r"torch\.(?:float16|half|bfloat16)\b")
 #: what may come right before a half dtype for it to be given or assigned
 #: (not compared): ``=`` (not ``==``), ``:``, an open ``.to(``, ``set_default_dtype(``
@@ -795,8 +802,7 @@ def _module_attributes(path: str, local: str) -> FrozenSet[str]:
     key = (path, local)
     if key not in _ATTRIBUTES:
         data = _read_bytes(path)
-        if path not in _HASHES:  # the callers fact notes its hash: one read for both
-            _HASHES[path] = hashlib.sha256(data).hexdigest() if data is not None else None
+        _note_hash(path, data)  # the callers fact notes its hash: one read for both
         text = data.decode("utf-8", "replace") if data is not None else ""
         # the pattern starts with the literal name, which the regex engine finds
         # fast; a name that only ends another (``my_utils.f``) is dropped after

@@ -27,7 +27,6 @@ reports with ``low`` confidence instead of guessing.
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Dict, FrozenSet, List, Optional, Set, Tuple
 
@@ -38,7 +37,7 @@ from ..patterns import (arg, last_name, look_through, number, subject, torch_op,
 from ..resolve import dotted_name
 from ..engine import iter_tree, scope_nodes
 from .safeguards import Safeguards
-from .project import LOG_PROBABILITY, PROBABILITY
+from .project import LOG_PROBABILITY, PROBABILITY, parts_below
 from .scopes import SCOPE_NODES, VALUES_AND_INDICES, Binding, Scopes
 
 HALF = "half"
@@ -1083,16 +1082,12 @@ class Facts:
         paths: no need to read them, however many they are), and whose calls
         in this file all run without gradient (nerfstudio's camera utilities,
         called by its dataparsers). Test callers do not count."""
-        project = self.ctx.project
-        if (self.remote or project is None or self.ctx.test_code
-                or self.scopes.parent.get(func) is not self.ctx.module):
+        seen = self._seen_callers(func)
+        if seen is None:
             return False
-        here = self._only_called(func)
-        found = project.callers(func.name.value)
-        if here is None or found is None:
-            return False
-        found = [other for other, _, _, test in found if not test]
-        return bool(found) and all(_data_code(_parts_below(other, project.roots)) for other in found) and all(
+        here, found = seen
+        roots = self.ctx.project.roots
+        return bool(found) and all(_data_code(parts_below(other, roots)) for other, *_ in found) and all(
             not self.grad_flows(call, depth + 1) for call in here)
 
     def _custom_function_method(self, cls: cst.ClassDef, member: cst.FunctionDef) -> bool:
@@ -1572,18 +1567,12 @@ class Facts:
             return self._all_calls[func]
         self._all_calls[func] = None
         name = func.name.value
-        project = self.ctx.project
-        if (self.remote or project is None or self.ctx.test_code or name.startswith("__")
-                or self.scopes.parent.get(func) is not self.ctx.module
-                or any("regist" in self.ctx.code(d.decorator) for d in func.decorators)):
+        if name.startswith("__") or any("regist" in self.ctx.code(d.decorator) for d in func.decorators):
             return None
-        here = self._only_called(func)
-        if here is None:
+        seen = self._seen_callers(func)
+        if seen is None or len(seen[1]) > _CALLER_FILES:
             return None
-        found = project.callers(name)
-        found = [c for c in found if not c[3]] if found is not None else None  # tests choose their own inputs
-        if found is None or len(found) > _CALLER_FILES:
-            return None
+        here, found = seen
         out: List[Tuple[Facts, cst.Call]] = [(self, c) for c in here]
         for other, local, via_module, _ in found:
             facts = _remote_facts(other, self.ctx.dtypes)
@@ -1595,6 +1584,23 @@ class Facts:
             out.extend((facts, c) for c in calls)
         self._all_calls[func] = out
         return out
+
+    def _seen_callers(self, func: cst.FunctionDef) -> Optional[Tuple[List[cst.Call], List[Tuple[str, str, bool, bool]]]]:
+        """(this file's calls of a module-level function, the other files of
+        the project that may call it, test code left out: tests choose their
+        own inputs); None when they cannot be listed: this file is not part of
+        a project or is test code, the function is not module-level or its
+        name is used otherwise here, or this analysis is itself a caller's
+        (one level of callers is followed)."""
+        project = self.ctx.project
+        if (self.remote or project is None or self.ctx.test_code
+                or self.scopes.parent.get(func) is not self.ctx.module):
+            return None
+        here = self._only_called(func)
+        found = project.callers(func.name.value) if here is not None else None
+        if here is None or found is None:
+            return None
+        return here, [c for c in found if not c[3]]
 
     def only_tests_call(self, func: cst.FunctionDef, depth: int = 0) -> bool:
         """A module-level function that only test code runs: test modules
@@ -1959,16 +1965,6 @@ def _data_code(parts: List[str]) -> bool:
     """A module of a data pipeline or of metrics, by its path below the
     project root (a name heuristic: no gradient flows there)."""
     return bool(_DATA_FILE.match(parts[-1])) or any(p in _DATA_DIRS for p in parts[:-1])
-
-
-def _parts_below(path: str, roots: List[str]) -> List[str]:
-    """A project file's path parts below the project root (the first of
-    ``roots``, reversed, that holds it)."""
-    for root in reversed(roots):
-        rel = os.path.relpath(path, root)
-        if not rel.startswith(os.pardir):
-            return rel.replace(os.sep, "/").split("/")
-    return [os.path.basename(path)]
 
 
 def _transposed_back(ctx, node: cst.BaseExpression) -> bool:
