@@ -533,7 +533,7 @@ class UninitializedParameter(Rule):
             if loaded:
                 message += (
                     "; the model that holds it takes its weights from a checkpoint (a pretrained-model class, "
-                    "or a model this file builds and then gives `load_state_dict`), which fills it unless "
+                    "or a model the project builds and then gives `load_state_dict`), which fills it unless "
                     "the model is trained from scratch"
                 )
             if c.kind == "to_empty" and c.local is not None:

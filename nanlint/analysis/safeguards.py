@@ -413,18 +413,77 @@ class Safeguards:
 
     def _state_loaded(self, call: cst.Call) -> bool:
         """``model = Cls(...)`` (through ``.to(...)``, ``.cuda()``, ``.eval()``...)
-        whose binding is later given ``model.load_state_dict(...)``."""
-        node: cst.CSTNode = call
+        whose binding is later given ``model.load_state_dict(...)``: directly,
+        after a rebinding through such calls (``model = model.to(device)``),
+        or by every caller in this file of the function that returns it
+        (``model, transform = build(...)`` then ``model.load_state_dict(sd)``)."""
+        node = self._through_calls(call)
+        up = self.scopes.parent.get(node)
+        if not (isinstance(up, cst.Assign) and up.value is node and len(up.targets) == 1
+                and isinstance(up.targets[0].target, cst.Name)):
+            return False
+        return self._binding_loaded(up, up.targets[0].target.value, 0)
+
+    def _through_calls(self, node: cst.CSTNode) -> cst.CSTNode:
+        """The outermost of ``node.to(...).cuda().eval()``: method calls on it."""
         up = self.scopes.parent.get(node)
         while isinstance(up, cst.Attribute) and up.value is node and isinstance(self.scopes.parent.get(up), cst.Call):
             node = self.scopes.parent.get(up)
             up = self.scopes.parent.get(node)
-        if not (isinstance(up, cst.Assign) and up.value is node and len(up.targets) == 1
-                and isinstance(up.targets[0].target, cst.Name)):
-            return False
-        for read in self.scopes.reads_of_statement(up, up.targets[0].target.value):
+        return node
+
+    def _binding_loaded(self, stmt: cst.CSTNode, name: str, depth: int) -> bool:
+        """Whether the binding ``stmt`` makes of ``name`` is given a state dict
+        (see :meth:`_state_loaded`); three hops at most."""
+        reads = self.scopes.reads_of_statement(stmt, name)
+        for read in reads:
             attr = self.scopes.parent.get(read)
             if isinstance(attr, cst.Attribute) and attr.value is read and attr.attr.value == "load_state_dict" \
                     and isinstance(self.scopes.parent.get(attr), cst.Call):
                 return True
+        if depth >= 3:
+            return False
+        for read in reads:
+            top = self._through_calls(read)
+            up = self.scopes.parent.get(top)
+            if isinstance(up, cst.Assign) and up.value is top and len(up.targets) == 1 \
+                    and isinstance(up.targets[0].target, cst.Name):
+                if self._binding_loaded(up, up.targets[0].target.value, depth + 1):
+                    return True
+            elif top is read and self._returned_then_loaded(read, depth):
+                return True
         return False
+
+    def _returned_then_loaded(self, read: cst.Name, depth: int) -> bool:
+        """``return model`` / ``return model, transform`` in a module-level
+        function whose every call in this file (one at least) binds that value
+        to a name given a state dict."""
+        up = self.scopes.parent.get(read)
+        index = None
+        if isinstance(up, cst.Element):
+            tup = self.scopes.parent.get(up)
+            if isinstance(tup, cst.Tuple):
+                index = [e for e in tup.elements].index(up)
+                up = self.scopes.parent.get(tup)
+        if not isinstance(up, cst.Return):
+            return False
+        func = self.scopes.enclosing_function(read)
+        if func is None or self.scopes.parent.get(func) is not self.scopes.module:
+            return False
+        calls = [n for table in self.scopes.reads.values() for n in table.get(func.name.value, [])]
+        if not calls:
+            return False
+        for n in calls:
+            call = self.scopes.parent.get(n)
+            stmt = self.scopes.parent.get(call)
+            if not (isinstance(call, cst.Call) and call.func is n and isinstance(stmt, cst.Assign)
+                    and stmt.value is call and len(stmt.targets) == 1):
+                return False
+            target = stmt.targets[0].target
+            if index is not None:
+                if not (isinstance(target, (cst.Tuple, cst.List)) and len(target.elements) > index):
+                    return False
+                target = target.elements[index].value
+            if not (isinstance(target, cst.Name) and self._binding_loaded(stmt, target.value, depth + 1)):
+                return False
+        return True

@@ -178,8 +178,20 @@ LAYERS = (
     ("sd = torch.load('w.pth')\nwith torch.no_grad():\n    model = Model(8).to(torch.half).cuda()\n"
      "    model.load_state_dict(sd, strict=False)\n", "low"),
     ("def main(path):\n    model = Model(8)\n    model.load_state_dict(torch.load(path))\n    return model\n", "low"),
+    # built, cast and returned by a builder that every caller loads (a benchmark's loader)
+    ("def build(d, device):\n    model = Model(d)\n    model = model.to(torch.float16).to(device)\n"
+     "    return model, None\n"
+     "def load(path, device):\n    model, _ = build(8, device)\n    model.load_state_dict(torch.load(path))\n"
+     "    return model\n", "low"),
+    ("def build(d):\n    return_value = Model(d)\n    return return_value\n"
+     "def load(path):\n    net = build(8)\n    net.load_state_dict(torch.load(path))\n", "low"),
     # look-alikes: the model is trained from scratch; another model is loaded;
-    # one of two constructions is loaded
+    # one of two constructions is loaded; one caller of the builder trains it
+    ("def build(d):\n    model = Model(d)\n    return model\n"
+     "def load(path):\n    net = build(8)\n    net.load_state_dict(torch.load(path))\n"
+     "def train():\n    net = build(8)\n    return torch.optim.AdamW(net.parameters())\n", "high"),
+    ("def build(d):\n    model = Model(d)\n    return model, model.state_dict()\n"
+     "def load(path):\n    _, sd = build(8)\n    other = Model(8)\n    other.load_state_dict(sd)\n", "high"),
     ("model = Model(8)\nopt = torch.optim.AdamW(model.parameters())\n", "high"),
     ("model = Model(8)\nteacher = Model(8)\nteacher.load_state_dict(torch.load('t.pth'))\n", "high"),
     ("model = Model(8).cuda()\nother = nn.Linear(2, 2)\nother.load_state_dict(torch.load('t.pth'))\n", "high"),
