@@ -27,7 +27,7 @@ import libcst as cst
 from .dtypes import DtypeFacts, targets_float16
 from .finding import APPLICABILITIES, CONFIDENCES, HIGH, LOW, MEDIUM
 from .positions import NodeText
-from .analysis.project import TEST_DIRS as _TEST_DIRS, TEST_FILE as _TEST_FILE, parts_below
+from .analysis.project import TEST_DIRS as _TEST_DIRS, TEST_FILE as _TEST_FILE, parts_below, runs_pure_half
 from .resolve import Names
 
 
@@ -171,6 +171,14 @@ class Context:
             parts = self.path_parts
             self._test_code = bool(_TEST_FILE.match(parts[-1])) or any(p in _TEST_DIRS for p in parts[:-1])
         return self._test_code
+
+    @property
+    def input_pipeline(self) -> bool:
+        """The file prepares a model's inputs, by its path (see
+        :func:`nanlint.analysis.values.input_pipeline`)."""
+        from .analysis.values import input_pipeline
+
+        return input_pipeline(self.path_parts)
 
     @property
     def path_parts(self) -> List[str]:
@@ -339,13 +347,17 @@ class Rule:
 
     def report(
         self, node: cst.CSTNode, message: str, fix: Optional[FixSpec] = None, confidence: str = HIGH,
-        autocast_float32: Optional[str] = None,
+        autocast_float32: Optional[str] = None, needs_half: Optional[bool] = None,
     ) -> None:
         """Record a finding. ``autocast_float32``: the op, named so in the
         message, that CUDA/MPS autocast computes in float32 (``exp``,
         ``softmax``): the hazard then needs a model run in pure half, so a
         high finding is medium in a project that casts nothing to half
-        (:meth:`nanlint.analysis.project.ProjectFile.casts_to_half`)."""
+        (:meth:`nanlint.analysis.project.ProjectFile.casts_to_half`).
+        ``needs_half``: the hazard exists only in float16/bfloat16 (default:
+        the rule is ``float16_only``); a high finding is then medium in a
+        project where nothing runs in reduced precision, autocast included
+        (:meth:`nanlint.analysis.project.ProjectFile.uses_reduced_precision`)."""
         if confidence not in CONFIDENCES:
             raise ValueError(f"confidence must be one of {CONFIDENCES}")
         if confidence == HIGH and autocast_float32 and self.ctx.project is not None \
@@ -353,6 +365,17 @@ class Rule:
             confidence = MEDIUM
             message += (f" (CUDA autocast computes `{autocast_float32}` in float32, and nothing in this project "
                         f"casts a model to half: only a model run in pure {self.ctx.dtype.name} reaches this)")
+        if needs_half is None:
+            needs_half = self.float16_only
+        if confidence == HIGH and needs_half and self.ctx.project is not None \
+                and self.ctx.project.uses_reduced_precision() is False:
+            confidence = MEDIUM
+            message += (" (nothing in this project runs in reduced precision: no half cast, autocast or "
+                        "mixed-precision setting in its code or configuration)")
+        if confidence == HIGH and needs_half and self.ctx.input_pipeline and not runs_pure_half(self.ctx.source):
+            confidence = MEDIUM
+            message += (" (in data-pipeline code, whose tensors come from the data in float32: a model's "
+                        "half cast or autocast does not reach them)")
         if "numel" in self.ctx.source and self.ctx.facts.only_for_empty(node):
             return  # `if x.numel() == 0:` -- no element to overflow
         if confidence != LOW and self.ctx.test_code:

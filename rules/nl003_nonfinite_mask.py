@@ -384,6 +384,7 @@ class NonfiniteMask(Rule):
                     f"{'-' if hazard.value < 0 else ''}inf wherever the mask is set in a half-precision "
                     f"tensor, and a fully masked row is NaN after softmax; use `torch.finfo(dtype).min` "
                     f"(or a `masked_fill`) instead",
+                    needs_half=True,
                 )
             else:
                 self.report(
@@ -550,7 +551,8 @@ class NonfiniteMask(Rule):
             message = (
                 f"{hazard.quoted} as a fill: inf - inf and 0 * inf are NaN in whatever consumes it; use {instead}"
             )
-        self.report(value, message + why, self._fix(value, filled, hazard), confidence=confidence)
+        self.report(value, message + why, self._fix(value, filled, hazard), confidence=confidence,
+                    needs_half=hazard.finite)
 
     def _remasked_after_softmax(self, call: cst.Call, mask: cst.BaseExpression) -> bool:
         """Every use of the filled scores is a softmax whose result is filled

@@ -266,7 +266,8 @@ class BceOnSigmoid(Rule):
             f"gradient is 0{' (NaN in float16 on CPU)' if any(d.name == 'float16' for d in self.ctx.dtypes) else ''}; "
             f"use `binary_cross_entropy_with_logits` on the logits"
         )
-        self.report(node, message, self._fix(node, kind, module_call, via, sigmoid, logits, through, bound_value))
+        self.report(node, message, self._fix(node, kind, module_call, via, sigmoid, logits, through, bound_value),
+                    needs_half=dtype.name in ("float16", "bfloat16"))
 
     def _loss(self, call: cst.Call) -> Optional[Tuple[str, Optional[cst.Call], Optional[str]]]:
         """("function", None, None) for F.binary_cross_entropy; ("module", the BCELoss(...)

@@ -29,11 +29,14 @@ def package(root: Path, files: dict) -> None:
 
 
 # a probability's guard: a sigmoid, float16 under autocast too: shown at the default (high) confidence
+#: a training step in pure half: the project runs in float16, as a float16 hazard needs
+TRAIN_HALF = "def step(model, x):\n    model.half()(x.half()).sum().backward()\n"
 MODEL = "from .consts import EPS\n\n\ndef nll(logits):\n    probs = logits.sigmoid()\n    return -(probs + EPS).log()\n"
 
 
 def test_a_changed_constant_in_an_imported_module_invalidates_the_cached_findings(tmp_path):
-    package(tmp_path, {"pkg/__init__.py": "", "pkg/consts.py": "EPS = 1e-3\n", "pkg/model.py": MODEL})
+    package(tmp_path, {"pkg/__init__.py": "", "pkg/consts.py": "EPS = 1e-3\n", "pkg/model.py": MODEL,
+                       "pkg/train.py": TRAIN_HALF})
     assert findings(run("check", "--output-format", "json", ".", cwd=tmp_path)) == []
     (tmp_path / "pkg/consts.py").write_text("EPS = 1e-8\n")
     assert findings(run("check", "--output-format", "json", ".", cwd=tmp_path)) == [("pkg/model.py", 6, "NL001")]
@@ -479,3 +482,67 @@ def test_a_half_cast_added_elsewhere_invalidates_the_cached_finding(tmp_path):
     assert [f for f in findings(run(*args, cwd=tmp_path)) if f[2] == "NL002"] == []
     (tmp_path / "pkg/train.py").write_text("def step(model, x):\n    model.half()(x).backward()\n")
     assert [f for f in findings(run(*args, cwd=tmp_path)) if f[2] == "NL002"] == [("pkg/losses.py", 5, "NL002")]
+
+
+CLAMPED = "import torch\n\n\ndef bound(logits):\n    return logits.clamp(-1e6, 1e6).softmax(-1)\n"
+FLOAT32_STEP = "def step(model, x):\n    model(x).sum().backward()\n"
+
+
+@pytest.mark.parametrize("extra, confidence", [
+    ({}, "medium"),
+    # autocast makes linear/matmul outputs float16: a clamp to 1e6 raises on them
+    ({"pkg/amp.py": "import torch\n\n\ndef step(model, x):\n    with torch.autocast('cuda'):\n        return model(x)\n"},
+     "high"),
+    ({"pkg/amp.py": "import torch\n\nscaler = torch.cuda.amp.GradScaler()\n"}, "high"),
+    ({"pkg/fit.py": "import lightning as L\n\ntrainer = L.Trainer(precision='16-mixed')\n"}, "high"),
+    ({"pkg/args.py": "from transformers import TrainingArguments\n\nargs = TrainingArguments('out', fp16=True)\n"},
+     "high"),
+    ({"pkg/cli.py": "import argparse\n\np = argparse.ArgumentParser()\np.add_argument('--amp', action='store_true')\n"},
+     "high"),
+    ({"pkg/run.py": "def run(model, x):\n    return model.half()(x)\n"}, "high"),
+    # the setting lives in a configuration file
+    ({"conf/train.yaml": "trainer:\n  precision: 16-mixed\n"}, "high"),
+    ({"ds_config.json": '{"bf16": {"enabled": true}}\n'}, "high"),
+    # look-alikes that run nothing in reduced precision
+    ({"pkg/amp.py": "import torch\n\n\ndef f(model, x):\n    with torch.autocast('cuda', enabled=False):\n"
+                    "        return model(x.float())\n"}, "medium"),
+    ({"conf/train.yaml": "trainer:\n  precision: 32\n  max_epochs: 16\n"}, "medium"),
+])
+def test_a_float16_overflow_needs_something_in_the_project_to_run_in_reduced_precision(tmp_path, extra, confidence):
+    """A clamp to 1e6 raises on a float16 tensor: in a project where nothing runs in
+    float16 or bfloat16 (no half cast, no autocast, no mixed-precision setting in
+    code or configuration) only a user's own float16 run reaches it."""
+    package(tmp_path, {"pkg/__init__.py": "", "pkg/model.py": CLAMPED, "pkg/train.py": FLOAT32_STEP, **extra})
+    proc = run("check", "--no-cache", "--min-confidence", "medium", "--output-format", "json", ".", cwd=tmp_path)
+    found = [f for f in json.loads(proc.stdout) if f["code"] == "NL108"]
+    assert [f["confidence"] for f in found] == [confidence, confidence]
+    assert all(("nothing in this project runs in reduced precision" in f["message"]) == (confidence == "medium")
+               for f in found)
+
+
+def test_an_autocast_added_elsewhere_invalidates_the_cached_finding(tmp_path):
+    package(tmp_path, {"pkg/__init__.py": "", "pkg/model.py": CLAMPED, "pkg/train.py": FLOAT32_STEP})
+    args = ("check", "--output-format", "json", ".")
+    assert [f for f in findings(run(*args, cwd=tmp_path)) if f[2] == "NL108"] == []
+    (tmp_path / "pkg/train.py").write_text(
+        "import torch\n\n\ndef step(model, x):\n    with torch.autocast('cuda'):\n        model(x).sum().backward()\n")
+    assert [f for f in findings(run(*args, cwd=tmp_path)) if f[2] == "NL108"] == [
+        ("pkg/model.py", 5, "NL108"), ("pkg/model.py", 5, "NL108")]
+
+
+@pytest.mark.parametrize("path, extra, confidence", [
+    ("pkg/data/transforms.py", "", "medium"),
+    ("pkg/preprocessing.py", "", "medium"),
+    # look-alikes: model code; a data module that casts to half itself; metrics read a model's outputs
+    ("pkg/model.py", "", "high"),
+    ("pkg/data/transforms.py", "\n\ndef to_half(x):\n    return x.half()\n", "high"),
+    ("pkg/metrics/scores.py", "", "high"),
+])
+def test_a_float16_overflow_in_data_pipeline_code_is_medium(tmp_path, path, extra, confidence):
+    """Data-pipeline tensors come from the data in float32: a model's half cast elsewhere
+    in the project does not reach them."""
+    package(tmp_path, {"pkg/__init__.py": "", path: CLAMPED + extra, "pkg/train.py": TRAIN_HALF})
+    proc = run("check", "--no-cache", "--min-confidence", "medium", "--output-format", "json", ".", cwd=tmp_path)
+    found = [f for f in json.loads(proc.stdout) if f["code"] == "NL108"]
+    assert [f["confidence"] for f in found] == [confidence, confidence]
+    assert all(("data-pipeline code" in f["message"]) == (confidence == "medium") for f in found)

@@ -187,6 +187,8 @@ def test_pre_commit_snippet_runs_the_hooks(tmp_path):
     (work / ".pre-commit-config.yaml").write_text(yaml.safe_dump(config))
     (work / "clean.py").write_text("import torch\ny = torch.exp(x - x.amax(-1, keepdim=True))\n")
     (work / "gate.py").write_text("import torch\np = torch.sigmoid(x)\ny = torch.log(p + 1e-8)\n")
+    # the project trains under autocast: a float16 hazard is shown at the default confidence
+    (work / "train.py").write_text("import torch\nwith torch.autocast('cuda'):\n    loss = model(x)\n")
     subprocess.run(["git", "add", "-A"], cwd=work, check=True)
 
     def pre_commit(hook, *files):

@@ -367,6 +367,15 @@ class ProjectFile:
         root = project_root(self.path, self.roots[-1])
         return None if root is None else self._fact("half", root) == "yes"
 
+    def uses_reduced_precision(self) -> Optional[bool]:
+        """Whether this file's project runs anything in float16 or bfloat16,
+        under autocast included (see :func:`uses_reduced_precision`); None
+        when its extent is unknown."""
+        if runs_pure_half(self._text) or runs_mixed_precision(self._text):
+            return True
+        root = project_root(self.path, self.roots[-1])
+        return None if root is None else self._fact("reduced", root) == "yes"
+
     def generically_initialised(self, name: str) -> bool:
         """Whether a function of the project initialises a parameter called
         ``name`` on whatever module it walks (see :func:`generically_initialised`)."""
@@ -403,6 +412,7 @@ class ProjectFile:
 _FACTS = {
     "weights": lambda root: use_of_weights(root),
     "half": lambda root: "yes" if casts_to_half(root) else "no",
+    "reduced": lambda root: "yes" if uses_reduced_precision(root) else "no",
     "generic-init": lambda scope: ",".join(sorted(generically_initialised(scope))),
     "patched": lambda subject: "yes" if patched_in(subject.partition(":")[2], subject.partition(":")[0]) else "no",
     "callers": lambda subject: _callers_fact(subject),
@@ -665,6 +675,65 @@ def casts_to_half(root: str) -> bool:
         files = _source_files(root, (".py", ".ipynb"))
         _HALF_USE[root] = len(files) > _SCAN_LIMIT or any(runs_pure_half(_read_text(f)) for f in files)
     return _HALF_USE[root]
+
+
+#: the signs of a mixed-precision run in code (see :func:`runs_mixed_precision`):
+#: each a literal to look for first and the pattern it must start
+_MIXED_SIGNS = (
+    ("autocast", re.compile(r"autocast\((?![^)\n]*enabled\s*=\s*False)")),
+    ("GradScaler", None),
+    ("amp", re.compile(r"\bamp\.initialize\(|\buse_amp\b|[\"']--amp[\"']|\bamp\s*=\s*True")),
+    ("precision", re.compile(r"precision\s*=\s*[\"']?(?:16|bf16)|mixed_precision\s*=\s*[\"'](?:fp16|bf16)")),
+    ("16", re.compile(r"\b(?:fp16|bf16)\s*=\s*True|[\"']--(?:fp16|bf16)[\"']|\b(?:fp16|bf16)\s*:\s*true")),
+    ("Accelerator(", None),
+    ("deepspeed", None),
+)
+#: the same in a configuration file (YAML, JSON, TOML, a launch script):
+#: any mention of a reduced-precision setting
+_MIXED_CONFIG = re.compile(
+    r"fp16|bf16|float16|bfloat16|16-mixed|precision[\"']?\s*[:=]\s*[\"']?16|\bamp\b|autocast|mixed.precision",
+    re.IGNORECASE)
+_CONFIG_SUFFIXES = (".yaml", ".yml", ".json", ".toml", ".cfg", ".ini", ".sh")
+#: configuration files larger than this are data, not settings
+_CONFIG_FILE_LIMIT = 256 * 1024
+
+
+def runs_mixed_precision(text: str) -> bool:
+    """Whether a file's code runs something under autocast or another
+    mixed-precision setting: ``autocast(...)`` (not ``enabled=False``), a
+    ``GradScaler``, apex's ``amp.initialize``, a ``use_amp``/``--amp``/
+    ``--fp16`` switch, Lightning's ``precision=16``/``"16-mixed"``,
+    accelerate's ``mixed_precision="fp16"`` or its ``Accelerator`` (set by
+    ``accelerate launch``), HF's ``fp16=True``, DeepSpeed."""
+    return any(literal in text and (pattern is None or pattern.search(text)) for literal, pattern in _MIXED_SIGNS)
+
+
+_MIXED_USE: Dict[str, bool] = {}
+
+
+def uses_reduced_precision(root: str) -> bool:
+    """Whether anything below ``root`` runs in float16 or bfloat16: a pure
+    half cast (:func:`casts_to_half`), mixed precision in code
+    (:func:`runs_mixed_precision`, notebooks included), or a configuration
+    file that mentions a reduced-precision setting. Where nothing does, the
+    project runs its models in float32 (a float16 hazard needs a user's own
+    autocast). Assumed true past ``_SCAN_LIMIT`` files."""
+    if root not in _MIXED_USE:
+        code = _source_files(root, (".py", ".ipynb"))
+        configs = _source_files(root, _CONFIG_SUFFIXES)
+        _MIXED_USE[root] = (casts_to_half(root) or len(configs) > _SCAN_LIMIT
+                            or any(runs_mixed_precision(_read_text(f)) for f in code)
+                            or any(_mixed_config(f) for f in configs))
+    return _MIXED_USE[root]
+
+
+def _mixed_config(path: str) -> bool:
+    try:
+        if os.path.getsize(path) > _CONFIG_FILE_LIMIT:
+            return False
+    except OSError:
+        return False
+    return bool(_MIXED_CONFIG.search(_read_text(path)))
 
 
 # -- who calls a function -------------------------------------------------------------

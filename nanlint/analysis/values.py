@@ -1967,6 +1967,23 @@ def _data_code(parts: List[str]) -> bool:
     return bool(_DATA_FILE.match(parts[-1])) or any(p in _DATA_DIRS for p in parts[:-1])
 
 
+#: data-pipeline modules and folders, metrics and post-processing left out
+_INPUT_FILE = re.compile(
+    r"^(?:feature_extraction|image_processing|video_processing|processing|preprocess(?:ing)?|audio_utils)(?:_|\.|$)"
+)
+_INPUT_DIRS = _DATA_DIRS - {"metrics"}
+
+
+def input_pipeline(parts: List[str]) -> bool:
+    """A module that prepares a model's inputs (``data``/``dataset(s)``/
+    ``dataloaders`` folders, preprocessing and feature-extraction modules), by
+    its path below the project root: its tensors come from the data (numpy
+    arrays, decoded images, Python numbers) in float32, and neither a model's
+    half cast nor autocast reaches them. Metrics and post-processing, which
+    read a model's outputs, are not. A name heuristic."""
+    return bool(_INPUT_FILE.match(parts[-1])) or any(p in _INPUT_DIRS for p in parts[:-1])
+
+
 def _transposed_back(ctx, node: cst.BaseExpression) -> bool:
     """``matmul(A, V.transpose(1, 2)).transpose(1, 2)``: a product with a
     transposed operand, transposed back the same way. That is how

@@ -74,10 +74,14 @@ import subprocess  # noqa: E402
 import pytest  # noqa: E402
 
 
-def check(tmp_path, source, minimum="low"):
-    """(line, confidence) of NL003 as `nanlint check` reports them, run as users run it."""
+def check(tmp_path, source, minimum="low", half=True):
+    """(line, confidence) of NL003 as `nanlint check` reports them, run as users run it,
+    in a folder whose other file runs the model in half (``half``), as a float16
+    overflow needs."""
     path = tmp_path / "model.py"
     path.write_text(source, encoding="utf-8")
+    if half:
+        (tmp_path / "run.py").write_text("def run(model, x):\n    return model.half()(x.half())\n")
     proc = subprocess.run(
         [sys.executable, "-m", "nanlint", "check", "--no-cache", "--select", "NL003", "--min-confidence", minimum,
          "--output-format", "json", "--exit-zero", str(path)],
@@ -291,6 +295,12 @@ def test_a_finite_fill_is_as_sure_as_inf_except_where_masked_fill_raises(tmp_pat
     )
     assert check(tmp_path, source) == [(3, "medium"), (4, "medium"), (5, "high")]
     assert check(tmp_path, source, "high") == [(5, "high")]
+    # nothing in the folder runs in reduced precision: the overflow needs a user's own float16 run
+    (tmp_path / "run.py").unlink()
+    assert check(tmp_path, source, half=False) == [(3, "medium"), (4, "medium"), (5, "medium")]
+    (tmp_path / "run.py").write_text("import torch\n\n\ndef run(model, x):\n    with torch.autocast('cuda'):\n"
+                                     "        return model(x)\n")
+    assert check(tmp_path, source, half=False) == [(3, "medium"), (4, "medium"), (5, "high")]
     # a float32 tensor holds -1e20: nothing to report
     upcast = source.replace("def block(log_probs, banned, keep):\n",
                             "def block(log_probs, banned, keep):\n    log_probs = log_probs.float()\n")
