@@ -35,7 +35,7 @@ import libcst as cst
 from ..patterns import (arg, last_name, look_through, number, subject, torch_op, value_facts, is_method_call, METADATA, NONNEG,
                         NONPOS, LOWER, UPPER)
 from ..resolve import dotted_name
-from ..engine import iter_tree, scope_nodes
+from ..engine import iter_tree, scope_nodes, subtree
 from .safeguards import Safeguards
 from .project import LOG_PROBABILITY, PROBABILITY, parts_below
 from .scopes import SCOPE_NODES, VALUES_AND_INDICES, Binding, Scopes
@@ -192,6 +192,7 @@ class Facts:
         #: it does not follow its own callers further
         self.remote = False
         self._all_calls: Dict[cst.FunctionDef, Optional[List[Tuple["Facts", cst.Call]]]] = {}
+        self._number_functions: Dict[cst.FunctionDef, bool] = {}
 
     @property
     def safeguards(self) -> Safeguards:
@@ -1040,6 +1041,8 @@ class Facts:
                         return False
                 if depth < 3 and self._called_only_without_grad(up, depth):
                     return False
+                if self.returns_only_numbers(up):
+                    return False
             elif isinstance(up, cst.ClassDef):
                 if self._inference_class(up) or self._data_class_update(up, node) or self._data_transform(up):
                     return False
@@ -1053,6 +1056,55 @@ class Facts:
             if ("argm" in self.ctx.source or "argsort" in self.ctx.source) and self.no_gradient_escapes(node):
                 return False
         return True
+
+    def returns_only_numbers(self, func: cst.FunctionDef) -> bool:
+        """A function whose results are Python numbers, booleans or
+        comparisons only (``return diff.item() <= tol``, ``return False``,
+        ``return correct.sum().item() / n``) and that keeps nothing else:
+        it assigns only local names, calls nothing for its effect (``print``
+        and logging aside), never differentiates, yields, or declares
+        ``global``/``nonlocal``. No gradient computed inside it, nested
+        functions included, reaches anything outside (openfold's early-stop
+        test of its recycled positions)."""
+        if func not in self._number_functions:
+            self._number_functions[func] = self._numbers_out(func)
+        return self._number_functions[func]
+
+    def _numbers_out(self, func: cst.FunctionDef) -> bool:
+        body = self.ctx.code(func.body)
+        if "backward" in body or "autograd" in body or "yield" in body or not isinstance(func.body, cst.IndentedBlock):
+            return False
+        returns: List[cst.Return] = []
+        assigned: Dict[str, List[cst.BaseExpression]] = {}
+        for node in subtree(func.body):
+            if isinstance(node, (cst.Global, cst.Nonlocal, cst.Yield, cst.Await)):
+                return False
+            if isinstance(node, cst.Return):
+                if self.scopes.enclosing_function(node) is not func:
+                    continue  # a nested function's result stays inside this one
+                if node.value is None:
+                    return False
+                returns.append(node)
+            elif isinstance(node, cst.Expr) and isinstance(node.value, cst.Call):
+                if last_name(node.value.func) not in _LOGGING_CALLS:
+                    return False
+            elif isinstance(node, (cst.AugAssign, cst.AnnAssign)):
+                if not isinstance(node.target, cst.Name):
+                    return False
+            elif isinstance(node, cst.Assign):
+                for target in node.targets:
+                    if not isinstance(target.target, cst.Name):
+                        if not (isinstance(target.target, (cst.Tuple, cst.List)) and all(
+                                isinstance(e.value, cst.Name) for e in target.target.elements)):
+                            return False
+                    else:
+                        assigned.setdefault(target.target.value, []).append(node.value)
+            elif isinstance(node, (cst.For, cst.With)):
+                names = [node.target] if isinstance(node, cst.For) else [
+                    i.asname.name for i in node.items if i.asname is not None]
+                if any(not isinstance(n, (cst.Name, cst.Tuple)) for n in names):
+                    return False
+        return bool(returns) and all(_python_number(r.value, assigned, 0) for r in returns)
 
     def _called_only_without_grad(self, func: cst.FunctionDef, depth: int) -> bool:
         """A private helper (``_name``, not a dunder), or a function of a
@@ -1959,6 +2011,44 @@ def _transposed_here(node: cst.BaseExpression) -> bool:
         return node.attr.value in ("T", "mT", "H", "mH")
     return isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute) and node.func.attr.value in (
         "transpose", "t", "swapaxes", "swapdims")
+
+
+#: calls made for their effect that keep no tensor
+_LOGGING_CALLS = frozenset({"print", "warn", "debug", "info", "warning", "error", "log_once", "rank_zero_warn",
+                            "rank_zero_info"})
+#: calls and methods whose result is a Python value (or an integer/bool tensor)
+_NUMBER_CALLS = frozenset({"float", "int", "bool", "str", "len", "round", "item", "tolist", "numel", "dim",
+                           "isfinite", "isnan", "isinf", "all", "any", "argmax", "argmin", "format"})
+
+
+def _python_number(node: Optional[cst.BaseExpression], assigned: Dict[str, List[cst.BaseExpression]],
+                   depth: int) -> bool:
+    """Whether ``node`` is a Python number, boolean or string, or a
+    comparison (a boolean, never differentiable), built from such values
+    only; a local name counts when every value assigned to it does."""
+    if node is None or depth > 6:
+        return False
+    if isinstance(node, (cst.Integer, cst.Float, cst.SimpleString, cst.ConcatenatedString, cst.FormattedString,
+                         cst.Comparison)):
+        return True
+    if isinstance(node, cst.Name):
+        if node.value in ("True", "False", "None"):
+            return True
+        values = assigned.get(node.value)
+        return bool(values) and all(_python_number(v, assigned, depth + 1) for v in values)
+    if isinstance(node, cst.UnaryOperation):
+        return isinstance(node.operator, cst.Not) or _python_number(node.expression, assigned, depth + 1)
+    if isinstance(node, cst.BooleanOperation):
+        return _python_number(node.left, assigned, depth + 1) and _python_number(node.right, assigned, depth + 1)
+    if isinstance(node, cst.BinaryOperation):
+        return _python_number(node.left, assigned, depth + 1) and _python_number(node.right, assigned, depth + 1)
+    if isinstance(node, (cst.Tuple, cst.List)):
+        return all(_python_number(e.value, assigned, depth + 1) for e in node.elements)
+    if isinstance(node, cst.Call):
+        return last_name(node.func) in _NUMBER_CALLS
+    if isinstance(node, cst.IfExp):
+        return _python_number(node.body, assigned, depth + 1) and _python_number(node.orelse, assigned, depth + 1)
+    return False
 
 
 def _data_code(parts: List[str]) -> bool:

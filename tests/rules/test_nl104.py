@@ -39,6 +39,44 @@ def test_scalar_reads_and_fresh_tensors_are_quiet():
     assert lint(src, ["NL104"]) == []
 
 
+EARLY_STOP = (
+    "import torch\n"
+    "class Model(torch.nn.Module):\n"
+    "    def tolerance_reached(self, prev_pos, next_pos, mask, eps=1e-8) -> bool:\n"
+    "        def distances(points):\n"
+    "            d = points[..., None, :] - points[..., None, :, :]\n"
+    "            return torch.sqrt(torch.sum(d ** 2, dim=-1))\n"
+    "        if self.tolerance < 0:\n"
+    "            return False\n"
+    "        sq_diff = (distances(prev_pos) - distances(next_pos)) ** 2\n"
+    "        diff = torch.sqrt(masked_mean(mask, sq_diff) + eps).item()\n"
+    "        print(diff)\n"
+    "        return diff <= self.tolerance\n"
+)
+
+
+@pytest.mark.parametrize("change, reported", [
+    ("", False),
+    # look-alikes: the function hands a tensor out (returned, stored, appended), or differentiates inside
+    ("        return diff <= self.tolerance\n", True, ),
+    ("        print(diff)\n", True),
+    ("        diff = torch.sqrt(masked_mean(mask, sq_diff) + eps).item()\n", True),
+])
+def test_a_function_whose_results_are_python_numbers_passes_no_gradient_out(change, reported):
+    """openfold's early-stop test: the all-pairs distances feed only a Python
+    number compared with a tolerance, so no gradient leaves the function."""
+    src = EARLY_STOP
+    if change:
+        replacement = {
+            "        return diff <= self.tolerance\n": "        return sq_diff, diff <= self.tolerance\n",
+            "        print(diff)\n": "        self.last = sq_diff\n",
+            "        diff = torch.sqrt(masked_mean(mask, sq_diff) + eps).item()\n":
+                "        diff = torch.sqrt(masked_mean(mask, sq_diff) + eps).item()\n        sq_diff.sum().backward()\n",
+        }[change]
+        src = src.replace(change, replacement)
+    assert bool(lint(src, ["NL104"])) == reported
+
+
 def test_feature_extraction_files_are_quiet():
     src = "import torch\nmag = torch.sqrt(spec.pow(2).sum(-1))\n"
     assert lint(src, ["NL104"], path="feature_extraction_whisper.py") == []
