@@ -800,10 +800,15 @@ class TinyEpsilon(Rule):
                 return True
         return False
 
+    #: whether the file's text cleans anything (``nan_to_num``...), read once
+    _cleans: Optional[bool] = None
+
     def _cleaned(self, where: cst.CSTNode) -> bool:
         """The inf/NaN a failed guard makes is replaced downstream (``nan_to_num``)
         and no gradient flows through it (a Hungarian matcher's cost matrix)."""
-        if not isinstance(where, cst.BaseExpression) or not _CLEANING_TEXT.search(self.ctx.source):
+        if self._cleans is None:
+            self._cleans = bool(_CLEANING_TEXT.search(self.ctx.source))
+        if not isinstance(where, cst.BaseExpression) or not self._cleans:
             return False  # the file cleans nothing: skip the flow analysis
         facts = self.ctx.facts
         return not facts.grad_flows(where) and facts.cleaned_downstream(where)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import libcst as cst
 
@@ -23,6 +23,9 @@ TRIANGLE_OPS = frozenset({"triu", "tril", "triu_", "tril_"})
 SPECIAL_VALUE_TESTS = frozenset({"isnan", "isinf", "isposinf", "isneginf", "isfinite", "isreal"})
 _FLOAT32_NAMES = frozenset({"torch.float32", "torch.float", "numpy.float32"})
 _FLOAT64_NAMES = frozenset({"torch.float64", "torch.double", "numpy.float64"})
+#: text of a literal that may be a hazard: an infinity, a `finfo` bound, a number
+#: written with a positive exponent or with five digits or more
+_NAMED_VALUE_TEXT = re.compile(r"\b[iI]nf(?:inity|ty)?\b|finfo|\d[eE]\+?\d|\d{5}")
 _CONTAINER_CALLS = frozenset({"dict", "list", "set", "defaultdict", "OrderedDict", "Counter", "deque"})
 
 
@@ -303,7 +306,8 @@ class NonfiniteMask(Rule):
     def visit_Assign(self, node: cst.Assign) -> None:
         for target in node.targets:
             t = target.target
-            if isinstance(t, cst.Subscript) and self._tensor_index(t) and not self._binarised(t, node):
+            if isinstance(t, cst.Subscript) and self._hazard(node.value) is not None \
+                    and self._tensor_index(t) and not self._binarised(t, node):
                 # `x[m] = v`: the mask is the index; `x[:, cols] = v`: the subscript as a whole
                 only = t.slice[0].slice if len(t.slice) == 1 else None
                 mask = only.value if isinstance(only, cst.Index) else t
@@ -431,27 +435,52 @@ class NonfiniteMask(Rule):
 
     def _hazard(self, node: cst.BaseExpression) -> Optional[Hazard]:
         literal = True
-        short = self.ctx.code(node).strip()
-        quoted = f"`{short}`"
+        bound = None
         v = self._value(node)
-        if v is None and isinstance(node, cst.Name):
+        if v is None and isinstance(node, cst.Name) and self._named_value(node.value):
             bound = masks.definition(self.ctx.facts, node)
             if bound is None:
                 return None
             v = self._value(bound)
             literal = False
-            if v is not None:
-                quoted = f"`{short}` (= `{self.ctx.code(bound).strip()}`)"
-        if v is None:
+        if v is None or math.isnan(v):
             return None
-        if math.isnan(v):
-            return None
-        if math.isinf(v):
-            return Hazard(v, quoted, short, literal, False, ())
-        overflows = tuple(d.name for d in self.ctx.dtypes if abs(v) > d.max)
-        if not overflows:
-            return None
-        return Hazard(v, quoted, short, literal, True, overflows)
+        overflows: Tuple[str, ...] = ()
+        if not math.isinf(v):
+            overflows = tuple(d.name for d in self.ctx.dtypes if abs(v) > d.max)
+            if not overflows:
+                return None
+        short = self.ctx.code(node).strip()
+        quoted = f"`{short}`" if bound is None else f"`{short}` (= `{self.ctx.code(bound).strip()}`)"
+        return Hazard(v, quoted, short, literal, not math.isinf(v), overflows)
+
+    _named: Optional[Dict[str, bool]] = None
+
+    def _named_value(self, name: str) -> bool:
+        """Whether this file's text binds ``name`` (``name = v``, ``name: T = v``,
+        a default ``name=v``, ``name := v``, an unpacking ``a, name = v``) to a
+        value whose text holds a literal that may be a hazard (an infinity, a
+        `finfo` bound, a number with an exponent or five digits). Only then is
+        its definition looked up: that builds the file's scope analysis."""
+        if self._named is None:
+            self._named = {}
+        if name not in self._named:
+            source = self.ctx.source
+            found = False
+            # the pattern starts with the name's literal text, which the regex engine finds fast
+            for match in re.finditer(rf"{re.escape(name)}\s*(?::[^=\n]*)?:?=(?!=)", source):
+                start = match.start()
+                if start and (source[start - 1].isalnum() or source[start - 1] in "_."):
+                    continue  # a longer name, or an attribute
+                end = source.find("\n", match.end())
+                rhs = source[match.end():end if end >= 0 else len(source)]
+                if rhs.count("(") + rhs.count("[") + rhs.count("{") > rhs.count(")") + rhs.count("]") + rhs.count("}"):
+                    rhs = source[match.end():match.end() + 2000]  # the value goes on over lines
+                if _NAMED_VALUE_TEXT.search(rhs):
+                    found = True
+                    break
+            self._named[name] = found
+        return self._named[name]
 
     def _range_text(self, hazard: Hazard) -> str:
         names = [d for d in self.ctx.dtypes if d.name in hazard.overflows]
