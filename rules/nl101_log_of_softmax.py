@@ -145,7 +145,7 @@ class LogOfSoftmax(TracksLocals, Rule):
         if match is None or self.ctx.facts.only_ordered(node):
             return  # the -inf only sorts last (a confidence, a beam score)
         message, confidence = self._message(match), HIGH
-        if not self.ctx.facts.grad_flows(node):
+        if not self.ctx.facts.grad_flows(node) and not self._times_a_value(node):
             message = message.replace(" and a NaN gradient", "") + (
                 " (no gradient flows here: the -inf becomes NaN only where it is later multiplied by 0 or "
                 "subtracted from itself)")
@@ -161,6 +161,16 @@ class LogOfSoftmax(TracksLocals, Rule):
             confidence = MEDIUM
         self.report(node, message, self._fix(node, match), confidence=confidence,
                     autocast_float32="softmax" if match.kind == "softmax" else None)
+
+    def _times_a_value(self, node: cst.Call) -> bool:
+        """The log is multiplied by a value that is not a number literal
+        (``log(p) * weights``, ``p * log(p)``): where that value is 0, the
+        -inf is NaN in the result itself, gradient or not."""
+        parent = self.ctx.facts.scopes.parent.get(node)
+        if not (isinstance(parent, cst.BinaryOperation) and isinstance(parent.operator, cst.Multiply)):
+            return False
+        other = parent.right if parent.left is node else parent.left
+        return number(other) is None
 
     def _temperature(self, match: Match) -> Optional[float]:
         """The temperature T the probability's input is divided by

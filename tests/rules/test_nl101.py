@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from helpers import lint  # noqa: E402
@@ -103,3 +105,18 @@ def test_a_small_or_unknown_temperature_stays_high():
     )
     found = lint(source, ["NL101"])
     assert [(f.line, f.confidence) for f in found] == [(4, "high"), (6, "high"), (8, "high")]
+
+
+@pytest.mark.parametrize("expr, confidence", [
+    # multiplied by a value that can be 0: 0 * -inf is NaN in the result itself
+    ("torch.log(probs.softmax(-1)) * weights", "high"),
+    ("probs.softmax(-1) * probs.softmax(-1).log()", "high"),
+    # look-alikes: a nonzero number, or a sum: -inf stays -inf without a gradient
+    ("torch.log(probs.softmax(-1)) * 2.0", "medium"),
+    ("torch.log(probs.softmax(-1)) + weights", "medium"),
+])
+def test_a_log_times_a_value_is_nan_without_a_gradient_too(expr, confidence):
+    src = f"import torch\n\n\n@torch.no_grad()\ndef score(probs, weights):\n    return ({expr}).sum(-1)\n"
+    found = lint(src, ["NL101"])
+    assert [f.confidence for f in found] == [confidence]
+    assert ("no gradient flows here" in found[0].message) == (confidence == "medium")
