@@ -54,7 +54,9 @@ class LogOfSoftmax(TracksLocals, Rule):
     only sorts last (a beam score read by `topk`). Where no gradient flows
     (`no_grad`, inference code) the finding is medium: `-inf` is log(0)'s
     right value there, and becomes NaN only if a later step multiplies it by 0
-    (an entropy `p * log(p)`) or subtracts it from itself. Medium too where
+    or subtracts it from itself; a log multiplied right away by a value that is
+    not a number (an entropy `p * log(p)`, `log(p) * weights`) stays high, since
+    the product is NaN wherever that value is 0. Medium too where
     the input is divided by a temperature of 4 or more that the code names
     (`softmax(x / T)` with T a literal, a constant or a parameter's default,
     as in distillation losses, `temperature=20`): the logits must then span
