@@ -399,3 +399,26 @@ def test_softmax_zeroed_again_by_the_same_mask_cleans_a_fully_masked_row():
     assert [f.line for f in lint(ESPNET_ATTENTION.replace("return attn @ value", "return attn @ value, scores.max()"),
                                  ["NL003"])] == [5]
     assert [f.line for f in lint(ESPNET_ATTENTION.replace(".masked_fill(mask, 0.0)", ""), ["NL003"])] == [5]
+
+
+@pytest.mark.parametrize("binding, reported", [
+    ("    fill = -1e9\n", True),
+    ("    fill: float = float('-inf')\n", True),
+    ("    fill = (\n        -100000000.0\n    )\n", True),  # the value goes on over lines
+    ("    _, fill = 0, -math.inf\n", True),
+    ("    fill = torch.finfo(torch.float32).min\n", True),
+    # look-alikes: a representable value; a longer name holds the hazard
+    ("    fill = -1e4\n", False),
+    ("    prefill = -1e9\n    fill = -100.0\n", False),
+])
+def test_a_fill_named_in_any_binding_form_is_read(binding, reported):
+    """The fill is looked up only where the file binds the name to a value whose
+    text may be a hazard: every way of binding it must still be read."""
+    src = ("import math\nimport torch\ndef f(s, m):\n" + binding
+           + "    return s.masked_fill(m, fill).softmax(-1)\n")
+    assert bool(codes(src)) == reported
+
+
+def test_a_fill_named_by_a_parameter_default_is_read():
+    src = "import torch\ndef f(s, m, fill=-1e9):\n    return s.masked_fill(m, fill).softmax(-1)\n"
+    assert codes(src) == [3]
