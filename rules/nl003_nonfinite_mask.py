@@ -201,6 +201,11 @@ class NonfiniteMask(Rule):
         ),
     ]
 
+    def __init__(self, ctx, options=None) -> None:
+        super().__init__(ctx, options)
+        #: name -> whether the file binds it to a value that may be a hazard (:meth:`_named_value`)
+        self._named: Dict[str, bool] = {}
+
     # -- detection ---------------------------------------------------------------
     def visit_Call(self, node: cst.Call) -> None:
         op = torch_op(self.ctx, node)
@@ -454,16 +459,12 @@ class NonfiniteMask(Rule):
         quoted = f"`{short}`" if bound is None else f"`{short}` (= `{self.ctx.code(bound).strip()}`)"
         return Hazard(v, quoted, short, literal, not math.isinf(v), overflows)
 
-    _named: Optional[Dict[str, bool]] = None
-
     def _named_value(self, name: str) -> bool:
         """Whether this file's text binds ``name`` (``name = v``, ``name: T = v``,
         a default ``name=v``, ``name := v``, an unpacking ``a, name = v``) to a
         value whose text holds a literal that may be a hazard (an infinity, a
         `finfo` bound, a number with an exponent or five digits). Only then is
         its definition looked up: that builds the file's scope analysis."""
-        if self._named is None:
-            self._named = {}
         if name not in self._named:
             source = self.ctx.source
             found = False

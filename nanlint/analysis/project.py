@@ -625,16 +625,36 @@ _HALF_DTYPE = re.compile(r"torch\.(?:float16|half|bfloat16)\b")
 #: what may come right before a half dtype for it to be given or assigned
 #: (not compared): ``=`` (not ``==``), ``:``, an open ``.to(``, ``set_default_dtype(``
 _GIVEN_BEFORE = re.compile(r"(?:(?<![=!<>])=|:|\.to\([^)\n]*|set_default_dtype\()\s*\Z")
-#: the other signs, each a literal to look for first and the pattern it must start
-_HALF_SIGNS = (
-    (".half(", re.compile(r"\.half\(\s*\)")),
-    (".bfloat16(", re.compile(r"\.bfloat16\(\s*\)")),
-    ("fp16", re.compile(r"[\"']fp16[\"']\s*:\s*\{")),
-    ("opt_level", re.compile(r"opt_level\s*=\s*[\"']O[23]")),
-    ("-true", re.compile(r"[\"'](?:16|bf16)-true[\"']")),
-    ("Tensor", re.compile(r"set_default_tensor_type\([^)\n]*(?:Half|BFloat16)Tensor")),
-    ("deepspeed.initialize(", None),
+#: a sign of reduced precision in a file's text: a literal to look for first
+#: (``str.find``), then the pattern that must match (None: the literal is
+#: enough), and whether the pattern's match must start a word (checked by hand:
+#: a pattern that starts with ``\b`` has no literal prefix for the regex engine
+#: to scan for, and tries every position of the text)
+_Sign = Tuple[str, Optional["re.Pattern[str]"], bool]
+#: the other signs
+_HALF_SIGNS: Tuple[_Sign, ...] = (
+    (".half(", re.compile(r"\.half\(\s*\)"), False),
+    (".bfloat16(", re.compile(r"\.bfloat16\(\s*\)"), False),
+    ("fp16", re.compile(r"[\"']fp16[\"']\s*:\s*\{"), False),
+    ("opt_level", re.compile(r"opt_level\s*=\s*[\"']O[23]"), False),
+    ("-true", re.compile(r"[\"'](?:16|bf16)-true[\"']"), False),
+    ("Tensor", re.compile(r"set_default_tensor_type\([^)\n]*(?:Half|BFloat16)Tensor"), False),
+    ("deepspeed.initialize(", None, False),
 )
+
+
+def _shows(text: str, signs: Sequence[_Sign]) -> bool:
+    """Whether ``text`` shows one of ``signs`` (see ``_Sign``)."""
+    for literal, pattern, word in signs:
+        if literal not in text:
+            continue
+        if pattern is None:
+            return True
+        for found in pattern.finditer(text):
+            at = found.start()
+            if not word or at == 0 or not (text[at - 1].isalnum() or text[at - 1] == "_"):
+                return True
+    return False
 
 
 def runs_pure_half(text: str) -> bool:
@@ -649,9 +669,8 @@ def runs_pure_half(text: str) -> bool:
     (LLaMA's reference code); bfloat16 alike. A dtype compared
     (``x.dtype == torch.half``) is not a cast. Each sign is a literal found
     with ``str.find`` before any pattern runs (most files have none)."""
-    for literal, pattern in _HALF_SIGNS:
-        if literal in text and (pattern is None or pattern.search(text)):
-            return True
+    if _shows(text, _HALF_SIGNS):
+        return True
     if "torch.float16" not in text and "torch.half" not in text and "torch.bfloat16" not in text:
         return False
     for found in _HALF_DTYPE.finditer(text):
@@ -661,7 +680,28 @@ def runs_pure_half(text: str) -> bool:
     return False
 
 
-_HALF_USE: Dict[str, bool] = {}
+#: root -> (whether a Python file or notebook below it runs something in pure
+#: half, whether one runs mixed precision): see :func:`_precision_in_code`
+_PRECISION_IN_CODE: Dict[str, Tuple[bool, bool]] = {}
+
+
+def _precision_in_code(root: str) -> Tuple[bool, bool]:
+    """(whether any Python file or notebook below ``root``, tests included,
+    runs something in pure half precision (:func:`runs_pure_half`), whether
+    any runs mixed precision (:func:`runs_mixed_precision`)), each file read
+    once per process for both; the scan stops at the first pure half cast,
+    which answers both facts. Both true past ``_SCAN_LIMIT`` files."""
+    if root not in _PRECISION_IN_CODE:
+        files = _source_files(root, (".py", ".ipynb"))
+        half, mixed = len(files) > _SCAN_LIMIT, False
+        for path in files if not half else ():
+            text = _read_text(path)
+            if runs_pure_half(text):
+                half = True
+                break
+            mixed = mixed or runs_mixed_precision(text)
+        _PRECISION_IN_CODE[root] = (half, mixed)
+    return _PRECISION_IN_CODE[root]
 
 
 def casts_to_half(root: str) -> bool:
@@ -671,22 +711,23 @@ def casts_to_half(root: str) -> bool:
     Where none does, the project runs in float32, under autocast at most:
     CUDA/MPS autocast computes ``exp``, ``softmax`` and ``log`` in float32.
     Assumed true past ``_SCAN_LIMIT`` files."""
-    if root not in _HALF_USE:
-        files = _source_files(root, (".py", ".ipynb"))
-        _HALF_USE[root] = len(files) > _SCAN_LIMIT or any(runs_pure_half(_read_text(f)) for f in files)
-    return _HALF_USE[root]
+    return _precision_in_code(root)[0]
 
 
-#: the signs of a mixed-precision run in code (see :func:`runs_mixed_precision`):
-#: each a literal to look for first and the pattern it must start
-_MIXED_SIGNS = (
-    ("autocast", re.compile(r"autocast\((?![^)\n]*enabled\s*=\s*False)")),
-    ("GradScaler", None),
-    ("amp", re.compile(r"\bamp\.initialize\(|\buse_amp\b|[\"']--amp[\"']|\bamp\s*=\s*True")),
-    ("precision", re.compile(r"precision\s*=\s*[\"']?(?:16|bf16)|mixed_precision\s*=\s*[\"'](?:fp16|bf16)")),
-    ("16", re.compile(r"\b(?:fp16|bf16)\s*=\s*True|[\"']--(?:fp16|bf16)[\"']|\b(?:fp16|bf16)\s*:\s*true")),
-    ("Accelerator(", None),
-    ("deepspeed", None),
+#: the signs of a mixed-precision run in code (see :func:`runs_mixed_precision`)
+_MIXED_SIGNS: Tuple[_Sign, ...] = (
+    ("autocast", re.compile(r"autocast\((?![^)\n]*enabled\s*=\s*False)"), False),
+    ("GradScaler", None, False),
+    ("amp.initialize(", re.compile(r"amp\.initialize\("), True),
+    ("use_amp", re.compile(r"use_amp\b"), True),
+    ("--amp", re.compile(r"[\"']--amp[\"']"), False),
+    ("amp", re.compile(r"amp\s*=\s*True"), True),
+    ("precision", re.compile(r"precision\s*=\s*[\"']?(?:16|bf16)|mixed_precision\s*=\s*[\"'](?:fp16|bf16)"), False),
+    ("fp16", re.compile(r"fp16\s*(?:=\s*True|:\s*true)"), True),
+    ("bf16", re.compile(r"bf16\s*(?:=\s*True|:\s*true)"), True),
+    ("--", re.compile(r"[\"']--(?:fp16|bf16)[\"']"), False),
+    ("Accelerator(", None, False),
+    ("deepspeed", None, False),
 )
 #: the same in a configuration file (YAML, JSON, TOML, a launch script):
 #: any mention of a reduced-precision setting
@@ -705,7 +746,7 @@ def runs_mixed_precision(text: str) -> bool:
     ``--fp16`` switch, Lightning's ``precision=16``/``"16-mixed"``,
     accelerate's ``mixed_precision="fp16"`` or its ``Accelerator`` (set by
     ``accelerate launch``), HF's ``fp16=True``, DeepSpeed."""
-    return any(literal in text and (pattern is None or pattern.search(text)) for literal, pattern in _MIXED_SIGNS)
+    return _shows(text, _MIXED_SIGNS)
 
 
 _MIXED_USE: Dict[str, bool] = {}
@@ -719,10 +760,8 @@ def uses_reduced_precision(root: str) -> bool:
     project runs its models in float32 (a float16 hazard needs a user's own
     autocast). Assumed true past ``_SCAN_LIMIT`` files."""
     if root not in _MIXED_USE:
-        code = _source_files(root, (".py", ".ipynb"))
         configs = _source_files(root, _CONFIG_SUFFIXES)
-        _MIXED_USE[root] = (casts_to_half(root) or len(configs) > _SCAN_LIMIT
-                            or any(runs_mixed_precision(_read_text(f)) for f in code)
+        _MIXED_USE[root] = (any(_precision_in_code(root)) or len(configs) > _SCAN_LIMIT
                             or any(_mixed_config(f) for f in configs))
     return _MIXED_USE[root]
 

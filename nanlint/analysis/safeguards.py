@@ -463,7 +463,7 @@ class Safeguards:
         if isinstance(up, cst.Element):
             tup = self.scopes.parent.get(up)
             if isinstance(tup, cst.Tuple):
-                index = [e for e in tup.elements].index(up)
+                index = list(tup.elements).index(up)
                 up = self.scopes.parent.get(tup)
         if not isinstance(up, cst.Return):
             return False

@@ -160,11 +160,11 @@ _NO_GRAD = frozenset({"no_grad", "inference_mode"})
 #: reads that leave autograd: integer casts, rounding, Python numbers
 _NUMBER_READS = frozenset({"long", "int", "floor", "ceil", "round", "trunc", "item", "tolist", "numpy", "argmax", "argmin",
                            "bucketize", "searchsorted", "argsort"})
+#: modules that prepare a model's inputs (see :func:`input_pipeline`)
+_INPUT_MODULES = r"feature_extraction|image_processing|video_processing|processing|preprocess(?:ing)?|audio_utils"
+_INPUT_FILE = re.compile(rf"^(?:{_INPUT_MODULES})(?:_|\.|$)")
 #: preprocessing/metrics modules and functions (a name heuristic: no gradient flows there)
-_DATA_FILE = re.compile(
-    r"^(?:feature_extraction|image_processing|video_processing|processing|preprocess(?:ing)?|"
-    r"postprocess(?:ing)?|metrics?|evaluat(?:e|ion)|audio_utils)(?:_|\.|$)"
-)
+_DATA_FILE = re.compile(rf"^(?:{_INPUT_MODULES}|postprocess(?:ing)?|metrics?|evaluat(?:e|ion))(?:_|\.|$)")
 #: folders of data pipelines: dataset samples are prepared without gradients
 _DATA_DIRS = frozenset({"data", "dataset", "datasets", "dataloaders", "metrics"})
 _NO_GRAD_FUNCTION = re.compile(
@@ -2038,9 +2038,7 @@ def _python_number(node: Optional[cst.BaseExpression], assigned: Dict[str, List[
         return bool(values) and all(_python_number(v, assigned, depth + 1) for v in values)
     if isinstance(node, cst.UnaryOperation):
         return isinstance(node.operator, cst.Not) or _python_number(node.expression, assigned, depth + 1)
-    if isinstance(node, cst.BooleanOperation):
-        return _python_number(node.left, assigned, depth + 1) and _python_number(node.right, assigned, depth + 1)
-    if isinstance(node, cst.BinaryOperation):
+    if isinstance(node, (cst.BooleanOperation, cst.BinaryOperation)):
         return _python_number(node.left, assigned, depth + 1) and _python_number(node.right, assigned, depth + 1)
     if isinstance(node, (cst.Tuple, cst.List)):
         return all(_python_number(e.value, assigned, depth + 1) for e in node.elements)
@@ -2057,10 +2055,7 @@ def _data_code(parts: List[str]) -> bool:
     return bool(_DATA_FILE.match(parts[-1])) or any(p in _DATA_DIRS for p in parts[:-1])
 
 
-#: data-pipeline modules and folders, metrics and post-processing left out
-_INPUT_FILE = re.compile(
-    r"^(?:feature_extraction|image_processing|video_processing|processing|preprocess(?:ing)?|audio_utils)(?:_|\.|$)"
-)
+#: data-pipeline folders, metrics left out
 _INPUT_DIRS = _DATA_DIRS - {"metrics"}
 
 
