@@ -70,6 +70,8 @@ class _Frame:
     self_refs: Set[str] = field(default_factory=set)  # `x` of every `self.x` it mentions
     instances: Dict[str, str] = field(default_factory=dict)  # m = cls(...) / m = Net(...): the class built
     attr_sets: List[Tuple[str, str, int]] = field(default_factory=list)  # `m.weight = ...`: (m, weight, order)
+    #: `mod.register_parameter("bias", b)`: ("mod", "bias") -> "b", the local it registers
+    aliases: Dict[Tuple[str, ...], str] = field(default_factory=dict)
 
 
 @dataclass
@@ -750,6 +752,7 @@ class UninitializedParameter(Rule):
                 value = name_arg.value.evaluated_value
                 if isinstance(value, str):
                     self._registers.append((node, value))
+                    self._alias(node, last, value)
         if self._is_parameter(node, qualified, last):
             self._parameter(node)
         if last == "skip_init" and (qualified is None or qualified.startswith("torch.")):
@@ -820,12 +823,28 @@ class UninitializedParameter(Rule):
         self._mark(chain)
         return True
 
+    def _alias(self, node: cst.Call, last: str, name: str) -> None:
+        """``self.linear.register_parameter("bias", bias)`` (or ``setattr``)
+        of a local: initialising ``self.linear.bias`` afterwards initialises
+        the local (a fused layer's bias, filled by ``.data.copy_``)."""
+        value = arg(node, 2 if last == "setattr" else 1, "value" if last == "setattr" else "param")
+        if last == "setattr":
+            owner = node.args[0].value if node.args else None
+        else:
+            owner = node.func.value if isinstance(node.func, cst.Attribute) else None
+        chain = name_chain(owner) if owner is not None else []
+        if chain and value is not None and isinstance(value.value, cst.Name):
+            self.frames[-1].aliases[(*chain, name)] = value.value.value
+
     def _mark(self, chain: List[str], depth: int = 0) -> None:
         while len(chain) > 1 and chain[-1] in ("data", "weight_orig"):
             chain = chain[:-1]
         if not chain:
             return
         frame = self.frames[-1]
+        alias = frame.aliases.get(tuple(chain))
+        if alias is not None:
+            frame.local_inits.add(alias)
         root = chain[0]
         if root == "self":
             if len(chain) >= 2:

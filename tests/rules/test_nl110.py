@@ -200,3 +200,31 @@ def test_layers_of_a_model_the_file_builds_and_loads_hold_the_checkpoint(script,
     found = lint(LAYERS + script, ["NL110"])
     assert [f.confidence for f in found] == [confidence]
     assert ("load_state_dict" in found[0].message.split("; ", 1)[-1]) == (confidence == "low")
+
+
+FUSE = (
+    "import torch\nfrom torch import nn\n"
+    "class LinearBN(nn.Module):\n"
+    "    @torch.no_grad()\n"
+    "    def fuse(self):\n"
+    "        w = self.linear.weight * self.bn.weight[:, None]\n"
+    "        b = self.bn.bias - self.bn.running_mean * self.bn.weight\n"
+    "        bias = nn.Parameter(torch.empty(self.linear.out_features))\n"
+    "        {register}\n"
+    "        self.linear.weight.data.copy_(w)\n"
+    "        {fill}\n"
+    "        return self.linear\n"
+)
+
+
+@pytest.mark.parametrize("register, fill, reported", [
+    ("self.linear.register_parameter('bias', bias)", "self.linear.bias.data.copy_(b)", False),
+    ("setattr(self.linear, 'bias', bias)", "self.linear.bias.copy_(b)", False),
+    # look-alikes: the copy fills another layer's bias; the local is registered under another name
+    ("self.linear.register_parameter('bias', bias)", "self.proj.bias.data.copy_(b)", True),
+    ("self.linear.register_parameter('shift', bias)", "self.linear.bias.data.copy_(b)", True),
+])
+def test_a_local_registered_on_a_child_and_filled_through_it_is_initialised(register, fill, reported):
+    """A fused linear+batch-norm layer: its new bias is filled through the child it is registered on."""
+    source = FUSE.replace("{register}", register).replace("{fill}", fill)
+    assert bool(lint(source, ["NL110"])) == reported
