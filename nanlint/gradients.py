@@ -329,6 +329,8 @@ def no_grad_value(ctx, node: cst.BaseExpression, depth: int = 0) -> bool:
                 continue
             if b.kind in ("assign", "walrus") and b.value is not None:
                 return rec(b.value)
+            if b.kind == "param":
+                return depth < 4 and _passed_without_grad(facts, b, depth)
             return b.kind == "for" and _element_of(b, node.value, rec)
         return False
     if isinstance(node, cst.UnaryOperation):
@@ -377,6 +379,15 @@ def no_grad_value(ctx, node: cst.BaseExpression, depth: int = 0) -> bool:
             inputs.append(node.func.value)  # type: ignore[union-attr]
         return bool(inputs) and all(rec(i) for i in inputs)
     return False
+
+
+def _passed_without_grad(facts, binding, depth: int) -> bool:
+    """A parameter that every call of its function gives a value without a
+    gradient (``sinc(t)`` with ``t = torch.linspace(...)`` in each caller, a
+    ``slerp(z1, z2, a)`` of two ``torch.randn`` draws), read in the
+    analysis of each call's file (:meth:`Facts.arguments_for`)."""
+    given = facts.arguments_for(binding, defaults=True)
+    return bool(given) and all(no_grad_value(other.ctx, value, depth + 1) for other, value in given)
 
 
 def _element_of(binding, name: str, rec) -> bool:

@@ -10,7 +10,7 @@ from nanlint.finding import UNSAFE
 from nanlint.patterns import arg, is_method_call, is_reference, subject, torch_op
 from nanlint.rule import FixSpec, Invalid, Rule, Valid
 from nanlint.engine import subtree
-from nanlint.gradients import ScopeTracking, const, guarded_calls, strip
+from nanlint.gradients import ScopeTracking, const, guarded_calls, no_grad_value, strip
 
 INVERSE_OPS = {
     "acos": "acos", "acos_": "acos", "arccos": "acos", "arccos_": "acos",
@@ -50,8 +50,9 @@ class UnclampedAcos(ScopeTracking, Rule):
     Quiet where no gradient flows (`Facts.grad_flows`: `no_grad` code, the
     methods of a class whose `__call__` runs under `no_grad` such as an
     inference pipeline, `forward`/`backward` of a `torch.autograd.Function`, results
-    read as integers): the infinite derivative
-    is never taken there.
+    read as integers), nor where the argument carries no gradient itself
+    (fresh `torch.randn` draws, also passed to a helper's parameter at every
+    call of it): the infinite derivative is never taken there.
 
     ## Why is this bad?
     Normalised vectors are unit length only up to rounding: measured on torch
@@ -162,8 +163,8 @@ class UnclampedAcos(ScopeTracking, Rule):
         if f is None or id(node) in self.guarded:
             return
         x = subject(self.ctx, node)
-        if x is None or not self.ctx.facts.grad_flows(node):
-            return
+        if x is None or not self.ctx.facts.grad_flows(node) or no_grad_value(self.ctx, x):
+            return  # no gradient: the infinite derivative never meets a backward pass
         clamp = self._clamp(x)
         if clamp is not None:
             self._check_clamp(node, f, clamp)

@@ -37,7 +37,9 @@ class WhereNanGrad(ScopeTracking, Rule):
     (`torch.where(u >= 1 - eps, -eps, torch.log(u))`, `loss < beta`), `f`
     applied outside the `where` (`torch.sqrt(torch.where(x > 0, x, 1))`, the
     correct form), operands that carry no gradient (counts of a comparison,
-    `(m > 0).sum().float()`; fresh `torch.rand(...)`), and code where no
+    `(m > 0).sum().float()`; fresh `torch.rand(...)`; a helper's parameter
+    that every call of the helper gives such a value, as a windowed
+    `sinc(t)` of a `linspace`), and code where no
     gradient flows (`Facts.grad_flows`): under `torch.no_grad()` /
     `torch.inference_mode()`, in the methods of a class whose `__call__` runs
     under them (an inference pipeline), in `forward`/`backward` of a

@@ -546,3 +546,23 @@ def test_a_float16_overflow_in_data_pipeline_code_is_medium(tmp_path, path, extr
     found = [f for f in json.loads(proc.stdout) if f["code"] == "NL108"]
     assert [f["confidence"] for f in found] == [confidence, confidence]
     assert all(("data-pipeline code" in f["message"]) == (confidence == "medium") for f in found)
+
+
+SINC_OPS = "import torch\n\n\ndef sinc(t):\n    return torch.where(t == 0, torch.tensor(1.0), torch.sin(t) / t)\n"
+
+
+@pytest.mark.parametrize("caller, shown", [
+    ("import math\nimport torch\nfrom pkg.ops import sinc\n\n\ndef kernel(n):\n"
+     "    t = torch.linspace(-n, n, 2 * n) * math.pi\n    return sinc(t)\n", []),
+    # look-alike: the caller hands its input, which carries a gradient, to the helper
+    ("from pkg.ops import sinc\n\n\ndef layer(x):\n    return sinc(x)\n", [("pkg/ops.py", 5, "NL109")]),
+])
+def test_a_public_helper_that_every_caller_gives_a_fresh_tensor_carries_no_gradient(tmp_path, caller, shown):
+    package(tmp_path, {"pkg/__init__.py": "", "pkg/ops.py": SINC_OPS, "pkg/resample.py": caller})
+    args = ("check", "--output-format", "json", ".")
+    assert findings(run(*args, cwd=tmp_path)) == shown
+    if not shown:
+        # the caller changes: the cached answer for ops.py must not survive it
+        (tmp_path / "pkg/resample.py").write_text(
+            "from pkg.ops import sinc\n\n\ndef layer(x):\n    return sinc(x)\n")
+        assert findings(run(*args, cwd=tmp_path)) == [("pkg/ops.py", 5, "NL109")]

@@ -192,6 +192,8 @@ class Facts:
         #: it does not follow its own callers further
         self.remote = False
         self._all_calls: Dict[cst.FunctionDef, Optional[List[Tuple["Facts", cst.Call]]]] = {}
+        self._only_calls: Dict[cst.FunctionDef, Optional[List[cst.Call]]] = {}
+        self._mentions: Dict[Tuple[Optional[cst.ClassDef], str], int] = {}
         self._number_functions: Dict[cst.FunctionDef, bool] = {}
 
     @property
@@ -438,34 +440,56 @@ class Facts:
     def _argument_dtype(self, b: Binding, depth: int) -> str:
         """A parameter holds what every call of its function passes:
         ``self._norm(x.float())`` at each call (Gemma-style RMSNorm) makes
-        ``x`` float32 inside ``_norm``. A private helper (``_name``, not a
-        dunder) is called from this file only; a public module-level function
-        from anywhere in the project (:meth:`all_calls`: ``angle(x.float())``
-        in every caller). Unknown when no call is seen, more than eight are,
-        or one passes the default."""
+        ``x`` float32 inside ``_norm`` (:meth:`arguments_for`). Unknown when
+        no call is seen, more than eight are, or one passes the default."""
+        given = self.arguments_for(b)
+        if not given:
+            return UNKNOWN
+        return _join_all([facts.dtype(value, depth + 1) for facts, value in given])
+
+    def arguments_for(self, b: Binding, defaults: bool = False) -> Optional[List[Tuple["Facts", cst.BaseExpression]]]:
+        """What every call of a parameter's function passes for it, each with
+        the analysis of the file of the call. A private helper (``_name``, not
+        a dunder) and a function nested in another are called from this file
+        only, and must be named nowhere but in their calls (not handed on as
+        a callback, returned or rebound: :meth:`_only_called`); a public
+        module-level function from anywhere in the project
+        (:meth:`all_calls`: ``angle(x.float())`` in every caller). None
+        when no call is seen, more than eight are, or one passes the default
+        (its default stands in for it with ``defaults``) or unpacks ``*args``."""
         func = self.scopes.parent.get(self.scopes.parent.get(b.node))
         if type(func) is not cst.FunctionDef or func.name.value.startswith("__"):
-            return UNKNOWN
-        if func.name.value.startswith("_"):
-            calls: List[Tuple[Facts, cst.Call]] = [(self, c) for c in self.calls_of(func)]
+            return None
+        private = func.name.value.startswith("_")
+        if self.scopes.enclosing_function(func) is not None or (
+                private and self.scopes.parent.get(func) is self.ctx.module):
+            calls: List[Tuple[Facts, cst.Call]] = [(self, c) for c in self._only_called(func) or []]
+        elif private:  # a method: ``self._f(x)``, named only so in its class
+            here = self.calls_of(func)
+            if self._class_mentions(func) != 1 + len(here):
+                return None  # also handed on as a value (a callback): not every call is seen
+            calls = [(self, c) for c in here]
         else:
             calls = self.all_calls(func) or []
         if not calls or len(calls) > 8:
-            return UNKNOWN
+            return None
         positional = [*func.params.posonly_params, *func.params.params]
         index = next((i for i, p in enumerate(positional) if p is b.node), None)  # None: keyword-only
         # ``self._f(x)``: ``self`` is not among the arguments
         bound = self.scopes.enclosing_class(func) is not None and not _is_static(func)
-        kinds = []
+        out: List[Tuple[Facts, cst.BaseExpression]] = []
         for facts, call in calls:
             if any(a.star for a in call.args):
-                return UNKNOWN
+                return None
             here = index - 1 if bound and index is not None and type(call.func) is cst.Attribute else index
             given = arg(call, here if here is not None and here >= 0 else None, b.name)
-            if given is None:
-                return UNKNOWN  # the default, or a call this reading does not follow
-            kinds.append(facts.dtype(given.value, depth + 1))
-        return _join_all(kinds)
+            if given is not None:
+                out.append((facts, given.value))
+            elif defaults and b.value is not None:
+                out.append((self, b.value))
+            else:
+                return None  # the default, or a call this reading does not follow
+        return out
 
     def _call_dtype(self, call: cst.Call, depth: int) -> str:
         rec = lambda n: self.dtype(n, depth + 1)  # noqa: E731
@@ -1678,13 +1702,45 @@ class Facts:
                 return False
         return bool(found) or bool(here)
 
+    def _class_mentions(self, method: cst.FunctionDef) -> int:
+        """How often a method's name appears in the code of its class (its
+        definition included; strings and comments too, which errs towards
+        'used otherwise')."""
+        cls = self.scopes.enclosing_class(method)
+        key = (cls, method.name.value)
+        if key not in self._mentions:
+            self._mentions[key] = len(re.findall(rf"(?<!\w){re.escape(method.name.value)}\b",
+                                                 self.ctx.code(cls) if cls is not None else self.ctx.source))
+        return self._mentions[key]
+
     def _only_called(self, func: cst.FunctionDef) -> Optional[List[cst.Call]]:
-        """This file's calls of a module-level function (:meth:`calls_of`);
-        None when its name is also used otherwise here (passed as a value,
-        put in a table): its definition and its calls must be every mention."""
-        here = self.calls_of(func)
-        mentions = len(re.findall(rf"(?<![\w.]){re.escape(func.name.value)}\b", self.ctx.source))
-        return here if mentions == 1 + len(here) else None
+        """This file's calls of a function (module-level, or nested in
+        another); None when its name is also used otherwise here (passed as
+        a value, put in a table, returned) or a use of the name cannot be
+        resolved. Names in strings and comments (a docstring that mentions
+        it) are not uses."""
+        if func in self._only_calls:
+            return self._only_calls[func]
+        name = func.name.value
+        calls: Optional[List[cst.Call]] = []
+        for table in self.scopes.bindings.values():
+            same = table.get(name, ())
+            if any(b.node is func for b in same) and len(same) > 1:
+                calls = None  # rebound (``f = jit(f)``): which calls reach the function is unclear
+        for reads in self.scopes.reads.values() if calls is not None else ():
+            for read in reads.get(name, ()):
+                reaching = self.scopes.reaching(read)[:1]
+                if reaching and reaching[0].node is not func:
+                    continue  # another binding of the name
+                up = self.scopes.parent.get(read)
+                if not reaching or type(up) is not cst.Call or up.func is not read:
+                    calls = None
+                    break
+                calls.append(up)  # type: ignore[union-attr]
+            if calls is None:
+                break
+        self._only_calls[func] = calls
+        return calls
 
     def calls_through_import(self, local: str, attr: Optional[str]) -> Optional[List[cst.Call]]:
         """The calls in this file of an imported function: ``local(...)``, or

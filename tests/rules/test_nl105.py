@@ -143,3 +143,25 @@ def test_a_data_transform_class_carries_no_gradient(base, shown):
         "        return data\n"
     )
     assert [f.line for f in lint(src, ["NL105"])] == shown
+
+
+@pytest.mark.parametrize("z1, reported", [
+    ("torch.randn(1, 3, 8, 8)", False),
+    # look-alike: the endpoint is a parameter being trained
+    ("self.latent", True),
+])
+def test_a_nested_helper_called_with_fresh_draws_carries_no_gradient(z1, reported):
+    """ddim's ``slerp`` inside its interpolation method, called with two randn draws."""
+    source = (
+        "import torch\n"
+        "class Runner(torch.nn.Module):\n"
+        "    def interpolate(self, n):\n"
+        "        def slerp(z1, z2, alpha):\n"
+        "            theta = torch.acos(torch.sum(z1 * z2) / (torch.norm(z1) * torch.norm(z2)))\n"
+        "            return torch.sin((1 - alpha) * theta) / torch.sin(theta) * z1\n"
+        f"        z1 = {z1}\n"
+        "        z2 = torch.randn(1, 3, 8, 8)\n"
+        "        alpha = torch.arange(0.0, 1.01, 0.1)\n"
+        "        return [slerp(z1, z2, alpha[i]) for i in range(n)]\n"
+    )
+    assert bool(lint(source, ["NL105"])) == reported

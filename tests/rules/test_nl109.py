@@ -245,3 +245,30 @@ def test_a_helper_that_returns_a_fresh_tensor_carries_no_gradient():
         )
     assert found("t") == []
     assert [f.line for f in found("t * w")] == [9]
+
+
+SINC = (
+    "import math\nimport torch\n"
+    "def _sinc(t):\n"
+    "    return torch.where(t == 0, torch.tensor(1.0), torch.sin(t) / t)\n"
+    "def kernel(zeros):\n"
+    "    \"\"\"A windowed _sinc kernel (its docstring names the helper: not a use).\"\"\"\n"
+    "    t = torch.linspace(-zeros + 0.5, zeros - 0.5, 2 * zeros)\n"
+    "    t *= math.pi\n"
+    "    return _sinc(t) * torch.hann_window(2 * zeros)\n"
+    "def window(n):\n"
+    "    return _sinc(torch.arange(n) * math.pi)\n"
+)
+
+
+@pytest.mark.parametrize("extra, reported", [
+    ("", False),
+    # look-alikes: one caller passes the layer's input, which carries a gradient; a caller
+    # passes the helper on as a callback, so its calls are not all seen
+    ("def layer(x):\n    return _sinc(x)\n", True),
+    ("def table(xs):\n    return list(map(_sinc, xs))\n", True),
+])
+def test_a_helper_every_caller_gives_a_value_without_gradient_is_quiet(extra, reported):
+    """denoiser's ``sinc(t)``: each caller builds ``t`` with linspace/arange, so the
+    masked lanes of the where never meet a backward pass."""
+    assert bool(lint(SINC + extra, ["NL109"])) == reported
