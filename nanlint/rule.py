@@ -356,8 +356,9 @@ class Rule:
         (:meth:`nanlint.analysis.project.ProjectFile.casts_to_half`).
         ``needs_half``: the hazard exists only in float16/bfloat16 (default:
         the rule is ``float16_only``); a high finding is then medium in a
-        project where nothing runs in reduced precision, autocast included
-        (:meth:`nanlint.analysis.project.ProjectFile.uses_reduced_precision`)."""
+        project where nothing runs in reduced precision, autocast included,
+        or where the programs that run this file do not
+        (:meth:`nanlint.analysis.project.ProjectFile.reduced_precision`)."""
         if confidence not in CONFIDENCES:
             raise ValueError(f"confidence must be one of {CONFIDENCES}")
         if confidence == HIGH and autocast_float32 and self.ctx.project is not None \
@@ -367,11 +368,16 @@ class Rule:
                         f"casts a model to half: only a model run in pure {self.ctx.dtype.name} reaches this)")
         if needs_half is None:
             needs_half = self.float16_only
-        if confidence == HIGH and needs_half and self.ctx.project is not None \
-                and self.ctx.project.uses_reduced_precision() is False:
+        reduced = self.ctx.project.reduced_precision() if (
+            confidence == HIGH and needs_half and self.ctx.project is not None) else None
+        if reduced == "no: project":
             confidence = MEDIUM
             message += (" (nothing in this project runs in reduced precision: no half cast, autocast or "
                         "mixed-precision setting in its code or configuration)")
+        elif reduced == "no: programs":
+            confidence = MEDIUM
+            message += (" (the programs that run this code, and what they import, run nothing in reduced "
+                        "precision: no half cast, autocast or mixed-precision setting)")
         if confidence == HIGH and needs_half and self.ctx.input_pipeline and not runs_pure_half(self.ctx.source):
             confidence = MEDIUM
             message += (" (in data-pipeline code, whose tensors come from the data in float32: a model's "

@@ -64,7 +64,11 @@ class LogOfSoftmax(TracksLocals, Rule):
     Medium also for a softmax in a project that casts nothing to half (no
     `.half()`, `torch_dtype=torch.float16`, DeepSpeed `"fp16"` config...):
     CUDA/MPS autocast computes softmax in float32, so only a model run in
-    pure half underflows. A sigmoid stays float16 under autocast.
+    pure half underflows. A sigmoid stays float16 under autocast. A log of
+    a softmax or a sigmoid is medium, too, in a project where nothing runs
+    in reduced precision at all (float32 and bfloat16 underflow only 88.73
+    below 0, or for a logit gap of 103.98); a log of `1 - sigmoid(x)` is
+    not, since float32 rounds sigmoid(x) to 1 from x >= 16.64.
 
     ## Example
     ```python
@@ -161,8 +165,11 @@ class LogOfSoftmax(TracksLocals, Rule):
                     "unusual for trained logits)")
             message = message.replace("; use ", note + "; use ", 1)
             confidence = MEDIUM
+        # float32 and bfloat16 underflow only for x <= -88.73 (a logit gap of 103.98): the log of a
+        # softmax or sigmoid is a float16 hazard; 1 - sigmoid(x) is 0 in float32 too from x >= 16.64
         self.report(node, message, self._fix(node, match), confidence=confidence,
-                    autocast_float32="softmax" if match.kind == "softmax" else None)
+                    autocast_float32="softmax" if match.kind == "softmax" else None,
+                    needs_half=match.kind != "one_minus_sigmoid")
 
     def _times_a_value(self, node: cst.Call) -> bool:
         """The log is multiplied by a value that is not a number literal

@@ -500,6 +500,10 @@ FLOAT32_STEP = "def step(model, x):\n    model(x).sum().backward()\n"
     ({"pkg/cli.py": "import argparse\n\np = argparse.ArgumentParser()\np.add_argument('--amp', action='store_true')\n"},
      "high"),
     ({"pkg/run.py": "def run(model, x):\n    return model.half()(x)\n"}, "high"),
+    # switches given on the command line
+    ({"pkg/train_hf.py": "from transformers import HfArgumentParser, TrainingArguments\n\n"
+                         "args, = HfArgumentParser(TrainingArguments).parse_args_into_dataclasses()\n"}, "high"),
+    ({"pkg/cli.py": "from lightning.pytorch.cli import LightningCLI\n\nLightningCLI()\n"}, "high"),
     # the setting lives in a configuration file
     ({"conf/train.yaml": "trainer:\n  precision: 16-mixed\n"}, "high"),
     ({"ds_config.json": '{"bf16": {"enabled": true}}\n'}, "high"),
@@ -507,6 +511,9 @@ FLOAT32_STEP = "def step(model, x):\n    model(x).sum().backward()\n"
     ({"pkg/amp.py": "import torch\n\n\ndef f(model, x):\n    with torch.autocast('cuda', enabled=False):\n"
                     "        return model(x.float())\n"}, "medium"),
     ({"conf/train.yaml": "trainer:\n  precision: 32\n  max_epochs: 16\n"}, "medium"),
+    # a test's half tensors say what the test checks, not how the project runs
+    ({"tests/test_vis.py": "import torch\n\n\ndef test_vis():\n    w = torch.randn(4, dtype=torch.float16)\n"},
+     "medium"),
 ])
 def test_a_float16_overflow_needs_something_in_the_project_to_run_in_reduced_precision(tmp_path, extra, confidence):
     """A clamp to 1e6 raises on a float16 tensor: in a project where nothing runs in
@@ -566,3 +573,59 @@ def test_a_public_helper_that_every_caller_gives_a_fresh_tensor_carries_no_gradi
         (tmp_path / "pkg/resample.py").write_text(
             "from pkg.ops import sinc\n\n\ndef layer(x):\n    return sinc(x)\n")
         assert findings(run(*args, cwd=tmp_path)) == [("pkg/ops.py", 5, "NL109")]
+
+
+@pytest.mark.parametrize("expr, extra, confidence", [
+    ("torch.log(torch.sigmoid(x))", {}, "medium"),
+    ("torch.log(torch.softmax(x, -1))", {}, "medium"),
+    ("torch.log(torch.sigmoid(x))", {"pkg/train.py": TRAIN_HALF}, "high"),
+    # float32 rounds sigmoid(x) to 1 from x >= 16.64: a float32 hazard too
+    ("torch.log(1 - torch.sigmoid(x))", {}, "high"),
+])
+def test_a_log_of_a_probability_is_a_float16_hazard(tmp_path, expr, extra, confidence):
+    """Float32 underflows a sigmoid only below -88.73 (a softmax for a logit gap of 103.98)."""
+    model = f"import torch\n\n\ndef nll(x):\n    return -{expr}.mean()\n"
+    package(tmp_path, {"pkg/__init__.py": "", "pkg/model.py": model, **extra})
+    proc = run("check", "--no-cache", "--min-confidence", "medium", "--output-format", "json", ".", cwd=tmp_path)
+    assert [f["confidence"] for f in json.loads(proc.stdout) if f["code"] == "NL101"] == [confidence]
+
+
+AMP_TRAIN = ("import torch\nfrom app.model import Net\n\n\ndef step(x):\n    with torch.autocast('cuda'):\n"
+             "        Net()(x).sum().backward()\n\n\nif __name__ == '__main__':\n    step(torch.randn(2))\n")
+BASELINE_MAIN = ("import torch\nfrom layers import bound\n\n\ndef main(model, x):\n"
+                 "    bound(model(x)).sum().backward()\n\n\nif __name__ == '__main__':\n    main(torch.nn.Linear(8, 8), None)\n")
+
+
+@pytest.mark.parametrize("extra, confidence", [
+    ({}, "medium"),
+    # look-alikes: the baseline's program imports a module that runs autocast; a notebook or a
+    # configuration file runs something in reduced precision (neither tied to a program);
+    # nothing imports the layers (library code: its users are not all here)
+    ({"baseline/main.py": BASELINE_MAIN.replace("import torch\n", "import torch\nimport amp_utils\n"),
+      "baseline/amp_utils.py": "import torch\n\nscaler = torch.cuda.amp.GradScaler()\n"}, "high"),
+    ({"demo.ipynb": '{"cells": [{"source": ["with torch.autocast(\\"cuda\\"):\\n"]}]}'}, "high"),
+    ({"baseline/config.yaml": "precision: 16-mixed\n"}, "high"),
+    ({"baseline/main.py": "print('no model here')\n"}, "high"),
+])
+def test_a_float16_overflow_needs_the_programs_that_run_it_to_use_reduced_precision(tmp_path, extra, confidence):
+    """A baseline vendored into a repository that trains its own model under autocast:
+    the baseline's own program trains in float32, so its float16 overflow needs a user's own
+    half run; what the other program does says nothing of it."""
+    files = {"app/__init__.py": "", "app/model.py": "import torch\n\n\nclass Net(torch.nn.Module):\n    pass\n",
+             "app/train.py": AMP_TRAIN, "baseline/layers.py": CLAMPED, "baseline/main.py": BASELINE_MAIN}
+    package(tmp_path, {**files, **extra})
+    proc = run("check", "--no-cache", "--min-confidence", "medium", "--output-format", "json", ".", cwd=tmp_path)
+    found = [f for f in json.loads(proc.stdout) if f["code"] == "NL108"]
+    assert [f["confidence"] for f in found] == [confidence, confidence]
+    assert all(("the programs that run this code" in f["message"]) == (confidence == "medium") for f in found)
+
+
+def test_an_autocast_added_to_the_program_that_runs_it_invalidates_the_cached_finding(tmp_path):
+    package(tmp_path, {"app/__init__.py": "", "app/train.py": AMP_TRAIN, "baseline/layers.py": CLAMPED,
+                       "baseline/main.py": BASELINE_MAIN})
+    args = ("check", "--output-format", "json", ".")
+    assert [f for f in findings(run(*args, cwd=tmp_path)) if f[2] == "NL108"] == []
+    (tmp_path / "baseline/main.py").write_text(BASELINE_MAIN.replace(
+        "    bound(", "    with torch.autocast('cuda'):\n        bound("))
+    assert [f for f in findings(run(*args, cwd=tmp_path)) if f[2] == "NL108"] == [
+        ("baseline/layers.py", 5, "NL108"), ("baseline/layers.py", 5, "NL108")]

@@ -367,14 +367,23 @@ class ProjectFile:
         root = project_root(self.path, self.roots[-1])
         return None if root is None else self._fact("half", root) == "yes"
 
-    def uses_reduced_precision(self) -> Optional[bool]:
-        """Whether this file's project runs anything in float16 or bfloat16,
-        under autocast included (see :func:`uses_reduced_precision`); None
-        when its extent is unknown."""
+    def reduced_precision(self) -> Optional[str]:
+        """Whether this file runs in float16 or bfloat16, under autocast
+        included: ``"yes"``; ``"no: project"`` when nothing in its project
+        does (see :func:`uses_reduced_precision`); ``"no: programs"`` when
+        something does, but not the programs that run this file (see
+        :func:`programs_use_reduced_precision`); None when the project's
+        extent is unknown."""
         if runs_pure_half(self._text) or runs_mixed_precision(self._text):
-            return True
+            return "yes"
         root = project_root(self.path, self.roots[-1])
-        return None if root is None else self._fact("reduced", root) == "yes"
+        if root is None:
+            return None
+        if self._fact("reduced", root) == "no":
+            return "no: project"
+        if self._fact("programs-reduced", f"{os.path.abspath(self.path)}\n{root}") == "no":
+            return "no: programs"
+        return "yes"
 
     def generically_initialised(self, name: str) -> bool:
         """Whether a function of the project initialises a parameter called
@@ -413,6 +422,8 @@ _FACTS = {
     "weights": lambda root: use_of_weights(root),
     "half": lambda root: "yes" if casts_to_half(root) else "no",
     "reduced": lambda root: "yes" if uses_reduced_precision(root) else "no",
+    "programs-reduced": lambda subject: {True: "yes", False: "no", None: "unknown"}[
+        programs_use_reduced_precision(*subject.split("\n"))],
     "generic-init": lambda scope: ",".join(sorted(generically_initialised(scope))),
     "patched": lambda subject: "yes" if patched_in(subject.partition(":")[2], subject.partition(":")[0]) else "no",
     "callers": lambda subject: _callers_fact(subject),
@@ -688,19 +699,24 @@ _PRECISION_IN_CODE: Dict[str, Tuple[bool, bool]] = {}
 def _precision_in_code(root: str) -> Tuple[bool, bool]:
     """(whether any Python file or notebook below ``root``, tests included,
     runs something in pure half precision (:func:`runs_pure_half`), whether
-    any runs mixed precision (:func:`runs_mixed_precision`)), each file read
-    once per process for both; the scan stops at the first pure half cast,
+    any file outside test code runs something in half or mixed precision
+    (:func:`runs_mixed_precision`)), each file read once per process for
+    both; the scan stops at the first pure half cast outside test code,
     which answers both facts. Both true past ``_SCAN_LIMIT`` files."""
     if root not in _PRECISION_IN_CODE:
         files = _source_files(root, (".py", ".ipynb"))
-        half, mixed = len(files) > _SCAN_LIMIT, False
+        half = reduced = len(files) > _SCAN_LIMIT
         for path in files if not half else ():
             text = _read_text(path)
+            test = is_test_path(path, root)
             if runs_pure_half(text):
                 half = True
-                break
-            mixed = mixed or runs_mixed_precision(text)
-        _PRECISION_IN_CODE[root] = (half, mixed)
+                if not test:
+                    reduced = True
+                    break
+            elif not test and not reduced:
+                reduced = runs_mixed_precision(text)
+        _PRECISION_IN_CODE[root] = (half, reduced)
     return _PRECISION_IN_CODE[root]
 
 
@@ -728,6 +744,10 @@ _MIXED_SIGNS: Tuple[_Sign, ...] = (
     ("--", re.compile(r"[\"']--(?:fp16|bf16)[\"']"), False),
     ("Accelerator(", None, False),
     ("deepspeed", None, False),
+    # switches given on the command line: HF's `--fp16`, Lightning's `--trainer.precision`
+    ("TrainingArguments", None, False),
+    ("LightningCLI", None, False),
+    ("from_argparse_args", None, False),
 )
 #: the same in a configuration file (YAML, JSON, TOML, a launch script):
 #: any mention of a reduced-precision setting
@@ -754,16 +774,113 @@ _MIXED_USE: Dict[str, bool] = {}
 
 def uses_reduced_precision(root: str) -> bool:
     """Whether anything below ``root`` runs in float16 or bfloat16: a pure
-    half cast (:func:`casts_to_half`), mixed precision in code
-    (:func:`runs_mixed_precision`, notebooks included), or a configuration
-    file that mentions a reduced-precision setting. Where nothing does, the
-    project runs its models in float32 (a float16 hazard needs a user's own
-    autocast). Assumed true past ``_SCAN_LIMIT`` files."""
+    half cast (:func:`runs_pure_half`) or mixed precision
+    (:func:`runs_mixed_precision`) in code that is not a test (notebooks
+    included), or a configuration file that mentions a reduced-precision
+    setting. Where nothing does, the project runs its models in float32 (a
+    float16 hazard needs a user's own autocast). A test's half tensors say
+    what the test checks, not how the project runs (stanza's only half
+    cast is a visualisation test's state dict; botorch and gpytorch test
+    their half settings and run in float64). Assumed true past
+    ``_SCAN_LIMIT`` files."""
     if root not in _MIXED_USE:
-        configs = _source_files(root, _CONFIG_SUFFIXES)
-        _MIXED_USE[root] = (any(_precision_in_code(root)) or len(configs) > _SCAN_LIMIT
-                            or any(_mixed_config(f) for f in configs))
+        _MIXED_USE[root] = _precision_in_code(root)[1] or _configs_reduced(root)
     return _MIXED_USE[root]
+
+
+_CONFIG_USE: Dict[str, bool] = {}
+
+
+def _configs_reduced(root: str) -> bool:
+    """Whether a configuration file below ``root`` mentions a reduced-precision
+    setting (or there are too many to read)."""
+    if root not in _CONFIG_USE:
+        configs = _source_files(root, _CONFIG_SUFFIXES)
+        _CONFIG_USE[root] = len(configs) > _SCAN_LIMIT or any(_mixed_config(f) for f in configs)
+    return _CONFIG_USE[root]
+
+
+_MAIN_BLOCK = re.compile(r"^if\s+__name__\s*==\s*[\"']__main__[\"']", re.MULTILINE)
+_PROGRAMS_USE: Dict[Tuple[str, str], Optional[bool]] = {}
+
+
+def programs_use_reduced_precision(path: str, root: str) -> Optional[bool]:
+    """Whether the programs of the project that run ``path`` run anything in
+    reduced precision: None when that cannot be told, and the project-wide
+    answer (:func:`uses_reduced_precision`) stands.
+
+    The programs are the files that import ``path``, directly or through
+    other modules (test code left out), and hold an ``if __name__ ==
+    "__main__":`` block or are scripts (outside a package, imported by
+    nothing); ``path`` itself counts when it has such a block. They run
+    reduced precision when one of them, or a project module one of them
+    imports (directly or not, the packages' ``__init__`` modules included),
+    shows a half cast or a mixed-precision setting. A sub-project's
+    scripts (a baseline model vendored into a repository, with its own
+    ``main.py``) or an example that trains in float32 thus say how their
+    models run, whatever another program of the repository does.
+
+    None when: no program is found; an ``__init__`` of a top-level package
+    imports ``path`` (library code: its users run it, and they are not all
+    here); a star import or a project too large to list hides who imports
+    it; a notebook or a configuration file of the project mentions reduced
+    precision (neither can be tied to the programs that read it)."""
+    key = (os.path.abspath(path), root)
+    if key in _PROGRAMS_USE:
+        return _PROGRAMS_USE[key]
+    _PROGRAMS_USE[key] = None
+    index = _importers(root)
+    if isinstance(index, _Unlisted) or _configs_reduced(root) or any(
+            runs_pure_half(_read_text(f)) or runs_mixed_precision(_read_text(f))
+            for f in _source_files(root, (".ipynb",))):
+        return None
+    users, frontier = {key[0]}, [key[0]]
+    while frontier:
+        entries = index.get(frontier.pop(), [])
+        if entries is None:
+            return None
+        for other, _, _, test in entries:
+            if not test and other not in users:
+                users.add(other)
+                frontier.append(other)
+    for user in users:
+        if os.path.basename(user) == "__init__.py" and not os.path.isfile(
+                os.path.join(os.path.dirname(os.path.dirname(user)), "__init__.py")):
+            return None  # a top-level package re-exports it: library code
+    programs = [u for u in users if _MAIN_BLOCK.search(_read_text(u)) or u != key[0] and not any(
+        not t for *_, t in index.get(u) or ()) and not os.path.isfile(os.path.join(os.path.dirname(u), "__init__.py"))]
+    if not programs:
+        return None
+    seen: Set[str] = set()
+    stack = list(programs)
+    while stack:
+        current = stack.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        text = _read_text(current)
+        if runs_pure_half(text) or runs_mixed_precision(text):
+            _PROGRAMS_USE[key] = True
+            return True
+        stack.extend(_imported_files(current, root))
+    _PROGRAMS_USE[key] = False
+    return False
+
+
+def _imported_files(path: str, root: str) -> List[str]:
+    """The project files that importing ``path``'s imports runs: each
+    imported module and the ``__init__`` modules of the packages above it."""
+    base = _import_roots(path, root)
+    out: List[str] = []
+    modules = [imp.module if imp.symbol is None else f"{imp.module}.{imp.symbol}"
+               for imp in module_imports(path).values()] + star_imports(path)
+    for module in modules:
+        parts = module.split(".")
+        for end in range(1, len(parts) + 1):
+            found = find_module(".".join(parts[:end]), base)
+            if found is not None:
+                out.append(found)
+    return out
 
 
 def _mixed_config(path: str) -> bool:
