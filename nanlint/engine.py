@@ -377,8 +377,8 @@ def _found(trigger: "re.Pattern[str]", source: str) -> bool:
     that starts with ``\\b`` or with an alternation of words has no such
     prefix. So a trigger is split into its top-level alternatives, each
     searched on its own (a plain word as a substring test), with its
-    word-boundary assertions dropped (dropping an assertion only widens a
-    pattern); where an assertion was dropped, the exact alternative is then
+    word-boundary assertions and a leading lookbehind dropped (dropping an
+    assertion only widens a pattern); where one was dropped, the exact alternative is then
     tried only at the places the widened one matches. Same answer as
     ``trigger.search(source)``."""
     alternatives = _SPLIT.get(trigger)
@@ -413,12 +413,15 @@ def _next(fast: Union[str, "re.Pattern[str]"], source: str, begin: int) -> int:
 def _split(trigger: "re.Pattern[str]") -> List[_Alternative]:
     pattern, flags = trigger.pattern, trigger.flags
     # global inline flags apply to the whole pattern: keep it whole
-    parts = [pattern] if pattern.startswith("(?") and not pattern.startswith("(?:") else _alternatives(pattern)
+    parts = [pattern] if _INLINE_FLAGS.match(pattern) else _alternatives(pattern)
     out: List[_Alternative] = []
     try:
         for part in parts:
             # inside a character class \b is a backspace, not an assertion: keep those
             widened = part if re.search(r"\[[^\]]*\\b", part) else part.replace(r"\b", "")
+            # a leading lookbehind is an assertion too: `(?<=[\d.])e-\d` is found as `e-\d`, then
+            # confirmed where it matches (a match at a position still sees the text before it)
+            widened = _LEADING_LOOKBEHIND.sub("", widened, count=1)
             exact = None if widened == part else re.compile(part, flags)
             if widened and not (_METACHARACTERS & set(widened)) and not flags & re.IGNORECASE:
                 out.append((widened, exact))
@@ -427,6 +430,10 @@ def _split(trigger: "re.Pattern[str]") -> List[_Alternative]:
     except re.error:  # a split this simple scanner got wrong: search the trigger whole
         return [(trigger, None)]
     return out
+
+
+_INLINE_FLAGS = re.compile(r"\(\?[aiLmsux-]+[:)]")
+_LEADING_LOOKBEHIND = re.compile(r"^\(\?<[=!](?:\\.|[^()\\])*\)")
 
 
 def _alternatives(pattern: str) -> List[str]:

@@ -398,7 +398,8 @@ class TinyEpsilon(Rule):
     summary = "a stabilising epsilon below the smallest normal float16 (6.10e-5) rounds to 0 or overflows 1/eps"
     fix_applicability = UNSAFE
     # a literal below 6.1e-5: `1e-12`, `1.E-8`, `0.00001`, `10 ** -8`
-    triggers = (re.compile(r"[\d.][eE]-\d|\.0000|\*\*\s*\(?-"),)
+    # (the lookbehinds let the engine scan for the literals `e-` and `E-` first)
+    triggers = (re.compile(r"(?<=[\d.])e-\d|(?<=[\d.])E-\d|\.0000|\*\*\s*\(?-"),)
     # an eps imported from another module of the project
     cross_module = True
     options = {"threshold": 6.1e-5}

@@ -95,7 +95,8 @@ class LogOfSoftmax(TracksLocals, Rule):
     name = "log-of-softmax"
     summary = "log(softmax(x)) / log(sigmoid(x)) is -inf where the probability underflows; use log_softmax / logsigmoid"
     fix_applicability = SAFE
-    triggers = (re.compile(r"\b(?:softmax|sigmoid|expit|Softmax|Sigmoid)\b"),)
+    # one alternative per word: each is found as a plain substring first
+    triggers = (re.compile(r"\bsoftmax\b|\bsigmoid\b|\bexpit\b|\bSoftmax\b|\bSigmoid\b"),)
     valid = [
         Valid("import torch.nn.functional as F\ny = F.log_softmax(x, dim=-1)\n"),
         Valid("import torch\ny = torch.log(torch.softmax(x, -1) + 1e-6)\n"),

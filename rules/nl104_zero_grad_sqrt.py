@@ -122,7 +122,7 @@ class ZeroGradSqrt(ScopeTracking, Rule):
     summary = "sqrt of a value that can be exactly 0 (a sum of squares, a variance, 1 - c**2) has a NaN gradient at 0"
     fix_applicability = UNSAFE
     # sqrt, pow(…, 0.5), ** 0.5 / ** .5 / ** (1/2)
-    triggers = (re.compile(r"\bsqrt_?\b|\b(?:pow|float_power)_?\b"), _HALF_POWER)
+    triggers = (re.compile(r"\bsqrt_?\b|\bpow_?\b|\bfloat_power_?\b"), _HALF_POWER)
     valid = [
         Valid("import torch\nn = x.norm(dim=-1)\n"),
         Valid("import torch\nn = torch.linalg.vector_norm(a - b, dim=-1)\n"),

@@ -94,7 +94,7 @@ class UnclampedAcos(ScopeTracking, Rule):
     name = "unclamped-acos"
     summary = "acos/asin/atanh of a cosine-like value without a clamp inside (-1, 1) by at least eps gives NaN or an infinite gradient"
     fix_applicability = UNSAFE
-    triggers = (re.compile(r"\b(?:a|arc)(?:cos|sin|tanh)_?\b"),)
+    triggers = (re.compile(r"\bacos_?\b|\basin_?\b|\batanh_?\b|\barccos_?\b|\barcsin_?\b|\barctanh_?\b"),)
     valid = [
         Valid(
             "import torch\nimport torch.nn.functional as F\n"
