@@ -629,3 +629,16 @@ def test_an_autocast_added_to_the_program_that_runs_it_invalidates_the_cached_fi
         "    bound(", "    with torch.autocast('cuda'):\n        bound("))
     assert [f for f in findings(run(*args, cwd=tmp_path)) if f[2] == "NL108"] == [
         ("baseline/layers.py", 5, "NL108"), ("baseline/layers.py", 5, "NL108")]
+
+
+@pytest.mark.parametrize("other, shown", [
+    ("", []),
+    # look-alike: another module imports the private helper and hands it a value with a gradient
+    ("from pkg.ops import _project\n\n\ndef layer(w):\n    return _project(w)\n", [("pkg/ops.py", 5, "NL109")]),
+])
+def test_a_private_helper_another_module_imports_is_not_only_called_here(tmp_path, other, shown):
+    """A private name is a convention: torchmetrics imports its ``_safe_divide`` everywhere."""
+    ops = ("import torch\n\n\ndef _project(q, eps=1e-5):\n    return torch.where(q.norm() <= eps, q, q / q.norm())\n\n\n"
+           "def update(w):\n    with torch.no_grad():\n        w.copy_(_project(w))\n")
+    package(tmp_path, {"pkg/__init__.py": "", "pkg/ops.py": ops, **({"pkg/layer.py": other} if other else {})})
+    assert findings(run("check", "--no-cache", "--output-format", "json", ".", cwd=tmp_path)) == shown

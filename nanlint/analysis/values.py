@@ -460,7 +460,7 @@ class Facts:
         func = self.scopes.parent.get(self.scopes.parent.get(b.node))
         if type(func) is not cst.FunctionDef or func.name.value.startswith("__"):
             return None
-        private = func.name.value.startswith("_")
+        private = func.name.value.startswith("_") and not self._imported_elsewhere(func)
         if self.scopes.enclosing_function(func) is not None or (
                 private and self.scopes.parent.get(func) is self.ctx.module):
             calls: List[Tuple[Facts, cst.Call]] = [(self, c) for c in self._only_called(func) or []]
@@ -1135,7 +1135,8 @@ class Facts:
         program (a file with an ``if __name__ == "__main__":`` block), whose
         every call in this file runs where no gradient flows (``with
         torch.no_grad():``, a no-grad function). Other modules do not call a
-        private name, nor, as a rule, the helpers of a program (a metric
+        private name (unless the project shows they import it:
+        :meth:`_imported_elsewhere`), nor, as a rule, the helpers of a program (a metric
         script's ``slerp``). A public module-level function counts when every
         call of it in the project (:meth:`all_calls`) runs without gradient
         or only compares or indexes its result (an angle tested against a
@@ -1143,7 +1144,7 @@ class Facts:
         name = func.name.value
         if name.startswith("__"):
             return False
-        if not (name.startswith("_") or self.ctx.main_block):
+        if not (name.startswith("_") or self.ctx.main_block) or self._imported_elsewhere(func):
             if self._called_by_data_code(func, depth):
                 return True
             every = self.all_calls(func)
@@ -1701,6 +1702,17 @@ class Facts:
             if outer is None or outer is func or not self.only_tests_call(outer, depth + 1):
                 return False
         return bool(found) or bool(here)
+
+    def _imported_elsewhere(self, func: cst.FunctionDef) -> bool:
+        """A module-level function with a private name (``_safe_divide``) that
+        other modules of the project import all the same: its calls in this
+        file are not all its calls. (When the importers cannot be listed, the
+        convention that a private name stays in its module is kept.)"""
+        project = self.ctx.project
+        if project is None or self.remote or self.scopes.parent.get(func) is not self.ctx.module:
+            return False
+        found = project.callers(func.name.value)
+        return found is not None and any(not test for *_, test in found)
 
     def _class_mentions(self, method: cst.FunctionDef) -> int:
         """How often a method's name appears in the code of its class (its
