@@ -399,6 +399,10 @@ class Rule:
             if dead is not None:
                 confidence = LOW
                 message += f" (in `{dead}`, which nothing calls: dead code unless another module imports it)"
+        if confidence != LOW and self.ctx.project is not None and self.ctx.project.never_imported():
+            confidence = LOW
+            message += (" (in a module that nothing in this project imports or names: dead code unless a "
+                        "user imports it by hand)")
         if confidence != LOW and self.ctx.jax_code:
             confidence = LOW
             message += " (this file computes with JAX: it imports jax or flax, and from torch only utilities)"

@@ -642,3 +642,29 @@ def test_a_private_helper_another_module_imports_is_not_only_called_here(tmp_pat
            "def update(w):\n    with torch.no_grad():\n        w.copy_(_project(w))\n")
     package(tmp_path, {"pkg/__init__.py": "", "pkg/ops.py": ops, **({"pkg/layer.py": other} if other else {})})
     assert findings(run("check", "--no-cache", "--output-format", "json", ".", cwd=tmp_path)) == shown
+
+
+@pytest.mark.parametrize("extra, confidence", [
+    ({}, "low"),
+    # look-alikes: the package imports it; a config names it (a registry's custom_imports);
+    # the package imports its modules by computed names; it is a program
+    ({"pkg/losses/__init__.py": "from .match_loss import cost\n"}, "high"),
+    ({"configs/seg.py": "custom_imports = dict(imports=['pkg.losses.match_loss'])\n"}, "high"),
+    ({"pkg/losses/__init__.py": "import importlib\nfor m in ('focal', 'dice'):\n"
+                                "    importlib.import_module(f'.{m}', __name__)\n"}, "high"),
+    ({"pkg/losses/match_loss.py": CLAMPED + "\n\nif __name__ == '__main__':\n    bound(torch.randn(4).half())\n"},
+     "high"),
+    # an installable library's users import its modules one by one; a README names it
+    ({"pyproject.toml": "[project]\nname = 'pkg'\n"}, "high"),
+    ({"README.md": "from pkg.losses.match_loss import bound\n"}, "high"),
+])
+def test_a_module_nothing_imports_or_names_is_dead_code(tmp_path, extra, confidence):
+    """A loss module kept beside the one its package exports runs nowhere in the project."""
+    files = {"pkg/__init__.py": "", "pkg/losses/__init__.py": "from .match_cost import cost\n",
+             "pkg/losses/match_cost.py": "def cost(x):\n    return x\n",
+             "pkg/losses/match_loss.py": CLAMPED, "pkg/train.py": TRAIN_HALF}
+    package(tmp_path, {**files, **extra})
+    proc = run("check", "--no-cache", "--min-confidence", "low", "--output-format", "json", ".", cwd=tmp_path)
+    found = [f for f in json.loads(proc.stdout) if f["code"] == "NL108"]
+    assert [f["confidence"] for f in found] == [confidence, confidence]
+    assert all(("nothing in this project imports or names" in f["message"]) == (confidence == "low") for f in found)

@@ -385,6 +385,13 @@ class ProjectFile:
             return "no: programs"
         return "yes"
 
+    def never_imported(self) -> bool:
+        """Whether nothing in this file's project imports or names its module
+        (see :func:`never_imported`); False when its extent is unknown."""
+        root = project_root(self.path, self.roots[-1])
+        return root is not None and self._fact(
+            "unimported", f"{os.path.abspath(self.path)}\n{root}") == "yes"
+
     def generically_initialised(self, name: str) -> bool:
         """Whether a function of the project initialises a parameter called
         ``name`` on whatever module it walks (see :func:`generically_initialised`)."""
@@ -422,6 +429,7 @@ _FACTS = {
     "weights": lambda root: use_of_weights(root),
     "half": lambda root: "yes" if casts_to_half(root) else "no",
     "reduced": lambda root: "yes" if uses_reduced_precision(root) else "no",
+    "unimported": lambda subject: "yes" if never_imported(*subject.split("\n")) else "no",
     "programs-reduced": lambda subject: {True: "yes", False: "no", None: "unknown"}[
         programs_use_reduced_precision(*subject.split("\n"))],
     "generic-init": lambda scope: ",".join(sorted(generically_initialised(scope))),
@@ -865,6 +873,65 @@ def programs_use_reduced_precision(path: str, root: str) -> Optional[bool]:
         stack.extend(_imported_files(current, root))
     _PROGRAMS_USE[key] = False
     return False
+
+
+#: a package that imports its modules by computed names: who imports one cannot be read
+_DYNAMIC_IMPORT = re.compile(r"import_module|__import__|walk_packages|iter_modules|import_all_modules|\bglob\b")
+_NEVER_IMPORTED: Dict[Tuple[str, str], bool] = {}
+_PACKAGING = ("setup.py", "setup.cfg", "pyproject.toml")
+_DOCS = (".md", ".rst", ".txt")
+
+
+def never_imported(path: str, root: str) -> bool:
+    """Whether ``path`` is a module of a package that nothing in the project
+    below ``root`` imports, runs or names: no other file imports it (test code
+    aside), its name appears in no other file of the project (code, notebook,
+    configuration: a registry config's ``custom_imports``, a hydra
+    ``_target_``, a launch script's ``-m``), and it is no program (no
+    ``__main__`` block). A package whose ``__init__`` modules import by
+    computed names (``import_module``, ``walk_packages``) keeps its modules
+    live, and so does an installable one (a ``setup.py``, ``setup.cfg`` or
+    ``pyproject.toml`` above it in the project: a library, whose users import
+    its modules one by one); documentation that names the module (a README's
+    ``from pkg.mod import X``) does too. Such a module is dead in the project
+    (a loss kept beside the one the package exports, a plotting helper);
+    only a user who imports it by hand runs it."""
+    key = (os.path.abspath(path), root)
+    if key in _NEVER_IMPORTED:
+        return _NEVER_IMPORTED[key]
+    _NEVER_IMPORTED[key] = False
+    folder, name = os.path.split(key[0])
+    stem = name[:-3] if name.endswith(".py") else ""
+    if (not stem or stem == "__init__" or not os.path.isfile(os.path.join(folder, "__init__.py"))
+            or is_test_path(key[0], root) or _MAIN_BLOCK.search(_read_text(key[0]))):
+        return False
+    index = _importers(root)
+    entries = index.get(key[0], [])
+    if isinstance(index, _Unlisted) or entries is None or any(not test for *_, test in entries):
+        return False
+    package = folder
+    while os.path.isfile(os.path.join(package, "__init__.py")):
+        if _DYNAMIC_IMPORT.search(_read_text(os.path.join(package, "__init__.py"))):
+            return False
+        package = os.path.dirname(package)
+    # an installable package (a library) is imported module by module by its users
+    # (`from vit_pytorch.ats_vit import ViT`): none of its modules is dead
+    above = package
+    while True:
+        if any(os.path.isfile(os.path.join(above, m)) for m in _PACKAGING):
+            return False
+        if os.path.abspath(above) == os.path.abspath(root) or os.path.dirname(above) == above:
+            break
+        above = os.path.dirname(above)
+    word = re.compile(rf"(?<![\w]){re.escape(stem)}(?!\w)")
+    for other in _source_files(root, (".py", ".ipynb", *_CONFIG_SUFFIXES, *_DOCS)):
+        if other == key[0]:
+            continue
+        text = _read_text(other)
+        if stem in text and word.search(text):
+            return False
+    _NEVER_IMPORTED[key] = True
+    return True
 
 
 def _imported_files(path: str, root: str) -> List[str]:
