@@ -654,6 +654,8 @@ def test_a_private_helper_another_module_imports_is_not_only_called_here(tmp_pat
                                 "    importlib.import_module(f'.{m}', __name__)\n"}, "high"),
     ({"pkg/losses/match_loss.py": CLAMPED + "\n\nif __name__ == '__main__':\n    bound(torch.randn(4).half())\n"},
      "high"),
+    # the package exports nothing of its own (an empty __init__: no sign it left the module out)
+    ({"pkg/losses/__init__.py": ""}, "high"),
     # an installable library's users import its modules one by one; a README names it
     ({"pyproject.toml": "[project]\nname = 'pkg'\n"}, "high"),
     ({"README.md": "from pkg.losses.match_loss import bound\n"}, "high"),

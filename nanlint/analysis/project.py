@@ -389,8 +389,9 @@ class ProjectFile:
         """Whether nothing in this file's project imports or names its module
         (see :func:`never_imported`); False when its extent is unknown."""
         root = project_root(self.path, self.roots[-1])
-        return root is not None and self._fact(
-            "unimported", f"{os.path.abspath(self.path)}\n{root}") == "yes"
+        if root is None or not _maybe_dead(self.path, root, self._text):
+            return False  # from this file alone: its cached result rests on nothing else
+        return self._fact("unimported", f"{os.path.abspath(self.path)}\n{root}") == "yes"
 
     def generically_initialised(self, name: str) -> bool:
         """Whether a function of the project initialises a parameter called
@@ -876,7 +877,7 @@ def programs_use_reduced_precision(path: str, root: str) -> Optional[bool]:
 
 
 #: a package that imports its modules by computed names: who imports one cannot be read
-_DYNAMIC_IMPORT = re.compile(r"import_module|__import__|walk_packages|iter_modules|import_all_modules|\bglob\b")
+_DYNAMIC_IMPORT = re.compile(r"import_module\(|__import__\(|walk_packages\(|iter_modules\(|import_all_modules\(")
 _NEVER_IMPORTED: Dict[Tuple[str, str], bool] = {}
 _PACKAGING = ("setup.py", "setup.cfg", "pyproject.toml")
 _DOCS = (".md", ".rst", ".txt")
@@ -884,35 +885,38 @@ _DOCS = (".md", ".rst", ".txt")
 
 def never_imported(path: str, root: str) -> bool:
     """Whether ``path`` is a module of a package that nothing in the project
-    below ``root`` imports, runs or names: no other file imports it (test code
-    aside), its name appears in no other file of the project (code, notebook,
-    configuration: a registry config's ``custom_imports``, a hydra
-    ``_target_``, a launch script's ``-m``), and it is no program (no
-    ``__main__`` block). A package whose ``__init__`` modules import by
-    computed names (``import_module``, ``walk_packages``) keeps its modules
-    live, and so does an installable one (a ``setup.py``, ``setup.cfg`` or
-    ``pyproject.toml`` above it in the project: a library, whose users import
-    its modules one by one); documentation that names the module (a README's
-    ``from pkg.mod import X``) does too. Such a module is dead in the project
-    (a loss kept beside the one the package exports, a plotting helper);
-    only a user who imports it by hand runs it."""
+    below ``root`` imports, runs or names: its package's ``__init__`` imports
+    other modules of the package (it curates what the package holds) but not
+    this one, and its name appears in no other file of the project (an import
+    of it names it; so do a notebook, a configuration file -- a registry
+    config's ``custom_imports``, a hydra ``_target_``, a launch script's
+    ``-m`` -- and documentation, a README's ``from pkg.mod import X``). It is
+    no program (no ``__main__`` block) and no test. A package whose
+    ``__init__`` modules import by computed names (``import_module``,
+    ``__import__``, ``walk_packages``) keeps its modules live (a script that
+    imports a plugin package by a configured path runs that package's
+    ``__init__``, which this reads), and so does an installable
+    package (a ``setup.py``, ``setup.cfg`` or ``pyproject.toml`` above it in
+    the project: a library, whose users import its modules one by one). Such
+    a module is dead in the project (a loss kept beside the one the package
+    exports); only a user who imports it by hand runs it. The cheap tests
+    come first: the scan of the project's text runs only for a module its
+    curated package leaves out."""
     key = (os.path.abspath(path), root)
     if key in _NEVER_IMPORTED:
         return _NEVER_IMPORTED[key]
     _NEVER_IMPORTED[key] = False
+    if not _maybe_dead(key[0], root):
+        return False
     folder, name = os.path.split(key[0])
-    stem = name[:-3] if name.endswith(".py") else ""
-    if (not stem or stem == "__init__" or not os.path.isfile(os.path.join(folder, "__init__.py"))
-            or is_test_path(key[0], root) or _MAIN_BLOCK.search(_read_text(key[0]))):
-        return False
-    index = _importers(root)
-    entries = index.get(key[0], [])
-    if isinstance(index, _Unlisted) or entries is None or any(not test for *_, test in entries):
-        return False
+    init = os.path.join(folder, "__init__.py")
+    exported = _imported_files(init, root)
+    if key[0] in exported or not any(os.path.dirname(f) == folder and f != init for f in exported):
+        return False  # the package imports it, or exports nothing of its own (no sign it left it out)
     package = folder
     while os.path.isfile(os.path.join(package, "__init__.py")):
         if _DYNAMIC_IMPORT.search(_read_text(os.path.join(package, "__init__.py"))):
-            return False
+            return False  # the package imports its modules by computed names
         package = os.path.dirname(package)
     # an installable package (a library) is imported module by module by its users
     # (`from vit_pytorch.ats_vit import ViT`): none of its modules is dead
@@ -923,6 +927,7 @@ def never_imported(path: str, root: str) -> bool:
         if os.path.abspath(above) == os.path.abspath(root) or os.path.dirname(above) == above:
             break
         above = os.path.dirname(above)
+    stem = name[:-3]
     word = re.compile(rf"(?<![\w]){re.escape(stem)}(?!\w)")
     for other in _source_files(root, (".py", ".ipynb", *_CONFIG_SUFFIXES, *_DOCS)):
         if other == key[0]:
@@ -932,6 +937,15 @@ def never_imported(path: str, root: str) -> bool:
             return False
     _NEVER_IMPORTED[key] = True
     return True
+
+
+def _maybe_dead(path: str, root: str, text: Optional[str] = None) -> bool:
+    """What :func:`never_imported` can tell from the file alone: a module (not
+    an ``__init__``) of a package, no test, no program."""
+    folder, name = os.path.split(path)
+    return (name.endswith(".py") and name != "__init__.py" and os.path.isfile(os.path.join(folder, "__init__.py"))
+            and not is_test_path(path, root)
+            and not _MAIN_BLOCK.search(_read_text(path) if text is None else text))
 
 
 def _imported_files(path: str, root: str) -> List[str]:
