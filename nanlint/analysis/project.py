@@ -374,7 +374,7 @@ class ProjectFile:
         something does, but not the programs that run this file (see
         :func:`programs_use_reduced_precision`); None when the project's
         extent is unknown."""
-        if runs_pure_half(self._text) or runs_mixed_precision(self._text):
+        if runs_reduced_precision(self._text):
             return "yes"
         root = project_root(self.path, self.roots[-1])
         if root is None:
@@ -778,6 +778,12 @@ def runs_mixed_precision(text: str) -> bool:
     return _shows(text, _MIXED_SIGNS)
 
 
+def runs_reduced_precision(text: str) -> bool:
+    """Whether a file's text runs something in float16 or bfloat16, pure
+    (:func:`runs_pure_half`) or mixed (:func:`runs_mixed_precision`)."""
+    return runs_pure_half(text) or runs_mixed_precision(text)
+
+
 _MIXED_USE: Dict[str, bool] = {}
 
 
@@ -798,6 +804,7 @@ def uses_reduced_precision(root: str) -> bool:
 
 
 _CONFIG_USE: Dict[str, bool] = {}
+_NOTEBOOK_USE: Dict[str, bool] = {}
 
 
 def _configs_reduced(root: str) -> bool:
@@ -807,6 +814,14 @@ def _configs_reduced(root: str) -> bool:
         configs = _source_files(root, _CONFIG_SUFFIXES)
         _CONFIG_USE[root] = len(configs) > _SCAN_LIMIT or any(_mixed_config(f) for f in configs)
     return _CONFIG_USE[root]
+
+
+def _notebooks_reduced(root: str) -> bool:
+    """Whether a notebook below ``root`` runs something in reduced precision,
+    read once per process."""
+    if root not in _NOTEBOOK_USE:
+        _NOTEBOOK_USE[root] = any(runs_reduced_precision(_read_text(f)) for f in _source_files(root, (".ipynb",)))
+    return _NOTEBOOK_USE[root]
 
 
 _MAIN_BLOCK = re.compile(r"^if\s+__name__\s*==\s*[\"']__main__[\"']", re.MULTILINE)
@@ -838,10 +853,10 @@ def programs_use_reduced_precision(path: str, root: str) -> Optional[bool]:
     if key in _PROGRAMS_USE:
         return _PROGRAMS_USE[key]
     _PROGRAMS_USE[key] = None
+    if _configs_reduced(root) or _notebooks_reduced(root):
+        return None
     index = _importers(root)
-    if isinstance(index, _Unlisted) or _configs_reduced(root) or any(
-            runs_pure_half(_read_text(f)) or runs_mixed_precision(_read_text(f))
-            for f in _source_files(root, (".ipynb",))):
+    if isinstance(index, _Unlisted):
         return None
     users, frontier = {key[0]}, [key[0]]
     while frontier:
@@ -867,8 +882,7 @@ def programs_use_reduced_precision(path: str, root: str) -> Optional[bool]:
         if current in seen:
             continue
         seen.add(current)
-        text = _read_text(current)
-        if runs_pure_half(text) or runs_mixed_precision(text):
+        if runs_reduced_precision(_read_text(current)):
             _PROGRAMS_USE[key] = True
             return True
         stack.extend(_imported_files(current, root))
