@@ -5,9 +5,12 @@ separator comment, so that an ``import torch`` in the first cell resolves
 ``torch.log`` in the fifth, as the kernel would. IPython syntax is replaced by
 placeholder comments (``pass`` statements inside indented blocks) that keep every
 line where it was: line magics
-(``%time``, ``x = %env``), shell escapes (``!pip``, ``files = !ls``), help
+(``%time``, ``x = %env``, and those automagic runs without the ``%``: ``pip install x``,
+``ls data``), shell escapes (``!pip``, ``files = !ls``), help
 (``obj?``) and whole cell magics (``%%bash``); the bodies of ``%%time``,
 ``%%timeit``, ``%%capture`` and ``%%prun`` are Python and are checked. A cell
+whose first line is indented runs dedented in IPython: its separator line opens
+an ``if True:`` block, so lines and columns stay where they were. A cell
 that still does not parse is reported as NL000 in that cell and left out, and
 the other cells are checked.
 
@@ -38,7 +41,14 @@ from .finding import Edit, Finding, Fix
 # the bodies of these cell magics are Python
 PYTHON_CELL_MAGICS = frozenset({"time", "timeit", "capture", "prun"})
 
-_SEPARATOR = re.compile(r"^# nanlint-cell (\d+) ([0-9a-f]+)$")
+_SEPARATOR = re.compile(r"^(?:if True:  )?# nanlint-cell (\d+) ([0-9a-f]+)$")
+#: IPython's line magics and shell aliases, which its automagic runs without
+#: the ``%`` (``pip install x``, ``ls data``, ``cd ..``)
+_AUTOMAGIC = re.compile(
+    r"(?:pip|conda|mamba|cd|ls|ll|cat|cp|mv|rm|rmdir|mkdir|pwd|env|set_env|load_ext|reload_ext|matplotlib"
+    r"|pylab|time|timeit|run|history|who|whos|reset|less|more|man|clear|alias|config|autoreload|xmode"
+    r"|pushd|popd|dirs|bookmark|store|load|save|sx|sc|system)[ \t]+(?![=(\[.,:)\]}]|(?:if|else|and|or|in|is|not"
+    r"|for|as|from)\b)\S")
 _PLACEHOLDER = re.compile(r"^([ \t]*)(?:pass  )?# nanlint-ipython ([0-9a-f]+) (\d+)$")
 _ASSIGNED_MAGIC = re.compile(r"^[ \t]*[\w.,\[\]() \t]+=[ \t]*[!%]")
 _BREAK = re.compile(r"\r\n|\r|\n")
@@ -134,6 +144,15 @@ class Cell:
     ipython: Dict[int, str] = field(default_factory=dict)  # placeholder number -> original line
     error: Optional[Finding] = None  # NL000 when the cell does not parse
 
+    @property
+    def indented(self) -> bool:
+        """The cell's first line is indented: IPython removes that
+        indentation from every line that has it (a block pasted out of a
+        function); the virtual source keeps the lines as they are and opens
+        the cell with ``if True:`` instead."""
+        first = next((l for l in _BREAK.split(self.virtual) if l.strip()), "")
+        return first[:1] in (" ", "\t")
+
 
 @dataclass
 class Notebook:
@@ -145,7 +164,8 @@ class Notebook:
     def virtual_source(self) -> str:
         parts = []
         for cell in self.cells:
-            parts.append(f"# nanlint-cell {cell.index} {self.token}\n")
+            opener = "if True:  " if cell.indented and cell.error is None else ""
+            parts.append(f"{opener}# nanlint-cell {cell.index} {self.token}\n")
             if cell.error is None:
                 parts.append(cell.virtual)
             else:  # keep the line count; check nothing in it
@@ -154,7 +174,26 @@ class Notebook:
 
 
 def _is_ipython(stripped: str) -> bool:
-    return stripped.startswith(("%", "!", "?")) or stripped.endswith("?")
+    if stripped.startswith(("%", "!", "?")) or stripped.endswith("?"):
+        return True
+    if not _AUTOMAGIC.match(stripped):
+        return False
+    try:  # `time x` as a magic; `ls - la` is Python and stays
+        compile(stripped, "<cell>", "exec")
+    except SyntaxError:
+        return True
+    return False
+
+
+def _dedented(virtual: str) -> str:
+    """A cell's text as IPython runs it: when its first non-blank line is
+    indented, that indentation removed from every line that starts with it."""
+    lines = virtual.split("\n")
+    first = next((l for l in lines if l.strip()), "")
+    prefix = first[: len(first) - len(first.lstrip())]
+    if not prefix:
+        return virtual
+    return "\n".join(l[len(prefix):] if l.startswith(prefix) else l for l in lines)
 
 
 def _virtualise(text: str, token: str) -> Tuple[str, Dict[int, str]]:
@@ -240,9 +279,10 @@ def _check_cells(nb: Notebook) -> None:
     from .engine import syntax_error_finding, _python_syntax_error
 
     for cell in nb.cells:
-        problem = _python_syntax_error(cell.virtual)
+        checked = _dedented(cell.virtual)
+        problem = _python_syntax_error(checked)
         if problem is not None:
-            f = syntax_error_finding(nb.path, SyntaxError(problem[0]), cell.virtual)
+            f = syntax_error_finding(nb.path, SyntaxError(problem[0]), checked)
             cell.error = Finding(f.code, f.name, f.message, f.path, f.line, f.column, f.end_line,
                                  f.end_column, None, cell.index)
 
@@ -312,7 +352,12 @@ def split_cells(nb: Notebook, virtual: str) -> Dict[int, str]:
             continue
         (out[current] if current is not None else prefix).append(line)
     if prefix and any(l.strip() for l in prefix) and nb.cells:  # text inserted above the first cell
-        out[nb.cells[0].index] = prefix + out.get(nb.cells[0].index, [])
+        first = nb.cells[0]
+        if first.indented and first.error is None:  # IPython dedents by the first line's indentation
+            line = next(l for l in _BREAK.split(first.virtual) if l.strip())
+            indent = line[: len(line) - len(line.lstrip())]
+            prefix = [indent + l if l.strip() else l for l in prefix]
+        out[first.index] = prefix + out.get(first.index, [])
     return {k: "\n".join(v) for k, v in out.items()}
 
 

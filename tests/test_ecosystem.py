@@ -200,6 +200,32 @@ def test_notebook_with_a_broken_cell_checks_the_others(tmp_path):
     assert "b.ipynb:cell 2:4:12: NL002" in proc.stdout
 
 
+def test_notebook_cells_ipython_runs_are_no_syntax_errors(tmp_path):
+    """IPython's automagic runs `pip install x` and `ls data` without the `%`, and it
+    dedents a cell whose first line is indented (a block pasted out of a function):
+    neither is NL000, and the indented cell is still checked and fixed in place."""
+    indented = "    y = x * (1 + torch.tanh(s))\n    if y.sum() > 0:\n        print(y)\n"
+    nb = {"cells": [
+        {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
+         "source": "pip install -q torch\nls data/robots/urdf\nimport torch\nls = [1]\nls - 1\n"},
+        {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None, "source": indented},
+        # look-alikes that are broken in IPython too: a placeholder left in, and an indented
+        # cell whose later line is indented less than its first
+        {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None, "source": "key = <your-key>\n"},
+        {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
+         "source": "    a = 1\n  b = 2\n"},
+    ], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    path = tmp_path / "n.ipynb"
+    path.write_text(json.dumps(nb, indent=1))
+    proc = run("check", "--min-confidence", "medium", "--output-format", "json", "n.ipynb", cwd=tmp_path)
+    found = sorted((f["cell"], f["line"], f["code"]) for f in json.loads(proc.stdout))
+    assert found == [(2, 1, "NL006"), (3, 1, "NL000"), (4, 2, "NL000")], proc.stdout
+    run("fix", "--unsafe-fixes", "--min-confidence", "medium", "n.ipynb", cwd=tmp_path)
+    cells = json.loads(path.read_text())["cells"]
+    assert cells[1]["source"] == indented.replace("(1 + torch.tanh(s))", "(torch.sigmoid(s) + 0.5)")
+    assert cells[0]["source"] == nb["cells"][0]["source"]
+
+
 def test_invalid_notebook_is_one_error_line(tmp_path):
     (tmp_path / "bad.ipynb").write_text("{not json")
     (tmp_path / "ok.py").write_text(HAZARD)

@@ -14,13 +14,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nanlint.config import Settings
-from nanlint.notebook import load
+from nanlint.notebook import _dedented, load
 from nanlint.registry import all_rules
 from nanlint.runner import Selection, check_notebook_text, fix_notebook_text
 
 RULES = list(all_rules())
 SNIPPETS = [ex.source() for r in RULES for ex in list(r.invalid) + list(r.valid)]
-IPYTHON = ["%matplotlib inline", "!pip install -q torch", "files = !ls", "torch.exp?", "%load_ext autoreload"]
+IPYTHON = ["%matplotlib inline", "!pip install -q torch", "files = !ls", "torch.exp?", "%load_ext autoreload",
+           "pip install -q torch", "ls data/raw"]
 SELECTION = Selection.build(Settings(select=["ALL"]))
 
 
@@ -38,6 +39,8 @@ def cells(draw):
             lines.insert(draw(st.integers(0, len(lines))), draw(st.sampled_from(IPYTHON)))
         if draw(st.booleans()):
             lines.insert(0, "%%time")
+        elif draw(st.booleans()):  # a block pasted out of a function: IPython dedents it
+            lines = ["    " + line if line.strip() else line for line in lines]
         text = "\n".join(lines) + draw(st.sampled_from(["", "\n"]))
     return {"cell_type": "code", "execution_count": draw(st.one_of(st.none(), st.integers(1, 9))),
             "metadata": {"tags": ["t"]} if draw(st.booleans()) else {},
@@ -86,8 +89,23 @@ def test_fix_touches_only_cell_sources_and_is_idempotent(raw):
     # every fixed code cell still parses (IPython lines aside), and nothing is left to fix
     for cell in nb_new.cells:
         if cell.error is None:
-            ast.parse(cell.virtual)
+            ast.parse(_dedented(cell.virtual))
     again, _ = fix_notebook_text(new, "gen.ipynb", path, SELECTION, unsafe=True)
     assert again.text == new
     assert {(f.cell, f.code) for f in outcome.remaining} == {
         (f.cell, f.code) for f in check_notebook_text(new, "gen.ipynb", path, SELECTION)[0]}
+
+
+def test_an_import_added_above_an_indented_first_cell_takes_its_indentation():
+    """IPython dedents a cell by its first line's indentation: an added import
+    at column 0 above indented lines would break the cell."""
+    from nanlint.notebook import split_cells
+
+    nb_json = json.dumps({"cells": [{"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
+                                     "source": "    import torch\n    y = torch.exp(x)\n"}],
+                          "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
+    nb = load(nb_json, "i.ipynb")
+    assert nb.virtual_source().startswith("if True:  # nanlint-cell 1 ")
+    cell = split_cells(nb, "import math\n" + nb.virtual_source())[1]
+    assert cell == "    import math\n    import torch\n    y = torch.exp(x)\n"
+    ast.parse(_dedented(cell))
