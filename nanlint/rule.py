@@ -399,6 +399,11 @@ class Rule:
             if dead is not None:
                 confidence = LOW
                 message += f" (in `{dead}`, which nothing calls: dead code unless another module imports it)"
+        if confidence != LOW and self.ctx.project is not None:
+            untaken = self.ctx.facts.untaken_branch(node)
+            if untaken is not None:
+                confidence = LOW
+                message += f" (in a branch that no call takes: {untaken})"
         if confidence != LOW and self.ctx.project is not None and self.ctx.project.never_imported():
             confidence = LOW
             message += (" (in a module that nothing in this project imports or names: dead code unless a "

@@ -670,3 +670,82 @@ def test_a_module_nothing_imports_or_names_is_dead_code(tmp_path, extra, confide
     found = [f for f in json.loads(proc.stdout) if f["code"] == "NL108"]
     assert [f["confidence"] for f in found] == [confidence, confidence]
     assert all(("nothing in this project imports or names" in f["message"]) == (confidence == "low") for f in found)
+
+
+ALPHAS = ("import torch\n\n\nclass Field(torch.nn.Module):\n"
+          "    def forward(self, x, far):\n        return self.alphas(x, dist_far=far[..., None])\n\n"
+          "    def alphas(self, x, dist_far=None):\n        if dist_far is None:\n"
+          "            dist_far = torch.empty_like(x).fill_(1e10)\n        return x * dist_far\n")
+
+
+@pytest.mark.parametrize("extra, confidence", [
+    ({}, "low"),
+    # look-alikes: a call leaves the default; another file names the method (a caller
+    # elsewhere, or a config); the project is an installable library, whose users call it
+    ({"pkg/field.py": ALPHAS.replace("return x * dist_far\n", "return x * dist_far\n\n"
+                                     "    def sample(self, x):\n        return self.alphas(x)\n")}, "high"),
+    ({"pkg/render.py": "def render(field, x):\n    return field.alphas(x, None)\n"}, "high"),
+    ({"configs/field.yaml": "hook: pkg.field.Field.alphas\n"}, "high"),
+    ({"pyproject.toml": "[project]\nname = 'pkg'\n"}, "high"),
+])
+def test_a_branch_no_call_of_an_application_method_takes_is_dead_code(tmp_path, extra, confidence):
+    """``if dist_far is None:`` when the only call passes a tensor: its fill never runs."""
+    files = {"pkg/__init__.py": "from .field import Field\n", "pkg/field.py": ALPHAS, "pkg/train.py": TRAIN_HALF}
+    package(tmp_path, {**files, **extra})
+    proc = run("check", "--no-cache", "--min-confidence", "low", "--output-format", "json", ".", cwd=tmp_path)
+    found = [f for f in json.loads(proc.stdout) if f["code"] == "NL108"]
+    assert [f["confidence"] for f in found] == [confidence]
+    assert ("no call takes: every call of `alphas` passes a value other than None for `dist_far`"
+            in found[0]["message"]) == (confidence == "low")
+
+
+TOP_K = ("import torch\n\n\ndef top_k(logits, k):\n    if k == 0:\n        return logits\n"
+         "    return torch.where(logits < logits.max(), torch.ones_like(logits) * -1e9, logits)\n")
+
+
+@pytest.mark.parametrize("sampler, confidence", [
+    ("def sample(logits):\n    return top_k(logits, 0)\n", "low"),
+    # followed through the caller's own parameter and its default (callers in the same module)
+    ("def sample(logits, k=0):\n    return top_k(logits, k=k)\n\n\ndef run(x):\n    return sample(x)\n", "low"),
+    # look-alikes: a call keeps 5 tokens; a call passes a value this reading does not know;
+    # a caller's default is 0 but one of its callers passes 5
+    ("def sample(logits):\n    return top_k(logits, 0) + top_k(logits, 5)\n", "high"),
+    ("def sample(logits, cfg):\n    return top_k(logits, cfg.k)\n", "high"),
+    ("def sample(logits, k=0):\n    return top_k(logits, k)\n\n\ndef run(x):\n    return sample(x, 5)\n", "high"),
+])
+@pytest.mark.parametrize("where", ["pkg/ops.py", "pkg/sample.py"])
+def test_code_after_a_guard_every_call_takes_is_dead_code(tmp_path, sampler, confidence, where):
+    """``if k == 0: return logits`` when every call passes ``k=0``: the top-k fill never runs.
+    A caller in another module is read, but not that caller's own callers (one level of
+    callers is followed across modules): its parameter is then unknown."""
+    files = {"pkg/__init__.py": "", "pkg/ops.py": TOP_K, "pkg/train.py": TRAIN_HALF}
+    files[where] = (TOP_K + "\n\n" if where == "pkg/ops.py" else "from .ops import top_k\n\n\n") + sampler
+    package(tmp_path, files)
+    if where == "pkg/sample.py" and "k=0" in sampler:
+        confidence = "high"
+    proc = run("check", "--no-cache", "--min-confidence", "low", "--output-format", "json", ".", cwd=tmp_path)
+    found = [f for f in json.loads(proc.stdout) if f["code"] == "NL108"]
+    assert [f["confidence"] for f in found] == [confidence]
+    assert ("every call of `top_k` passes 0 for `k`" in found[0]["message"]) == (confidence == "low")
+
+
+@pytest.mark.parametrize("test, given, expected", [
+    ("k == 0", [0, 0.0], True),
+    ("0 < k", [0], False),
+    ("k > 0 and flag", [0], False),
+    ("k > 0 or flag", [0], None),  # flag is unknown
+    ("not k", [0], True),
+    ("k", [0, 1], None),  # the calls disagree
+    ("k is None", ["some"], False),
+    ("k is not None", ["some"], True),
+    ("k == 0", ["some"], None),  # a value that is not None may still be 0
+    ("k < 'a'", [1], None),  # no order between them
+    ("k == j", [0], None),  # two parameters: no constant to compare with
+])
+def test_the_test_of_a_branch_is_decided_by_what_every_call_passes(test, given, expected):
+    import libcst as cst
+    from nanlint.analysis.values import _SOME, _always
+
+    values = {"k": [_SOME if v == "some" else v for v in given]}
+    assert _always(cst.parse_expression(test), lambda name: values.get(name.value)) is expected
+

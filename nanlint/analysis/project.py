@@ -393,6 +393,22 @@ class ProjectFile:
             return False  # from this file alone: its cached result rests on nothing else
         return self._fact("unimported", f"{os.path.abspath(self.path)}\n{root}") == "yes"
 
+    def named_elsewhere(self, name: str) -> bool:
+        """Whether another file of this file's project names ``name`` (see
+        :func:`named_elsewhere`), or the project is an installable library
+        (whose users may call anything) or of unknown extent."""
+        if self.library():
+            return True
+        root = project_root(self.path, self.roots[-1])
+        return self._fact("named", f"{name}:{os.path.abspath(self.path)}|{root}") == "yes"
+
+    def library(self) -> bool:
+        """Whether this file belongs to an installable library (see
+        :func:`installable`), whose users call its public functions with
+        arguments of their own; True when the project's extent is unknown."""
+        root = project_root(self.path, self.roots[-1])
+        return root is None or installable(os.path.dirname(self.path), root)
+
     def generically_initialised(self, name: str) -> bool:
         """Whether a function of the project initialises a parameter called
         ``name`` on whatever module it walks (see :func:`generically_initialised`)."""
@@ -433,6 +449,7 @@ _FACTS = {
     "unimported": lambda subject: "yes" if never_imported(*subject.split("\n")) else "no",
     "programs-reduced": lambda subject: {True: "yes", False: "no", None: "unknown"}[
         programs_use_reduced_precision(*subject.split("\n"))],
+    "named": lambda subject: "yes" if named_elsewhere(subject.partition(":")[0], *subject.partition(":")[2].rsplit("|", 1)) else "no",
     "generic-init": lambda scope: ",".join(sorted(generically_initialised(scope))),
     "patched": lambda subject: "yes" if patched_in(subject.partition(":")[2], subject.partition(":")[0]) else "no",
     "callers": lambda subject: _callers_fact(subject),
@@ -934,13 +951,8 @@ def never_imported(path: str, root: str) -> bool:
         package = os.path.dirname(package)
     # an installable package (a library) is imported module by module by its users
     # (`from vit_pytorch.ats_vit import ViT`): none of its modules is dead
-    above = package
-    while True:
-        if any(os.path.isfile(os.path.join(above, m)) for m in _PACKAGING):
-            return False
-        if os.path.abspath(above) == os.path.abspath(root) or os.path.dirname(above) == above:
-            break
-        above = os.path.dirname(above)
+    if installable(package, root):
+        return False
     stem = name[:-3]
     word = re.compile(rf"(?<![\w]){re.escape(stem)}(?!\w)")
     for other in _source_files(root, (".py", ".ipynb", *_CONFIG_SUFFIXES, *_DOCS)):
@@ -951,6 +963,45 @@ def never_imported(path: str, root: str) -> bool:
             return False
     _NEVER_IMPORTED[key] = True
     return True
+
+
+def installable(folder: str, root: str) -> bool:
+    """Whether a ``setup.py``, ``setup.cfg`` or ``pyproject.toml`` lies in
+    ``folder`` or above it up to the project root: the code there is a
+    library, whose users import its modules and call its functions with
+    arguments of their own."""
+    above = folder
+    while True:
+        if any(os.path.isfile(os.path.join(above, m)) for m in _PACKAGING):
+            return True
+        if os.path.abspath(above) == os.path.abspath(root) or os.path.dirname(above) == above:
+            return False
+        above = os.path.dirname(above)
+
+
+_NAMED: Dict[Tuple[str, str, str], bool] = {}
+
+
+def named_elsewhere(name: str, path: str, root: str) -> bool:
+    """Whether ``name`` appears as a word in a file of the project below
+    ``root`` other than ``path``: its code, notebooks or configuration (a
+    hydra ``_target_``). True when the project is too large to list. A
+    method named nowhere else is called only where its own file calls it,
+    unless a framework calls it by name (which :meth:`Facts.arguments_for`
+    rules out by asking for calls in the file)."""
+    key = (name, os.path.abspath(path), root)
+    if key not in _NAMED:
+        files = _source_files(root, (".py", ".ipynb", *_CONFIG_SUFFIXES))
+        found = len(files) > _SCAN_LIMIT
+        word = re.compile(rf"(?<!\w){re.escape(name)}(?!\w)")
+        for other in files if not found else ():
+            if other != key[1]:
+                text = _read_text(other)
+                if name in text and word.search(text):
+                    found = True
+                    break
+        _NAMED[key] = found
+    return _NAMED[key]
 
 
 def _maybe_dead(path: str, root: str, text: Optional[str] = None) -> bool:

@@ -27,6 +27,7 @@ reports with ``low`` confidence instead of guessing.
 
 from __future__ import annotations
 
+import ast
 import re
 from typing import Dict, FrozenSet, List, Optional, Set, Tuple
 
@@ -469,6 +470,8 @@ class Facts:
             if self._class_mentions(func) != 1 + len(here):
                 return None  # also handed on as a value (a callback): not every call is seen
             calls = [(self, c) for c in here]
+        elif self.scopes.enclosing_class(func) is not None:
+            calls = [(self, c) for c in self._app_method_calls(func) or []]
         else:
             calls = self.all_calls(func) or []
         if not calls or len(calls) > 8:
@@ -1725,6 +1728,106 @@ class Facts:
                                                  self.ctx.code(cls) if cls is not None else self.ctx.source))
         return self._mentions[key]
 
+    def _app_method_calls(self, func: cst.FunctionDef) -> Optional[List[cst.Call]]:
+        """The calls of a public method of an application (no installable
+        library: nobody outside calls it), when its class calls it as
+        ``self.f(...)``, the file names it nowhere else, and no other file of
+        the project names it (:meth:`ProjectFile.named_elsewhere`). None
+        otherwise: a method its class never calls may be a hook a framework
+        calls by name with arguments of its own."""
+        project = self.ctx.project
+        if project is None or self.remote or self.ctx.test_code:
+            return None
+        here = self.calls_of(func)
+        name = func.name.value
+        if not here or len(re.findall(rf"(?<![\w]){re.escape(name)}\b", self.ctx.source)) != 1 + len(here):
+            return None
+        return None if project.named_elsewhere(name) else here
+
+    def untaken_branch(self, node: cst.CSTNode) -> Optional[str]:
+        """Why ``node`` never runs, when it lies in a branch of an ``if`` on a
+        parameter (or after an ``if ...: return`` guard) that no call takes:
+        every call of the function (:meth:`arguments_for`, defaults included,
+        followed through a caller's own parameters) passes values for which
+        the test decides the other way -- ``if dist_far is None:`` when every
+        call passes a tensor, ``if k > 0:`` when every call passes ``k=0``.
+        None when the branch may run or a call is not seen."""
+        if self.ctx.project is None:
+            return None
+        child = node
+        for up in self.scopes.ancestors(node):
+            if type(up) in (cst.FunctionDef, cst.ClassDef, cst.Module, cst.Lambda):
+                return None
+            if type(up) is cst.If and child is not up.test:
+                why = self._decided(up.test, child is not up.body)
+                if why is not None:
+                    return why
+            elif type(up) is cst.IndentedBlock and child in up.body:
+                for stmt in up.body[:up.body.index(child)]:
+                    if type(stmt) is cst.If and stmt.orelse is None and _leaves(stmt.body):
+                        why = self._decided(stmt.test, True)
+                        if why is not None:
+                            return why
+            child = up
+        return None
+
+    def _decided(self, test: cst.BaseExpression, value: bool) -> Optional[str]:
+        """A description of the calls when ``test`` is ``value`` in every one
+        of them (see :meth:`untaken_branch`), else None."""
+        seen: List[str] = []
+        if _always(test, lambda name: self._parameter_values(name, seen)) is not value:
+            return None
+        return "; ".join(seen) or None
+
+    def _parameter_values(self, name: cst.Name, seen: List[str], depth: int = 0) -> Optional[list]:
+        """The values every call passes for the parameter ``name`` reads (a
+        Python constant, or ``_SOME`` for a value that is surely not None),
+        noted in ``seen``; None when one is not known."""
+        reaching = self.scopes.reaching(name)
+        if len(reaching) != 1 or reaching[0].kind != "param" or depth > 3:
+            return None
+        binding = reaching[0]
+        func = self.scopes.parent.get(self.scopes.parent.get(binding.node))
+        if (type(func) is not cst.FunctionDef or self.ctx.project is None or not func.name.value.startswith("_")
+                and self.scopes.enclosing_function(func) is None and self.ctx.project.library()):
+            return None  # a library's public function: its users pass what they like
+        given = self.arguments_for(binding, defaults=True)
+        if not given:
+            return None
+        out = []
+        for facts, expr in given:
+            value = facts._known_value(expr, seen, depth)
+            if value is None:
+                return None
+            out.extend(value)
+        shown = sorted({"a value other than None" if v is _SOME else repr(v) for v in out})
+        seen.append(f"every call of `{func.name.value}` passes {' or '.join(shown)} for `{name.value}`")
+        return out
+
+    def _known_value(self, expr: cst.BaseExpression, seen: List[str], depth: int) -> Optional[list]:
+        """What ``expr`` can be (see :meth:`_parameter_values`), or None."""
+        kind = type(expr)
+        constant = _constant(expr)
+        if constant is not _NOTHING and (kind is not cst.Name or not self.scopes.reaching(expr)):
+            return [constant]
+        if kind is cst.Name:
+            reaching = self.scopes.reaching(expr)
+            if len(reaching) == 1 and reaching[0].kind == "param":
+                return self._parameter_values(expr, seen, depth + 1)
+            return None
+        if kind in _NEVER_NONE:
+            return [_SOME]
+        if kind is cst.Subscript and any(
+                type(e.slice) is cst.Index and (type(e.slice.value) is cst.Ellipsis or (
+                    type(e.slice.value) is cst.Name and e.slice.value.value == "None"))
+                or type(e.slice) is cst.Slice for e in expr.slice):
+            return [_SOME]  # ``far[..., None]``, ``x[:, 1:]``: a tensor or a sequence, never None
+        if kind is cst.Call:
+            qualified, _ = self.ctx.callee(expr)
+            if qualified is not None and qualified.split(".")[0] == "torch":
+                return [_SOME]
+        return None
+
     def _only_called(self, func: cst.FunctionDef) -> Optional[List[cst.Call]]:
         """This file's calls of a function (module-level, or nested in
         another); None when its name is also used otherwise here (passed as
@@ -1840,6 +1943,98 @@ def _through_local(facts: "Facts", node: cst.BaseExpression) -> cst.BaseExpressi
     """A local name's assigned value (one hop), else the node."""
     value = facts.scopes.assigned_value(node) if isinstance(node, cst.Name) else None
     return value if value is not None else node
+
+
+#: a value that is surely not None, whatever else it is
+_SOME = object()
+#: expressions whose value is never None
+_NEVER_NONE = frozenset({
+    cst.List, cst.Tuple, cst.Dict, cst.Set, cst.ListComp, cst.SetComp, cst.DictComp, cst.GeneratorExp,
+    cst.BinaryOperation, cst.Lambda, cst.FormattedString, cst.ConcatenatedString,
+})
+_COMPARE = {
+    cst.Is: lambda a, b: a is b, cst.IsNot: lambda a, b: a is not b,
+    cst.Equal: lambda a, b: a == b, cst.NotEqual: lambda a, b: a != b,
+    cst.LessThan: lambda a, b: a < b, cst.LessThanEqual: lambda a, b: a <= b,
+    cst.GreaterThan: lambda a, b: a > b, cst.GreaterThanEqual: lambda a, b: a >= b,
+}
+
+
+def _always(test: cst.BaseExpression, values) -> Optional[bool]:
+    """The value ``test`` has in every call, when the same in all: a
+    parameter (``values(name)``: what the calls pass, or None) compared with
+    a constant, its truth, ``not``, ``and``/``or`` of those; None otherwise."""
+    kind = type(test)
+    if kind is cst.UnaryOperation and type(test.operator) is cst.Not:
+        inner = _always(test.expression, values)
+        return None if inner is None else not inner
+    if kind is cst.BooleanOperation:
+        left, right = _always(test.left, values), _always(test.right, values)
+        if type(test.operator) is cst.And:
+            return False if False in (left, right) else True if left is right is True else None
+        return True if True in (left, right) else False if left is right is False else None
+    if kind is cst.Name:
+        given = values(test)
+        if not given or any(v is _SOME for v in given):
+            return None
+        truths = {bool(v) for v in given}
+        return truths.pop() if len(truths) == 1 else None
+    if kind is not cst.Comparison or len(test.comparisons) != 1:
+        return None
+    compare = test.comparisons[0]
+    op = _COMPARE.get(type(compare.operator))
+    sides = [test.left, compare.comparator]
+    const = [_constant(side) for side in sides]
+    if op is None or [type(side) is cst.Name and c is _NOTHING for side, c in zip(sides, const)].count(True) != 1:
+        return None
+    named = 0 if const[0] is _NOTHING else 1
+    other = const[1 - named]
+    if other is _NOTHING:
+        return None
+    given = values(sides[named])
+    if not given:
+        return None
+    outcomes = set()
+    for v in given:
+        if v is _SOME:
+            if other is not None or type(compare.operator) not in (cst.Is, cst.IsNot):
+                return None
+            outcomes.add(type(compare.operator) is cst.IsNot)
+            continue
+        try:
+            outcomes.add(bool(op(v, other) if named == 0 else op(other, v)))
+        except TypeError:
+            return None
+    return outcomes.pop() if len(outcomes) == 1 else None
+
+
+_NOTHING = object()
+
+
+def _constant(node: cst.BaseExpression):
+    """The Python constant a literal spells (``None``, ``0``, ``-1.0``, ``"x"``), else ``_NOTHING``."""
+    kind = type(node)
+    if kind is cst.Name:
+        return {"None": None, "True": True, "False": False}.get(node.value, _NOTHING)
+    if kind in (cst.Integer, cst.Float, cst.SimpleString) or (
+            kind is cst.UnaryOperation and type(node.operator) is cst.Minus
+            and type(node.expression) in (cst.Integer, cst.Float)):
+        try:
+            return ast.literal_eval(cst.Module([]).code_for_node(node))
+        except (ValueError, SyntaxError):
+            return _NOTHING
+    return _NOTHING
+
+
+def _leaves(block: cst.BaseSuite) -> bool:
+    """The block ends by leaving the function (``return``, ``raise``)."""
+    body = getattr(block, "body", ())
+    last = body[-1] if body else None
+    if type(last) is cst.SimpleStatementLine:
+        last = last.body[-1] if last.body else None
+    elif type(block) is cst.SimpleStatementSuite:
+        last = block.body[-1] if block.body else None
+    return type(last) in (cst.Return, cst.Raise)
 
 
 def _tests_empty(test: cst.BaseExpression) -> bool:
