@@ -304,7 +304,8 @@ def no_grad_value(ctx, node: cst.BaseExpression, depth: int = 0) -> bool:
     torch ops of these (``torch.sparse.sum`` of a ``sparse_coo_tensor`` of
     ``ones``: a vertex degree), where an op's index, size, dtype and device
     arguments never carry a gradient -- following a name to every
-    assignment that reaches it."""
+    assignment that reaches it; a value assigned where no gradient flows
+    (inside ``with torch.no_grad():``) carries none wherever it is used."""
     if depth > 8:
         return False
     if number(node) is not None:
@@ -327,6 +328,8 @@ def no_grad_value(ctx, node: cst.BaseExpression, depth: int = 0) -> bool:
                 if not rec(b.node.value):
                     return False
                 continue
+            if b.kind in ("assign", "walrus") and not facts.grad_flows(b.node, depth + 1):
+                return True  # computed under `with torch.no_grad():` (rendered predictions, then post-processed)
             if b.kind in ("assign", "walrus") and b.value is not None:
                 return rec(b.value)
             if b.kind == "param":

@@ -396,19 +396,47 @@ def test_a_model_another_module_builds_and_loads_holds_the_checkpoint(tmp_path, 
     assert [(f["path"], f["confidence"]) for f in found] == [("pkg/model.py", confidence)]
 
 
-def test_callers_are_unknown_when_a_module_star_imports_the_function(tmp_path, monkeypatch):
-    """`from .ops import *` may call `ratio` under its own name, unseen."""
+def test_a_module_that_star_imports_the_function_calls_it_by_its_own_name(tmp_path, monkeypatch):
+    """`from .ops import *` calls `ratio` under its own name, and passes the name on to the
+    modules that take it from there (another star import, or `from pkg.b import ratio`); a
+    private name is no part of a star import, and a star importer that never names it is no caller."""
     from nanlint.analysis import project
 
-    package(tmp_path, {"pkg/__init__.py": "", "pkg/ops.py": OPS, "pkg/a.py": "from pkg.ops import ratio\n",
-                       "pkg/b.py": "from .ops import *\n"})
+    package(tmp_path, {"pkg/__init__.py": "", "pkg/ops.py": OPS + "\n\ndef _hidden(x):\n    return x\n",
+                       "pkg/a.py": "from pkg.ops import ratio\n",
+                       "pkg/b.py": "from .ops import *\n\n\ndef f(x, y):\n    return ratio(x, y)\n",
+                       "pkg/c.py": "from .b import *\n\n\ndef g(x, y):\n    return ratio(x, y) + _hidden(x)\n",
+                       "pkg/d.py": "from pkg.b import ratio\n", "pkg/e.py": "from .ops import *\n"})
     monkeypatch.setattr(project, "_IMPORTERS", {})
-    assert project.callers(str(tmp_path / "pkg/ops.py"), "ratio", str(tmp_path)) is None
-    (tmp_path / "pkg/b.py").write_text("from .other import *\n")
-    monkeypatch.setattr(project, "_IMPORTERS", {})
-    monkeypatch.setattr(project, "_IMPORTS", {})
-    assert [c[0] for c in project.callers(str(tmp_path / "pkg/ops.py"), "ratio", str(tmp_path))] == [
-        str(tmp_path / "pkg/a.py")]
+    found = project.callers(str(tmp_path / "pkg/ops.py"), "ratio", str(tmp_path))
+    assert [(c[0][len(str(tmp_path)) + 1:], c[1]) for c in found] == [
+        ("pkg/a.py", "ratio"), ("pkg/b.py", "*ratio"), ("pkg/c.py", "*ratio"), ("pkg/d.py", "ratio")]
+    assert project.callers(str(tmp_path / "pkg/ops.py"), "_hidden", str(tmp_path)) == []
+    # every star importer is watched: one may start calling the function
+    assert [p[len(str(tmp_path)) + 1:] for p in project.module_importers(str(tmp_path / "pkg/ops.py"), str(tmp_path))] == [
+        "pkg/b.py", "pkg/c.py", "pkg/e.py"]
+    # a package `__init__` that star-imports it re-exports it to the package's users: listed,
+    # though it never names it (so `ratio` is not a function only tests run)
+    (tmp_path / "pkg/__init__.py").write_text("from .ops import *\n")
+    for cache in ("_IMPORTERS", "_IMPORTS", "_STARS"):
+        monkeypatch.setattr(project, cache, {})
+    found = project.callers(str(tmp_path / "pkg/ops.py"), "ratio", str(tmp_path))
+    assert ("pkg/__init__.py", "*ratio") in [(c[0][len(str(tmp_path)) + 1:], c[1]) for c in found]
+
+
+@pytest.mark.parametrize("caller, shown", [
+    # the caller star-imports the helper and calls it under no_grad only (torch-ngp's
+    # `linear_to_srgb` of rendered predictions)
+    ("from pkg.ops import *\n\n\ndef test_step(model, x):\n    with torch.no_grad():\n        return to_srgb(model(x))\n",
+     []),
+    # look-alike: it also calls it in training, where a gradient flows
+    ("from pkg.ops import *\n\n\ndef train_step(model, x):\n    return to_srgb(model(x)).mean()\n",
+     [("pkg/ops.py", 5, "NL109")]),
+])
+def test_a_star_importers_calls_are_read_as_calls(tmp_path, caller, shown):
+    ops = ("import torch\n\n\ndef to_srgb(x):\n    return torch.where(x < 0.0031308, 12.92 * x, 1.055 * x ** 0.41666 - 0.055)\n")
+    package(tmp_path, {"pkg/__init__.py": "", "pkg/ops.py": ops, "pkg/render.py": "import torch\n" + caller})
+    assert findings(run("check", "--no-cache", "--output-format", "json", ".", cwd=tmp_path)) == shown
 
 
 @pytest.mark.parametrize("users, shown", [
@@ -749,3 +777,14 @@ def test_the_test_of_a_branch_is_decided_by_what_every_call_passes(test, given, 
     values = {"k": [_SOME if v == "some" else v for v in given]}
     assert _always(cst.parse_expression(test), lambda name: values.get(name.value)) is expected
 
+
+def test_a_star_import_of_a_project_module_brings_its_library_aliases(tmp_path):
+    """`from nerf.utils import *` brings the `F` that `nerf/utils.py` imports: `F.softmax` is
+    torch's, and the cached finding goes when that module stops importing `F`."""
+    package(tmp_path, {"nerf/utils.py": "import torch\nimport torch.nn.functional as F\n",
+                       "main.py": "from nerf.utils import *\n\n\ndef loss(x):\n    return F.softmax(x.half(), -1).log().mean()\n"})
+    args = ("check", "--output-format", "json", ".")
+    assert findings(run(*args, cwd=tmp_path)) == [("main.py", 5, "NL101")]
+    # look-alike: the module no longer imports F, so `F` is nothing nanlint knows
+    (tmp_path / "nerf/utils.py").write_text("import torch\n")
+    assert findings(run(*args, cwd=tmp_path)) == []

@@ -276,6 +276,8 @@ class ProjectFile:
         for imp in read_imports(text, package):
             self.imports.setdefault(imp.local, imp)
         self._dependencies: Optional[List[Tuple[str, str]]] = None
+        self._package = package
+        self._stars: Optional[List[str]] = None
         #: modules beyond the direct dependencies that linting read a fact
         #: from (a base class two imports away): path -> content hash
         self.consulted: Dict[str, str] = {}
@@ -337,8 +339,40 @@ class ProjectFile:
                     origin = find_module(again.module, [package_root(owner)])
                     if origin is not None and origin != self.path:
                         paths.add(origin)
+            paths.update(self.star_modules())
             self._dependencies = sorted((p, content_hash(p) or "") for p in paths)
         return self._dependencies
+
+    def star_modules(self) -> List[str]:
+        """The project modules this file takes every name from (``from
+        nerf.utils import *``), and those they take every name from in turn."""
+        if self._stars is None:
+            self._stars = []
+            root = project_root(self.path, self.roots[-1])
+            todo = [(self.path, self._text, 0)]
+            while todo:
+                path, text, depth = todo.pop()
+                stars = star_imports(path) if text is None else [
+                    _absolute(dots, module, self._package) for dots, module in _STAR.findall(text)] if "*" in text else []
+                for module in stars:
+                    found = find_module(module, _import_roots(path, root) if root is not None else self.roots)
+                    if found is not None and found != self.path and found not in self._stars and depth < 3:
+                        self._stars.append(found)
+                        todo.append((found, None, depth + 1))
+        return self._stars
+
+    def star_bindings(self) -> Dict[str, str]:
+        """What the names a star import brings from the project stand for,
+        where they are imports of other libraries (``import
+        torch.nn.functional as F`` in the star-imported module): local name
+        -> qualified name, as :class:`nanlint.resolve.Names` spells it."""
+        out: Dict[str, str] = {}
+        for path in self.star_modules():
+            for imp in module_imports(path).values():
+                if imp.local in out or imp.local.startswith("_") or find_module(imp.module, [package_root(path)]):
+                    continue  # a project module's own names are read by the project analysis
+                out[imp.local] = imp.module if imp.symbol is None else f"{imp.module}.{imp.symbol}"
+        return out
 
     def consult(self, path: str) -> None:
         """Note that a fact was read from ``path`` (see :meth:`requires`)."""
@@ -1096,8 +1130,8 @@ def _importers(root: str) -> Dict[str, Optional[List[Tuple[str, str, Optional[st
                         _add_importer(index, owner, (other, imp.local, None, test))
             for module in star_imports(other):
                 target = find_module(module, base)
-                if target is not None and not test:
-                    index[target] = None
+                if target is not None:
+                    _add_importer(index, target, (other, "*", "*", test))
         _IMPORTERS[root] = index
     return _IMPORTERS[root]
 
@@ -1133,34 +1167,63 @@ def _add_importer(index, target: str, entry: Tuple[str, str, Optional[str], bool
     index.setdefault(target, []).append(entry)  # type: ignore[union-attr]
 
 
+#: the local name of a function a file has from a star import (``from m import *``)
+STAR = "*"
+
+
 def callers(path: str, name: str, root: str) -> Optional[List[Tuple[str, str, bool, bool]]]:
     """The other files of the project below ``root`` that may call function
     ``name`` of ``path``: (file, the local name it goes by there, whether
     that name is the module -- ``m.name(...)``, whether the file is test code).
-    None when a star import of ``path``'s module hides who calls it, or an
-    ``__init__`` of ``path``'s package re-exports it under a name imported
-    through it that this index does not follow further."""
-    entries = _importers(root).get(os.path.abspath(path), [])
-    if entries is None:
+    A file that star-imports the module (``from nerf.utils import *``) and
+    names the function calls it by its own name, spelled ``*name`` here (its
+    import does not spell it); it also passes the name on, so the files that
+    import it from there are followed (a private ``_name`` is no part of a
+    star import); a package ``__init__`` that star-imports it is listed
+    whether or not it names it: it re-exports the function to the package's
+    users. None when the project is too large to list."""
+    index = _importers(root)
+    if index.get(os.path.abspath(path), []) is None:
         return None
-    out = []
-    for other, local, symbol, test in entries:
-        if other == path:
-            continue
-        if symbol is None:
-            if name in _module_attributes(other, local):
-                out.append((other, local, True, test))
-        elif symbol == name:
-            out.append((other, local, False, test))
-    return sorted(set(out))
+    out: Set[Tuple[str, str, bool, bool]] = set()
+    seen = {os.path.abspath(path)}
+    todo = [os.path.abspath(path)]
+    while todo:
+        for other, local, symbol, test in index.get(todo.pop(), []) or []:
+            if other == path:
+                continue
+            if symbol is None:
+                if name in _module_attributes(other, local):
+                    out.add((other, local, True, test))
+            elif symbol == name:
+                out.add((other, local, False, test))
+            elif symbol == STAR and not name.startswith("_") and other not in seen:
+                seen.add(other)
+                todo.append(other)
+                text = _read_text(other)
+                if other.endswith("__init__.py") or name in text and re.search(
+                        rf"(?<![\w.]){re.escape(name)}\b", text):
+                    # a package's `__init__` re-exports it to the package's users (an API)
+                    out.add((other, STAR + name, False, test))
+    return sorted(out)
 
 
 def module_importers(path: str, root: str) -> List[str]:
     """The files below ``root`` that import ``path``'s module as a module
-    (``import pkg.mod as m``), whether or not they use a given function of it:
-    a cached list of callers rests on them too (one may start calling it)."""
-    entries = _importers(root).get(os.path.abspath(path), []) or []
-    return sorted({other for other, _, symbol, _ in entries if symbol is None and other != path})
+    (``import pkg.mod as m``) or take all its names (``from pkg.mod import
+    *``, followed on through their own star importers), whether or not they
+    use a given function of it: a cached list of callers rests on them too
+    (one may start calling it)."""
+    index = _importers(root)
+    out: Set[str] = set()
+    todo = [os.path.abspath(path)]
+    while todo:
+        for other, _, symbol, _ in index.get(todo.pop(), []) or []:
+            if other != path and (symbol is None or symbol == STAR) and other not in out:
+                out.add(other)
+                if symbol == STAR:
+                    todo.append(other)
+    return sorted(out)
 
 
 _ATTRIBUTES: Dict[Tuple[str, str], FrozenSet[str]] = {}

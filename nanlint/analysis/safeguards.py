@@ -380,8 +380,8 @@ class Safeguards:
                 continue
             if via_module:
                 return False  # ``m.Cls(...)``: not followed
-            facts = _remote_facts(other, self.ctx.dtypes)
-            builders = facts.safeguards._builders(local) if facts is not None else None
+            facts = _remote_facts(other, self.ctx.dtypes, project.roots[-1])
+            builders = facts.safeguards._builders(local.lstrip("*")) if facts is not None else None
             if builders is None or builders[0]:
                 return False  # a construction there is not loaded, or is a layer of another class
             loaded += len(builders[1])

@@ -38,7 +38,7 @@ from ..patterns import (arg, last_name, look_through, number, subject, torch_op,
 from ..resolve import dotted_name
 from ..engine import iter_tree, scope_nodes, subtree
 from .safeguards import Safeguards
-from .project import LOG_PROBABILITY, PROBABILITY, parts_below
+from .project import LOG_PROBABILITY, PROBABILITY, STAR, parts_below
 from .scopes import SCOPE_NODES, VALUES_AND_INDICES, Binding, Scopes
 
 HALF = "half"
@@ -1638,7 +1638,7 @@ class Facts:
         of the other modules that import it (test code left out: tests choose
         their own inputs). None when they cannot all be seen: the function is
         used other than by calling it (a callback, a registry), is decorated
-        by a registering decorator, is star-imported, has more than
+        by a registering decorator, has more than
         ``_CALLER_FILES`` caller files, or this file is not part of a
         project or is test code (whose callers, tests, are left out); or
         when this analysis is itself a caller's (one level of callers is
@@ -1655,10 +1655,10 @@ class Facts:
         here, found = seen
         out: List[Tuple[Facts, cst.Call]] = [(self, c) for c in here]
         for other, local, via_module, _ in found:
-            facts = _remote_facts(other, self.ctx.dtypes)
+            facts = _remote_facts(other, self.ctx.dtypes, self.ctx.project.roots[-1])
             if facts is None:
                 return None
-            calls = facts.calls_through_import(local, name if via_module else None)
+            calls = facts.calls_through_import(local, name if via_module else None, star=local.startswith(STAR))
             if calls is None:
                 return None
             out.extend((facts, c) for c in calls)
@@ -1857,10 +1857,13 @@ class Facts:
         self._only_calls[func] = calls
         return calls
 
-    def calls_through_import(self, local: str, attr: Optional[str]) -> Optional[List[cst.Call]]:
+    def calls_through_import(self, local: str, attr: Optional[str], star: bool = False) -> Optional[List[cst.Call]]:
         """The calls in this file of an imported function: ``local(...)``, or
-        ``local.attr(...)`` when ``local`` is its module. None when the name
-        is also used otherwise (passed as a value, rebound)."""
+        ``local.attr(...)`` when ``local`` is its module; ``star``: the name
+        (``*name``) comes from a star import, which does not spell it. None
+        when the name is also used otherwise (passed as a value, rebound)."""
+        if star:
+            local = local[len(STAR):]
         spelled = f"{local}.{attr}" if attr else local
         uses = len(re.findall(rf"(?<![\w.]){re.escape(spelled)}\b", self.ctx.source))
         calls = []
@@ -1874,7 +1877,7 @@ class Facts:
                     calls.append(n)
         # the import itself spells the name once (``from m import f``); a
         # module alias is spelled ``local.attr`` only where it is used
-        return calls if uses == len(calls) + (0 if attr else 1) else None
+        return calls if uses == len(calls) + (0 if attr or star else 1) else None
 
     def _finiteness_test(self, read: cst.Name) -> bool:
         """``isfinite(x)`` / ``x.isnan()``: a read that tests, not passes on, the value."""
@@ -1908,7 +1911,7 @@ _REMOTE: Dict[str, Optional["Facts"]] = {}
 _REMOTE_KEPT = 8
 
 
-def _remote_facts(path: str, dtypes) -> Optional["Facts"]:
+def _remote_facts(path: str, dtypes, root: Optional[str] = None) -> Optional["Facts"]:
     """The analysis of another module of the project, to read its calls of
     a function of the checked file; None when it cannot be parsed."""
     if path in _REMOTE:
@@ -1929,7 +1932,11 @@ def _remote_facts(path: str, dtypes) -> Optional["Facts"]:
     if module is not None:
         names = Names()
         names.scan(module.body)
-        ctx = Context(path, source, module, names, dtypes, ProjectFile(path, source))
+        project = ProjectFile(path, source, root)
+        if "import" in source and "*" in source:
+            for local, qualified in project.star_bindings().items():
+                names.bindings.setdefault(local, qualified)
+        ctx = Context(path, source, module, names, dtypes, project)
         facts = Facts(ctx)
         facts.remote = True
         ctx._facts = facts
