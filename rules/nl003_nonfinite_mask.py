@@ -150,6 +150,10 @@ class NonfiniteMask(Rule):
         Valid("import torch\nbad = torch.isinf(x) | (x == float('-inf'))\n"),
         Valid("best_score = float('-inf')\nfor s in scores:\n    best_score = max(best_score, s)\n"),
         Valid("import torch\ns = s.float().masked_fill(~m, -1e9)\n"),
+        # a masked_fill mask is bool: `mask * 1.0` is float32, where -1e9 fits
+        Valid("import torch\ndef bias(mask):\n    return (mask * 1.0).masked_fill(mask, -1e9).to(torch.bfloat16)\n"),
+        Valid("import torch\ndef bias(keep, s):\n    s = torch.where(keep, s, 0.0)\n"
+              "    return (keep * 1.0).masked_fill(~keep, -1e9)\n"),
         Valid("timings = {}\ntimings['fwd'] = float('inf')\n"),
         Valid("import torch\nidx = s.masked_fill(~m, float('-inf')).argmax(-1)\n"),
         Valid("import torch\nd = (g[:, None] - g[None]).masked_fill(upper, float('-inf')).exp()\n"),
@@ -188,6 +192,10 @@ class NonfiniteMask(Rule):
             "import torch\nmask = torch.triu(torch.full((n, n), float('-inf')), diagonal=1)\n",
         ),
         Invalid("import torch\nbias = (1.0 - mask) * -float('inf')\n"),
+        # look-alike: the scores, not the mask, are filled; their dtype is unknown
+        Invalid("import torch\ndef bias(scores, mask):\n    return (scores * 1.0).masked_fill(mask, -1e9)\n",
+                fixed="import torch\ndef bias(scores, mask):\n"
+                      "    return (scores * 1.0).masked_fill(mask, torch.finfo((scores * 1.0).dtype).min)\n"),
         # diagonal=0 keeps the diagonal filled: row 0 is all -inf
         Invalid("import torch\nmask = torch.triu(torch.full((n, n), float('-inf')))\n"),
         Invalid(

@@ -355,7 +355,32 @@ class Facts:
             kinds.append(self._binding_dtype(b, depth))
             if b.kind in ("assign", "walrus") and b.node is not None:
                 break  # the nearest plain assignment decides
-        return _join_all(kinds)
+        kind = _join_all(kinds)
+        if kind == UNKNOWN and len(bindings) == 1 and self._read_as_mask(bindings[0]):
+            return INTEGER
+        return kind
+
+    def _read_as_mask(self, b: Binding) -> bool:
+        """The binding's value is the mask of a ``masked_fill`` (or
+        ``masked_fill_``, ``masked_select``, ``masked_scatter``) or the
+        condition of ``torch.where`` somewhere in its scope: torch takes only
+        a bool tensor there, so it is one (``(mask * 1.0).masked_fill(mask,
+        -1e9)``: the product is float32)."""
+        for read in self.scopes.reads_of(b):
+            up = self.scopes.parent.get(read)
+            call = self.scopes.parent.get(up) if type(up) is cst.Arg else None
+            if type(call) is not cst.Call or up.star:  # type: ignore[union-attr]
+                continue
+            position = call.args.index(up)  # type: ignore[arg-type]
+            keyword = up.keyword.value if up.keyword is not None else None  # type: ignore[union-attr]
+            func = call.func
+            if type(func) is cst.Attribute and func.attr.value in _MASK_METHODS and (
+                    keyword == "mask" or keyword is None and position == 0) and func.value is not read:
+                return True
+            if torch_op(self.ctx, call) == "where" and (keyword == "condition" or keyword is None and position == 0) \
+                    and (self.ctx.resolve(func) or "").startswith("torch."):
+                return True
+        return False
 
     def _binding_dtype(self, b: Binding, depth: int) -> str:
         if b.kind in ("assign", "walrus"):
@@ -1952,6 +1977,8 @@ def _through_local(facts: "Facts", node: cst.BaseExpression) -> cst.BaseExpressi
     return value if value is not None else node
 
 
+#: tensor methods whose ``mask`` (first) argument must be a bool tensor
+_MASK_METHODS = frozenset({"masked_fill", "masked_fill_", "masked_select", "masked_scatter", "masked_scatter_"})
 #: a value that is surely not None, whatever else it is
 _SOME = object()
 #: expressions whose value is never None
