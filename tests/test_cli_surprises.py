@@ -262,3 +262,14 @@ def test_help_lists_each_exit_code_once_with_130(command):
     epilog = run(command, "--help").stdout.split("Exit codes:\n", 1)[1]
     codes = [line.split()[0] for line in epilog.splitlines() if line.strip()]
     assert codes == ["0", "1", "2", "130"]
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_python_syntax_warnings_about_the_checked_code_are_not_printed(tmp_path, jobs):
+    """`1if x else y` and `"\\d"` make Python's parser warn; the checked code's warnings are no
+    output of nanlint's (a pre-commit hook that prints `<unknown>:1: SyntaxWarning` is noise)."""
+    for i in range(3):
+        (tmp_path / f"m{i}.py").write_text('x = 1if True else 2\ny = "\\d"\n')
+    proc = subprocess.run([sys.executable, "-m", "nanlint", "check", "--no-cache", "-j", jobs, "."],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
