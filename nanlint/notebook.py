@@ -43,11 +43,12 @@ PYTHON_CELL_MAGICS = frozenset({"time", "timeit", "capture", "prun"})
 
 _SEPARATOR = re.compile(r"^(?:if True:  )?# nanlint-cell (\d+) ([0-9a-f]+)$")
 #: IPython's line magics and shell aliases, which its automagic runs without
-#: the ``%`` (``pip install x``, ``ls data``, ``cd ..``)
+#: the ``%`` (``pip install x``, ``ls data``, ``cd ..``); as in IPython, not
+#: when an operator follows the name (``system += (``: Python)
 _AUTOMAGIC = re.compile(
     r"(?:pip|conda|mamba|cd|ls|ll|cat|cp|mv|rm|rmdir|mkdir|pwd|env|set_env|load_ext|reload_ext|matplotlib"
     r"|pylab|time|timeit|run|history|who|whos|reset|less|more|man|clear|alias|config|autoreload|xmode"
-    r"|pushd|popd|dirs|bookmark|store|load|save|sx|sc|system)[ \t]+(?![=(\[.,:)\]}]|(?:if|else|and|or|in|is|not"
+    r"|pushd|popd|dirs|bookmark|store|load|save|sx|sc|system)[ \t]+(?![=(\[.,:)\]}!<>+*/%^&|]|(?:if|else|and|or|in|is|not"
     r"|for|as|from)\b)\S")
 _PLACEHOLDER = re.compile(r"^([ \t]*)(?:pass  )?# nanlint-ipython ([0-9a-f]+) (\d+)$")
 _ASSIGNED_MAGIC = re.compile(r"^[ \t]*[\w.,\[\]() \t]+=[ \t]*[!%]")

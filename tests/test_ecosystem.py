@@ -207,7 +207,8 @@ def test_notebook_cells_ipython_runs_are_no_syntax_errors(tmp_path):
     indented = "    y = x * (1 + torch.tanh(s))\n    if y.sum() > 0:\n        print(y)\n"
     nb = {"cells": [
         {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
-         "source": "pip install -q torch\nls data/robots/urdf\nimport torch\nls = [1]\nls - 1\n"},
+         "source": "pip install -q torch\nls data/robots/urdf\nimport torch\nls = [1]\nls - 1\n"
+                   "system = 'a'\nsystem += (\n    'b'\n)\n"},
         {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None, "source": indented},
         # look-alikes that are broken in IPython too: a placeholder left in, and an indented
         # cell whose later line is indented less than its first
