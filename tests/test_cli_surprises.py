@@ -40,8 +40,11 @@ def test_ctrl_c_during_check_exits_130_not_1(tmp_path):
     (tmp_path / "pyproject.toml").write_text("[tool.nanlint]\nmax-file-size = 0\n")
     big = tmp_path / "big.py"
     big.write_text("import torch\n" + "".join(f"y{i} = torch.exp(x{i}) + torch.log(p{i})\n" for i in range(60000)))
+    # SIGINT as a terminal gives it: not ignored, even when this suite runs as a background
+    # job of a shell without job control (which starts its children with SIGINT ignored)
     proc = subprocess.Popen([sys.executable, "-m", "nanlint", "check", "--no-cache", "--min-confidence", "low", "-j", "1", "big.py"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         time.sleep(2.0)  # started, and busy with the file
         assert proc.poll() is None, "check finished before it could be interrupted"

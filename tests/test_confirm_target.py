@@ -478,7 +478,8 @@ def _start_sleeper(tmp_path: Path):
     mark = tmp_path / "mark"
     env = dict(os.environ, NANLINT_TEST_MARK=str(mark))
     proc = subprocess.Popen([*NANLINT, "confirm", f"{target}:make", "--device", "cpu"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint if os.name == "posix" else None)
     for _ in range(2400):  # the target is running once it wrote its pid
         if mark.exists() and mark.read_text():
             return proc, int(mark.read_text())
@@ -486,6 +487,13 @@ def _start_sleeper(tmp_path: Path):
         time.sleep(0.05)
     proc.kill()
     raise AssertionError("the target never started")
+
+
+def default_sigint() -> None:
+    """Ctrl-C reaches the child even when this suite runs as a background job
+    of a shell without job control, which starts it with SIGINT ignored (an
+    ignored signal stays ignored across exec, and Python then keeps it so)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _gone(pid: int) -> bool:
