@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -117,15 +116,9 @@ def selection_options(func):
 @click.version_option(__version__, prog_name="nanlint")
 def main() -> None:
     """nanlint: find the numerical hazards that turn float16 PyTorch code into NaN/Inf."""
+    from .files import quiet_parse_warnings
+
     quiet_parse_warnings()
-
-
-def quiet_parse_warnings() -> None:
-    """Python's SyntaxWarnings about the code nanlint parses (``1if x else
-    y``, ``"\\d"``) are the checked code's business, not nanlint's output: they
-    are raised from a text parsed in memory (``<unknown>``), never from a file
-    a user runs, so ``confirm``'s models keep theirs."""
-    warnings.filterwarnings("ignore", category=SyntaxWarning, module="<")
 
 
 def output_options(func):

@@ -648,9 +648,8 @@ def _lint_source(
             return Result([syntax_error_finding(path, exc, source)], [])
     names = Names()
     names.scan(module.body)
-    if project is not None and "import" in source and "*" in source:
-        for local, qualified in project.star_bindings().items():  # `from utils import *` brings its `F`
-            names.bindings.setdefault(local, qualified)
+    if project is not None:
+        project.bind_star_names(names)
     ctx = Context(path, source, module, names, dtypes, project)
     options = rule_options or {}
     instances = [cls(ctx, options.get(cls.code)) for cls in rules]

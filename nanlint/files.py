@@ -8,6 +8,7 @@ import io
 import os
 import stat
 import tokenize
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -15,6 +16,16 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 # Stubs (.pyi) have no code that runs, so no numerical hazard: directories are
 # searched for .py and Jupyter notebooks only (a .pyi named explicitly is still checked).
 PYTHON_SUFFIXES = (".py", ".ipynb")
+
+
+def quiet_parse_warnings() -> None:
+    """Python's SyntaxWarnings about the code nanlint parses (``1if x else
+    y``, ``"\\d"``) are the checked code's business, not nanlint's output: they
+    are raised from a text parsed in memory (``<unknown>``), never from a file
+    a user runs, so ``confirm``'s models keep theirs. Set by the CLI and by
+    each worker (a spawned one starts without the parent's filters); here,
+    beside the reading of the files, to keep the CLI's start-up light."""
+    warnings.filterwarnings("ignore", category=SyntaxWarning, module="<")
 
 
 @dataclass(frozen=True)

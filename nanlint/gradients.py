@@ -328,10 +328,10 @@ def no_grad_value(ctx, node: cst.BaseExpression, depth: int = 0) -> bool:
                 if not rec(b.node.value):
                     return False
                 continue
-            if b.kind in ("assign", "walrus") and not facts.grad_flows(b.node, depth + 1):
-                return True  # computed under `with torch.no_grad():` (rendered predictions, then post-processed)
-            if b.kind in ("assign", "walrus") and b.value is not None:
-                return rec(b.value)
+            if b.kind in ("assign", "walrus"):
+                # a value without gradient, or one computed under `with torch.no_grad():`
+                # (rendered predictions, then post-processed)
+                return (b.value is not None and rec(b.value)) or not facts.grad_flows(b.node, depth + 1)
             if b.kind == "param":
                 return depth < 4 and _passed_without_grad(facts, b, depth)
             return b.kind == "for" and _element_of(b, node.value, rec)

@@ -151,8 +151,7 @@ class Cell:
         indentation from every line that has it (a block pasted out of a
         function); the virtual source keeps the lines as they are and opens
         the cell with ``if True:`` instead."""
-        first = next((l for l in _BREAK.split(self.virtual) if l.strip()), "")
-        return first[:1] in (" ", "\t")
+        return bool(_leading_indent(self.virtual))
 
 
 @dataclass
@@ -186,15 +185,19 @@ def _is_ipython(stripped: str) -> bool:
     return False
 
 
+def _leading_indent(text: str) -> str:
+    """The indentation of a text's first non-blank line."""
+    first = next((l for l in _BREAK.split(text) if l.strip()), "")
+    return first[: len(first) - len(first.lstrip())]
+
+
 def _dedented(virtual: str) -> str:
     """A cell's text as IPython runs it: when its first non-blank line is
     indented, that indentation removed from every line that starts with it."""
-    lines = virtual.split("\n")
-    first = next((l for l in lines if l.strip()), "")
-    prefix = first[: len(first) - len(first.lstrip())]
+    prefix = _leading_indent(virtual)
     if not prefix:
         return virtual
-    return "\n".join(l[len(prefix):] if l.startswith(prefix) else l for l in lines)
+    return "\n".join(l[len(prefix):] if l.startswith(prefix) else l for l in virtual.split("\n"))
 
 
 def _virtualise(text: str, token: str) -> Tuple[str, Dict[int, str]]:
@@ -355,8 +358,7 @@ def split_cells(nb: Notebook, virtual: str) -> Dict[int, str]:
     if prefix and any(l.strip() for l in prefix) and nb.cells:  # text inserted above the first cell
         first = nb.cells[0]
         if first.indented and first.error is None:  # IPython dedents by the first line's indentation
-            line = next(l for l in _BREAK.split(first.virtual) if l.strip())
-            indent = line[: len(line) - len(line.lstrip())]
+            indent = _leading_indent(first.virtual)
             prefix = [indent + l if l.strip() else l for l in prefix]
         out[first.index] = prefix + out.get(first.index, [])
     return {k: "\n".join(v) for k, v in out.items()}

@@ -285,7 +285,7 @@ def _worker(conn, func: Callable[[Path], Any], parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # stop at once, even in native code
     _die_with_parent(parent)
-    from .cli import quiet_parse_warnings
+    from .files import quiet_parse_warnings
 
     quiet_parse_warnings()  # a spawned worker starts without the parent's filters
     while True:

@@ -220,9 +220,14 @@ def module_imports(path: str) -> Dict[str, Imported]:
         for imp in read_imports(text, package):
             table.setdefault(imp.local, imp)
         _IMPORTS[path] = table
-        stars = (_absolute(dots, module, package) for dots, module in _STAR.findall(text)) if "*" in text else ()
-        _STARS[path] = [m for m in stars if m]
+        _STARS[path] = _star_modules_in(text, package)
     return _IMPORTS[path]
+
+
+def _star_modules_in(text: str, package: Sequence[str]) -> List[str]:
+    """The modules a source text imports everything from, made absolute."""
+    stars = (_absolute(dots, module, package) for dots, module in _STAR.findall(text)) if "*" in text else ()
+    return [m for m in stars if m]
 
 
 def star_imports(path: str) -> List[str]:
@@ -352,8 +357,7 @@ class ProjectFile:
             todo = [(self.path, self._text, 0)]
             while todo:
                 path, text, depth = todo.pop()
-                stars = star_imports(path) if text is None else [
-                    _absolute(dots, module, self._package) for dots, module in _STAR.findall(text)] if "*" in text else []
+                stars = star_imports(path) if text is None else _star_modules_in(text, self._package)
                 for module in stars:
                     found = find_module(module, _import_roots(path, root) if root is not None else self.roots)
                     if found is not None and found != self.path and found not in self._stars and depth < 3:
@@ -373,6 +377,14 @@ class ProjectFile:
                     continue  # a project module's own names are read by the project analysis
                 out[imp.local] = imp.module if imp.symbol is None else f"{imp.module}.{imp.symbol}"
         return out
+
+    def bind_star_names(self, names) -> None:
+        """Add to a file's import table (:class:`nanlint.resolve.Names`) the
+        names its star imports of project modules bring (see
+        :meth:`star_bindings`); its own imports win."""
+        if "import" in self._text and "*" in self._text:
+            for local, qualified in self.star_bindings().items():  # `from utils import *` brings its `F`
+                names.bindings.setdefault(local, qualified)
 
     def consult(self, path: str) -> None:
         """Note that a fact was read from ``path`` (see :meth:`requires`)."""
@@ -987,14 +999,8 @@ def never_imported(path: str, root: str) -> bool:
     # (`from vit_pytorch.ats_vit import ViT`): none of its modules is dead
     if installable(package, root):
         return False
-    stem = name[:-3]
-    word = re.compile(rf"(?<![\w]){re.escape(stem)}(?!\w)")
-    for other in _source_files(root, (".py", ".ipynb", *_CONFIG_SUFFIXES, *_DOCS)):
-        if other == key[0]:
-            continue
-        text = _read_text(other)
-        if stem in text and word.search(text):
-            return False
+    if _named_in(_source_files(root, (".py", ".ipynb", *_CONFIG_SUFFIXES, *_DOCS)), name[:-3], key[0]):
+        return False
     _NEVER_IMPORTED[key] = True
     return True
 
@@ -1026,16 +1032,19 @@ def named_elsewhere(name: str, path: str, root: str) -> bool:
     key = (name, os.path.abspath(path), root)
     if key not in _NAMED:
         files = _source_files(root, (".py", ".ipynb", *_CONFIG_SUFFIXES))
-        found = len(files) > _SCAN_LIMIT
-        word = re.compile(rf"(?<!\w){re.escape(name)}(?!\w)")
-        for other in files if not found else ():
-            if other != key[1]:
-                text = _read_text(other)
-                if name in text and word.search(text):
-                    found = True
-                    break
-        _NAMED[key] = found
+        _NAMED[key] = len(files) > _SCAN_LIMIT or _named_in(files, name, key[1])
     return _NAMED[key]
+
+
+def _named_in(files: Sequence[str], name: str, skip: str) -> bool:
+    """Whether ``name`` appears as a word in one of ``files`` other than ``skip``."""
+    word = re.compile(rf"(?<!\w){re.escape(name)}(?!\w)")
+    for other in files:
+        if other != skip:
+            text = _read_text(other)
+            if name in text and word.search(text):
+                return True
+    return False
 
 
 def _maybe_dead(path: str, root: str, text: Optional[str] = None) -> bool:
@@ -1079,8 +1088,8 @@ def _mixed_config(path: str) -> bool:
 TEST_DIRS = frozenset({"test", "tests", "testing"})
 TEST_FILE = re.compile(r"^(?:test_\w*|\w+_tests?|conftest)\.(?:py|ipynb)$")
 #: root -> importer index: target file -> [(importer, local name, symbol or None,
-#: whether the importer is test code)]; a target under a star import maps to
-#: None (its callers cannot be listed)
+#: whether the importer is test code)]; a star import is (importer, STAR, STAR, test);
+#: a project too large to list has the index ``_UNLISTED``, where every lookup is None
 _IMPORTERS: Dict[str, Dict[str, Optional[List[Tuple[str, str, Optional[str], bool]]]]] = {}
 
 
@@ -1089,6 +1098,10 @@ def is_test_path(path: str, root: str) -> bool:
     ``test_*.py``, ``*_test.py``, ``*_tests.py``, ``conftest.py``."""
     parts = os.path.relpath(path, root).split(os.sep)
     return bool(TEST_FILE.match(parts[-1])) or any(p in TEST_DIRS for p in parts[:-1])
+
+
+#: the local name of a function a file has from a star import (``from m import *``)
+STAR = "*"
 
 
 def _importers(root: str) -> Dict[str, Optional[List[Tuple[str, str, Optional[str], bool]]]]:
@@ -1131,7 +1144,7 @@ def _importers(root: str) -> Dict[str, Optional[List[Tuple[str, str, Optional[st
             for module in star_imports(other):
                 target = find_module(module, base)
                 if target is not None:
-                    _add_importer(index, target, (other, "*", "*", test))
+                    _add_importer(index, target, (other, STAR, STAR, test))
         _IMPORTERS[root] = index
     return _IMPORTERS[root]
 
@@ -1162,13 +1175,7 @@ _UNLISTED = _Unlisted()
 
 
 def _add_importer(index, target: str, entry: Tuple[str, str, Optional[str], bool]) -> None:
-    if target in index and index[target] is None:
-        return
-    index.setdefault(target, []).append(entry)  # type: ignore[union-attr]
-
-
-#: the local name of a function a file has from a star import (``from m import *``)
-STAR = "*"
+    index.setdefault(target, []).append(entry)
 
 
 def callers(path: str, name: str, root: str) -> Optional[List[Tuple[str, str, bool, bool]]]:
@@ -1183,7 +1190,7 @@ def callers(path: str, name: str, root: str) -> Optional[List[Tuple[str, str, bo
     whether or not it names it: it re-exports the function to the package's
     users. None when the project is too large to list."""
     index = _importers(root)
-    if index.get(os.path.abspath(path), []) is None:
+    if isinstance(index, _Unlisted):
         return None
     out: Set[Tuple[str, str, bool, bool]] = set()
     seen = {os.path.abspath(path)}

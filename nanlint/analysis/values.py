@@ -1833,10 +1833,10 @@ class Facts:
         """What ``expr`` can be (see :meth:`_parameter_values`), or None."""
         kind = type(expr)
         constant = _constant(expr)
-        if constant is not _NOTHING and (kind is not cst.Name or not self.scopes.reaching(expr)):
+        reaching = self.scopes.reaching(expr) if kind is cst.Name else []
+        if constant is not _NOTHING and not reaching:
             return [constant]
         if kind is cst.Name:
-            reaching = self.scopes.reaching(expr)
             if len(reaching) == 1 and reaching[0].kind == "param":
                 return self._parameter_values(expr, seen, depth + 1)
             return None
@@ -1958,9 +1958,7 @@ def _remote_facts(path: str, dtypes, root: Optional[str] = None) -> Optional["Fa
         names = Names()
         names.scan(module.body)
         project = ProjectFile(path, source, root)
-        if "import" in source and "*" in source:
-            for local, qualified in project.star_bindings().items():
-                names.bindings.setdefault(local, qualified)
+        project.bind_star_names(names)
         ctx = Context(path, source, module, names, dtypes, project)
         facts = Facts(ctx)
         facts.remote = True
