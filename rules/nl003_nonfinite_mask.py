@@ -68,7 +68,8 @@ class NonfiniteMask(Rule):
       being made as an activation and that no softmax follows here (the
       author names float32, and nothing shows the tensor may be float16);
     - low: the mask cannot blank a row by itself -- it is causal and keeps the
-      diagonal, a top-k/top-p/min-p filter keeps each row's top entry (or the
+      diagonal (`triu(full(-inf), diagonal=start_pos + 1)`: a position plus a
+      positive literal is at least 1), a top-k/top-p/min-p filter keeps each row's top entry (or the
       mask has an entry reset to False), or the index reaches only some columns
       (`x[:, eos] = -inf`, `x[:, :k]`, `x[1:][m]`) -- and the filled value
       leaves the function, where another mask may be added; a -inf fill into a

@@ -17,7 +17,8 @@ whose every entry is filled. These queries answer the two halves of that:
   ``x[1:][m] = -inf``);
 - ``triangle_fill_diagonal(call)``: for ``triu``/``tril`` of a tensor filled
   with ``-inf``, whether the diagonal is filled (then the first or last row is
-  entirely ``-inf``);
+  entirely ``-inf``); an offset ``start_pos + 1`` (a position plus a positive
+  literal, as in a causal mask over a key-value cache) keeps it out of ``triu``;
 - ``only_selected(expr)`` / ``later_reads_only_selected(name, stmt)``: the
   filled value is only ever selected from (``max``, ``topk``, ``sort``...) or
   exponentiated, where ``-inf`` is exactly what is meant;
@@ -172,6 +173,9 @@ def diagonal_value(facts, mask: cst.BaseExpression, depth: int = 0) -> Optional[
             k = _diagonal_arg(facts, node)
             if base is not None and k is not None and _all_true(facts, base):
                 value = k <= 0 if op.startswith("triu") else k >= 0
+            elif base is not None and op.startswith("triu") and _offset_past_diagonal(facts, node) \
+                    and _all_true(facts, base):
+                value = False
     elif isinstance(node, cst.Comparison) and len(node.comparisons) == 1:
         left, right = _grid(facts, node.left), _grid(facts, node.comparisons[0].comparator)
         if left is not None and left == right:
@@ -200,11 +204,53 @@ def _prefix_view(node: cst.Subscript) -> bool:
 
 
 def _diagonal_arg(facts, call: cst.Call) -> Optional[int]:
+    """The offset of ``triu``/``tril``: a literal, or arithmetic on literals
+    (``0 + 1``); None otherwise."""
     found = arg(call, 0 if is_method_call(facts.ctx, call) else 1, "diagonal")
     if found is None:
         return 0
-    value = number(found.value)
+    return _integer(found.value)
+
+
+def _integer(node: cst.BaseExpression) -> Optional[int]:
+    value = number(node)
+    if value is None and isinstance(node, cst.BinaryOperation) and isinstance(node.operator, (cst.Add, cst.Subtract)):
+        left, right = _integer(node.left), _integer(node.right)
+        if left is not None and right is not None:
+            value = left + right if isinstance(node.operator, cst.Add) else left - right
     return int(value) if value is not None and float(value).is_integer() else None
+
+
+def _offset_past_diagonal(facts, call: cst.Call) -> bool:
+    """``triu(m, diagonal=start_pos + 1)``: a count or position plus a positive
+    literal, the offset of a causal mask over a key-value cache. A position is
+    never negative, so the offset is at least 1 and the diagonal stays out of
+    the upper triangle. A subtraction or a negated term is not read so."""
+    found = arg(call, 0 if is_method_call(facts.ctx, call) else 1, "diagonal")
+    node = found.value if found is not None else None
+    if not (isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.Add)):
+        return False
+    for step, term in ((node.right, node.left), (node.left, node.right)):
+        k = _integer(step)
+        if k is not None and k >= 1 and _integer(term) is None and _count(term):
+            return True
+    return False
+
+
+def _count(node: cst.BaseExpression) -> bool:
+    """A name, attribute, size or length: no sign, no subtraction."""
+    if isinstance(node, (cst.Name, cst.Attribute)):
+        return True
+    if isinstance(node, cst.Subscript):
+        return _count(node.value)
+    if isinstance(node, cst.Call):
+        return isinstance(node.func, cst.Name) and node.func.value == "len" or (
+            isinstance(node.func, cst.Attribute) and node.func.attr.value in ("size", "numel", "dim"))
+    if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, (cst.Add, cst.Multiply)):
+        return _count(node.left) and _count(node.right) or (
+            _integer(node.left) is not None and _integer(node.left) >= 0 and _count(node.right)) or (
+            _integer(node.right) is not None and _integer(node.right) >= 0 and _count(node.left))
+    return False
 
 
 def _all_true(facts, node: cst.BaseExpression, depth: int = 0) -> bool:
@@ -254,7 +300,7 @@ def triangle_fill_diagonal(facts, call: cst.Call) -> Optional[bool]:
     op = torch_op(facts.ctx, call) or ""
     k = _diagonal_arg(facts, call)
     if k is None:
-        return None
+        return False if op.startswith("triu") and _offset_past_diagonal(facts, call) else None
     return k <= 0 if op.startswith("triu") else k >= 0
 
 

@@ -153,10 +153,19 @@ def test_look_alikes_that_can_blank_a_row_are_not_excused(tmp_path, name):
     ("triu", "", True), ("triu", ", diagonal=0", True), ("triu", ", diagonal=-1", True),
     ("triu", ", diagonal=1", False), ("triu", ", 2", False),
     ("tril", "", True), ("tril", ", diagonal=1", True), ("tril", ", diagonal=-1", False),
+    ("triu", ", diagonal=0 + 1", False), ("triu", ", diagonal=1 - 2", True), ("tril", ", diagonal=2 - 3", False),
+    # a position plus a positive literal: the causal offset of a key-value cache
+    ("triu", ", diagonal=start + 1", False), ("triu", ", diagonal=1 + cache.shape[1]", False),
+    ("triu", ", diagonal=len(past) + 1", False),
+    # look-alikes whose sign the reading does not know stay medium
+    ("triu", ", diagonal=start - 1", None), ("triu", ", diagonal=1 - start", None),
+    ("triu", ", diagonal=-start + 1", None), ("triu", ", diagonal=start + 0", None),
+    ("tril", ", diagonal=start + 1", None),
 ])
 def test_a_triangle_of_minus_inf_that_keeps_the_diagonal_filled_is_high(tmp_path, op, diagonal, filled):
-    src = f"import torch\ndef mask(n):\n    return torch.{op}(torch.full((n, n), float('-inf')){diagonal})\n"
-    assert check(tmp_path, src) == [(3, "high" if filled else "low")]
+    src = (f"import torch\ndef mask(n, start, cache, past):\n"
+           f"    return torch.{op}(torch.full((n, n), float('-inf')){diagonal})\n")
+    assert check(tmp_path, src) == [(3, {True: "high", False: "low", None: "medium"}[filled])]
 
 
 def test_overflowing_literal_is_high_and_only_where_half_can_reach(tmp_path):
