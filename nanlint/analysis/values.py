@@ -83,6 +83,10 @@ _WIDE_ONLY_OPS = frozenset({
     "cholesky_inverse", "cholesky_solve", "lu_factor", "lu_factor_ex", "lu", "lu_solve", "ldl_factor",
     "solve_triangular", "triangular_solve",
 })
+#: torch ops whose every result, unpacked, has the dtype of the tensor they take
+_SAME_DTYPE_PARTS = frozenset({
+    "std_mean", "var_mean", "aminmax", "chunk", "split", "unbind", "tensor_split", "hsplit", "vsplit", "dsplit",
+})
 #: numpy functions that convert their argument (a tensor handed to them is not numpy data)
 _NUMPY_CONVERSIONS = frozenset({"array", "asarray", "ascontiguousarray", "asanyarray", "copy", "frombuffer"})
 _ARITHMETIC = (cst.Add, cst.Subtract, cst.Multiply, cst.Divide)
@@ -620,7 +624,8 @@ class Facts:
         if type(stmt) is not cst.Assign or len(stmt.targets) != 1 or type(stmt.value) is not cst.Call:
             return UNKNOWN
         call, target = stmt.value, stmt.targets[0].target
-        if torch_op(self.ctx, call) in _WIDE_ONLY_OPS:
+        op = torch_op(self.ctx, call)
+        if op in _WIDE_ONLY_OPS:
             return WIDE
         if type(target) not in (cst.Tuple, cst.List):
             return UNKNOWN
@@ -628,6 +633,13 @@ class Facts:
         if b.name not in names or any(type(e.value) is cst.StarredElement for e in target.elements):
             return UNKNOWN
         index = names.index(b.name)
+        if op in _SAME_DTYPE_PARTS or op in VALUES_AND_INDICES and len(names) == 2:
+            # ``std, mean = torch.std_mean(x)``, ``a, b = x.chunk(2)``: x's dtype;
+            # ``values, indices = x.max(-1)``: x's dtype, then integers
+            if op in VALUES_AND_INDICES and index == 1:
+                return INTEGER
+            source = subject(self.ctx, call)
+            return self.dtype(source, depth + 1) if source is not None else UNKNOWN
         helper = self._helper_called(call)
         returns = self.scopes.returns(helper) if helper is not None else []
         if not returns or not all(type(r) is cst.Tuple and len(r.elements) == len(names) for r in returns):

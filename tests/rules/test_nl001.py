@@ -430,3 +430,30 @@ def test_jax_code_is_not_judged_as_torch(imports, confidence):
     found = lint(src, ["NL001"])
     assert [f.confidence for f in found] == [confidence]
     assert ("JAX" in found[0].message) == (confidence == "low")
+
+
+@pytest.mark.parametrize("unpack, quiet", [
+    # the parts of a float32 tensor are float32
+    ("std, mean = torch.std_mean(a, unbiased=False)", True),
+    ("std, mean = torch.var_mean(a)", True),
+    ("std, _ = a.float().chunk(2)", True),
+    ("std, idx = a.max(-1)", True),
+    # look-alikes: the parts of an activation, the indices of a max, a helper of unknown dtype
+    ("std, mean = torch.std_mean(x, unbiased=False)", False),
+    ("_, std = a.max(-1)", None),
+    ("std, mean = stats(a)", False),
+])
+def test_parts_unpacked_from_a_tensor_have_its_dtype(unpack, quiet):
+    source = (
+        "import torch\n"
+        "def f(x, rows):\n"
+        "    a = torch.as_tensor(rows, dtype=torch.float)\n"
+        f"    {unpack}\n"
+        "    return x / (std + 1e-8)\n"
+        + HALF_MODEL
+    )
+    found = confidences(source)
+    if quiet is None:  # integer indices: no float16 divisor at all
+        assert found == []
+    else:
+        assert (found == []) is quiet, found
