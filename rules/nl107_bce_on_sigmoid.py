@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, FrozenSet, Iterator, List, Optional, Tuple
 
 import libcst as cst
 
@@ -48,8 +48,11 @@ class BceOnSigmoid(Rule):
     (`p = torch.sigmoid(logits)`) and passed to one of these later in the same
     function. Every spelling of the sigmoid counts (`torch.sigmoid`,
     `F.sigmoid`, `x.sigmoid()`, `torch.special.expit`, `nn.Sigmoid()(x)`, an
-    `nn.Sigmoid()` attribute of the class), also followed by a shape change
-    (`sigmoid(x).squeeze(-1)`). A clamped probability
+    `nn.Sigmoid()` bound to a local name or an attribute of the class), also
+    followed by a shape change (`sigmoid(x).squeeze(-1)`, or `p = p.view(-1)`
+    on the way). A loss or activation chosen by a condition counts for the
+    configuration that picks BCE and the sigmoid (`nn.BCELoss() if n == 1 else
+    nn.CrossEntropyLoss()`, an attribute set in either branch of an `if`). A clamped probability
     (`sigmoid(x).clamp(eps, 1 - eps)`) is left alone.
 
     ## Why is this bad?
@@ -93,6 +96,9 @@ class BceOnSigmoid(Rule):
     probability bound to a name (`p = torch.sigmoid(x)`) the fix passes `x`
     instead of `p` (leaving `p` for its other uses), offered only when `x`
     is a plain name or attribute not reassigned or modified in place since.
+    There is no fix when the loss or the activation is one branch of a
+    choice, or the probability was reshaped into a new name on the way: the
+    rewrite would change the other configuration too.
     """
 
     code = "NL107"
@@ -111,6 +117,15 @@ class BceOnSigmoid(Rule):
             "    p = torch.sigmoid(x)\n"
             "    p = p * mask\n"
             "    return F.binary_cross_entropy(p, y)\n"
+        ),
+        # look-alikes of the chosen modules below: a softmax or a tanh, whatever the name says
+        Valid(
+            "from torch import nn\n"
+            "def fit(model, x, y, n):\n"
+            "    loss_fct = nn.BCELoss() if n == 1 else nn.CrossEntropyLoss()\n"
+            "    act = nn.Softmax(-1) if n == 1 else nn.Identity()\n"
+            "    sigmoid = nn.Tanh()\n"
+            "    return loss_fct(act(model(x)), y) + loss_fct(sigmoid(model(x)), y)\n"
         ),
     ]
     invalid = [
@@ -157,6 +172,33 @@ class BceOnSigmoid(Rule):
             "    def other(self, p, y):\n"
             "        return self.loss(p, y)\n",
         ),
+        # a loss and an activation chosen by the number of labels: BCE on a sigmoid with one
+        # label (no fix: the other configuration would change too)
+        Invalid(
+            "from torch import nn\n"
+            "def fit(model, x, y, n, loss_fct=None):\n"
+            "    if loss_fct is None:\n"
+            "        loss_fct = nn.BCELoss() if n == 1 else nn.CrossEntropyLoss()\n"
+            "    act = nn.Sigmoid() if n == 1 else nn.Identity()\n"
+            "    logits = act(model(x))\n"
+            "    if n == 1:\n"
+            "        logits = logits.view(-1)\n"
+            "    return loss_fct(logits, y)\n",
+        ),
+        # the loss set in either branch of an `if`, the sigmoid a local module
+        Invalid(
+            "from torch import nn\n"
+            "class Classifier(nn.Module):\n"
+            "    def __init__(self, multi_label):\n"
+            "        super().__init__()\n"
+            "        if multi_label:\n"
+            "            self.loss_function = nn.BCELoss()\n"
+            "        else:\n"
+            "            self.loss_function = nn.CrossEntropyLoss()\n"
+            "    def loss(self, scores, y):\n"
+            "        sigmoid = nn.Sigmoid()\n"
+            "        return self.loss_function(sigmoid(scores), y)\n",
+        ),
     ]
 
     def __init__(self, ctx, options=None) -> None:
@@ -166,20 +208,22 @@ class BceOnSigmoid(Rule):
         # per function: name or attribute text -> sequence number of its last write
         self.writes: List[Dict[str, int]] = [{}]
         self.functions: List[cst.CSTNode] = []
-        # per class: attribute -> value of `self.attr = ...` (None: assigned several times)
-        self.classes: List[Dict[str, Optional[cst.BaseExpression]]] = []
+        # per class: attribute -> the values of its `self.attr = ...` assignments
+        self.classes: List[Dict[str, List[cst.BaseExpression]]] = []
         self.seq = 0
         self._counts: Optional[Dict[str, int]] = None
+        # the sigmoid of the call being checked is one branch of a choice (no fix then)
+        self._chosen = False
 
     # -- scopes ---------------------------------------------------------------------
     def visit_ClassDef(self, node: cst.ClassDef) -> None:
-        attrs: Dict[str, Optional[cst.BaseExpression]] = {}
+        attrs: Dict[str, List[cst.BaseExpression]] = {}
         for n in subtree(node):
             if isinstance(n, cst.Assign):
                 for t in n.targets:
                     name = _self_attr(t.target)
                     if name is not None:
-                        attrs[name] = None if name in attrs else n.value
+                        attrs.setdefault(name, []).append(n.value)
         self.classes.append(attrs)
 
     def leave_ClassDef(self, node: cst.ClassDef) -> None:
@@ -252,6 +296,7 @@ class BceOnSigmoid(Rule):
         first = arg(node, 0, "input")
         if first is None:
             return
+        self._chosen = False
         prob = self._probability(first.value)
         if prob is None:
             return
@@ -280,17 +325,27 @@ class BceOnSigmoid(Rule):
             return "module", func, None
         if isinstance(func, cst.Name) and qualified is None:
             bound = self._lookup(func.value)
-            if bound is not None and self._is_bce_module(bound[0]):
-                return "module", bound[0], func.value  # type: ignore[return-value]
+            if bound is not None and bound[0] is not None:
+                made = self._made_by(bound[0], _BCE_MODULES)
+                if made is not None:
+                    return "module", made if made is bound[0] else None, func.value
         attr = _self_attr(func)
         if attr is not None and self.classes:
-            value = self.classes[-1].get(attr)
-            if self._is_bce_module(value):
-                return "module", value, f"self.{attr}"  # type: ignore[return-value]
+            values = self.classes[-1].get(attr, [])
+            made = next((m for m in (self._made_by(v, _BCE_MODULES) for v in values) if m is not None), None)
+            if made is not None:
+                return "module", made if len(values) == 1 and made is values[0] else None, f"self.{attr}"
         return None
 
-    def _is_bce_module(self, value: Optional[cst.BaseExpression]) -> bool:
-        return isinstance(value, cst.Call) and self.ctx.resolve(value.func) in _BCE_MODULES
+    def _made_by(self, value: cst.BaseExpression, classes: FrozenSet[str]) -> Optional[cst.Call]:
+        """The constructor call of one of ``classes`` that ``value`` is, or that
+        one branch of it is (``nn.BCELoss() if n == 1 else nn.CrossEntropyLoss()``:
+        the configuration with one label computes BCE)."""
+        if isinstance(value, cst.IfExp):
+            return self._made_by(value.body, classes) or self._made_by(value.orelse, classes)
+        if isinstance(value, cst.Call) and self.ctx.resolve(value.func) in classes:
+            return value
+        return None
 
     def _probability(
         self, expr: cst.BaseExpression
@@ -300,18 +355,24 @@ class BceOnSigmoid(Rule):
         found = self._sigmoid_in(expr)
         if found is not None:
             return found[0], found[1], None, None
-        if isinstance(expr, cst.Name) and self.functions:
+        read, first = expr, expr
+        for hop in range(3):
+            if not isinstance(read, cst.Name) or not self.functions:
+                return None
             # the shared scopes: the nearest binding on this path (not one in the other branch of an `if`)
             scopes = self.ctx.facts.scopes
-            bindings = [b for b in scopes.reaching(expr) if not scopes.exclusive(b.node, expr)][:1]
+            bindings = [b for b in scopes.reaching(read) if not scopes.exclusive(b.node, read)][:1]
             if not bindings or bindings[0].kind not in ("assign", "walrus") or bindings[0].value is None:
                 return None
             value = bindings[0].value
-            if scopes.enclosing_function(bindings[0].node) is None or self._written_in_place(bindings[0], expr):
+            if scopes.enclosing_function(bindings[0].node) is None or self._written_in_place(bindings[0], read):
                 return None  # modified in place since (`p.clamp_(eps, 1 - eps)`)
             found = self._sigmoid_in(value)
             if found is not None:
-                return found[0], found[1], expr.value, value
+                if hop:
+                    self._chosen = True  # reshaped on the way (`p = p.view(-1)`): no fix to rewrite both
+                return found[0], found[1], first.value, value  # type: ignore[attr-defined]
+            read = _unshaped(value)  # `p = p.view(-1)`: the probability, reshaped
         return None
 
     def _written_in_place(self, binding, read: cst.Name) -> bool:
@@ -356,11 +417,19 @@ class BceOnSigmoid(Rule):
             return None
         if isinstance(func, cst.Call) and self.ctx.resolve(func.func) in _SIGMOID_MODULES and not func.args:
             return _only_argument(call)  # nn.Sigmoid()(x)
+        if isinstance(func, cst.Name):
+            bound = self._lookup(func.value)
+            made = self._made_by(bound[0], _SIGMOID_MODULES) if bound is not None and bound[0] is not None else None
+            if made is not None:
+                self._chosen = self._chosen or made is not bound[0]  # type: ignore[index]
+                return _only_argument(call)  # sigmoid = nn.Sigmoid(); sigmoid(x)
         if isinstance(func, cst.Attribute):
             attr = _self_attr(func)
             if attr is not None and self.classes:
-                value = self.classes[-1].get(attr)
-                if isinstance(value, cst.Call) and self.ctx.resolve(value.func) in _SIGMOID_MODULES:
+                values = self.classes[-1].get(attr, [])
+                made = [m for m in (self._made_by(v, _SIGMOID_MODULES) for v in values) if m is not None]
+                if made:
+                    self._chosen = self._chosen or len(values) > 1 or made[0] is not values[0]
                     return _only_argument(call)  # self.sigmoid = nn.Sigmoid()
             if func.attr.value == "sigmoid" and not call.args and dotted_name(func.value) not in _NON_TORCH:
                 if isinstance(func.value, cst.Name) and self.ctx.resolve(func.value) is not None:
@@ -374,12 +443,15 @@ class BceOnSigmoid(Rule):
              bound_value: Optional[cst.BaseExpression]) -> Optional[FixSpec]:
         replace: List[Tuple[cst.CSTNode, str]] = []
         imports: Tuple[str, ...] = ()
+        if self._chosen:
+            return None  # the activation may be another one: dropping it changes that configuration
         # the loss
         if kind == "function":
             new, imports = self._renamed(call.func, "binary_cross_entropy_with_logits", "torch.nn.functional")
             replace.append((call.func, new))
         else:
-            assert module_call is not None
+            if module_call is None:
+                return None  # the name may hold another loss too: renaming its constructor changes that one
             if via is not None and not self._used_once(via):
                 return None
             new, imports = self._renamed(module_call.func, "BCEWithLogitsLoss", "torch.nn")
@@ -439,6 +511,14 @@ class BceOnSigmoid(Rule):
 
 
 _NON_TORCH = frozenset({"np", "numpy", "math", "jax", "jnp", "tf", "scipy", "special"})
+
+
+def _unshaped(node: cst.BaseExpression) -> cst.BaseExpression:
+    """``p.view(-1).float()`` -> ``p``: the value before methods that only reshape or cast it."""
+    while (isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute)
+           and node.func.attr.value in _SHAPE_METHODS):
+        node = node.func.value
+    return node
 
 
 def _only_argument(call: cst.Call) -> Optional[cst.BaseExpression]:
