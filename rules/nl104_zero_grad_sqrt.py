@@ -45,8 +45,10 @@ class ZeroGradSqrt(ScopeTracking, Rule):
     `torch.pow(v, 0.5)` where `v` is, with no guard, a value that is exactly
     0 at an ordinary input: a sum or mean of squares (`(x ** 2).sum(-1)`,
     `x.pow(2).mean()`, `(a - b).square().sum()`, `x ** 2 + y ** 2`), a
-    square (`(a - b) ** 2`), a variance (`x.var()`, `E[x²] - E[x]²`), or
-    `1 - c ** 2` -- written inline or through a local variable assigned once.
+    square (`(a - b) ** 2`), a variance (`x.var()`, `E[x²] - E[x]²`),
+    `1 - c ** 2`, or squared distances expanded through a matrix product
+    (`a2 + b2.T - 2 * a @ b.T`, with `a2`, `b2` sums of squares) -- written
+    inline or through a local variable assigned once.
 
     Not flagged: the built-in norms (`x.norm()`, `torch.linalg.vector_norm`,
     `torch.dist`, `F.pairwise_distance`, `x.std()`), whose gradient at 0 is 0
@@ -69,8 +71,10 @@ class ZeroGradSqrt(ScopeTracking, Rule):
 
     ## Confidence
     **High** for an all-pairs distance (`x[:, None] - y[None]`,
-    `x.unsqueeze(1) - y.unsqueeze(0)`): whenever the two sets share a point
-    (always, for the distances of a set to itself) the diagonal is exactly 0.
+    `x.unsqueeze(1) - y.unsqueeze(0)`, the expanded form above): whenever the
+    two sets share a point (always, for the distances of a set to itself)
+    the diagonal is exactly 0; the expanded form also cancels to slightly
+    below 0 there, where the root itself is NaN.
     **Medium** otherwise: a norm of one vector, a distance between two
     points, `sqrt(re**2 + im**2)`, `1 - c**2` or a variance is exactly 0 only
     for a zero vector, coincident points, a silent input or a constant row --
@@ -142,6 +146,10 @@ class ZeroGradSqrt(ScopeTracking, Rule):
             "        self.tensor[:, 2] *= torch.sqrt((sx * c) ** 2 + (sy * c) ** 2)\n"
         ),
         Valid("import torch\nk = torch.sqrt(((a[:, None] - b[None]) ** 2).sum(-1)).long()\n"),
+        # look-alikes of the expanded distance: a constant added, the cross term not a product
+        Valid("import torch\na2 = (a ** 2).sum(-1, keepdim=True)\nd = torch.sqrt(a2 + 1.0 - 2 * a @ b.T)\n"),
+        Valid("import torch\na2 = (a ** 2).sum(-1, keepdim=True)\nb2 = (b ** 2).sum(-1)\n"
+              "d = torch.sqrt(a2 + b2 - 2 * a)\n"),
     ]
     invalid = [
         Invalid(
@@ -170,6 +178,20 @@ class ZeroGradSqrt(ScopeTracking, Rule):
         Invalid(
             "import torch\nr = torch.pow(dx ** 2 + dy ** 2, 0.5)\n",
             fixed="import torch\nr = torch.pow((dx ** 2 + dy ** 2).clamp_min(torch.finfo(dx.dtype).tiny), 0.5)\n",
+        ),
+        Invalid(
+            "import torch\ndef pairwise(a, b):\n"
+            "    a2 = torch.sum(a.pow(2), dim=-1, keepdim=True)\n"
+            "    b2 = torch.sum(b.pow(2), dim=-1, keepdim=True)\n"
+            "    ab = torch.matmul(a, b.transpose(1, 2))\n"
+            "    dist = a2 + b2.transpose(1, 2) - 2 * ab\n"
+            "    return torch.sqrt(dist)\n",
+            fixed="import torch\ndef pairwise(a, b):\n"
+            "    a2 = torch.sum(a.pow(2), dim=-1, keepdim=True)\n"
+            "    b2 = torch.sum(b.pow(2), dim=-1, keepdim=True)\n"
+            "    ab = torch.matmul(a, b.transpose(1, 2))\n"
+            "    dist = a2 + b2.transpose(1, 2) - 2 * ab\n"
+            "    return torch.sqrt(dist.clamp_min(torch.finfo(dist.dtype).tiny))\n",
         ),
     ]
 
@@ -227,11 +249,12 @@ class ZeroGradSqrt(ScopeTracking, Rule):
             return
         if form.kind == "a variance":
             advice = "use `.std(...)` (gradient 0 on a constant input) or clamp the value inside the root"
-        elif form.kind.startswith(("a variance", "`1 -")):
+        elif form.kind.startswith(("a variance", "`1 -", "a squared distance expanded")):
             advice = "clamp the value inside the root (rounding can also make it negative: NaN)"
         else:
             advice = "use `torch.linalg.vector_norm` (gradient 0 at 0) or clamp the value inside the root"
-        pairwise = form.operand is not None and self._pairwise(form.operand)
+        pairwise = form.kind.startswith("a squared distance expanded") or (
+            form.operand is not None and self._pairwise(form.operand))
         when = (
             "an all-pairs distance, which is exactly 0 wherever a point meets itself"
             if pairwise else "which is exactly 0 for a zero vector, coincident points or a constant row"
@@ -290,6 +313,8 @@ class ZeroGradSqrt(ScopeTracking, Rule):
             if op == "var" and not self._has_keyword(x, "out"):
                 return Form("a variance", subject(self.ctx, x), True)
             return None
+        if isinstance(x, cst.BinaryOperation) and self._expanded_distance(x, depth):
+            return Form("a squared distance expanded as |a|² + |b|² - 2 a·b", None, True)
         if isinstance(x, cst.BinaryOperation):
             if isinstance(x.operator, cst.Add):
                 terms = _terms(x)
@@ -310,6 +335,44 @@ class ZeroGradSqrt(ScopeTracking, Rule):
                 if left is not None and left.kind == "a mean of squares":
                     return Form("a variance written as E[x²] - E[x]²", square, True)
         return None
+
+    def _expanded_distance(self, x: cst.BinaryOperation, depth: int) -> bool:
+        """``|a|² + |b|² - 2 a·b`` (``a2 - 2 * a @ b.T + b2.T``): the squared
+        distances of all pairs through a matrix product, exactly 0 wherever a
+        point meets itself and, by cancellation, sometimes below 0."""
+        terms = _signed_terms(x)
+        if terms is None or len(terms) < 3:
+            return False
+        product = squares = 0
+        for sign, term in terms:
+            if sign < 0 and self._twice_product(term, depth):
+                product += 1
+                continue
+            form = self._form(_untransposed(term), depth + 1)
+            if sign > 0 and form is not None and form.kind in ("a sum of squares", "a mean of squares"):
+                squares += 1
+            else:
+                return False
+        return product == 1 and squares >= 1
+
+    def _twice_product(self, term: cst.BaseExpression, depth: int) -> bool:
+        """``2 * a @ b.T``, ``2 * torch.matmul(a, b.t())``, ``2 * ab`` (a name bound to one)."""
+        term = strip(self.ctx, term)
+        if not (isinstance(term, cst.BinaryOperation) and isinstance(term.operator, cst.Multiply)):
+            return False
+        for two, other in ((term.left, term.right), (term.right, term.left)):
+            if const(two) == 2:
+                return self._product(other, depth)
+        return False
+
+    def _product(self, node: cst.BaseExpression, depth: int) -> bool:
+        node = strip(self.ctx, node)
+        if isinstance(node, cst.Name) and depth < 4:
+            value = self.scopes.lookup(node.value)
+            return value is not None and self._product(value, depth + 1)
+        if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.MatrixMultiply):
+            return True
+        return isinstance(node, cst.Call) and torch_op(self.ctx, node) in _PRODUCT_OPS
 
     def _reduced(self, inner: cst.BaseExpression, depth: int) -> Optional[Form]:
         """The operand of a sum/mean: a square, or a name bound to one."""
@@ -474,6 +537,34 @@ def _bare(node: cst.BaseExpression) -> cst.BaseExpression:
     if getattr(node, "lpar", None):
         return node.with_changes(lpar=(), rpar=())
     return node
+
+
+#: products of two tensors: the cross term of an expanded distance
+_PRODUCT_OPS = frozenset({"matmul", "mm", "bmm", "einsum", "dot", "inner"})
+
+
+def _untransposed(node: cst.BaseExpression) -> cst.BaseExpression:
+    """``b2.t()``, ``b2.T``, ``b2.transpose(1, 2)``: the same values, placed for broadcasting."""
+    while True:
+        if isinstance(node, cst.Attribute) and node.attr.value in ("T", "mT"):
+            node = node.value
+        elif (isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute)
+              and node.func.attr.value in ("t", "transpose", "permute", "unsqueeze", "view", "reshape")):
+            node = node.func.value
+        else:
+            return node
+
+
+def _signed_terms(node: cst.BaseExpression, sign: int = 1, depth: int = 0):
+    """The terms of a chain of ``+`` and ``-`` with their signs, or None when it is too deep."""
+    if depth > 8:
+        return None
+    if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, (cst.Add, cst.Subtract)) and (
+            depth == 0 or not node.lpar):
+        left = _signed_terms(node.left, sign, depth + 1)
+        right = _signed_terms(node.right, -sign if isinstance(node.operator, cst.Subtract) else sign, depth + 1)
+        return None if left is None or right is None else left + right
+    return [(sign, node)]
 
 
 def _terms(node: cst.BinaryOperation):
