@@ -7,8 +7,8 @@ import libcst as cst
 
 from nanlint.dtypes import fmt
 from nanlint.engine import children
-from nanlint.finding import UNSAFE
-from nanlint.patterns import look_through, is_method_call, is_reference, number, torch_op
+from nanlint.finding import HIGH, MEDIUM, UNSAFE
+from nanlint.patterns import arg, look_through, is_method_call, is_reference, number, torch_op
 from nanlint.rule import FixSpec, Invalid, Rule, Valid
 from nanlint.probabilities import (
     LocalValues,
@@ -73,6 +73,9 @@ class UnguardedLog(TracksLocals, Rule):
       variable named `p`, `probs`, `*_prob`...);
     - a ratio whose numerator is a count or a probability (`bincount`,
       `histc`, a sum of a mask or of a comparison, a `counts` variable);
+    - an energy or magnitude (medium: 0 only for a silent or zero input):
+      a sum or mean of squares (`stft.pow(2).sum(-1)`, a power spectrum),
+      raised to a power or rooted, or an absolute value (`x.abs()`);
     - the log in a hand-written cross-entropy, BCE or entropy:
       `-(y * torch.log(p) + (1 - y) * torch.log(1 - p))`,
       `-(target * torch.log(pred)).sum(1)`, `-(p * torch.log(p)).sum()`.
@@ -122,6 +125,9 @@ class UnguardedLog(TracksLocals, Rule):
     fix_applicability = UNSAFE
     triggers = (re.compile(r"\blog(?:2|10)?_?\s*\("),)  # a call, not the word in a comment
     valid = [
+        # look-alikes of a power spectrum: guarded, or a cube, or an exp (never 0 before it underflows)
+        Valid("import torch\nlogmag = torch.log(stft.pow(2).sum(-1) + 1e-4)\n"),
+        Valid("import torch\nc = torch.log((x ** 3).sum(-1))\n"),
         Valid("import torch\ny = torch.log(p + 1e-6)\n"),
         Valid("import torch\ny = -(t * torch.log(p.clamp(min=1e-4))).sum()\n"),
         Valid("import torch\ny = torch.log(torch.softmax(x, -1))\n"),
@@ -148,6 +154,9 @@ class UnguardedLog(TracksLocals, Rule):
         Invalid("import torch\nq = torch.log(1 - pred_probs)\n"),
         Invalid("import torch\nacc = torch.log((pred == y).float().sum() / n)\n"),
         Invalid("import torch\np = torch.softmax(x, -1)\ny = torch.log(p[..., 0] / p[..., 1])\n"),
+        # a power spectrum: 0 for a silent frame
+        Invalid("import torch\ndef feats(stft, power):\n    spectr = stft.pow(2).sum(-1).pow(power)\n"
+                "    return torch.log(spectr)\n"),
     ]
 
     def __init__(self, ctx, options=None) -> None:
@@ -181,9 +190,9 @@ class UnguardedLog(TracksLocals, Rule):
         if not self.pending:
             return
         pending, sanitized = self.pending.pop(), self.sanitized.pop()
-        for node, message, fix, names in pending:
+        for node, message, fix, names, confidence in pending:
             if not any(n in sanitized for n in names):
-                self.report(node, message, fix)
+                self.report(node, message, fix, confidence=confidence)
 
     def visit_Assign(self, node: cst.Assign) -> None:
         names: List[str] = []
@@ -254,10 +263,16 @@ class UnguardedLog(TracksLocals, Rule):
         product = self.products.get(id(node))
         if reason is None and product is not None and not self._positive(operand):
             reason = "its operand is a predicted probability, which is exactly 0 once it underflows"
+        confidence = HIGH
+        if reason is None and self._energy(operand):
+            # zero only for a silent or zero input (padding, digital silence): real, but not ordinary
+            reason, confidence = ("an energy or magnitude (a sum of squares, an absolute value) is exactly 0 "
+                                  "for a silent or zero input (padding, digital silence)"), MEDIUM
         if reason is None:
             return
         names = self.targets[-1] if self.targets else []
-        self.pending[-1].append((node, self._message(op, reason, product), self._fix(node, operand), names))
+        self.pending[-1].append((node, self._message(op, reason, product), self._fix(node, operand), names,
+                                 confidence))
 
     def _message(self, op: str, reason: str, product: Optional[str]) -> str:
         text = f"`{op}` of a value that can be exactly 0 with no guard: {reason}; {op}(0) = -inf and its gradient is inf"
@@ -371,6 +386,42 @@ class UnguardedLog(TracksLocals, Rule):
         if isinstance(node, cst.Call) and torch_op(self.ctx, node) in COUNT_OPS:
             return "a count can be 0"
         return None
+
+    def _energy(self, node: cst.BaseExpression, depth: int = 0) -> bool:
+        """A sum or mean of squares (``stft.pow(2).sum(-1)``), raised to a power or
+        rooted, or an absolute value: a power spectrum, an energy, a magnitude."""
+        node = _strip(self.ctx, self._resolve(node))
+        if depth > 3:
+            return False
+        if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.Power):
+            return self._energy(node.left, depth + 1) or number(node.right) == 2 and self._energy_base(node.left)
+        if not isinstance(node, cst.Call):
+            return False
+        op = torch_op(self.ctx, node)
+        inner = node.func.value if is_method_call(self.ctx, node) else (  # type: ignore[union-attr]
+            node.args[0].value if node.args else None)
+        if inner is None:
+            return False
+        if op in ("abs", "absolute"):
+            return True
+        if op in ("pow", "sqrt"):
+            return self._energy(inner, depth + 1) or op == "pow" and self._squared(node) and self._energy_base(inner)
+        if op in ("sum", "mean"):
+            inner = _strip(self.ctx, inner)
+            return (isinstance(inner, cst.BinaryOperation) and isinstance(inner.operator, cst.Power)
+                    and number(inner.right) == 2) or (
+                isinstance(inner, cst.Call) and torch_op(self.ctx, inner) in ("pow", "square") and (
+                    torch_op(self.ctx, inner) == "square" or self._squared(inner)))
+        return False
+
+    def _squared(self, call: cst.Call) -> bool:
+        exponent = arg(call, 0 if is_method_call(self.ctx, call) else 1, "exponent")
+        return exponent is not None and number(exponent.value) == 2
+
+    def _energy_base(self, node: cst.BaseExpression) -> bool:
+        """``x.abs()`` squared: the square of a magnitude."""
+        node = _strip(self.ctx, node)
+        return isinstance(node, cst.Call) and torch_op(self.ctx, node) in ("abs", "absolute")
 
     def _count(self, node: cst.BaseExpression) -> bool:
         node = _strip(self.ctx, node)

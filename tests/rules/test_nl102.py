@@ -36,3 +36,16 @@ def test_fix_only_for_a_plain_reference():
 
 def test_not_a_log_of_a_plain_tensor():
     assert lint("import torch\ny = torch.log(x)\nz = torch.log2(a / b)\n", ["NL102"]) == []
+
+
+def test_an_energy_is_medium_and_only_unguarded():
+    """A power spectrum or magnitude is 0 only for a silent or zero input: medium."""
+    def found(expr):
+        src = f"import torch\ndef f(stft, x, power):\n    spectr = stft.pow(2).sum(-1).pow(power)\n    return {expr}\n"
+        return [(f.code, f.confidence) for f in lint(src, ["NL102"])]
+    for expr in ("torch.log(spectr)", "torch.log((x ** 2).mean(-1))", "torch.log(x.abs())",
+                 "torch.log(x.abs().pow(2))", "torch.log(x.pow(2).sum(-1).sqrt())"):
+        assert found(expr) == [("NL102", "medium")], expr
+    for expr in ("torch.log(spectr + 1e-6)", "torch.log(spectr.clamp_min(1e-10))", "torch.log(x.pow(2))",
+                 "torch.log(x.pow(3).sum(-1))", "torch.log(x.exp().sum(-1))"):
+        assert found(expr) == [], expr
