@@ -41,6 +41,7 @@ _PROB_NAME = re.compile(
     r"^(p|pt|p_t|probs?|probas?|probabilit(y|ies)|\w+_probs?|\w+_probas?|probs?_\w+|\w+_probabilit(y|ies))$",
     re.IGNORECASE,
 )
+_LOG_PROB_NAME = re.compile(r"^(\w+_)?(log_?probs?|logp|lprobs?|log_p)(_\w+)?$", re.IGNORECASE)
 _COUNT_NAME = re.compile(
     r"^(counts?|\w+_counts?|counts?_\w+|freqs?|frequenc(y|ies)|\w+_freqs?|hist|histogram|hits|num_\w+|n_\w+)$",
     re.IGNORECASE,
@@ -73,6 +74,10 @@ class UnguardedLog(TracksLocals, Rule):
       variable named `p`, `probs`, `*_prob`...);
     - a ratio whose numerator is a count or a probability (`bincount`,
       `histc`, a sum of a mask or of a comparison, a `counts` variable);
+    - a weighted sum of probabilities (`beta * p + (1 - beta) * q`, a
+      hand-written log-sum-exp `log(a.exp() + b.exp())` of log-probabilities
+      or of negated squares): adding them is no guard, every term underflows
+      at the same entries;
     - an energy or magnitude (medium: 0 only for a silent or zero input):
       a sum or mean of squares (`stft.pow(2).sum(-1)`, a power spectrum),
       raised to a power or rooted, or an absolute value (`x.abs()`);
@@ -125,6 +130,9 @@ class UnguardedLog(TracksLocals, Rule):
     fix_applicability = UNSAFE
     triggers = (re.compile(r"\blog(?:2|10)?_?\s*\("),)  # a call, not the word in a comment
     valid = [
+        # look-alikes of a mixture: an eps term, or a term that is not a probability
+        Valid("import torch\nmix = torch.log(beta * torch.softmax(t, -1) + (1 - beta) * torch.softmax(s, -1) + 1e-4)\n"),
+        Valid("import torch\nlse = torch.log(torch.exp(a) + torch.exp(b))\n"),
         # look-alikes of a power spectrum: guarded, or a cube, or an exp (never 0 before it underflows)
         Valid("import torch\nlogmag = torch.log(stft.pow(2).sum(-1) + 1e-4)\n"),
         Valid("import torch\nc = torch.log((x ** 3).sum(-1))\n"),
@@ -154,6 +162,12 @@ class UnguardedLog(TracksLocals, Rule):
         Invalid("import torch\nq = torch.log(1 - pred_probs)\n"),
         Invalid("import torch\nacc = torch.log((pred == y).float().sum() / n)\n"),
         Invalid("import torch\np = torch.softmax(x, -1)\ny = torch.log(p[..., 0] / p[..., 1])\n"),
+        # a mixture of two distributions (distillation), a hand-written log-sum-exp of Gaussians
+        Invalid("import torch\nimport torch.nn.functional as F\ndef gkd(s, t, beta):\n"
+                "    mix = beta * F.softmax(t, -1) + (1 - beta) * F.log_softmax(s, -1).exp()\n"
+                "    return mix.log()\n"),
+        Invalid("import torch\ndef log_prob(z, loc):\n"
+                "    return torch.log(torch.exp(-0.5 * (z - loc) ** 2) + torch.exp(-0.5 * (z + loc) ** 2))\n"),
         # a power spectrum: 0 for a silent frame
         Invalid("import torch\ndef feats(stft, power):\n    spectr = stft.pow(2).sum(-1).pow(power)\n"
                 "    return torch.log(spectr)\n"),
@@ -257,9 +271,10 @@ class UnguardedLog(TracksLocals, Rule):
             return
         if op == "log" and classify(self.ctx, node, self.values) is not None:
             return  # NL101's
-        if self._guarded(operand):
+        mixture = self._mixture(operand)
+        if mixture is None and self._guarded(operand):
             return
-        reason = self._zero_reason(operand)
+        reason = mixture or self._zero_reason(operand)
         product = self.products.get(id(node))
         if reason is None and product is not None and not self._positive(operand):
             reason = "its operand is a predicted probability, which is exactly 0 once it underflows"
@@ -387,6 +402,57 @@ class UnguardedLog(TracksLocals, Rule):
             return "a count can be 0"
         return None
 
+    def _mixture(self, node: cst.BaseExpression) -> Optional[str]:
+        """Why a weighted sum of probabilities (``beta * p + (1 - beta) * q``,
+        ``a.exp() + b.exp()`` of log-probabilities or of negated squares) is 0:
+        its sum is no guard, every term underflows at the same entries."""
+        node = _strip(self.ctx, self._resolve(node))
+        if not (isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.Add)):
+            return None
+        terms = _add_terms(node)
+        if len(terms) < 2 or not all(self._component(t) for t in terms):
+            return None
+        gap, _, _ = underflow(self.ctx.dtype)
+        return (f"a weighted sum of probabilities is exactly 0 where every term underflows (in "
+                f"{self.ctx.dtype.name} exp(x) is 0 for x < -{fmt(gap)}, a softmax output for logits {fmt(gap)} "
+                f"below the row max): adding them is no guard")
+
+    def _component(self, term: cst.BaseExpression) -> bool:
+        """``p``, ``w * p``, ``p * w`` for a probability ``p`` (a softmax or sigmoid, ``exp`` of
+        a log-probability or of a negated square), ``w`` anything else."""
+        term = _strip(self.ctx, term)
+        if isinstance(term, cst.BinaryOperation) and isinstance(term.operator, cst.Multiply):
+            return self._probability_term(term.left) or self._probability_term(term.right)
+        return self._probability_term(term)
+
+    def _probability_term(self, node: cst.BaseExpression) -> bool:
+        node = _strip(self.ctx, node)
+        if self._prob(node) is not None:
+            return True
+        if isinstance(node, cst.Name):
+            bound = self.values.lookup(node.value)
+            if bound is None:
+                return False
+            node = _strip(self.ctx, bound)
+        if not (isinstance(node, cst.Call) and torch_op(self.ctx, node) == "exp"):
+            return False
+        inner = node.func.value if is_method_call(self.ctx, node) else (  # type: ignore[union-attr]
+            node.args[0].value if node.args else None)
+        if inner is None:
+            return False
+        inner = _strip(self.ctx, inner)
+        if isinstance(inner, cst.Call) and torch_op(self.ctx, inner) == "log_softmax":
+            return True
+        name = _name_of(inner)
+        if name is not None and _LOG_PROB_NAME.match(name):
+            return True
+        # exp(-c * x ** 2), exp(-(x ** 2) / s): an unnormalised Gaussian density, at most 1
+        negated = isinstance(inner, cst.UnaryOperation) and isinstance(inner.operator, cst.Minus)
+        if not negated and isinstance(inner, cst.BinaryOperation) and isinstance(inner.operator, cst.Multiply):
+            negated = any(number(side) is not None and number(side) < 0 for side in (inner.left, inner.right))
+        return negated and any(isinstance(n, cst.BinaryOperation) and isinstance(n.operator, cst.Power)
+                               and number(n.right) == 2 for n in _walk([inner]))
+
     def _energy(self, node: cst.BaseExpression, depth: int = 0) -> bool:
         """A sum or mean of squares (``stft.pow(2).sum(-1)``), raised to a power or
         rooted, or an absolute value: a power spectrum, an energy, a magnitude."""
@@ -451,6 +517,13 @@ class UnguardedLog(TracksLocals, Rule):
                 inner_name = _name_of(inner)
                 return inner_name is not None and bool(_MASK_NAME.search(inner_name))
         return False
+
+
+def _add_terms(node: cst.BaseExpression) -> List[cst.BaseExpression]:
+    """The terms of ``a + b + c`` (parentheses inside keep a term whole)."""
+    if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.Add):
+        return [t for side in (node.left, node.right) for t in ([side] if side.lpar else _add_terms(side))]
+    return [node]
 
 
 def _strip(ctx, node: cst.BaseExpression) -> cst.BaseExpression:
