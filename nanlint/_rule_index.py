@@ -3,7 +3,7 @@
 Written by `python -m nanlint.registry` from the rule files; do not edit.
 Used only while DIGEST matches them (see nanlint/registry.py)."""
 
-DIGEST = '37eb98527613f9d5543fda7310755b1093b441682c5f8d58907870e1dad6b23d'
+DIGEST = '24b869a75b57069e76c219332d61ce9a0e537ac69ec00fd08451e8d2442aa36a'
 
 RULES = (
     {'code': 'NL001', 'name': 'tiny-epsilon', 'default_enabled': True, 'float16_only': True, 'options': {'threshold': 6.1e-05}},

@@ -44,7 +44,9 @@ class NonfiniteMask(Rule):
     ## What it does
     Flags infinite fill values -- `float('-inf')`, `-float('inf')`,
     `-math.inf`, `-torch.inf`, `-np.inf`, `float('inf')`, directly or through
-    a local name, module constant or parameter default -- used as a mask:
+    a local name, module constant, parameter default or an attribute that
+    every assignment in the class sets to it (`self.score_mask_value =
+    -float('inf')` in `__init__`) -- used as a mask:
     passed to `masked_fill`/`masked_fill_`, as a `torch.where` branch, in a
     masked index assignment (`x[mask] = -inf`), in `torch.triu`/`torch.tril`
     of a tensor filled with -inf, and multiplied by a mask (`mask * -inf`).
@@ -173,6 +175,15 @@ class NonfiniteMask(Rule):
         # beam search: one column of log-probabilities, then a selection
         Valid("import math\nimport torch\ndef step(lprobs, eos, k):\n    lprobs[:, eos] = -math.inf\n"
               "    return torch.topk(lprobs, k)\n"),
+        # look-alikes of an attribute fill: in range, or set to another value elsewhere
+        Valid(
+            "import torch\nfrom torch import nn\nclass Attention(nn.Module):\n"
+            "    def __init__(self, half):\n        super().__init__()\n"
+            "        self.low = -1e4\n        self.fill = -float('inf')\n"
+            "    def use_finite(self):\n        self.fill = -1e4\n"
+            "    def forward(self, e, mask):\n"
+            "        return torch.softmax(e.masked_fill(mask, self.low) + e.masked_fill(mask, self.fill), 1)\n"
+        ),
         # token ids are never float16
         Valid("import torch\nids = torch.zeros(n, dtype=torch.long)\nids[empty] = 128000\n"),
     ]
@@ -197,6 +208,15 @@ class NonfiniteMask(Rule):
         Invalid("import torch\ndef bias(scores, mask):\n    return (scores * 1.0).masked_fill(mask, -1e9)\n",
                 fixed="import torch\ndef bias(scores, mask):\n"
                       "    return (scores * 1.0).masked_fill(mask, torch.finfo((scores * 1.0).dtype).min)\n"),
+        # a fill held in an attribute that __init__ sets
+        Invalid(
+            "import torch\nfrom torch import nn\nclass Attention(nn.Module):\n"
+            "    def __init__(self):\n        super().__init__()\n"
+            "        self.score_mask_value = -float('inf')\n"
+            "    def forward(self, energies, mask):\n"
+            "        energies = energies.masked_fill(mask, self.score_mask_value)\n"
+            "        return torch.softmax(energies, dim=1)\n"
+        ),
         # diagonal=0 keeps the diagonal filled: row 0 is all -inf
         Invalid("import torch\nmask = torch.triu(torch.full((n, n), float('-inf')))\n"),
         Invalid(
@@ -458,6 +478,13 @@ class NonfiniteMask(Rule):
                 return None
             v = self._value(bound)
             literal = False
+        elif v is None and isinstance(node, cst.Attribute) and self._attribute_value(node):
+            # `self.score_mask_value = -float("inf")` in __init__, the same value in every assignment
+            values = [value for _, value in self.ctx.facts.scopes.self_attribute(node)]
+            numbers = {self._value(value) if value is not None else None for value in values}
+            if not values or len(numbers) != 1 or None in numbers:
+                return None
+            bound, v, literal = values[0], numbers.pop(), False
         if v is None or math.isnan(v):
             return None
         overflows: Tuple[str, ...] = ()
@@ -468,6 +495,17 @@ class NonfiniteMask(Rule):
         short = self.ctx.code(node).strip()
         quoted = f"`{short}`" if bound is None else f"`{short}` (= `{self.ctx.code(bound).strip()}`)"
         return Hazard(v, quoted, short, literal, not math.isinf(v), overflows)
+
+    def _attribute_value(self, node: cst.Attribute) -> bool:
+        """``self.<attr>``, which this file assigns a value holding a literal that
+        may be a hazard (as :meth:`_named_value`, without building the scopes first)."""
+        if not (isinstance(node.value, cst.Name) and node.value.value == "self"):
+            return False
+        for match in re.finditer(rf"self\.{re.escape(node.attr.value)}\s*(?::[^=\n]*)?=(?!=)", self.ctx.source):
+            end = self.ctx.source.find("\n", match.end())
+            if _NAMED_VALUE_TEXT.search(self.ctx.source[match.end():end if end >= 0 else len(self.ctx.source)]):
+                return True
+        return False
 
     def _named_value(self, name: str) -> bool:
         """Whether this file's text binds ``name`` (``name = v``, ``name: T = v``,
