@@ -210,6 +210,8 @@ class Source:
 class Binding:
     value: Optional[cst.BaseExpression]
     source: Optional[Source]
+    #: ``name += v``: the term added in place (a guard added before the name divides)
+    added: Optional[cst.BaseExpression] = None
 
 
 @dataclass
@@ -271,7 +273,7 @@ class TinyEpsilon(Rule):
     ## What it does
     Flags a float literal `0 < v < 6.1e-5` (the smallest normal float16, option
     `threshold`) that acts as a numerical guard: added to a divisor
-    (`a / (b + 1e-12)`), added inside `log`, `sqrt` or `rsqrt`, as the lower
+    (`a / (b + 1e-12)`, or in place before it: `wa += 1e-8; t / wa`), added inside `log`, `sqrt` or `rsqrt`, as the lower
     bound of a clamp that guards a divisor or a log (`clamp(min=v)`,
     `clamp_min(v)`, `max(x, v)`), as the `eps` of ops that compute in the input
     dtype (`F.normalize`, `F.cosine_similarity`, `gaussian_nll_loss`, `logit`,
@@ -404,6 +406,9 @@ class TinyEpsilon(Rule):
     cross_module = True
     options = {"threshold": 6.1e-5}
     valid = [
+        # look-alikes of the in-place guard: a guard that float16 keeps, a name divided before it is added
+        Valid("import torch\ndef encode(w, wa):\n    wa += 1e-3\n    return w / wa\nmodel = Net().cuda().half()\n"),
+        Valid("import torch\ndef encode(w, wa):\n    wa = wa * 2\n    return w / wa, 1e-8\nmodel = Net().cuda().half()\n"),
         Valid("import torch\nn = torch.tensor(lengths)\nw = total / (n + 1e-8)\n"),
         Valid("ns = [log.get('sample_size', 0) for log in logs]\nntot = sum(ns)\nws = [n / (ntot + 1e-8) for n in ns]\n"),
         Valid(
@@ -430,6 +435,13 @@ class TinyEpsilon(Rule):
         ),
     ]
     invalid = [
+        # the guard added in place before the division (a box coder's sizes)
+        Invalid(
+            "import torch\ndef encode(h, w, ha, wa):\n    wa += 1e-8\n    return torch.log(w / wa)\n"
+            "model = Net().cuda().half()\n",
+            fixed="import torch\ndef encode(h, w, ha, wa):\n    wa += torch.finfo(wa.dtype).eps\n"
+            "    return torch.log(w / wa)\nmodel = Net().cuda().half()\n",
+        ),
         Invalid(
             "from dataclasses import dataclass\n\n"
             "@dataclass\nclass Config:\n    eps: float = 1e-8\n\n"
@@ -590,6 +602,9 @@ class TinyEpsilon(Rule):
         if isinstance(node.operator, cst.DivideAssign):
             self._divisor(node.value, node)
         self._bind(node.target, None)
+        if isinstance(node.operator, cst.AddAssign) and isinstance(node.target, cst.Name) \
+                and self.stack_kinds[-1] != "class":
+            self.scope.assigns[node.target.value][-1].added = node.value
 
     def visit_For(self, node: cst.For) -> None:
         self._bind(node.target, None)
@@ -842,6 +857,12 @@ class TinyEpsilon(Rule):
                                   bounded=subject is not None and self._bounded(where, subject)))
             return
         if hop and isinstance(d, cst.Name):
+            binding = self.scope.lookup(d.value)
+            if binding is not None and binding.added is not None:
+                # `wa += self.eps` before `x / wa`: the guard added in place
+                self._terms([d, binding.added], Use("is added in place to the divisor in", RECIP, where, DIV_ZERO,
+                                                    saturates=self._saturates(where)))
+                return
             value = self._local_value(d)
             if value is not None and not self._non_tensor(value):
                 self._divisor(value, where, hop=False)
