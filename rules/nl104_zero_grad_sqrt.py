@@ -146,6 +146,9 @@ class ZeroGradSqrt(ScopeTracking, Rule):
             "        self.tensor[:, 2] *= torch.sqrt((sx * c) ** 2 + (sy * c) ** 2)\n"
         ),
         Valid("import torch\nk = torch.sqrt(((a[:, None] - b[None]) ** 2).sum(-1)).long()\n"),
+        # all-pairs distances read only through sort indices: no gradient leaves them
+        Valid("import torch\ndef nearest(x):\n    d = ((x[:, None] - x[None]) ** 2).sum(-1) ** 0.5\n"
+              "    return torch.sort(d, dim=-1).indices[:, 1]\n"),
         # look-alikes of the expanded distance: a constant added, the cross term not a product
         Valid("import torch\na2 = (a ** 2).sum(-1, keepdim=True)\nd = torch.sqrt(a2 + 1.0 - 2 * a @ b.T)\n"),
         Valid("import torch\na2 = (a ** 2).sum(-1, keepdim=True)\nb2 = (b ** 2).sum(-1)\n"

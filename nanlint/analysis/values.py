@@ -1117,7 +1117,8 @@ class Facts:
             uses = self.consumers(node)
             if uses and all(u in _NUMBER_READS for u in uses):
                 return False
-            if ("argm" in self.ctx.source or "argsort" in self.ctx.source) and self.no_gradient_escapes(node):
+            if ("argm" in self.ctx.source or "argsort" in self.ctx.source or ".indices" in self.ctx.source) \
+                    and self.no_gradient_escapes(node):
                 return False
         return True
 
