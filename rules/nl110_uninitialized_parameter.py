@@ -38,6 +38,14 @@ _ITERATORS = frozenset(
     {"modules", "named_modules", "children", "named_children", "parameters", "named_parameters"}
 )
 #: in-place methods that do not set values
+#: initialisers without `init` or a trailing `_` in their name (torch_geometric's
+#: `inits.glorot(w)` / `inits.zeros(b)`, jax-style `kaiming_uniform(w)`), when they are not torch's
+#: own (`torch.zeros(n)` makes a tensor)
+_INIT_FUNCTIONS = frozenset({
+    "glorot", "glorot_orthogonal", "xavier", "xavier_uniform", "xavier_normal", "kaiming_uniform",
+    "kaiming_normal", "he_uniform", "he_normal", "lecun_normal", "lecun_uniform", "uniform", "normal",
+    "zeros", "ones", "constant", "orthogonal", "trunc_normal", "variance_scaling",
+})
 _NOT_INIT = frozenset({"requires_grad_", "share_memory_", "retain_grad_", "register_hook_", "pin_memory_",
                        # in-place on the gradients, not the values
                        "clip_grad_norm_", "clip_grad_value_", "clip_grads_with_norm_"})
@@ -63,6 +71,8 @@ class _Frame:
     local_inits: Set[str] = field(default_factory=set)
     empties: Dict[str, cst.Call] = field(default_factory=dict)  # w = torch.empty(...)
     loop_vars: Dict[str, List[List[str]]] = field(default_factory=dict)
+    #: `ws = [self.a, self.b]`: the chains a local list or tuple holds
+    local_lists: Dict[str, List[List[str]]] = field(default_factory=dict)
     meta: Set[str] = field(default_factory=set)  # names constructed on the meta device
     materialise_at: List[int] = field(default_factory=list)  # order of materialising calls
     init_method: bool = False  # a method named like an initialiser (reset_parameters, _init_weights...)
@@ -316,8 +326,67 @@ class UninitializedParameter(Rule):
                         module.weight.data.fill_(1.0)
             """
         ),
+        # an initialiser of another library (torch_geometric's inits), a list of parameters
+        # initialised slice by slice, a child whose parent sweeps every parameter
+        Valid(
+            """
+            import torch
+            from torch.nn import Parameter
+            from torch_geometric.nn.inits import glorot, zeros
+            class GCLSTM(torch.nn.Module):
+                def __init__(self, n, k):
+                    super().__init__()
+                    self.W_i = Parameter(torch.Tensor(n, k))
+                    self.b_i = Parameter(torch.Tensor(1, k))
+                    self.U = Parameter(torch.Tensor(3, n, k))
+                    self.V = Parameter(torch.Tensor(3, n, k))
+                    glorot(self.W_i)
+                    zeros(self.b_i)
+                    params = [self.U, self.V]
+                    for para in params:
+                        for i in range(3):
+                            torch.nn.init.xavier_normal_(para[i])
+            class GNN(torch.nn.Module):
+                def __init__(self, n):
+                    super().__init__()
+                    self.w_ih = Parameter(torch.Tensor(3 * n, n))
+            class SRGNN(torch.nn.Module):
+                def __init__(self, n):
+                    super().__init__()
+                    self.gnn = GNN(n)
+                    self._reset_parameters()
+                def _reset_parameters(self):
+                    for weight in self.parameters():
+                        weight.data.uniform_(-0.1, 0.1)
+            """
+        ),
     ]
     invalid = [
+        # look-alikes of the initialisers below: torch's own `zeros` makes a tensor, a child built
+        # elsewhere too is not covered by its parent's sweep
+        Invalid(
+            """
+            import torch
+            from torch import nn, ones
+            class Cell(nn.Module):
+                def __init__(self, n):
+                    super().__init__()
+                    self.w = nn.Parameter(torch.Tensor(n, n))
+            class Gate(nn.Module):
+                def __init__(self, n):
+                    super().__init__()
+                    self.w = nn.Parameter(torch.empty(n))
+                    self.keep = ones(self.w.shape)
+            class Model(nn.Module):
+                def __init__(self, n):
+                    super().__init__()
+                    self.cell = Cell(n)
+                    for p in self.parameters():
+                        p.data.uniform_(-0.1, 0.1)
+            standalone = Cell(4)
+            """,
+            count=2,
+        ),
         # clipping gradients touches .grad, not the values: no initialisation
         Invalid(
             """
@@ -395,6 +464,7 @@ class UninitializedParameter(Rule):
         #: class -> its bases as spelled (``protocols.Module``): to follow imported ones
         self.base_spellings: Dict[str, List[str]] = {}
         self.covered_classes: Set[str] = set()
+        self._name_counts: Dict[str, int] = {}
         self.class_local: Set[Tuple[Optional[str], str]] = set()
         #: attribute names initialised through a longer chain (`m.weight`, `self.fc.weight`):
         #: name -> {(class that did it, `fc` of `self.fc.weight`)}; None: any module (`m.weight`)
@@ -625,11 +695,42 @@ class UninitializedParameter(Rule):
                 if name not in covered and any(b in covered for b in bases):
                     covered.add(name)
                     changed = True
+            # a layer that only classes sweeping every parameter build, as a child
+            # (`self.gnn = GNN(...)` in a model whose `_reset_parameters` walks `self.parameters()`)
+            for name in self.bases:
+                builders = [owner for (owner, _), built in self.child_types.items()
+                            if built.rpartition(".")[2] == name]
+                if name not in covered and builders and all(b in covered for b in builders) \
+                        and self._uses_outside(name) == len(builders):
+                    covered.add(name)
+                    changed = True
         return covered
+
+    def _uses_outside(self, name: str) -> int:
+        """How often the file's code reads the class ``name`` outside its own body
+        (``super(GNN, self)`` inside it does not count); -1 when it is not plain."""
+        if name not in self._name_counts:
+            scopes = self.ctx.facts.scopes
+            count = 0
+            for reads in scopes.reads.values():
+                for read in reads.get(name, ()):
+                    cls = scopes.enclosing_class(read)
+                    while cls is not None and cls.name.value != name:
+                        cls = scopes.enclosing_class(cls)
+                    if cls is None:
+                        count += 1
+            self._name_counts[name] = count
+        return self._name_counts[name]
 
     # -- statements ------------------------------------------------------------
     def visit_Assign(self, node: cst.Assign) -> None:
         self.assigns.append(node)
+        if len(node.targets) == 1 and isinstance(node.targets[0].target, cst.Name):
+            local = node.targets[0].target.value
+            if isinstance(node.value, (cst.List, cst.Tuple)):
+                self.frames[-1].local_lists[local] = _chains_in(node.value)
+            else:
+                self.frames[-1].local_lists.pop(local, None)
         if len(node.targets) == 1 and isinstance(node.value, cst.Call):
             chain = name_chain(node.targets[0].target)
             if len(chain) == 2 and chain[0] == "self" and isinstance(node.targets[0].target, cst.Attribute):
@@ -717,8 +818,11 @@ class UninitializedParameter(Rule):
                     c.returned = True
 
     def visit_For(self, node: cst.For) -> None:
-        chains = _chains_in(node.iter)
         frame = self.frames[-1]
+        if isinstance(node.iter, cst.Name) and node.iter.value in frame.local_lists:
+            chains = frame.local_lists[node.iter.value]  # for p in ws: ..., ws = [self.a, self.b]
+        else:
+            chains = _chains_in(node.iter)
         for name in _target_names(node.target):
             frame.loop_vars[name] = chains
 
@@ -780,7 +884,8 @@ class UninitializedParameter(Rule):
                 self._mark_expr(a.value)
             return
         in_place = last.endswith("_") and not last.endswith("__") and last not in _NOT_INIT
-        init_named = "init" in last.lower() and last != "__init__" or "reset" in last.lower()
+        init_named = "init" in last.lower() and last != "__init__" or "reset" in last.lower() or (
+            last in _INIT_FUNCTIONS and receiver is None and not (qualified or "").startswith(("torch.", "numpy.")))
         if receiver is not None and (in_place or (init_named and _INIT_METHOD.search(last))):
             chain = name_chain(receiver)
             if chain == ["self"]:
