@@ -113,12 +113,17 @@ class UninitializedParameter(Rule):
     torch.device("meta")`), when nothing in the file initialises that tensor.
 
     Initialised means any of: `nn.init.*(self.w ...)` or another initialiser
-    (`trunc_normal_(self.w)`, `init_fn(self.w)`); an in-place call on it
+    (`trunc_normal_(self.w)`, `init_fn(self.w)`, another library's
+    `glorot(self.w)` / `zeros(self.b)`, as torch_geometric's `inits`); an in-place call on it
     (`self.w.normal_()`, `.uniform_()`, `.zero_()`, `.fill_()`, `.copy_()`,
     `.data.xxx_()`, also under `torch.no_grad()`); an assignment
     `self.w.data = ...` or `self.w[...] = ...`; a loop that initialises every
     element of it (`for p in self.ws: nn.init.normal_(p)`), also by element
-    (`self.ws.append(nn.Parameter(...))` then `nn.init.uniform_(self.ws[i])`); a
+    (`self.ws.append(nn.Parameter(...))` then `nn.init.uniform_(self.ws[i])`),
+    also over a local list (`for p in [self.U, self.V]: init(p[i])`); a layer
+    whose only builders in the file are classes that sweep every parameter
+    (`self.gnn = GNN(...)` in a model whose `_reset_parameters` walks
+    `self.parameters()`); a
     `reset_parameters` / `_reset_parameters` / `init_weights` /
     `_init_weights` (and similar) method of the class or of a base class in
     the file -- the whole class when that method is generic (iterates
