@@ -78,9 +78,10 @@ class UnguardedLog(TracksLocals, Rule):
       hand-written log-sum-exp `log(a.exp() + b.exp())` of log-probabilities
       or of negated squares): adding them is no guard, every term underflows
       at the same entries;
-    - an energy or magnitude (medium: 0 only for a silent or zero input):
-      a sum or mean of squares (`stft.pow(2).sum(-1)`, a power spectrum),
-      raised to a power or rooted, or an absolute value (`x.abs()`);
+    - an energy (medium: 0 only for a silent or zero input): a sum or mean
+      of squares (`stft.pow(2).sum(-1)`, a power spectrum), raised to a power
+      or rooted, or a squared magnitude (`stft.abs() ** 2`) -- not a bare
+      `abs`, whose log is usually a flow's log-determinant of a learned scale;
     - the log in a hand-written cross-entropy, BCE or entropy:
       `-(y * torch.log(p) + (1 - y) * torch.log(1 - p))`,
       `-(target * torch.log(pred)).sum(1)`, `-(p * torch.log(p)).sum()`.
@@ -281,7 +282,7 @@ class UnguardedLog(TracksLocals, Rule):
         confidence = HIGH
         if reason is None and self._energy(operand):
             # zero only for a silent or zero input (padding, digital silence): real, but not ordinary
-            reason, confidence = ("an energy or magnitude (a sum of squares, an absolute value) is exactly 0 "
+            reason, confidence = ("an energy (a sum of squares, a power spectrum) is exactly 0 "
                                   "for a silent or zero input (padding, digital silence)"), MEDIUM
         if reason is None:
             return
@@ -455,7 +456,9 @@ class UnguardedLog(TracksLocals, Rule):
 
     def _energy(self, node: cst.BaseExpression, depth: int = 0) -> bool:
         """A sum or mean of squares (``stft.pow(2).sum(-1)``), raised to a power or
-        rooted, or an absolute value: a power spectrum, an energy, a magnitude."""
+        rooted, or a squared magnitude (``stft.abs() ** 2``): a power spectrum, an
+        energy. Not a bare ``abs``: ``log(abs(scale))``, the log-determinant of a
+        flow's learned scale, is 0 only for a weight of exactly 0."""
         node = _strip(self.ctx, self._resolve(node))
         if depth > 3:
             return False
@@ -468,8 +471,6 @@ class UnguardedLog(TracksLocals, Rule):
             node.args[0].value if node.args else None)
         if inner is None:
             return False
-        if op in ("abs", "absolute"):
-            return True
         if op in ("pow", "sqrt"):
             return self._energy(inner, depth + 1) or op == "pow" and self._squared(node) and self._energy_base(inner)
         if op in ("sum", "mean"):
