@@ -170,12 +170,8 @@ def diagonal_value(facts, mask: cst.BaseExpression, depth: int = 0) -> Optional[
         op = torch_op(facts.ctx, node)
         if op in ("triu", "tril", "triu_", "tril_"):
             base = subject(facts.ctx, node)
-            k = _diagonal_arg(facts, node)
-            if base is not None and k is not None and _all_true(facts, base):
-                value = k <= 0 if op.startswith("triu") else k >= 0
-            elif base is not None and op.startswith("triu") and _offset_past_diagonal(facts, node) \
-                    and _all_true(facts, base):
-                value = False
+            if base is not None and _all_true(facts, base):
+                value = triangle_fill_diagonal(facts, node)
     elif isinstance(node, cst.Comparison) and len(node.comparisons) == 1:
         left, right = _grid(facts, node.left), _grid(facts, node.comparisons[0].comparator)
         if left is not None and left == right:
@@ -203,15 +199,6 @@ def _prefix_view(node: cst.Subscript) -> bool:
     return True
 
 
-def _diagonal_arg(facts, call: cst.Call) -> Optional[int]:
-    """The offset of ``triu``/``tril``: a literal, or arithmetic on literals
-    (``0 + 1``); None otherwise."""
-    found = arg(call, 0 if is_method_call(facts.ctx, call) else 1, "diagonal")
-    if found is None:
-        return 0
-    return _integer(found.value)
-
-
 def _integer(node: cst.BaseExpression) -> Optional[int]:
     value = number(node)
     if value is None and isinstance(node, cst.BinaryOperation) and isinstance(node.operator, (cst.Add, cst.Subtract)):
@@ -221,13 +208,11 @@ def _integer(node: cst.BaseExpression) -> Optional[int]:
     return int(value) if value is not None and float(value).is_integer() else None
 
 
-def _offset_past_diagonal(facts, call: cst.Call) -> bool:
-    """``triu(m, diagonal=start_pos + 1)``: a count or position plus a positive
-    literal, the offset of a causal mask over a key-value cache. A position is
-    never negative, so the offset is at least 1 and the diagonal stays out of
-    the upper triangle. A subtraction or a negated term is not read so."""
-    found = arg(call, 0 if is_method_call(facts.ctx, call) else 1, "diagonal")
-    node = found.value if found is not None else None
+def _position_plus_one(node: cst.BaseExpression) -> bool:
+    """``start_pos + 1``: a count or position plus a positive literal, the
+    offset of a causal mask over a key-value cache. A position is never
+    negative, so the offset is at least 1 and the diagonal stays out of the
+    upper triangle. A subtraction or a negated term is not read so."""
     if not (isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.Add)):
         return False
     for step, term in ((node.right, node.left), (node.left, node.right)):
@@ -294,14 +279,17 @@ def _grid(facts, node: cst.BaseExpression, depth: int = 0) -> Optional[str]:
 
 
 def triangle_fill_diagonal(facts, call: cst.Call) -> Optional[bool]:
-    """For ``triu``/``tril`` of a tensor filled with -inf: whether the kept
-    triangle includes the diagonal (then the first row of ``triu`` / the last of
-    ``tril`` is entirely filled); None when the offset is not a literal."""
-    op = torch_op(facts.ctx, call) or ""
-    k = _diagonal_arg(facts, call)
+    """For ``triu``/``tril``: whether the kept triangle includes the diagonal
+    (for a tensor filled with -inf, the first row of ``triu`` / the last of
+    ``tril`` is then entirely filled); None when the offset is neither
+    arithmetic on literals (``0 + 1``) nor, for ``triu``, a position plus a
+    positive literal."""
+    upper = (torch_op(facts.ctx, call) or "").startswith("triu")
+    found = arg(call, 0 if is_method_call(facts.ctx, call) else 1, "diagonal")
+    k = _integer(found.value) if found is not None else 0
     if k is None:
-        return False if op.startswith("triu") and _offset_past_diagonal(facts, call) else None
-    return k <= 0 if op.startswith("triu") else k >= 0
+        return False if upper and _position_plus_one(found.value) else None  # type: ignore[union-attr]
+    return k <= 0 if upper else k >= 0
 
 
 # -- top-k / top-p filters ------------------------------------------------------------
