@@ -101,6 +101,25 @@ def torch_op(ctx: Context, call: cst.Call) -> Optional[str]:
     return method
 
 
+def additive_terms(node: cst.BaseExpression) -> Optional[List[cst.BaseExpression]]:
+    """The operands of an addition chain ``a + b + c``, left to right; a
+    parenthesised sum inside stays one operand. None when not an addition."""
+    if not (isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.Add)):
+        return None
+    out: List[cst.BaseExpression] = []
+    stack = [node]
+    while stack:
+        cur = stack.pop()
+        if isinstance(cur, cst.BinaryOperation) and isinstance(cur.operator, cst.Add) and (
+            cur is node or not cur.lpar
+        ):
+            stack.append(cur.right)
+            stack.append(cur.left)
+        else:
+            out.append(cur)
+    return out
+
+
 def is_reference(node: cst.BaseExpression) -> bool:
     """A name or attribute chain (``x``, ``self.scale``): reading it twice in a
     fix is harmless, unlike a call."""

@@ -13,7 +13,7 @@ from nanlint.analysis.safeguards import makes_model_half, trains_float32_adapter
 from nanlint.finding import HIGH, LOW, MEDIUM
 from nanlint.dtypes import FLOAT16, fmt
 from nanlint.finding import UNSAFE
-from nanlint.patterns import look_through, arg, is_method_call, is_reference, number, torch_op
+from nanlint.patterns import additive_terms, look_through, arg, is_method_call, is_reference, number, torch_op
 from nanlint.rule import FixSpec, Invalid, Rule, Valid
 
 # -- what the guards are ---------------------------------------------------------
@@ -146,26 +146,6 @@ def _strip(node: cst.BaseExpression, ctx) -> cst.BaseExpression:
     """Look through reshapes, casts and indexing: ``(n + eps)[..., None]``,
     ``(n + eps).unsqueeze(-1)`` guard like ``n + eps``."""
     return look_through(ctx, node, PASS_THROUGH)
-
-
-def _additive_terms(node: cst.BaseExpression) -> Optional[List[cst.BaseExpression]]:
-    """The operands of an addition chain ``a + b + c`` (None when not an addition)."""
-    if not (isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.Add)):
-        return None
-    out: List[cst.BaseExpression] = []
-    stack = [node]
-    while stack:
-        cur = stack.pop()
-        if isinstance(cur, cst.BinaryOperation) and isinstance(cur.operator, cst.Add) and (
-            cur is node or not cur.lpar
-        ):
-            stack.append(cur.right)
-            stack.append(cur.left)
-        else:
-            out.append(cur)
-    return out
-
-
 
 
 def _scalar_like(node: cst.BaseExpression) -> bool:
@@ -839,7 +819,7 @@ class TinyEpsilon(Rule):
         if self._cleaned(where):
             return
         d = _strip(divisor, self.ctx)
-        terms = _additive_terms(d)
+        terms = additive_terms(d)
         if terms is not None:
             bounded = any(number(t) is None and self._bounded(where, t) for t in terms)
             self._terms(terms, Use("is added to the divisor in", RECIP, where, DIV_ZERO, saturates=self._saturates(where),
@@ -884,7 +864,7 @@ class TinyEpsilon(Rule):
                 return
             x = _strip(value, self.ctx)
         zero = ROOT_ZERO.get(name, LOG_ZERO)
-        terms = _additive_terms(x)
+        terms = additive_terms(x)
         if terms is not None:
             self._terms(terms, Use(f"is added inside `{name}` in", cls, where, zero))
             return

@@ -8,7 +8,7 @@ import libcst as cst
 from nanlint.dtypes import fmt
 from nanlint.engine import children
 from nanlint.finding import HIGH, MEDIUM, UNSAFE
-from nanlint.patterns import arg, look_through, is_method_call, is_reference, number, torch_op
+from nanlint.patterns import additive_terms, arg, look_through, is_method_call, is_reference, number, torch_op
 from nanlint.rule import FixSpec, Invalid, Rule, Valid
 from nanlint.probabilities import (
     LocalValues,
@@ -407,11 +407,8 @@ class UnguardedLog(TracksLocals, Rule):
         """Why a weighted sum of probabilities (``beta * p + (1 - beta) * q``,
         ``a.exp() + b.exp()`` of log-probabilities or of negated squares) is 0:
         its sum is no guard, every term underflows at the same entries."""
-        node = _strip(self.ctx, self._resolve(node))
-        if not (isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.Add)):
-            return None
-        terms = _add_terms(node)
-        if len(terms) < 2 or not all(self._component(t) for t in terms):
+        terms = additive_terms(_strip(self.ctx, self._resolve(node)))
+        if terms is None or not all(self._component(t) for t in terms):
             return None
         gap, _, _ = underflow(self.ctx.dtype)
         return (f"a weighted sum of probabilities is exactly 0 where every term underflows (in "
@@ -518,13 +515,6 @@ class UnguardedLog(TracksLocals, Rule):
                 inner_name = _name_of(inner)
                 return inner_name is not None and bool(_MASK_NAME.search(inner_name))
         return False
-
-
-def _add_terms(node: cst.BaseExpression) -> List[cst.BaseExpression]:
-    """The terms of ``a + b + c`` (parentheses inside keep a term whole)."""
-    if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.Add):
-        return [t for side in (node.left, node.right) for t in ([side] if side.lpar else _add_terms(side))]
-    return [node]
 
 
 def _strip(ctx, node: cst.BaseExpression) -> cst.BaseExpression:

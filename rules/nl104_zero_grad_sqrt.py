@@ -6,7 +6,7 @@ from typing import Optional, Set, Tuple
 import libcst as cst
 
 from nanlint.finding import HIGH, MEDIUM, UNSAFE
-from nanlint.patterns import arg, is_method_call, is_reference, subject, torch_op
+from nanlint.patterns import additive_terms, arg, is_method_call, is_reference, subject, torch_op
 from nanlint.rule import FixSpec, Invalid, Rule, Valid
 from nanlint.engine import subtree
 from nanlint.gradients import (
@@ -320,7 +320,7 @@ class ZeroGradSqrt(ScopeTracking, Rule):
             return Form("a squared distance expanded as |a|² + |b|² - 2 a·b", None, True)
         if isinstance(x, cst.BinaryOperation):
             if isinstance(x.operator, cst.Add):
-                terms = _terms(x)
+                terms = additive_terms(x) or []
                 forms = [self._form(t, depth + 1) for t in terms]
                 if any(f is not None and f.operand is not None and self._constant(f.operand) for f in forms):
                     return None  # `noise ** 2 + self.sigma ** 2` is never 0
@@ -568,16 +568,3 @@ def _signed_terms(node: cst.BaseExpression, sign: int = 1, depth: int = 0):
         right = _signed_terms(node.right, -sign if isinstance(node.operator, cst.Subtract) else sign, depth + 1)
         return None if left is None or right is None else left + right
     return [(sign, node)]
-
-
-def _terms(node: cst.BinaryOperation):
-    out = []
-    stack = [node]
-    while stack:
-        cur = stack.pop()
-        if isinstance(cur, cst.BinaryOperation) and isinstance(cur.operator, cst.Add) and (cur is node or not cur.lpar):
-            stack.append(cur.right)
-            stack.append(cur.left)
-        else:
-            out.append(cur)
-    return out
