@@ -252,11 +252,11 @@ class ZeroGradSqrt(ScopeTracking, Rule):
             return
         if form.kind == "a variance":
             advice = "use `.std(...)` (gradient 0 on a constant input) or clamp the value inside the root"
-        elif form.kind.startswith(("a variance", "`1 -", "a squared distance expanded")):
+        elif form.kind == _EXPANDED or form.kind.startswith(("a variance", "`1 -")):
             advice = "clamp the value inside the root (rounding can also make it negative: NaN)"
         else:
             advice = "use `torch.linalg.vector_norm` (gradient 0 at 0) or clamp the value inside the root"
-        pairwise = form.kind.startswith("a squared distance expanded") or (
+        pairwise = form.kind == _EXPANDED or (
             form.operand is not None and self._pairwise(form.operand))
         when = (
             "an all-pairs distance, which is exactly 0 wherever a point meets itself"
@@ -317,7 +317,7 @@ class ZeroGradSqrt(ScopeTracking, Rule):
                 return Form("a variance", subject(self.ctx, x), True)
             return None
         if isinstance(x, cst.BinaryOperation) and self._expanded_distance(x, depth):
-            return Form("a squared distance expanded as |a|² + |b|² - 2 a·b", None, True)
+            return Form(_EXPANDED, None, True)
         if isinstance(x, cst.BinaryOperation):
             if isinstance(x.operator, cst.Add):
                 terms = additive_terms(x) or []
@@ -542,6 +542,8 @@ def _bare(node: cst.BaseExpression) -> cst.BaseExpression:
     return node
 
 
+#: the kind of a squared distance written through a matrix product: all pairs, below 0 by cancellation
+_EXPANDED = "a squared distance expanded as |a|² + |b|² - 2 a·b"
 #: products of two tensors: the cross term of an expanded distance
 _PRODUCT_OPS = frozenset({"matmul", "mm", "bmm", "einsum", "dot", "inner"})
 

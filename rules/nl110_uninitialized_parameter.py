@@ -469,7 +469,7 @@ class UninitializedParameter(Rule):
         #: class -> its bases as spelled (``protocols.Module``): to follow imported ones
         self.base_spellings: Dict[str, List[str]] = {}
         self.covered_classes: Set[str] = set()
-        self._name_counts: Dict[str, int] = {}
+        self._outside_uses: Dict[str, int] = {}
         self.class_local: Set[Tuple[Optional[str], str]] = set()
         #: attribute names initialised through a longer chain (`m.weight`, `self.fc.weight`):
         #: name -> {(class that did it, `fc` of `self.fc.weight`)}; None: any module (`m.weight`)
@@ -713,8 +713,8 @@ class UninitializedParameter(Rule):
 
     def _uses_outside(self, name: str) -> int:
         """How often the file's code reads the class ``name`` outside its own body
-        (``super(GNN, self)`` inside it does not count); -1 when it is not plain."""
-        if name not in self._name_counts:
+        (``super(GNN, self)`` inside it does not count)."""
+        if name not in self._outside_uses:
             scopes = self.ctx.facts.scopes
             count = 0
             for reads in scopes.reads.values():
@@ -724,8 +724,8 @@ class UninitializedParameter(Rule):
                         cls = scopes.enclosing_class(cls)
                     if cls is None:
                         count += 1
-            self._name_counts[name] = count
-        return self._name_counts[name]
+            self._outside_uses[name] = count
+        return self._outside_uses[name]
 
     # -- statements ------------------------------------------------------------
     def visit_Assign(self, node: cst.Assign) -> None:
