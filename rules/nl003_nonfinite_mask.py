@@ -501,11 +501,16 @@ class NonfiniteMask(Rule):
         may be a hazard (as :meth:`_named_value`, without building the scopes first)."""
         if not (isinstance(node.value, cst.Name) and node.value.value == "self"):
             return False
-        for match in re.finditer(rf"self\.{re.escape(node.attr.value)}\s*(?::[^=\n]*)?=(?!=)", self.ctx.source):
-            end = self.ctx.source.find("\n", match.end())
-            if _NAMED_VALUE_TEXT.search(self.ctx.source[match.end():end if end >= 0 else len(self.ctx.source)]):
-                return True
-        return False
+        key = f"self.{node.attr.value}"
+        if key not in self._named:  # shares the cache of plain names: no name holds a dot
+            source = self.ctx.source
+            self._named[key] = False
+            for match in re.finditer(rf"self\.{re.escape(node.attr.value)}\s*(?::[^=\n]*)?=(?!=)", source):
+                end = source.find("\n", match.end())
+                if _NAMED_VALUE_TEXT.search(source[match.end():end if end >= 0 else len(source)]):
+                    self._named[key] = True
+                    break
+        return self._named[key]
 
     def _named_value(self, name: str) -> bool:
         """Whether this file's text binds ``name`` (``name = v``, ``name: T = v``,
