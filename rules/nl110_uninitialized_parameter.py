@@ -114,7 +114,10 @@ class UninitializedParameter(Rule):
 
     Initialised means any of: `nn.init.*(self.w ...)` or another initialiser
     (`trunc_normal_(self.w)`, `init_fn(self.w)`, another library's
-    `glorot(self.w)` / `zeros(self.b)`, as torch_geometric's `inits`); an in-place call on it
+    `glorot(self.w)` / `zeros(self.b)`, as torch_geometric's `inits`), also
+    wrapped around the parameter as it is made
+    (`self.w = nn.init.kaiming_uniform_(nn.Parameter(torch.Tensor(n, d)))`:
+    an initialiser returns the tensor it fills); an in-place call on it
     (`self.w.normal_()`, `.uniform_()`, `.zero_()`, `.fill_()`, `.copy_()`,
     `.data.xxx_()`, also under `torch.no_grad()`); an assignment
     `self.w.data = ...` or `self.w[...] = ...`; a loop that initialises every
@@ -463,6 +466,9 @@ class UninitializedParameter(Rule):
     def __init__(self, ctx, options=None) -> None:
         super().__init__(ctx, options)
         self.frames: List[_Frame] = [_Frame()]
+        #: calls given straight to an initialiser (``nn.init.trunc_normal_(nn.Parameter(torch.empty(n)))``):
+        #: the initialiser fills what they make, and returns it
+        self.init_wrapped: Set[cst.Call] = set()
         #: enclosing classes: (name, number of frames when entered)
         self.classes: List[Tuple[str, int]] = []
         self.bases: Dict[str, List[str]] = {}
@@ -887,6 +893,8 @@ class UninitializedParameter(Rule):
             frame.init_op = True
             for a in node.args:
                 self._mark_expr(a.value)
+                if isinstance(a.value, cst.Call):
+                    self.init_wrapped.add(a.value)
             return
         in_place = last.endswith("_") and not last.endswith("__") and last not in _NOT_INIT
         init_named = "init" in last.lower() and last != "__init__" or "reset" in last.lower() or (
@@ -917,6 +925,8 @@ class UninitializedParameter(Rule):
             marked = False
             for a in node.args:
                 marked = self._mark_expr(a.value) or marked
+                if isinstance(a.value, cst.Call):
+                    self.init_wrapped.add(a.value)
             if marked:
                 frame.init_op = True
 
@@ -1057,7 +1067,7 @@ class UninitializedParameter(Rule):
 
     def _parameter(self, node: cst.Call) -> None:
         data = arg(node, 0, "data")
-        if data is None:
+        if data is None or node in self.init_wrapped:
             return
         frame = self.frames[-1]
         if self._storage(node, data.value) and self._cls() is not None:
