@@ -3,7 +3,7 @@
 Written by `python -m nanlint.registry` from the rule files; do not edit.
 Used only while DIGEST matches them (see nanlint/registry.py)."""
 
-DIGEST = '51c059a75178f30577d2c8f4dfff7b3d628c2351dcc787147680990f3af45978'
+DIGEST = '6982cbedb3d42c0ca6a4aefd80dc624d85686a05a4e7c60b07bb286597df26d6'
 
 RULES = (
     {'code': 'NL001', 'name': 'tiny-epsilon', 'default_enabled': True, 'float16_only': True, 'options': {'threshold': 6.1e-05}},
@@ -22,4 +22,5 @@ RULES = (
     {'code': 'NL108', 'name': 'fp16-overflow-literal', 'default_enabled': True, 'float16_only': True, 'options': {}},
     {'code': 'NL109', 'name': 'where-nan-grad', 'default_enabled': True, 'float16_only': False, 'options': {}},
     {'code': 'NL110', 'name': 'uninitialized-parameter', 'default_enabled': True, 'float16_only': False, 'options': {}},
+    {'code': 'NL111', 'name': 'unguarded-divisor', 'default_enabled': False, 'float16_only': False, 'options': {}},
 )
