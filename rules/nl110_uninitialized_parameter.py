@@ -188,8 +188,14 @@ class UninitializedParameter(Rule):
     `*patch*(...)` function): that library builds the model and initialises
     or loads it; and a `weight` or `bias` parameter where a function of the
     project (below the file's top-level package) walks `model.modules()` and
-    initialises `getattr(m, "weight")` on any module, whatever its class. The cached findings remember these facts and are
-    recomputed when they change.
+    initialises `getattr(m, "weight")` on any module, whatever its class;
+    and a parameter of a class that other modules of the project build
+    (or of an installable library) where a function of the project runs an
+    initialiser on every parameter of a module it holds, one by one
+    (`for _, p in self.mlp.named_parameters(): normal_(std=0.006)(p)`,
+    InternEvo's blocks over experts defined elsewhere; test files do not
+    count). The cached findings remember these facts and are recomputed
+    when they change.
 
     ## Why is this bad?
     `torch.empty` returns whatever bytes were in that memory. Reinterpreted as
@@ -638,6 +644,15 @@ class UninitializedParameter(Rule):
                     f"; a function of this project initialises `{c.attr}` on every module it walks "
                     f"(`getattr(m, \"{c.attr}\")` in a loop over `modules()`), which may include this one"
                 )
+            if not low and cls_node is not None and self.ctx.project is not None:
+                sweep = self.ctx.project.swept_parameters()
+                if sweep and self.ctx.project.named_elsewhere(cls_node.name.value):
+                    low = True
+                    message += (
+                        f"; other modules of this project build `{cls_node.name.value}`, and the project "
+                        f"initialises the modules it holds parameter by parameter (`for p in m.parameters(): "
+                        f"init(p)`, {sweep}), which may cover this one"
+                    )
             if not low and cls_node is not None and self.ctx.project is not None \
                     and self.ctx.project.patched_in(cls_node.name.value):
                 low = True

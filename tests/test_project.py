@@ -788,3 +788,32 @@ def test_a_star_import_of_a_project_module_brings_its_library_aliases(tmp_path):
     # look-alike: the module no longer imports F, so `F` is nothing nanlint knows
     (tmp_path / "nerf/utils.py").write_text("import torch\n")
     assert findings(run(*args, cwd=tmp_path)) == []
+
+
+SWEEPING_BLOCK = (
+    "from torch import nn\nfrom pkg.experts import Experts\n\n\nclass Block(nn.Module):\n"
+    "    def __init__(self, n):\n        super().__init__()\n        self.mlp = Experts(n)\n"
+    "        for _, param in self.mlp.named_parameters():\n            nn.init.normal_(param, std=0.006)\n"
+)
+BLOCK_THAT_FREEZES = SWEEPING_BLOCK.replace("nn.init.normal_(param, std=0.006)", "param.requires_grad_(False)")
+
+
+def test_a_module_of_the_project_that_initialises_a_child_parameter_by_parameter(tmp_path):
+    """InternEvo-style: the experts' ``torch.empty`` weights are filled by the
+    block that builds them, in another module, one parameter at a time. The
+    finding is low, and high again (also on a warm run) once that loop only
+    freezes the parameters."""
+    package(tmp_path, {
+        "pkg/__init__.py": "",
+        "pkg/experts.py": "import torch\nfrom torch import nn\n\n\nclass Experts(nn.Module):\n"
+                          "    def __init__(self, n):\n        super().__init__()\n"
+                          "        self.w1 = nn.Parameter(torch.empty(n, n))\n",
+        "pkg/block.py": SWEEPING_BLOCK,
+    })
+    low = run("check", "--min-confidence", "low", "--output-format", "json", ".", cwd=tmp_path)
+    (finding,) = json.loads(low.stdout)
+    assert finding["confidence"] == "low" and "pkg/block.py:9" in finding["message"]
+    assert findings(run("check", "--output-format", "json", ".", cwd=tmp_path)) == []
+    (tmp_path / "pkg/block.py").write_text(BLOCK_THAT_FREEZES)
+    assert findings(run("check", "--output-format", "json", ".", cwd=tmp_path)) == [("pkg/experts.py", 8, "NL110")]
+

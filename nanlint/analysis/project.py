@@ -460,6 +460,11 @@ class ProjectFile:
         ``name`` on whatever module it walks (see :func:`generically_initialised`)."""
         return name in self._fact("generic-init", code_scope(self.path)).split(",")
 
+    def swept_parameters(self) -> str:
+        """Where a function of the project initialises every parameter of a
+        module it holds, one by one (see :func:`swept_parameters`), or ""."""
+        return self._fact("sweeps", code_scope(self.path))
+
     def patched_in(self, cls: str) -> bool:
         """Whether a class of this file is patched over another library's
         class (see :func:`patched_in`)."""
@@ -497,6 +502,7 @@ _FACTS = {
         programs_use_reduced_precision(*subject.split("\n"))],
     "named": lambda subject: "yes" if named_elsewhere(subject.partition(":")[0], *subject.partition(":")[2].rsplit("|", 1)) else "no",
     "generic-init": lambda scope: ",".join(sorted(generically_initialised(scope))),
+    "sweeps": lambda scope: swept_parameters(scope),
     "patched": lambda subject: "yes" if patched_in(subject.partition(":")[2], subject.partition(":")[0]) else "no",
     "callers": lambda subject: _callers_fact(subject),
 }
@@ -638,6 +644,74 @@ def generically_initialised(root: str) -> FrozenSet[str]:
                     names |= _initialised_by_name(loop)
         _GENERIC[root] = frozenset(names)
     return _GENERIC[root]
+
+
+#: a loop over some module's parameters (``for _, p in self.mlp.named_parameters():``)
+_SWEEP_TEXT = re.compile(r"\bfor\b[^\n]*\bin\s+[\w.\[\]()]+\.(?:named_)?parameters\(\)")
+_SWEEPS_FOUND: Dict[str, str] = {}
+
+
+def swept_parameters(root: str) -> str:
+    """Where (``path:line``, relative to ``root``) a function of the project
+    below ``root`` initialises every parameter of a module it holds, one by
+    one, whatever the module's class: a loop over ``X.parameters()`` /
+    ``X.named_parameters()`` that runs an initialiser on each
+    (``normal_(std=0.006)(param)``, ``nn.init.xavier_uniform_(p)``,
+    ``p.data.zero_()``) -- InternEvo's blocks initialise the experts and
+    embeddings that other modules define. "" when none does. Test files do
+    not count."""
+    if root not in _SWEEPS_FOUND:
+        found = ""
+        for path in _source_files(root)[:_SCAN_LIMIT]:
+            name = os.path.basename(path)
+            if name.startswith("test_") or name.endswith("_test.py") or f"{os.sep}tests{os.sep}" in path:
+                continue
+            text = _read_text(path)
+            if not _SWEEP_TEXT.search(text):
+                continue
+            try:
+                tree = ast.parse(text)
+            except (SyntaxError, ValueError, RecursionError, MemoryError):
+                continue
+            for loop in ast.walk(tree):
+                if isinstance(loop, ast.For) and isinstance(loop.iter, ast.Call) \
+                        and _short(loop.iter.func) in ("parameters", "named_parameters") and _fills_each(loop):
+                    found = f"{os.path.relpath(path, os.path.dirname(root))}:{loop.lineno}"
+                    break
+            if found:
+                break
+        _SWEEPS_FOUND[root] = found
+    return _SWEEPS_FOUND[root]
+
+
+def _fills_each(loop: ast.For) -> bool:
+    """The loop runs an initialiser on its parameter variable: ``init(p)``,
+    ``init_fn(std)(p.data)``, ``p.normal_()``, ``p.data.zero_()``."""
+    target = loop.target.elts[-1] if isinstance(loop.target, ast.Tuple) and loop.target.elts else loop.target
+    if not isinstance(target, ast.Name):
+        return False
+    var = target.id
+
+    def is_var(node: ast.AST) -> bool:
+        if isinstance(node, ast.Attribute) and node.attr == "data":
+            node = node.value
+        return isinstance(node, ast.Name) and node.id == var
+
+    def initialiser(func: ast.AST) -> bool:
+        if isinstance(func, ast.Call):  # normal_(std=0.006)(param): a factory's initialiser
+            func = func.func
+        short = _short(func)
+        return short in _FILLS or "init" in short.lower() and short != "__init__" or (
+            short.endswith("_") and any(w in short for w in ("normal", "uniform", "orthogonal", "xavier", "kaiming")))
+
+    for node in ast.walk(loop):
+        if not isinstance(node, ast.Call):
+            continue
+        if any(is_var(a) for a in node.args) and initialiser(node.func):
+            return True
+        if isinstance(node.func, ast.Attribute) and is_var(node.func.value) and node.func.attr in _FILLS:
+            return True
+    return False
 
 
 def _initialised_by_name(loop: ast.For) -> Set[str]:
