@@ -817,3 +817,18 @@ def test_a_module_of_the_project_that_initialises_a_child_parameter_by_parameter
     (tmp_path / "pkg/block.py").write_text(BLOCK_THAT_FREEZES)
     assert findings(run("check", "--output-format", "json", ".", cwd=tmp_path)) == [("pkg/experts.py", 8, "NL110")]
 
+
+def test_a_dtype_constant_imported_from_another_module(tmp_path):
+    """nequip-style: every tensor of the data is made with ``dtype=_GLOBAL_DTYPE``,
+    a module constant of another module bound to ``torch.float64``; 1e5 is
+    no float16 literal there. Changing the constant to float16 shows it,
+    also on a warm run."""
+    package(tmp_path, {
+        "pkg/__init__.py": "",
+        "pkg/global_dtype.py": "import torch\n\n_GLOBAL_DTYPE = torch.float64\n",
+        "pkg/cell.py": "import torch\nfrom pkg.global_dtype import _GLOBAL_DTYPE\n\n\n"
+                       "def large_cell():\n    return 1e5 * torch.eye(3, dtype=_GLOBAL_DTYPE)\n",
+    })
+    assert findings(run("check", "--min-confidence", "low", "--output-format", "json", ".", cwd=tmp_path)) == []
+    (tmp_path / "pkg/global_dtype.py").write_text("import torch\n\n_GLOBAL_DTYPE = torch.float16\n")
+    assert findings(run("check", "--output-format", "json", ".", cwd=tmp_path)) == [("pkg/cell.py", 6, "NL108")]

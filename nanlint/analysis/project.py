@@ -1371,6 +1371,8 @@ class ModuleSummary:
     #: classes with an init hook that sweeps the whole module (``init_weights``
     #: iterating ``self.parameters()`` / ``self.children()``, ``self.apply(...)``)
     init_protocol: Set[str] = field(default_factory=set)
+    #: module constants naming a torch dtype (``_GLOBAL_DTYPE = torch.float64``) -> ``float64``
+    dtypes: Dict[str, str] = field(default_factory=dict)
 
 
 _SUMMARIES: Dict[str, Tuple[str, ModuleSummary]] = {}
@@ -1403,8 +1405,13 @@ def summarise(tree: ast.Module, path: str = "") -> ModuleSummary:
         if isinstance(stmt, (ast.Assign, ast.AnnAssign)):
             targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
             value = number(stmt.value, out.constants) if stmt.value is not None else None
+            dtype = _torch_dtype(stmt.value)
             for t in targets:
                 if isinstance(t, ast.Name):
+                    if dtype is not None and t.id not in out.dtypes and t.id not in out.constants:
+                        out.dtypes[t.id] = dtype
+                    else:
+                        out.dtypes.pop(t.id, None)  # rebound, or bound to something else: not a fact
                     if value is None:
                         out.constants.pop(t.id, None)
                     elif t.id in out.constants and out.constants[t.id] != value:
@@ -1434,6 +1441,19 @@ def summarise(tree: ast.Module, path: str = "") -> ModuleSummary:
                    and INIT_HOOK.search(item.name) and _sweeps_self(item) for item in stmt.body):
                 out.init_protocol.add(stmt.name)
     return out
+
+
+#: the dtypes a module constant may name (``torch.float64``, ``torch.half``)
+_DTYPE_NAMES = frozenset({"float16", "half", "bfloat16", "float32", "float", "float64", "double", "int8", "uint8",
+                          "int16", "short", "int32", "int", "int64", "long", "bool"})
+
+
+def _torch_dtype(value: Optional[ast.AST]) -> Optional[str]:
+    """``float64`` for ``torch.float64`` (spelled so), else None."""
+    if isinstance(value, ast.Attribute) and value.attr in _DTYPE_NAMES and isinstance(value.value, ast.Name) \
+            and value.value.id == "torch":
+        return value.attr
+    return None
 
 
 def _sweeps_self(func) -> bool:
@@ -1650,7 +1670,8 @@ def lookup(path: str, symbol: str, kind: str, depth: int = 0):
     found = summary(path)
     if found is None:
         return None
-    table = {"constant": found.constants, "function": found.functions, "fields": found.fields}[kind]
+    table = {"constant": found.constants, "function": found.functions, "fields": found.fields,
+             "dtype": found.dtypes}[kind]
     if symbol in table:
         return table[symbol]
     imp = module_imports(path).get(symbol)
@@ -1792,6 +1813,15 @@ class ProjectFacts:
         if value is None:
             return None
         return Constant(value, self.project.dotted(node.value), imported=True)  # type: ignore[union-attr]
+
+    def imported_dtype(self, node) -> Optional[str]:
+        """The torch dtype (``float64``) that a name imported from a project
+        module stands for (``from pkg.utils.global_dtype import _GLOBAL_DTYPE``),
+        or None."""
+        found = module_symbol(self.project, node.value)
+        if found is None:
+            return None
+        return lookup(found[0], found[1], "dtype")
 
     def _attribute_constant(self, node, depth: int) -> Optional[Constant]:
         import libcst as cst

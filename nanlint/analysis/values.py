@@ -693,6 +693,9 @@ class Facts:
             return WIDE if node.value == "float" else INTEGER
         if isinstance(node, cst.Name):  # ``dtype = torch.bfloat16`` earlier in the function
             bindings = self.scopes.reaching(node)[:4]
+            if not bindings:  # imported: ``_GLOBAL_DTYPE = torch.float64`` in a module of the project
+                named = self.project.imported_dtype(node)
+                return _TORCH_DTYPES.get(named, UNKNOWN) if named is not None else UNKNOWN
             # a parameter's default is not a fact: a caller may pass another dtype
             if bindings and all(b.kind in ("assign", "walrus") and b.value is not None
                                 and not isinstance(b.value, cst.Name) for b in bindings):
