@@ -41,6 +41,8 @@ _PROB_NAME = re.compile(
     r"^(p|pt|p_t|probs?|probas?|probabilit(y|ies)|\w+_probs?|\w+_probas?|probs?_\w+|\w+_probabilit(y|ies))$",
     re.IGNORECASE,
 )
+#: casts a one-hot goes through (``F.one_hot(i, n).type(dtype)``)
+_CASTS = frozenset({"type", "to", "float", "half", "bfloat16", "double", "type_as"})
 _LOG_PROB_NAME = re.compile(r"^(\w+_)?(log_?probs?|logp|lprobs?|log_p)(_\w+)?$", re.IGNORECASE)
 _COUNT_NAME = re.compile(
     r"^(counts?|\w+_counts?|counts?_\w+|freqs?|frequenc(y|ies)|\w+_freqs?|hist|histogram|hits|num_\w+|n_\w+)$",
@@ -76,8 +78,10 @@ class UnguardedLog(TracksLocals, Rule):
       `histc`, a sum of a mask or of a comparison, a `counts` variable);
     - a weighted sum of probabilities (`beta * p + (1 - beta) * q`, a
       hand-written log-sum-exp `log(a.exp() + b.exp())` of log-probabilities
-      or of negated squares): adding them is no guard, every term underflows
-      at the same entries;
+      or of negated squares, an average `(F.one_hot(i, n) + probs) / 2` of a
+      one-hot and a softmax -- a straight-through estimator's mixture, 0
+      wherever the softmax is): adding them is no guard, every term
+      underflows at the same entries;
     - an energy (medium: 0 only for a silent or zero input): a sum or mean
       of squares (`stft.pow(2).sum(-1)`, a power spectrum), raised to a power
       or rooted, or a squared magnitude (`stft.abs() ** 2`) -- not a bare
@@ -134,6 +138,9 @@ class UnguardedLog(TracksLocals, Rule):
         # look-alikes of a mixture: an eps term, or a term that is not a probability
         Valid("import torch\nmix = torch.log(beta * torch.softmax(t, -1) + (1 - beta) * torch.softmax(s, -1) + 1e-4)\n"),
         Valid("import torch\nlse = torch.log(torch.exp(a) + torch.exp(b))\n"),
+        Valid("import torch\nimport torch.nn.functional as F\n"
+              "pi = torch.log((F.one_hot(i, n).float() + torch.softmax(x, -1) + 1e-4) / 2)\n"),
+        Valid("import torch\ny = torch.log((torch.softmax(a, -1) + torch.softmax(b, -1)) / s)\n"),
         # look-alikes of a power spectrum: guarded, or a cube, or an exp (never 0 before it underflows)
         Valid("import torch\nlogmag = torch.log(stft.pow(2).sum(-1) + 1e-4)\n"),
         Valid("import torch\nc = torch.log((x ** 3).sum(-1))\n"),
@@ -167,6 +174,10 @@ class UnguardedLog(TracksLocals, Rule):
         Invalid("import torch\nimport torch.nn.functional as F\ndef gkd(s, t, beta):\n"
                 "    mix = beta * F.softmax(t, -1) + (1 - beta) * F.log_softmax(s, -1).exp()\n"
                 "    return mix.log()\n"),
+        # an average with a one-hot (a straight-through estimator's mixture): 0 wherever the softmax underflows
+        Invalid("import torch\nimport torch.nn.functional as F\ndef st(logits, ind, n, tau):\n"
+                "    pi = (F.one_hot(ind, n).float() + (logits / tau).softmax(-1)) / 2\n"
+                "    return pi.log()\n"),
         Invalid("import torch\ndef log_prob(z, loc):\n"
                 "    return torch.log(torch.exp(-0.5 * (z - loc) ** 2) + torch.exp(-0.5 * (z + loc) ** 2))\n"),
         # a power spectrum: 0 for a silent frame
@@ -407,7 +418,15 @@ class UnguardedLog(TracksLocals, Rule):
         """Why a weighted sum of probabilities (``beta * p + (1 - beta) * q``,
         ``a.exp() + b.exp()`` of log-probabilities or of negated squares) is 0:
         its sum is no guard, every term underflows at the same entries."""
-        terms = additive_terms(_strip(self.ctx, self._resolve(node)))
+        total = _strip(self.ctx, self._resolve(node))
+        if isinstance(total, cst.BinaryOperation) and isinstance(total.operator, (cst.Divide, cst.Multiply)):
+            # an average: ``(one_hot + probs) / 2``, ``0.5 * (p + q)``
+            scale, total = (total.right, total.left) if isinstance(total.operator, cst.Divide) or number(
+                total.right) is not None else (total.left, total.right)
+            if not ((number(scale) or 0) > 0):
+                return None
+            total = _strip(self.ctx, total)
+        terms = additive_terms(total)
         if terms is None or not all(self._component(t) for t in terms):
             return None
         gap, _, _ = underflow(self.ctx.dtype)
@@ -425,7 +444,7 @@ class UnguardedLog(TracksLocals, Rule):
 
     def _probability_term(self, node: cst.BaseExpression) -> bool:
         node = _strip(self.ctx, node)
-        if self._prob(node) is not None:
+        if self._prob(node) is not None or self._one_hot(node):
             return True
         if isinstance(node, cst.Name):
             bound = self.values.lookup(node.value)
@@ -450,6 +469,17 @@ class UnguardedLog(TracksLocals, Rule):
             negated = any(number(side) is not None and number(side) < 0 for side in (inner.left, inner.right))
         return negated and any(isinstance(n, cst.BinaryOperation) and isinstance(n.operator, cst.Power)
                                and number(n.right) == 2 for n in _walk([inner]))
+
+    def _one_hot(self, node: cst.BaseExpression) -> bool:
+        """``F.one_hot(i, n)`` (cast or not), directly or through a local name:
+        0 in every entry but one."""
+        if isinstance(node, cst.Name):
+            bound = self.values.lookup(node.value)
+            if bound is None:
+                return False
+            node = _strip(self.ctx, bound)
+        node = look_through(self.ctx, node, _CASTS)
+        return isinstance(node, cst.Call) and torch_op(self.ctx, node) == "one_hot"
 
     def _energy(self, node: cst.BaseExpression, depth: int = 0) -> bool:
         """A sum or mean of squares (``stft.pow(2).sum(-1)``), raised to a power or
