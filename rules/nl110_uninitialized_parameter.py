@@ -190,8 +190,9 @@ class UninitializedParameter(Rule):
     project (below the file's top-level package) walks `model.modules()` and
     initialises `getattr(m, "weight")` on any module, whatever its class;
     and a parameter of a class that other modules of the project build
-    (or of an installable library) where a function of the project runs an
-    initialiser on every parameter of a module it holds, one by one
+    (or of an installable library) where a module that imports the class's
+    module (through at most four imports) runs an initialiser on every
+    parameter of a module it holds, one by one
     (`for _, p in self.mlp.named_parameters(): normal_(std=0.006)(p)`,
     InternEvo's blocks over experts defined elsewhere; test files do not
     count). The cached findings remember these facts and are recomputed
@@ -649,9 +650,9 @@ class UninitializedParameter(Rule):
                 if sweep and self.ctx.project.named_elsewhere(cls_node.name.value):
                     low = True
                     message += (
-                        f"; other modules of this project build `{cls_node.name.value}`, and the project "
-                        f"initialises the modules it holds parameter by parameter (`for p in m.parameters(): "
-                        f"init(p)`, {sweep}), which may cover this one"
+                        f"; other modules of this project build `{cls_node.name.value}`, and a module that "
+                        f"imports this one initialises the modules it holds parameter by parameter "
+                        f"(`for p in m.parameters(): init(p)`, {sweep}), which may cover this one"
                     )
             if not low and cls_node is not None and self.ctx.project is not None \
                     and self.ctx.project.patched_in(cls_node.name.value):

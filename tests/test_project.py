@@ -802,7 +802,8 @@ def test_a_module_of_the_project_that_initialises_a_child_parameter_by_parameter
     """InternEvo-style: the experts' ``torch.empty`` weights are filled by the
     block that builds them, in another module, one parameter at a time. The
     finding is low, and high again (also on a warm run) once that loop only
-    freezes the parameters."""
+    freezes the parameters; a loop in a module that does not import the
+    experts' module does not count."""
     package(tmp_path, {
         "pkg/__init__.py": "",
         "pkg/experts.py": "import torch\nfrom torch import nn\n\n\nclass Experts(nn.Module):\n"
@@ -815,6 +816,9 @@ def test_a_module_of_the_project_that_initialises_a_child_parameter_by_parameter
     assert finding["confidence"] == "low" and "pkg/block.py:9" in finding["message"]
     assert findings(run("check", "--output-format", "json", ".", cwd=tmp_path)) == []
     (tmp_path / "pkg/block.py").write_text(BLOCK_THAT_FREEZES)
+    assert findings(run("check", "--output-format", "json", ".", cwd=tmp_path)) == [("pkg/experts.py", 8, "NL110")]
+    # a loop in a part of the project that never imports the experts says nothing about them
+    package(tmp_path, {"pkg/asr.py": SWEEPING_BLOCK.replace("from pkg.experts import Experts", "from torch.nn import Linear as Experts")})
     assert findings(run("check", "--output-format", "json", ".", cwd=tmp_path)) == [("pkg/experts.py", 8, "NL110")]
 
 

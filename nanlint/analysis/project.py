@@ -461,9 +461,10 @@ class ProjectFile:
         return name in self._fact("generic-init", code_scope(self.path)).split(",")
 
     def swept_parameters(self) -> str:
-        """Where a function of the project initialises every parameter of a
-        module it holds, one by one (see :func:`swept_parameters`), or ""."""
-        return self._fact("sweeps", code_scope(self.path))
+        """Where a module of the project that imports this one initialises
+        every parameter of a module it holds, one by one (see
+        :func:`swept_parameters`), or ""."""
+        return self._fact("sweeps", os.path.abspath(self.path))
 
     def patched_in(self, cls: str) -> bool:
         """Whether a class of this file is patched over another library's
@@ -502,7 +503,7 @@ _FACTS = {
         programs_use_reduced_precision(*subject.split("\n"))],
     "named": lambda subject: "yes" if named_elsewhere(subject.partition(":")[0], *subject.partition(":")[2].rsplit("|", 1)) else "no",
     "generic-init": lambda scope: ",".join(sorted(generically_initialised(scope))),
-    "sweeps": lambda scope: swept_parameters(scope),
+    "sweeps": lambda path: swept_parameters(path),
     "patched": lambda subject: "yes" if patched_in(subject.partition(":")[2], subject.partition(":")[0]) else "no",
     "callers": lambda subject: _callers_fact(subject),
 }
@@ -648,20 +649,34 @@ def generically_initialised(root: str) -> FrozenSet[str]:
 
 #: a loop over some module's parameters (``for _, p in self.mlp.named_parameters():``)
 _SWEEP_TEXT = re.compile(r"\bfor\b[^\n]*\bin\s+[\w.\[\]()]+\.(?:named_)?parameters\(\)")
-_SWEEPS_FOUND: Dict[str, str] = {}
+_SWEEPS_FOUND: Dict[str, List[Tuple[str, int]]] = {}
 
 
-def swept_parameters(root: str) -> str:
-    """Where (``path:line``, relative to ``root``) a function of the project
-    below ``root`` initialises every parameter of a module it holds, one by
-    one, whatever the module's class: a loop over ``X.parameters()`` /
-    ``X.named_parameters()`` that runs an initialiser on each
-    (``normal_(std=0.006)(param)``, ``nn.init.xavier_uniform_(p)``,
-    ``p.data.zero_()``) -- InternEvo's blocks initialise the experts and
-    embeddings that other modules define. "" when none does. Test files do
-    not count."""
+def swept_parameters(path: str) -> str:
+    """Where (``path:line``) a module of the project initialises every
+    parameter of a module it holds, one by one, whatever the module's class
+    -- a loop over ``X.parameters()`` / ``X.named_parameters()`` that runs an
+    initialiser on each (``normal_(std=0.006)(param)``,
+    ``nn.init.xavier_uniform_(p)``, ``p.data.zero_()``) -- in a module that
+    reaches the module at ``path`` through at most four imports (the same
+    file included): InternEvo's blocks initialise the experts and embeddings
+    that other modules define. "" when none does. Test files do not count;
+    a loop in a part of the project that never imports this module (another
+    collection of a monorepo) says nothing about it."""
+    root = code_scope(path)
+    target = os.path.abspath(path)
+    for site, line in _sweep_sites(root):
+        if _imports_reach(site, target, 4):
+            return f"{os.path.relpath(site, os.path.dirname(root))}:{line}"
+    return ""
+
+
+def _sweep_sites(root: str) -> List[Tuple[str, int]]:
+    """Every (file, line) below ``root`` of a loop that initialises each
+    parameter of a module (see :func:`swept_parameters`), listed once per
+    process."""
     if root not in _SWEEPS_FOUND:
-        found = ""
+        found: List[Tuple[str, int]] = []
         for path in _source_files(root)[:_SCAN_LIMIT]:
             name = os.path.basename(path)
             if name.startswith("test_") or name.endswith("_test.py") or f"{os.sep}tests{os.sep}" in path:
@@ -676,12 +691,35 @@ def swept_parameters(root: str) -> str:
             for loop in ast.walk(tree):
                 if isinstance(loop, ast.For) and isinstance(loop.iter, ast.Call) \
                         and _short(loop.iter.func) in ("parameters", "named_parameters") and _fills_each(loop):
-                    found = f"{os.path.relpath(path, os.path.dirname(root))}:{loop.lineno}"
+                    found.append((os.path.abspath(path), loop.lineno))
                     break
-            if found:
-                break
         _SWEEPS_FOUND[root] = found
     return _SWEEPS_FOUND[root]
+
+
+def _imports_reach(start: str, target: str, hops: int) -> bool:
+    """Whether the module at ``start`` is ``target`` or imports it through at
+    most ``hops`` project imports (``from pkg.moe import MoE`` reaches
+    ``pkg/moe/__init__.py``, which may import the experts' module)."""
+    seen = {start}
+    frontier = [start]
+    for _ in range(hops + 1):
+        if target in frontier:
+            return True
+        following: List[str] = []
+        for module in frontier:
+            roots = [package_root(module)]
+            for imp in module_imports(module).values():
+                names = [imp.module] if imp.symbol is None else [imp.module, f"{imp.module}.{imp.symbol}"]
+                for dotted in names:
+                    found = find_module(dotted, roots)
+                    if found is not None:
+                        found = os.path.abspath(found)
+                        if found not in seen:
+                            seen.add(found)
+                            following.append(found)
+        frontier = following
+    return False
 
 
 def _fills_each(loop: ast.For) -> bool:
