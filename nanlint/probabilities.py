@@ -50,16 +50,21 @@ class LocalValues:
     def __init__(self) -> None:
         self.scopes: List[Dict[str, Optional[cst.BaseExpression]]] = [{}]
         self.modules: List[Dict[str, str]] = [{}]
+        #: per scope, the value a name had before a rebinding that reads it
+        #: (``p = p / p.sum()`` after ``p = labels + 1e-4``)
+        self.earlier: List[Dict[int, Optional[cst.BaseExpression]]] = [{}]
 
     def push_function(self, node: cst.FunctionDef) -> None:
         scope: Dict[str, Optional[cst.BaseExpression]] = {}
         for p in _params(node.params):
             scope[p] = None
         self.scopes.append(scope)
+        self.earlier.append({})
 
     def pop_function(self) -> None:
         if len(self.scopes) > 1:
             self.scopes.pop()
+            self.earlier.pop()
 
     def push_class(self) -> None:
         self.modules.append({})
@@ -76,6 +81,8 @@ class LocalValues:
         for target in node.targets:
             t = target.target
             if isinstance(t, cst.Name):
+                if single and t.value in self.scopes[-1]:
+                    self.earlier[-1][id(node.value)] = self.scopes[-1][t.value]
                 self.scopes[-1][t.value] = node.value if single else None
             elif isinstance(t, cst.Attribute) and isinstance(t.value, cst.Name) and t.value.value == "self":
                 kind = _module_kind(ctx, node.value)
@@ -112,6 +119,14 @@ class LocalValues:
         for scope in reversed(self.scopes):
             if name in scope:
                 return scope[name]
+        return None
+
+    def before(self, value: cst.BaseExpression) -> Optional[cst.BaseExpression]:
+        """What a name held before it was rebound to ``value`` (its own reads
+        inside ``value`` see that), or None."""
+        for scope in reversed(self.earlier):
+            if id(value) in scope:
+                return scope[id(value)]
         return None
 
     def module(self, node: cst.BaseExpression) -> Optional[str]:

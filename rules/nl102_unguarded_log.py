@@ -354,6 +354,8 @@ class UnguardedLog(TracksLocals, Rule):
                     return True
             if isinstance(sub, cst.Name) and depth < 2:
                 bound = self.values.lookup(sub.value)
+                if bound is node:  # `p = p / p.sum()`: its own read sees the value before
+                    bound = self.values.before(node)
                 if bound is not None and bound is not node and self._guarded(bound, depth + 1):
                     return True
         return False

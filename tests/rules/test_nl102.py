@@ -50,3 +50,18 @@ def test_an_energy_is_medium_and_only_unguarded():
                  "torch.log(torch.abs(x))",
                  "torch.log(x.pow(3).sum(-1))", "torch.log(x.exp().sum(-1))"):
         assert found(expr) == [], expr
+
+
+def test_a_guard_before_a_renormalising_rebinding_is_seen():
+    # NeMo-Aligner's soft labels: the eps is added, then the name is rebound to its own normalisation
+    guarded = (
+        "import torch\n"
+        "def entropy(labels):\n"
+        "    labels_s = labels + 1e-4\n"
+        "    labels_s = labels_s / labels_s.sum(1, keepdim=True)\n"
+        "    return (labels_s * torch.log(labels_s)).sum(1)\n"
+    )
+    assert lint(guarded, ["NL102"]) == []
+    unguarded = guarded.replace("labels_s = labels + 1e-4", "labels_s = torch.softmax(labels, 1)")
+    [finding] = lint(unguarded, ["NL102"])
+    assert finding.line == 5
