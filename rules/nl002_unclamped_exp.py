@@ -219,7 +219,7 @@ class UnclampedExp(Rule):
             return  # `ops.exp(x)`, `libdevice.exp(x)`: a tensor's exp takes no argument
         x = subject(self.ctx, node)
         facts = self.ctx.facts
-        if x is None or facts.bounded_above(x) or _complex(x):
+        if x is None or facts.bounded_above(x) or self._complex_file() and _complex(self.ctx, x):
             return
         if is_upcast(self.ctx, x) or _module_attribute(self.ctx, x) or not facts.can_be_half(x):
             return
@@ -245,6 +245,14 @@ class UnclampedExp(Rule):
             confidence=(HIGH if facts.is_score(x) else MEDIUM) if origin == ACTIVATION else LOW,
             autocast_float32=_autocast_float32(op),
         )
+
+    def _complex_file(self) -> bool:
+        """The file spells a complex value somewhere (an imaginary literal,
+        ``torch.complex``/``polar``/``view_as_complex``): read once."""
+        found = getattr(self, "_complex_text", None)
+        if found is None:
+            found = self._complex_text = _COMPLEX_TEXT.search(self.ctx.source) is not None
+        return found
 
     def _summed(self, call: cst.Call) -> bool:
         """The exp is summed (``exp(x).sum()``, ``e = exp(x); e / e.sum()``) or is
@@ -334,9 +342,28 @@ def _not_torch(ctx, call: cst.Call) -> bool:
     return False
 
 
-def _complex(node: cst.BaseExpression) -> bool:
-    """``(1j * x).exp()``: a complex exponential, of modulus ``exp(real part)``
-    -- a phase here, never a float16 tensor."""
-    return isinstance(node, cst.BinaryOperation) and any(
-        isinstance(side, cst.Imaginary) for side in (node.left, node.right)
-    )
+def _complex(ctx, node: cst.BaseExpression, depth: int = 0) -> bool:
+    """``(1j * x).exp()``, or an argument built from a complex value through
+    arithmetic, calls and local names (``lam = -a.exp() + 1j * b`` then
+    ``torch.einsum(..., lam * t, ...).exp()``, a state-space kernel): a
+    complex exponential, of modulus ``exp(real part)``, never a float16
+    tensor (a half operand makes complex32, which exp does not support)."""
+    if depth > 3:
+        return False
+    scopes = ctx.facts.scopes
+    for sub in subtree(node, 200):
+        if isinstance(sub, cst.Imaginary):
+            return True
+        if isinstance(sub, cst.Call) and torch_op(ctx, sub) in _COMPLEX_MAKERS:
+            return True
+        if isinstance(sub, cst.Name) and depth < 3:
+            found = scopes.reaching(sub)
+            if len(found) == 1 and found[0].kind == "assign" and found[0].value is not None \
+                    and found[0].value is not node and _complex(ctx, found[0].value, depth + 1):
+                return True
+    return False
+
+
+_COMPLEX_TEXT = re.compile(r"(?<![\w.])\d[\d_.]*(?:[eE][-+]?\d+)?[jJ]\b|\b(?:complex|polar|view_as_complex)\s*\(")
+#: torch functions that return a complex tensor
+_COMPLEX_MAKERS = frozenset({"complex", "polar", "view_as_complex"})

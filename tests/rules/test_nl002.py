@@ -240,3 +240,21 @@ def test_an_alignment_applied_to_channel_first_values_is_no_score():
     assert found[4] == "medium"
     assert found[8] == "high"
     assert [f.column for f in lint(src, ["NL002"]) if f.line == 8 and f.confidence == "high"] == [12, 26]
+
+
+def test_an_exponent_built_from_a_complex_value_is_not_a_float16_exp():
+    # a state-space kernel: the argument is complex through a local name and an einsum
+    src = (
+        "import torch\nimport torch.nn as nn\n\n"
+        "class SSM(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.proj = nn.Linear(4, 4)\n\n"
+        "    def kernel(self, L, scale):\n"
+        "        lam = -torch.exp(self.log_re) + 1j * self.im\n"
+        "        z = scale.unsqueeze(1) * lam[None, :]\n"
+        "        return torch.einsum('bd,l->bld', z, torch.arange(L)).exp()\n\n"
+        "    def forward(self, x):\n"
+        "        return torch.exp(self.proj(x))\n"
+    )
+    assert [f.line for f in lint(src, ["NL002"])] == [15]
