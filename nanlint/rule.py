@@ -404,6 +404,11 @@ class Rule:
             if untaken is not None:
                 confidence = LOW
                 message += f" (in a branch that no call takes: {untaken})"
+        if confidence != LOW and "torch" in self.ctx.source:
+            feature = self.ctx.facts.torch_fallback(node)
+            if feature is not None:
+                confidence = LOW
+                message += f" (in a fallback for a torch without `{feature}`, which current torch has)"
         if confidence != LOW and self.ctx.project is not None and self.ctx.project.never_imported():
             confidence = LOW
             message += (" (in a module that nothing in this project imports or names: dead code unless a "

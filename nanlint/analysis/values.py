@@ -1812,6 +1812,40 @@ class Facts:
             child = up
         return None
 
+    def torch_fallback(self, node: cst.CSTNode) -> Optional[str]:
+        """The torch feature whose absence ``node``'s branch stands in for, or
+        None: ``node`` lies in the ``else`` of ``if 'sinc' in dir(torch):`` or
+        ``if hasattr(torch, "sinc"):`` (or under ``if not hasattr(...)``), at
+        any level -- a hand-written ``sinc`` for a torch that lacks it, as in
+        the alias-free resampling code that vocoders copy. Current torch has
+        what such code tests for, so the branch does not run."""
+        child = node
+        for up in self.scopes.ancestors(node):
+            if type(up) is cst.If and child is not up.test:
+                negated = isinstance(up.test, cst.UnaryOperation) and isinstance(up.test.operator, cst.Not)
+                feature = self._torch_feature(up.test.expression if negated else up.test)  # type: ignore[attr-defined]
+                if feature is not None and (child is up.body) == negated:
+                    return feature
+            child = up
+        return None
+
+    def _torch_feature(self, test: cst.BaseExpression) -> Optional[str]:
+        """``X`` for ``'X' in dir(torch...)`` or ``hasattr(torch..., 'X')``."""
+        owner = name = None
+        if isinstance(test, cst.Comparison) and len(test.comparisons) == 1 \
+                and isinstance(test.comparisons[0].operator, cst.In):
+            listing = test.comparisons[0].comparator
+            if isinstance(listing, cst.Call) and isinstance(listing.func, cst.Name) and listing.func.value == "dir" \
+                    and len(listing.args) == 1:
+                owner, name = listing.args[0].value, test.left
+        elif isinstance(test, cst.Call) and isinstance(test.func, cst.Name) and test.func.value == "hasattr" \
+                and len(test.args) == 2:
+            owner, name = test.args[0].value, test.args[1].value
+        if owner is None or not isinstance(name, cst.SimpleString) or not isinstance(name.evaluated_value, str):
+            return None
+        resolved = self.ctx.resolve(owner) or ""
+        return name.evaluated_value if resolved == "torch" or resolved.startswith("torch.") else None
+
     def _decided(self, test: cst.BaseExpression, value: bool) -> Optional[str]:
         """A description of the calls when ``test`` is ``value`` in every one
         of them (see :meth:`untaken_branch`), else None."""

@@ -272,3 +272,27 @@ def test_a_helper_every_caller_gives_a_value_without_gradient_is_quiet(extra, re
     """denoiser's ``sinc(t)``: each caller builds ``t`` with linspace/arange, so the
     masked lanes of the where never meet a backward pass."""
     assert bool(lint(SINC + extra, ["NL109"])) == reported
+
+
+@pytest.mark.parametrize("test, branch", [
+    ("'sinc' in dir(torch)", "else"),
+    ("hasattr(torch, 'sinc')", "else"),
+    ("not hasattr(torch, 'sinc')", "if"),
+])
+def test_a_fallback_for_an_older_torch_is_low(test, branch):
+    # alias-free resampling code (BigVGAN and the vocoders that copy it) defines its own sinc
+    # only where torch lacks one: current torch has it, so the branch does not run
+    body = (
+        "    def sinc(x):\n"
+        "        return torch.where(x == 0, torch.ones_like(x), torch.sin(math.pi * x) / math.pi / x)\n"
+    )
+    other = "    sinc = torch.sinc\n"
+    if branch == "else":
+        src = f"import math\nimport torch\nif {test}:\n{other}else:\n{body}"
+    else:
+        src = f"import math\nimport torch\nif {test}:\n{body}else:\n{other}"
+    [finding] = lint(src, ["NL109"])
+    assert finding.confidence == "low" and "fallback for a torch without `sinc`" in finding.message
+    # the same function outside such a branch keeps its confidence
+    [plain] = lint("import math\nimport torch\n" + body.replace("    ", "", 1).replace("\n        ", "\n    "), ["NL109"])
+    assert plain.confidence == "high"
