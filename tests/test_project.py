@@ -380,8 +380,14 @@ WHISPER = (
 @pytest.mark.parametrize("loader, confidence", [
     ("def load_model(path):\n    ckpt = torch.load(path)\n    model = Model(**ckpt['dims'])\n"
      "    model.load_state_dict(ckpt['model_state_dict'])\n    return model\n", "low"),
+    # a wrapper class whose constructor builds the model and loads it (so-vits-svc's WhisperPPG)
+    ("class Encoder:\n    def __init__(self, path):\n        ckpt = torch.load(path)\n"
+     "        model = Model(**ckpt['dims'])\n        model.load_state_dict(ckpt['model_state_dict'])\n"
+     "        self.model = model\n", "low"),
     # look-alike: the other module builds the model and trains it from scratch
     ("def build(n, d):\n    model = Model(n, d)\n    return model.cuda()\n", "high"),
+    # look-alike: a wrapper class that builds it without loading anything
+    ("class Trainer:\n    def __init__(self, n, d):\n        self.model = Model(n, d)\n", "high"),
 ])
 def test_a_model_another_module_builds_and_loads_holds_the_checkpoint(tmp_path, loader, confidence):
     """whisper: `load_model` in the package's `__init__` builds `Whisper(dims)` and loads it."""

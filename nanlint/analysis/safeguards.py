@@ -389,10 +389,12 @@ class Safeguards:
 
     def _builders(self, name: str):
         """(the classes whose code constructs ``name(...)``, the constructions
-        outside every class); None when one of those outside a class is not
-        followed by a ``load_state_dict`` into the model it builds (``model =
+        followed by a ``load_state_dict`` into the model they build); None when
+        one of those outside a class is not so followed (``model =
         RWKV(args).cuda()`` then ``model.load_state_dict(sd)``, in an inference
-        script: every layer the model builds holds the checkpoint's values)."""
+        script, or in a wrapper's ``__init__``, as so-vits-svc's
+        ``WhisperPPG``: every layer the model builds holds the checkpoint's
+        values)."""
         out: List[cst.ClassDef] = []
         loaded: List[cst.Call] = []
         for n in self.scopes.reads.get(self.scopes.module, {}).get(name, []) + [
@@ -407,6 +409,8 @@ class Safeguards:
                 if not self._state_loaded(call):
                     return None
                 loaded.append(call)
+            elif self._state_loaded(call):
+                loaded.append(call)  # a wrapper's method that builds the model and loads a checkpoint into it
             elif owner not in out:
                 out.append(owner)
         return out, loaded
