@@ -361,25 +361,31 @@ class Rule:
         (:meth:`nanlint.analysis.project.ProjectFile.reduced_precision`)."""
         if confidence not in CONFIDENCES:
             raise ValueError(f"confidence must be one of {CONFIDENCES}")
+        lowered = False
         if confidence == HIGH and autocast_float32 and self.ctx.project is not None \
                 and self.ctx.project.casts_to_half() is False:
+            lowered = True
             confidence = MEDIUM
             message += (f" (CUDA autocast computes `{autocast_float32}` in float32, and nothing in this project "
                         f"casts a model to half: only a model run in pure {self.ctx.dtype.name} reaches this)")
         if needs_half is None:
             needs_half = self.float16_only
+        # a float16-only hazard where nothing runs in reduced precision needs a run the project
+        # never makes: one level less sure (high -> medium, an edge case's medium -> low)
+        lower = {HIGH: MEDIUM, MEDIUM: LOW}
         reduced = self.ctx.project.reduced_precision() if (
-            confidence == HIGH and needs_half and self.ctx.project is not None) else None
+            confidence in lower and needs_half and not lowered and self.ctx.project is not None) else None
         if reduced == "no: project":
-            confidence = MEDIUM
+            confidence = lower[confidence]
             message += (" (nothing in this project runs in reduced precision: no half cast, autocast or "
                         "mixed-precision setting in its code or configuration)")
         elif reduced == "no: programs":
-            confidence = MEDIUM
+            confidence = lower[confidence]
             message += (" (the programs that run this code, and what they import, run nothing in reduced "
                         "precision: no half cast, autocast or mixed-precision setting)")
-        if confidence == HIGH and needs_half and self.ctx.input_pipeline and not runs_pure_half(self.ctx.source):
-            confidence = MEDIUM
+        if not lowered and reduced not in ("no: project", "no: programs") and confidence in lower and needs_half \
+                and self.ctx.input_pipeline and not runs_pure_half(self.ctx.source):
+            confidence = lower[confidence]
             message += (" (in data-pipeline code, whose tensors come from the data in float32: a model's "
                         "half cast or autocast does not reach them)")
         if "numel" in self.ctx.source and self.ctx.facts.only_for_empty(node):

@@ -65,6 +65,9 @@ def test_every_import_spelling_reaches_the_constant(tmp_path, spelling):
         "pkg/consts.py": "EPS = 1e-8\nNEG = -EPS\nBACK = -NEG * 1.0\n\n\nclass Config:\n    eps: float = 1e-8\n",
         "pkg/reexport.py": "from .consts import EPS\n",
         "pkg/model.py": f"{head}\n\n\ndef unit(x, n):\n    return x / (n + {use})\n",
+        # the project trains in mixed precision (else a float16-only edge case is low)
+        "pkg/train.py": "import torch\n\n\ndef step(model, x):\n    with torch.autocast('cuda'):\n"
+                        "        return model(x)\n",
     })
     # a norm's guard needs a zero row: medium confidence
     proc = run("check", "--no-cache", "--min-confidence", "medium", "--output-format", "json", ".", cwd=tmp_path)
