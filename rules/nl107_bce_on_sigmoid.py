@@ -8,7 +8,7 @@ import libcst as cst
 
 from nanlint.dtypes import FLOAT32_MAX, DtypeFacts, fmt
 from nanlint.engine import subtree, children
-from nanlint.finding import SAFE
+from nanlint.finding import HIGH, MEDIUM, SAFE
 from nanlint.patterns import arg, is_reference, torch_op
 from nanlint.rule import FixSpec, Invalid, Rule, Valid
 from nanlint.resolve import dotted_name
@@ -54,6 +54,15 @@ class BceOnSigmoid(Rule):
     configuration that picks BCE and the sigmoid (`nn.BCELoss() if n == 1 else
     nn.CrossEntropyLoss()`, an attribute set in either branch of an `if`). A clamped probability
     (`sigmoid(x).clamp(eps, 1 - eps)`) is left alone.
+
+    ## Confidence
+    **High**; **medium** in a project that runs in mixed precision (autocast,
+    AMP) but casts no model to half: CUDA autocast refuses
+    `binary_cross_entropy` (it raises), so such code runs the loss in
+    float32, where the saturation starts at 16.64 and the backward is not
+    NaN; only a model run in pure half, or CPU autocast, reaches the float16
+    case. (In a project where nothing runs in reduced precision the float16
+    case is medium too, as for every float16-only hazard.)
 
     ## Why is this bad?
     The sigmoid rounds to exactly 1 for every x >= 8.32 in float16 (6.24 in
@@ -311,8 +320,17 @@ class BceOnSigmoid(Rule):
             f"gradient is 0{' (NaN in float16 on CPU)' if any(d.name == 'float16' for d in self.ctx.dtypes) else ''}; "
             f"use `binary_cross_entropy_with_logits` on the logits"
         )
+        confidence = HIGH
+        project = self.ctx.project
+        if dtype.name == "float16" and project is not None and project.casts_to_half() is False \
+                and project.reduced_precision() == "yes":
+            # mixed precision only: CUDA autocast refuses binary_cross_entropy, so the loss runs in float32
+            confidence = MEDIUM
+            message += (" (CUDA autocast refuses `binary_cross_entropy` -- it raises -- and nothing in this "
+                        "project casts a model to half: only a model run in pure half, or CPU autocast, "
+                        "reaches this in float16)")
         self.report(node, message, self._fix(node, kind, module_call, via, sigmoid, logits, through, bound_value),
-                    needs_half=dtype.name in ("float16", "bfloat16"))
+                    confidence=confidence, needs_half=dtype.name in ("float16", "bfloat16"))
 
     def _loss(self, call: cst.Call) -> Optional[Tuple[str, Optional[cst.Call], Optional[str]]]:
         """("function", None, None) for F.binary_cross_entropy; ("module", the BCELoss(...)

@@ -845,3 +845,23 @@ def test_a_dtype_constant_imported_from_another_module(tmp_path):
     assert findings(run("check", "--min-confidence", "low", "--output-format", "json", ".", cwd=tmp_path)) == []
     (tmp_path / "pkg/global_dtype.py").write_text("import torch\n\n_GLOBAL_DTYPE = torch.float16\n")
     assert findings(run("check", "--output-format", "json", ".", cwd=tmp_path)) == [("pkg/cell.py", 6, "NL108")]
+
+
+BCE_HEAD = (
+    "import torch\nimport torch.nn.functional as F\n\n\ndef loss(logits, y):\n"
+    "    return F.binary_cross_entropy(torch.sigmoid(logits), y)\n"
+)
+
+
+@pytest.mark.parametrize("train, confidence", [
+    # mixed precision only: CUDA autocast refuses binary_cross_entropy, so it runs in float32
+    ("import torch\n\n\ndef step(model, x):\n    with torch.autocast('cuda'):\n        return model(x)\n", "medium"),
+    # a model run in pure half reaches the float16 saturation
+    ("def step(model, x):\n    model.half()\n    return model(x)\n", "high"),
+])
+def test_bce_on_a_sigmoid_under_autocast_only(tmp_path, train, confidence):
+    package(tmp_path, {"pkg/__init__.py": "", "pkg/loss.py": BCE_HEAD, "pkg/train.py": train})
+    proc = run("check", "--no-cache", "--min-confidence", "low", "--output-format", "json", ".", cwd=tmp_path)
+    found = [f for f in json.loads(proc.stdout) if f["code"] == "NL107"]
+    assert [(f["path"], f["confidence"]) for f in found] == [("pkg/loss.py", confidence)]
+    assert ("CUDA autocast refuses" in found[0]["message"]) == (confidence == "medium")
