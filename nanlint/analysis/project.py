@@ -35,7 +35,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, FrozenSet, Iterator, List, Optional, Sequence, Set, Tuple
 
 from ..files import ReadError, TooLarge, read_bytes
 
@@ -631,18 +631,9 @@ def generically_initialised(root: str) -> FrozenSet[str]:
     custom norms."""
     if root not in _GENERIC:
         names: Set[str] = set()
-        for path in _source_files(root)[:_SCAN_LIMIT]:
-            text = _read_text(path)
-            if "modules()" not in text or not _GENERIC_TEXT.search(text):
-                continue
-            try:
-                tree = ast.parse(text)
-            except (SyntaxError, ValueError, RecursionError, MemoryError):
-                continue
-            for loop in ast.walk(tree):
-                if isinstance(loop, ast.For) and isinstance(loop.iter, ast.Call) \
-                        and _short(loop.iter.func) in ("modules", "named_modules"):
-                    names |= _initialised_by_name(loop)
+        wanted = lambda text: "modules()" in text and _GENERIC_TEXT.search(text) is not None  # noqa: E731
+        for _, loop in _loops_over(root, ("modules", "named_modules"), wanted):
+            names |= _initialised_by_name(loop)
         _GENERIC[root] = frozenset(names)
     return _GENERIC[root]
 
@@ -677,24 +668,34 @@ def _sweep_sites(root: str) -> List[Tuple[str, int]]:
     process."""
     if root not in _SWEEPS_FOUND:
         found: List[Tuple[str, int]] = []
-        for path in _source_files(root)[:_SCAN_LIMIT]:
-            name = os.path.basename(path)
-            if name.startswith("test_") or name.endswith("_test.py") or f"{os.sep}tests{os.sep}" in path:
-                continue
-            text = _read_text(path)
-            if not _SWEEP_TEXT.search(text):
-                continue
-            try:
-                tree = ast.parse(text)
-            except (SyntaxError, ValueError, RecursionError, MemoryError):
-                continue
-            for loop in ast.walk(tree):
-                if isinstance(loop, ast.For) and isinstance(loop.iter, ast.Call) \
-                        and _short(loop.iter.func) in ("parameters", "named_parameters") and _fills_each(loop):
-                    found.append((os.path.abspath(path), loop.lineno))
-                    break
+        wanted = lambda text: _SWEEP_TEXT.search(text) is not None  # noqa: E731
+        for path, loop in _loops_over(root, ("parameters", "named_parameters"), wanted, skip_tests=True):
+            path = os.path.abspath(path)
+            if (not found or found[-1][0] != path) and _fills_each(loop):
+                found.append((path, loop.lineno))  # the first such loop of each file
         _SWEEPS_FOUND[root] = found
     return _SWEEPS_FOUND[root]
+
+
+def _loops_over(root: str, methods: Sequence[str], wanted: Callable[[str], bool],
+                skip_tests: bool = False) -> Iterator[Tuple[str, ast.For]]:
+    """(file, loop) for every ``for ... in X.<method>()`` loop, ``method`` one
+    of ``methods``, in the files below ``root`` whose text ``wanted`` accepts
+    (test files left out with ``skip_tests``)."""
+    for path in _source_files(root)[:_SCAN_LIMIT]:
+        name = os.path.basename(path)
+        if skip_tests and (name.startswith("test_") or name.endswith("_test.py") or f"{os.sep}tests{os.sep}" in path):
+            continue
+        text = _read_text(path)
+        if not wanted(text):
+            continue
+        try:
+            tree = ast.parse(text)
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            continue
+        for loop in ast.walk(tree):
+            if isinstance(loop, ast.For) and isinstance(loop.iter, ast.Call) and _short(loop.iter.func) in methods:
+                yield path, loop
 
 
 def _imports_reach(start: str, target: str, hops: int) -> bool:
