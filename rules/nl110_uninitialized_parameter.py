@@ -645,7 +645,8 @@ class UninitializedParameter(Rule):
                     f"; a function of this project initialises `{c.attr}` on every module it walks "
                     f"(`getattr(m, \"{c.attr}\")` in a loop over `modules()`), which may include this one"
                 )
-            if not low and cls_node is not None and self.ctx.project is not None:
+            if not low and cls_node is not None and self.ctx.project is not None and not self.ctx.test_code:
+                # (test code is low anyway: the project scan is not worth its cost there)
                 sweep = self.ctx.project.swept_parameters()
                 if sweep and self.ctx.project.named_elsewhere(cls_node.name.value):
                     low = True

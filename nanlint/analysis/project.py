@@ -638,8 +638,13 @@ def generically_initialised(root: str) -> FrozenSet[str]:
     return _GENERIC[root]
 
 
-#: a loop over some module's parameters (``for _, p in self.mlp.named_parameters():``)
-_SWEEP_TEXT = re.compile(r"\bfor\b[^\n]*\bin\s+[\w.\[\]()]+\.(?:named_)?parameters\(\)")
+#: a loop over some module's parameters (``for _, p in self.mlp.named_parameters():``) with
+#: something like an initialiser in its next lines: most such loops (gradients, freezing, counts)
+#: are not read at all
+_SWEEP_TEXT = re.compile(
+    r"\bfor\b[^\n]*\bin\s+[\w.\[\]()]+\.(?:named_)?parameters\(\)[^\n]*\n(?:[^\n]*\n){0,12}?"
+    r"[^\n]*(?:init|normal_|uniform_|zero_|fill_|copy_|xavier|kaiming|orthogonal|ones_)"
+)
 _SWEEPS_FOUND: Dict[str, List[Tuple[str, int]]] = {}
 
 
@@ -668,7 +673,7 @@ def _sweep_sites(root: str) -> List[Tuple[str, int]]:
     process."""
     if root not in _SWEEPS_FOUND:
         found: List[Tuple[str, int]] = []
-        wanted = lambda text: _SWEEP_TEXT.search(text) is not None  # noqa: E731
+        wanted = lambda text: "parameters()" in text and _SWEEP_TEXT.search(text) is not None  # noqa: E731
         for path, loop in _loops_over(root, ("parameters", "named_parameters"), wanted, skip_tests=True):
             path = os.path.abspath(path)
             if (not found or found[-1][0] != path) and _fills_each(loop):
@@ -698,15 +703,23 @@ def _loops_over(root: str, methods: Sequence[str], wanted: Callable[[str], bool]
                 yield path, loop
 
 
+#: past this many modules, a module's imports say nothing about one class (it imports half a library)
+_REACH_LIMIT = 200
+
+
 def _imports_reach(start: str, target: str, hops: int) -> bool:
     """Whether the module at ``start`` is ``target`` or imports it through at
     most ``hops`` project imports (``from pkg.moe import MoE`` reaches
-    ``pkg/moe/__init__.py``, which may import the experts' module)."""
+    ``pkg/moe/__init__.py``, which may import the experts' module); False
+    once more than ``_REACH_LIMIT`` modules are in reach (torch's own
+    ``rnn.py`` reaches most of ``torch.nn``), which also bounds the cost."""
     seen = {start}
     frontier = [start]
     for _ in range(hops + 1):
         if target in frontier:
             return True
+        if len(seen) > _REACH_LIMIT:
+            return False
         following: List[str] = []
         for module in frontier:
             roots = [package_root(module)]
