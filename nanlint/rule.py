@@ -376,14 +376,14 @@ class Rule:
         reduced = self.ctx.project.reduced_precision() if (
             confidence in lower and needs_half and not lowered and self.ctx.project is not None) else None
         if reduced == "no: project":
-            confidence = lower[confidence]
+            lowered, confidence = True, lower[confidence]
             message += (" (nothing in this project runs in reduced precision: no half cast, autocast or "
                         "mixed-precision setting in its code or configuration)")
         elif reduced == "no: programs":
-            confidence = lower[confidence]
+            lowered, confidence = True, lower[confidence]
             message += (" (the programs that run this code, and what they import, run nothing in reduced "
                         "precision: no half cast, autocast or mixed-precision setting)")
-        if not lowered and reduced not in ("no: project", "no: programs") and confidence in lower and needs_half \
+        if not lowered and confidence in lower and needs_half \
                 and self.ctx.input_pipeline and not runs_pure_half(self.ctx.source):
             confidence = lower[confidence]
             message += (" (in data-pipeline code, whose tensors come from the data in float32: a model's "

@@ -446,13 +446,15 @@ class UnguardedLog(TracksLocals, Rule):
 
     def _probability_term(self, node: cst.BaseExpression) -> bool:
         node = _strip(self.ctx, node)
-        if self._prob(node) is not None or self._one_hot(node):
+        if self._prob(node) is not None:
             return True
         if isinstance(node, cst.Name):
             bound = self.values.lookup(node.value)
             if bound is None:
                 return False
             node = _strip(self.ctx, bound)
+        if self._one_hot(node):
+            return True
         if not (isinstance(node, cst.Call) and torch_op(self.ctx, node) == "exp"):
             return False
         inner = node.func.value if is_method_call(self.ctx, node) else (  # type: ignore[union-attr]
@@ -473,13 +475,7 @@ class UnguardedLog(TracksLocals, Rule):
                                and number(n.right) == 2 for n in _walk([inner]))
 
     def _one_hot(self, node: cst.BaseExpression) -> bool:
-        """``F.one_hot(i, n)`` (cast or not), directly or through a local name:
-        0 in every entry but one."""
-        if isinstance(node, cst.Name):
-            bound = self.values.lookup(node.value)
-            if bound is None:
-                return False
-            node = _strip(self.ctx, bound)
+        """``F.one_hot(i, n)``, cast or not: 0 in every entry but one."""
         node = look_through(self.ctx, node, _CASTS)
         return isinstance(node, cst.Call) and torch_op(self.ctx, node) == "one_hot"
 

@@ -753,7 +753,7 @@ def _fills_each(loop: ast.For) -> bool:
         if isinstance(func, ast.Call):  # normal_(std=0.006)(param): a factory's initialiser
             func = func.func
         short = _short(func)
-        return short in _FILLS or "init" in short.lower() and short != "__init__" or (
+        return _initialiser_name(short) or (
             short.endswith("_") and any(w in short for w in ("normal", "uniform", "orthogonal", "xavier", "kaiming")))
 
     for node in ast.walk(loop):
@@ -779,10 +779,15 @@ def _initialised_by_name(loop: ast.For) -> Set[str]:
         if short in ("getattr", "hasattr") and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant) \
                 and node.args[1].value in ("weight", "bias"):
             read.add(node.args[1].value)
-        dotted = _dotted(node.func)
-        if ".init." in f".{dotted}" or short in _FILLS or ("init" in short.lower() and short != "__init__"):
+        if ".init." in f".{_dotted(node.func)}" or _initialiser_name(short):
             initialises = True
     return read if initialises else set()
+
+
+def _initialiser_name(short: str) -> bool:
+    """A call named like an initialiser: an in-place fill (``normal_``,
+    ``zero_``) or anything with ``init`` in its name but ``__init__``."""
+    return short in _FILLS or ("init" in short.lower() and short != "__init__")
 
 
 def project_root(path: str, run_root: Optional[str] = None) -> Optional[str]:
