@@ -656,7 +656,8 @@ def swept_parameters(path: str) -> str:
     ``nn.init.xavier_uniform_(p)``, ``p.data.zero_()``) -- in a module that
     reaches the module at ``path`` through at most four imports (the same
     file included): InternEvo's blocks initialise the experts and embeddings
-    that other modules define. "" when none does. Test files do not count;
+    that other modules define. "" when none does. Test code
+    (:func:`is_test_path`) does not count;
     a loop in a part of the project that never imports this module (another
     collection of a monorepo) says nothing about it."""
     root = code_scope(path)
@@ -688,8 +689,7 @@ def _loops_over(root: str, methods: Sequence[str], wanted: Callable[[str], bool]
     of ``methods``, in the files below ``root`` whose text ``wanted`` accepts
     (test files left out with ``skip_tests``)."""
     for path in _source_files(root)[:_SCAN_LIMIT]:
-        name = os.path.basename(path)
-        if skip_tests and (name.startswith("test_") or name.endswith("_test.py") or f"{os.sep}tests{os.sep}" in path):
+        if skip_tests and is_test_path(path, root):
             continue
         text = _read_text(path)
         if not wanted(text):
