@@ -204,6 +204,9 @@ class FuncScope:
     guard_params: Dict[str, "Use"] = field(default_factory=dict)
     #: decorated to compute in float32 (``@pw_cast_for_opmath``, ``cast_inputs=torch.float32``)
     fp32: bool = False
+    #: parameters whose default is a name (``eps=EPS``, ``eps=consts.EPS``): where it comes from,
+    #: read where the function is defined
+    default_sources: Dict[str, Source] = field(default_factory=dict)
 
     def lookup(self, name: str) -> Optional[Binding]:
         bindings = self.assigns.get(name)
@@ -547,6 +550,12 @@ class TinyEpsilon(Rule):
             index += 1
         for param in node.params.kwonly_params:
             scope.params[param.name.value] = (param, -1)
+        for name, (param, _) in scope.params.items():
+            if isinstance(param.default, (cst.Name, cst.Attribute)):
+                # a default is evaluated where the function is defined (this scope is not pushed yet)
+                found = self._source(param.default)
+                if found is not None:
+                    scope.default_sources[name] = found
         if self.stack_kinds[-1] == "module":
             self.module_funcs.setdefault(node.name.value, []).append(scope)
         if klass is not None and node.name.value == "__init__":
@@ -1009,6 +1018,12 @@ class TinyEpsilon(Rule):
             if isinstance(param.default, cst.Float):
                 self.defaults[id(param.default)] = (scope, source.name)
                 self._report_literal(param.default, use.but(fixable=True), label or source.name)
+            elif source.name in scope.default_sources:
+                # ``eps=EPS``: the constant's value, reported where it is defined
+                default = scope.default_sources[source.name]
+                if default.kind == "lit":
+                    self.defaults[id(default.node)] = (scope, source.name)
+                self._resolve(default, use, label or source.name, depth + 1)
         elif source.kind == "module":
             self.module_uses.append((source.name, use, label, source.node))
         elif source.kind == "const":

@@ -454,3 +454,34 @@ def test_parts_unpacked_from_a_tensor_have_its_dtype(unpack, quiet):
     )
     found = confidences(source)
     assert (found == []) is quiet, found
+
+
+def test_a_default_named_by_a_module_constant_is_the_constants_value():
+    """``EPS = 1e-8`` then ``def __init__(self, eps=EPS): self.eps = eps``
+    and ``ha += self.eps; ... / ha`` (a box coder): the default is the
+    constant's value, reported where the constant is defined. A constant
+    float16 can hold, or a default every call here overrides, is not the
+    same finding."""
+    def found(value, calls=""):
+        src = ("import torch\n"
+               f"EPS = {value}\n"
+               "class Coder:\n"
+               "    def __init__(self, eps: float = EPS):\n"
+               "        self.eps = eps\n"
+               "    def encode(self, h, ha):\n"
+               "        ha += self.eps\n"
+               "        return torch.log(h / ha)\n"
+               "def normalize(x, eps=EPS):\n"
+               "    return x / (x.norm(dim=-1, keepdim=True) + eps)\n"
+               f"{calls}")
+        return {(f.line, f.column): f.confidence for f in lint(src, ["NL001"])}
+    tiny = found("1e-8")
+    assert list(tiny) == [(2, 7)]  # one finding, at the constant
+    assert found("1e-4") == {}
+    overridden = found("1e-8", "def use(x, h, a):\n"
+                               "    return normalize(x, eps=1e-4), Coder(eps=1e-4).encode(h, a)\n")
+    assert overridden == {(2, 7): "low"}
+    # a default that is not a number (a function, a dtype) is no guard
+    src = ("import torch\nDT = torch.float32\n"
+           "def f(x, dtype=DT):\n    return x / (x.sum() + dtype)\n")
+    assert lint(src, ["NL001"]) == []
