@@ -208,23 +208,43 @@ class Context:
         return func.name.value
 
     def uncalled_function(self, node: cst.CSTNode) -> Optional[str]:
-        """The name of the module-level function holding ``node`` when nothing
-        in this file uses that function and no other module is expected to: a
-        program's function (the file has a ``__main__`` block), undecorated,
-        whose name appears nowhere else in the file, in a file that hands no
-        module to a CLI maker (``fire.Fire()`` exposes every function). Dead
-        code: whatever it would compute never runs. None otherwise. (A
-        module's private ``_helper`` that its own file never calls is, more
-        likely than dead, imported by a sibling module: it does not count.)"""
+        """Why the module-level function or class holding ``node`` is dead
+        code, or None: its name appears nowhere else in the file, it is not
+        decorated (a decorator may register it), and either it is a
+        program's function (the file has a ``__main__`` block) or nothing
+        else in the project names it, though it imports the module (:meth:`_unused`). Not in a file
+        that hands its module to a CLI maker (``fire.Fire()`` exposes every
+        function). (A module's private ``_helper`` that its own file never
+        calls is, more likely than dead, imported by a sibling module: the
+        project's text says which.)"""
         func = self._outermost_definition(node)
-        if not isinstance(func, cst.FunctionDef) or func.decorators:
+        if not isinstance(func, (cst.FunctionDef, cst.ClassDef)) or func.decorators:
             return None
         name = func.name.value
-        if not self.main_block or name.startswith("test") or "Fire(" in self.source:
+        if name.startswith(("test", "__")) or "Fire(" in self.source:
             return None
         if len(re.findall(rf"(?<![\w.]){re.escape(name)}\b", self.source)) > 1:
             return None
-        return name
+        if self.main_block and isinstance(func, cst.FunctionDef):
+            return f"in `{name}`, which nothing calls: dead code unless another module imports it"
+        if self._unused(name):
+            return (f"in `{name}`, which nothing else in this project names, though other modules import its "
+                    f"module: dead code unless a user imports it by hand")
+        return None
+
+    def _unused(self, name: str) -> bool:
+        """A module-level definition of an application (no installable
+        library) whose module other files of the project import, but which
+        no other file mentions, nor its documentation or launch scripts
+        (:meth:`nanlint.analysis.project.ProjectFile.unused_definition`).
+        Not for the files a framework reads by convention (``hubconf.py``'s
+        entry points, ``conftest.py``), nor where the file looks names up by
+        string (``globals()``, ``sys.modules[__name__]``)."""
+        if self.project is None or self.test_code or os.path.basename(self.path) in _CONVENTIONAL_FILES:
+            return False
+        if "globals()" in self.source or "sys.modules" in self.source:
+            return False
+        return self.project.unused_definition(name)
 
     @property
     def facts(self):
@@ -274,6 +294,9 @@ class Context:
         """The most fragile target dtype (the first one configured)."""
         return self.dtypes[0]
 
+
+#: files a framework reads by convention: their definitions are entry points
+_CONVENTIONAL_FILES = frozenset({"hubconf.py", "conftest.py", "setup.py", "__main__.py"})
 
 _JAX_IMPORT = re.compile(r"^[ \t]*(?:import|from)[ \t]+(?:jax|flax)\b", re.MULTILINE)
 #: ``import torch``, ``from torch.nn import ...``: the module named
@@ -404,7 +427,7 @@ class Rule:
             dead = self.ctx.uncalled_function(node)
             if dead is not None:
                 confidence = LOW
-                message += f" (in `{dead}`, which nothing calls: dead code unless another module imports it)"
+                message += f" ({dead})"
         if confidence != LOW and self.ctx.project is not None:
             untaken = self.ctx.facts.untaken_branch(node)
             if untaken is not None:

@@ -685,7 +685,7 @@ def test_a_private_helper_another_module_imports_is_not_only_called_here(tmp_pat
     ({}, "low"),
     # look-alikes: the package imports it; a config names it (a registry's custom_imports);
     # the package imports its modules by computed names; it is a program
-    ({"pkg/losses/__init__.py": "from .match_loss import cost\n"}, "high"),
+    ({"pkg/losses/__init__.py": "from .match_loss import bound\n"}, "high"),
     ({"configs/seg.py": "custom_imports = dict(imports=['pkg.losses.match_loss'])\n"}, "high"),
     ({"pkg/losses/__init__.py": "import importlib\nfor m in ('focal', 'dice'):\n"
                                 "    importlib.import_module(f'.{m}', __name__)\n"}, "high"),
@@ -865,3 +865,47 @@ def test_bce_on_a_sigmoid_under_autocast_only(tmp_path, train, confidence):
     found = [f for f in json.loads(proc.stdout) if f["code"] == "NL107"]
     assert [(f["path"], f["confidence"]) for f in found] == [("pkg/loss.py", confidence)]
     assert ("CUDA autocast refuses" in found[0]["message"]) == (confidence == "medium")
+
+
+LOSSES = ("import torch\n\n\ndef kl_loss(p, q):\n    return (p * torch.log(torch.sigmoid(q))).sum()\n\n\n"
+          "def dice_loss(p, q):\n    return 1 - 2 * (p * q).sum() / (p + q).sum()\n")
+
+
+@pytest.mark.parametrize("extra, confidence", [
+    ({}, "low"),
+    # look-alikes: another module uses it; a config or a launch script or the README names it;
+    # nothing imports the module at all (a script of unknown use); the project is a library;
+    # its own file uses it; it is looked up by name in its own file
+    ({"train2.py": "from utils.losses import kl_loss\n"}, "high"),
+    ({"configs/run.yaml": "loss: kl_loss\n"}, "high"),
+    ({"run.sh": "python train.py --loss kl_loss\n"}, "high"),
+    ({"README.md": "`losses.kl_loss` is the KL term\n"}, "high"),
+    ({"train.py": "def step(model, x):\n    model.half()(x.half()).sum().backward()\n"}, "high"),
+    ({"pyproject.toml": "[project]\nname = 'utils'\n"}, "high"),
+    ({"utils/losses.py": LOSSES + "\n\nLOSS = kl_loss\n"}, "high"),
+    ({"utils/losses.py": LOSSES + "\n\ndef get(name):\n    return globals()[name]\n"}, "high"),
+])
+def test_a_definition_nothing_in_the_project_names_is_dead_code(tmp_path, extra, confidence):
+    """A training script imports the losses module and uses `dice_loss`; `kl_loss` beside it is
+    named nowhere else in the project: its hazard runs nowhere (low, and the message says so)."""
+    files = {"utils/__init__.py": "", "utils/losses.py": LOSSES,
+             "train.py": "from utils import losses\n\n\ndef step(model, x, y):\n"
+                         "    model.half()\n    return losses.dice_loss(model(x), y)\n"}
+    package(tmp_path, {**files, **extra})
+    proc = run("check", "--no-cache", "--min-confidence", "low", "--output-format", "json", ".", cwd=tmp_path)
+    found = [f for f in json.loads(proc.stdout) if f["code"] == "NL101"]
+    assert [(f["line"], f["confidence"]) for f in found] == [(5, confidence)]
+    assert ("`kl_loss`, which nothing else in this project names" in found[0]["message"]) == (confidence == "low")
+
+
+def test_a_new_use_of_an_unused_definition_invalidates_the_cached_finding(tmp_path):
+    """The warm run must see the definition come into use in another module."""
+    package(tmp_path, {"utils/__init__.py": "", "utils/losses.py": LOSSES,
+                       "train.py": "from utils import losses\n\n\ndef step(model, x, y):\n"
+                                   "    model.half()\n    return losses.dice_loss(model(x), y)\n"})
+    cache = ["--cache-dir", str(tmp_path / ".cache")]
+    assert findings(run("check", *cache, "--output-format", "json", ".", cwd=tmp_path)) == []
+    (tmp_path / "train.py").write_text("from utils import losses\n\n\ndef step(model, x, y):\n"
+                                       "    model.half()\n    return losses.kl_loss(model(x), y)\n")
+    assert findings(run("check", *cache, "--output-format", "json", ".", cwd=tmp_path)) == [
+        ("utils/losses.py", 5, "NL101")]

@@ -448,6 +448,16 @@ class ProjectFile:
         root = project_root(self.path, self.roots[-1])
         return self._fact("named", f"{name}:{os.path.abspath(self.path)}|{root}") == "yes"
 
+    def unused_definition(self, name: str) -> bool:
+        """Whether the project imports this file's module but mentions its
+        definition ``name`` nowhere else (see :func:`unused_definition`);
+        False in an installable library (whose users may import anything)
+        or a project of unknown extent."""
+        if self.library():
+            return False
+        root = project_root(self.path, self.roots[-1])
+        return self._fact("unused", f"{name}:{os.path.abspath(self.path)}|{root}") == "yes"
+
     def library(self) -> bool:
         """Whether this file belongs to an installable library (see
         :func:`installable`), whose users call its public functions with
@@ -502,6 +512,8 @@ _FACTS = {
     "programs-reduced": lambda subject: {True: "yes", False: "no", None: "unknown"}[
         programs_use_reduced_precision(*subject.split("\n"))],
     "named": lambda subject: "yes" if named_elsewhere(subject.partition(":")[0], *subject.partition(":")[2].rsplit("|", 1)) else "no",
+    "unused": lambda subject: "yes" if unused_definition(
+        subject.partition(":")[0], *subject.partition(":")[2].rsplit("|", 1)) else "no",
     "generic-init": lambda scope: ",".join(sorted(generically_initialised(scope))),
     "sweeps": lambda path: swept_parameters(path),
     "patched": lambda subject: "yes" if patched_in(subject.partition(":")[2], subject.partition(":")[0]) else "no",
@@ -1165,6 +1177,30 @@ def named_elsewhere(name: str, path: str, root: str) -> bool:
         files = _source_files(root, (".py", ".ipynb", *_CONFIG_SUFFIXES))
         _NAMED[key] = len(files) > _SCAN_LIMIT or _named_in(files, name, key[1])
     return _NAMED[key]
+
+
+_UNUSED: Dict[Tuple[str, str, str], bool] = {}
+
+
+def unused_definition(name: str, path: str, root: str) -> bool:
+    """Whether ``name``, defined in ``path``, is left out of what the project
+    below ``root`` uses of a module it does use: another (non-test) file
+    imports the module, and no other file mentions the name -- its code,
+    notebooks, configuration, launch scripts and documentation (a README's
+    ``from pkg.losses import dice_loss``, a script's ``--model UNet`` read by
+    ``getattr``). The dead loss kept beside the ones a training script takes
+    from the module. False when the project is too large to list, or
+    nothing imports the module (a script, an entry point, a module of
+    unknown use: :func:`never_imported` judges modules)."""
+    key = (name, os.path.abspath(path), root)
+    if key not in _UNUSED:
+        _UNUSED[key] = False
+        index = _importers(root)
+        users = None if isinstance(index, _Unlisted) else index.get(key[1])
+        if users and any(not test for *_, test in users):
+            files = _source_files(root, (".py", ".ipynb", *_CONFIG_SUFFIXES, *_DOCS))
+            _UNUSED[key] = len(files) <= _SCAN_LIMIT and not _named_in(files, name, key[1])
+    return _UNUSED[key]
 
 
 def _named_in(files: Sequence[str], name: str, skip: str) -> bool:
