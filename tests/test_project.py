@@ -387,7 +387,14 @@ WHISPER = (
     ("class Encoder:\n    def __init__(self, path):\n        ckpt = torch.load(path)\n"
      "        model = Model(**ckpt['dims'])\n        model.load_state_dict(ckpt['model_state_dict'])\n"
      "        self.model = model\n", "low"),
-    # look-alike: the other module builds the model and trains it from scratch
+    # a wrapper that builds it from the module it imports, into its own attribute, and loads
+    # that attribute (TimesFM's `self._model = ppd.Decoder(config)`)
+    ("from . import model as ppd\n\n\nclass TimesFm:\n    def load(self, path):\n"
+     "        self._model = ppd.Model(4, 8)\n        self._model.load_state_dict(torch.load(path))\n", "low"),
+    # look-alikes: the attribute built is not the one loaded; the other module builds the
+    # model and trains it from scratch
+    ("from . import model as ppd\n\n\nclass TimesFm:\n    def load(self, path):\n"
+     "        self._model = ppd.Model(4, 8)\n        self._head.load_state_dict(torch.load(path))\n", "high"),
     ("def build(n, d):\n    model = Model(n, d)\n    return model.cuda()\n", "high"),
     # look-alike: a wrapper class that builds it without loading anything
     ("class Trainer:\n    def __init__(self, n, d):\n        self.model = Model(n, d)\n", "high"),

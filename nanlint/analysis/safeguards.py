@@ -378,29 +378,34 @@ class Safeguards:
         for other, local, via_module, test in found:
             if test:
                 continue
-            if via_module:
-                return False  # ``m.Cls(...)``: not followed
             facts = _remote_facts(other, self.ctx.dtypes, project.roots[-1])
-            builders = facts.safeguards._builders(local.lstrip("*")) if facts is not None else None
+            builders = None if facts is None else facts.safeguards._builders(
+                local.lstrip("*"), attr=name if via_module else None)
             if builders is None or builders[0]:
                 return False  # a construction there is not loaded, or is a layer of another class
             loaded += len(builders[1])
         return loaded > 0
 
-    def _builders(self, name: str):
-        """(the classes whose code constructs ``name(...)``, the constructions
-        followed by a ``load_state_dict`` into the model they build); None when
-        one of those outside a class is not so followed (``model =
-        RWKV(args).cuda()`` then ``model.load_state_dict(sd)``, in an inference
-        script, or in a wrapper's ``__init__``, as so-vits-svc's
-        ``WhisperPPG``: every layer the model builds holds the checkpoint's
-        values)."""
+    def _builders(self, name: str, attr: Optional[str] = None):
+        """(the classes whose code constructs ``name(...)`` -- or
+        ``name.attr(...)``, a class of a module imported as ``name`` --, the
+        constructions followed by a ``load_state_dict`` into the model they
+        build); None when one of those outside a class is not so followed
+        (``model = RWKV(args).cuda()`` then ``model.load_state_dict(sd)``, in
+        an inference script, or in a wrapper's ``__init__``, as so-vits-svc's
+        ``WhisperPPG`` and TimesFM's ``self._model = ppd.Decoder(config)``:
+        every layer the model builds holds the checkpoint's values)."""
         out: List[cst.ClassDef] = []
         loaded: List[cst.Call] = []
         for n in self.scopes.reads.get(self.scopes.module, {}).get(name, []) + [
             r for scope, table in self.scopes.reads.items() if scope is not self.scopes.module
             for r in table.get(name, [])
         ]:
+            if attr is not None:
+                up = self.scopes.parent.get(n)
+                if not (isinstance(up, cst.Attribute) and up.value is n and up.attr.value == attr):
+                    continue
+                n = up
             call = self.scopes.parent.get(n)
             if not (isinstance(call, cst.Call) and call.func is n):
                 continue
@@ -423,10 +428,32 @@ class Safeguards:
         (``model, transform = build(...)`` then ``model.load_state_dict(sd)``)."""
         node = self._through_calls(call)
         up = self.scopes.parent.get(node)
-        if not (isinstance(up, cst.Assign) and up.value is node and len(up.targets) == 1
-                and isinstance(up.targets[0].target, cst.Name)):
+        if not (isinstance(up, cst.Assign) and up.value is node and len(up.targets) == 1):
             return False
-        return self._binding_loaded(up, up.targets[0].target.value, 0)
+        target = up.targets[0].target
+        if isinstance(target, cst.Name):
+            return self._binding_loaded(up, target.value, 0)
+        return self._attribute_loaded(up, target)
+
+    def _attribute_loaded(self, stmt: cst.Assign, target: cst.BaseExpression) -> bool:
+        """``self._model = Cls(...)`` then ``self._model.load_state_dict(...)``
+        in the same function (a wrapper's constructor)."""
+        if not (isinstance(target, cst.Attribute) and isinstance(target.value, cst.Name)
+                and target.value.value == "self"):
+            return False
+        func = self.scopes.enclosing_function(stmt)
+        if func is None:
+            return False
+        field = target.attr.value
+        for n in self.scopes.reads.get(func, {}).get("self", []):
+            owner = self.scopes.parent.get(n)
+            method = self.scopes.parent.get(owner)
+            if (isinstance(owner, cst.Attribute) and owner.value is n and owner.attr.value == field
+                    and isinstance(method, cst.Attribute) and method.value is owner
+                    and method.attr.value == "load_state_dict"
+                    and isinstance(self.scopes.parent.get(method), cst.Call)):
+                return True
+        return False
 
     def _through_calls(self, node: cst.CSTNode) -> cst.CSTNode:
         """The outermost of ``node.to(...).cuda().eval()``: method calls on it."""
