@@ -96,6 +96,8 @@ class _Creation:
     what: str
     param: Optional[cst.Call] = None  # the nn.Parameter(...) call
     returned: bool = False  # flows out of its function: the caller initialises it, or not
+    #: stored over a module's existing parameter (``module._parameters[name] = ...``)
+    replaces: bool = False
 
 
 class UninitializedParameter(Rule):
@@ -195,8 +197,15 @@ class UninitializedParameter(Rule):
     parameter of a module it holds, one by one
     (`for _, p in self.mlp.named_parameters(): normal_(std=0.006)(p)`,
     InternEvo's blocks over experts defined elsewhere; test files do not
-    count). The cached findings remember these facts and are recomputed
-    when they change.
+    count). A parameter stored over a module's existing one
+    (`module._parameters[name] = nn.Parameter(torch.empty_like(p))`) is
+    **low** too: that materialises a parameter the model already defines,
+    as FSDP's `param_init_fn` or a meta-device loader does, and the state
+    dict or the `sync_module_states` broadcast that follows fills it. A
+    wrapper that builds the model from a module it imports and loads it into
+    its own attribute (`self._model = decoder.Model(cfg)` then
+    `self._model.load_state_dict(sd)`) counts as a checkpoint's loader. The
+    cached findings remember these facts and are recomputed when they change.
 
     ## Why is this bad?
     `torch.empty` returns whatever bytes were in that memory. Reinterpreted as
@@ -619,7 +628,13 @@ class UninitializedParameter(Rule):
                     "; skip_init defers initialisation on purpose, usually to a model-level loop over "
                     "parameters() or a checkpoint load elsewhere, which this file does not show"
                 )
-            low = loaded or replaced or c.kind == "skip_init"
+            low = loaded or replaced or c.kind == "skip_init" or c.replaces
+            if c.replaces:
+                message += (
+                    "; it is stored over a module's existing parameter (`module._parameters[name] = ...`), "
+                    "materialising it as FSDP's `param_init_fn` or a meta-device loader does, for the state "
+                    "dict or broadcast that follows to fill"
+                )
             if loaded:
                 message += (
                     "; the model that holds it takes its weights from a checkpoint (a pretrained-model class, "
@@ -1104,8 +1119,21 @@ class UninitializedParameter(Rule):
         what = " ".join(self.ctx.code(alloc).split())
         if len(what) > 40:
             what = what[:37] + "..."
-        creation = _Creation(alloc, "empty", frame, cls, attr, local or target_local, self.order, what, param=node)
+        creation = _Creation(alloc, "empty", frame, cls, attr, local or target_local, self.order, what, param=node,
+                             replaces=self._replaces_parameter())
         self.creations.append(creation)
+
+    def _replaces_parameter(self) -> bool:
+        """The statement stores into a module's parameter table
+        (``module._parameters[name] = nn.Parameter(torch.empty_like(p))``):
+        it materialises a parameter that exists already, as FSDP's
+        ``param_init_fn`` or a meta-device loader does, for a later state
+        dict or broadcast to fill; it does not define a new one."""
+        assign = self.assigns[-1] if self.assigns else None
+        if not isinstance(assign, cst.Assign):
+            return False
+        return any(isinstance(t.target, cst.Subscript) and isinstance(t.target.value, cst.Attribute)
+                   and t.target.value.attr.value == "_parameters" for t in assign.targets)
 
     def _storage(self, node: cst.Call, data: cst.BaseExpression) -> bool:
         grad = arg(node, 1, "requires_grad")

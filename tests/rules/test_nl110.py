@@ -228,3 +228,20 @@ def test_a_local_registered_on_a_child_and_filled_through_it_is_initialised(regi
     """A fused linear+batch-norm layer: its new bias is filled through the child it is registered on."""
     source = FUSE.replace("{register}", register).replace("{fill}", fill)
     assert bool(lint(source, ["NL110"])) == reported
+
+
+@pytest.mark.parametrize("store, confidence", [
+    # FSDP's param_init_fn (verl): materialise each existing parameter on the device
+    ("module._parameters[name] = nn.Parameter(torch.empty_like(param.data, device=device))", "low"),
+    ("module._parameters[name] = shared.setdefault(param, nn.Parameter(torch.empty_like(param.data)))", "low"),
+    # look-alikes: a new parameter registered under a new name, or kept in a local dict
+    ("module.register_parameter(name + '_copy', nn.Parameter(torch.empty_like(param.data)))", "high"),
+    ("shared[name] = nn.Parameter(torch.empty_like(param.data))", "high"),
+])
+def test_a_parameter_stored_over_an_existing_one_is_materialised_for_a_later_fill(store, confidence):
+    src = ("import torch\nfrom torch import nn\n\n\ndef get_init_fn(device):\n    shared = {}\n\n"
+           "    def init_fn(module):\n        for name, param in module.named_parameters(recurse=False):\n"
+           f"            {store}\n\n    return init_fn\n")
+    found = lint(src, ["NL110"])
+    assert [f.confidence for f in found] == [confidence]
+    assert ("stored over a module's existing parameter" in found[0].message) == (confidence == "low")
