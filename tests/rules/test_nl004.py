@@ -39,11 +39,31 @@ def test_an_adaptive_optimizer_held_by_the_class():
         return ("import torch\n"
                 "class Trainer:\n"
                 "    def __init__(self, model):\n"
+                "        self.model = model.half()\n"
                 f"        self.opt = {make}\n"
-                "        self.scaler = torch.cuda.amp.GradScaler()\n"
                 "    def step(self, loss):\n"
-                "        self.scaler.scale(loss).backward()\n"
-                "        self.scaler.step(self.opt)\n"
-                "        self.scaler.update()\n")
-    assert _confidence(trainer("torch.optim.SGD(model.parameters(), lr=0.1)")) == ["medium"]
+                "        loss.backward()\n"
+                "        self.opt.step()\n")
+    assert _confidence(trainer("torch.optim.SGD(model.parameters(), lr=0.1)")) == ["high"]
     assert _confidence(trainer("torch.optim.Adam(model.parameters())")) == ["low"]
+
+
+def test_mixed_precision_steps_float32_weights_and_skips_overflows():
+    """Under a GradScaler the scaler skips every step whose gradients overflow and the
+    weights it steps are float32: a missing clip is low, whatever the optimizer."""
+    for make in ("torch.optim.SGD(model.parameters(), lr=0.1)", "torch.optim.Adam(model.parameters())"):
+        src = ("import torch\n"
+               "def train(model, loader):\n"
+               f"    opt = {make}\n"
+               "    scaler = torch.cuda.amp.GradScaler()\n"
+               "    for x in loader:\n"
+               "        with torch.autocast('cuda'):\n"
+               "            loss = model(x).sum()\n"
+               "        scaler.scale(loss).backward()\n"
+               "        scaler.step(opt)\n"
+               "        scaler.update()\n")
+        found = lint(src, ["NL004"])
+        assert [f.confidence for f in found] == ["low"]
+        # an adaptive optimizer gives its own reason, which holds in any precision
+        reason = "master weights" if "SGD" in make else "divides by a gradient magnitude"
+        assert reason in found[0].message
