@@ -863,8 +863,14 @@ BCE_HEAD = (
 @pytest.mark.parametrize("train, confidence", [
     # mixed precision only: CUDA autocast refuses binary_cross_entropy, so it runs in float32
     ("import torch\n\n\ndef step(model, x):\n    with torch.autocast('cuda'):\n        return model(x)\n", "medium"),
+    # a custom op's inputs cast to half under autocast is mixed precision, not a half model
+    # (OpenPCDet's `@custom_fwd(cast_inputs=torch.float16)`)
+    ("import torch\n\n\nclass Op(torch.autograd.Function):\n    @staticmethod\n"
+     "    @torch.cuda.amp.custom_fwd(cast_inputs=torch.float16)\n    def forward(ctx, x):\n        return x\n\n\n"
+     "def step(model, x):\n    with torch.autocast('cuda'):\n        return Op.apply(model(x))\n", "medium"),
     # a model run in pure half reaches the float16 saturation
     ("def step(model, x):\n    model.half()\n    return model(x)\n", "high"),
+    ("import torch\n\n\ndef step(model, x):\n    return model.to(dtype=torch.float16)(x)\n", "high"),
 ])
 def test_bce_on_a_sigmoid_under_autocast_only(tmp_path, train, confidence):
     package(tmp_path, {"pkg/__init__.py": "", "pkg/loss.py": BCE_HEAD, "pkg/train.py": train})

@@ -893,7 +893,9 @@ def runs_pure_half(text: str) -> bool:
     the config is often a JSON file) or ``"fp16": {...}`` config, apex's
     O2/O3, Lightning's ``"16-true"``, a ``HalfTensor`` default tensor type
     (LLaMA's reference code); bfloat16 alike. A dtype compared
-    (``x.dtype == torch.half``) is not a cast. Each sign is a literal found
+    (``x.dtype == torch.half``) is not a cast, nor is a custom op's
+    ``@custom_fwd(cast_inputs=torch.float16)``, which casts only under
+    autocast (:func:`runs_mixed_precision` counts it). Each sign is a literal found
     with ``str.find`` before any pattern runs (most files have none)."""
     if _shows(text, _HALF_SIGNS):
         return True
@@ -901,9 +903,15 @@ def runs_pure_half(text: str) -> bool:
         return False
     for found in _HALF_DTYPE.finditer(text):
         start = found.start()
-        if _GIVEN_BEFORE.search(text, max(0, start - 120), start):
+        if _GIVEN_BEFORE.search(text, max(0, start - 120), start) and not _AUTOCAST_ONLY.search(
+                text, max(0, start - 40), start):
             return True
     return False
+
+
+#: a half dtype that applies only under autocast: ``@custom_fwd(cast_inputs=torch.float16)``
+#: casts a custom op's inputs when autocast is on (a mixed-precision sign, not a cast)
+_AUTOCAST_ONLY = re.compile(r"cast_inputs\s*=\s*\Z")
 
 
 #: root -> (whether a Python file or notebook below it runs something in pure
@@ -948,6 +956,7 @@ def casts_to_half(root: str) -> bool:
 #: the signs of a mixed-precision run in code (see :func:`runs_mixed_precision`)
 _MIXED_SIGNS: Tuple[_Sign, ...] = (
     ("autocast", re.compile(r"autocast\((?![^)\n]*enabled\s*=\s*False)"), False),
+    ("cast_inputs", re.compile(r"cast_inputs\s*=\s*torch\.(?:float16|half|bfloat16)\b"), False),
     ("GradScaler", None, False),
     ("amp.initialize(", re.compile(r"amp\.initialize\("), True),
     ("use_amp", re.compile(r"use_amp\b"), True),
