@@ -190,7 +190,9 @@ class UninitializedParameter(Rule):
     `*patch*(...)` function): that library builds the model and initialises
     or loads it; and a `weight` or `bias` parameter where a function of the
     project (below the file's top-level package) walks `model.modules()` and
-    initialises `getattr(m, "weight")` on any module, whatever its class;
+    initialises `getattr(m, "weight")` on any module, whatever its class, or
+    is a callback for `model.apply(...)` that does so to the one module it
+    is given (`def init_func(m): if hasattr(m, 'bias'): init.constant_(m.bias, 0)`);
     and a parameter of a class that other modules of the project build
     (or of an installable library) where a module that imports the class's
     module (through at most four imports) runs an initialiser on every

@@ -261,9 +261,13 @@ NORM = (
      "            init_func(weight)\n", True),
     ("def init_all(model):\n    for name, m in model.named_modules():\n        if hasattr(m, 'weight'):\n"
      "            nn.init.normal_(m.weight, std=0.02)\n", True),
-    # look-alike: the same walk freezes the weights, it initialises nothing
+    # a callback for `model.apply(...)` (imaginaire's `weights_init` returns one)
+    ("def weights_init(gain):\n    def init_func(m):\n        if hasattr(m, 'weight') and m.weight is not None:\n"
+     "            nn.init.normal_(m.weight.data, 0.0, gain)\n    return init_func\n", True),
+    # look-alikes: the same walk, or a callback, freezes the weights: it initialises nothing
     ("def freeze(model):\n    for m in model.modules():\n        weight = getattr(m, 'weight', None)\n"
      "        if weight is not None:\n            weight.requires_grad_(False)\n", False),
+    ("def freeze(m):\n    if hasattr(m, 'weight'):\n        m.weight.requires_grad_(False)\n", False),
 ])
 def test_a_project_function_that_initialises_every_modules_weight_covers_custom_layers(tmp_path, walker, covered):
     """Open-Sora's `init_modules`: its catch-all branch initialises `getattr(m, "weight")`

@@ -640,14 +640,36 @@ def generically_initialised(root: str) -> FrozenSet[str]:
     ``getattr(m, "weight", None)`` (or tests ``hasattr(m, "weight")``) and
     runs an initialiser (``init_func(weight)``, ``nn.init.*``, ``bias.data.zero_()``)
     on it -- Open-Sora's ``init_modules``, whose catch-all branch covers
-    custom norms."""
+    custom norms; or a callback for ``model.apply(...)``, a function of one
+    module that does the same (imaginaire's ``weights_init``:
+    ``if hasattr(m, 'bias') and m.bias is not None: init.constant_(m.bias.data, 0)``
+    for whatever module ``apply`` hands it)."""
     if root not in _GENERIC:
         names: Set[str] = set()
-        wanted = lambda text: "modules()" in text and _GENERIC_TEXT.search(text) is not None  # noqa: E731
-        for _, loop in _loops_over(root, ("modules", "named_modules"), wanted):
-            names |= _initialised_by_name(loop)
+        for path in _source_files(root)[:_SCAN_LIMIT]:
+            text = _read_text(path)
+            if _GENERIC_TEXT.search(text) is None:
+                continue
+            try:
+                tree = ast.parse(text)
+            except (SyntaxError, ValueError, RecursionError, MemoryError):
+                continue
+            for node in ast.walk(tree):
+                if isinstance(node, ast.For) and isinstance(node.iter, ast.Call) \
+                        and _short(node.iter.func) in ("modules", "named_modules"):
+                    names |= _initialised_by_name(node)
+                elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _module_callback(node):
+                    names |= _initialised_by_name(node)
         _GENERIC[root] = frozenset(names)
     return _GENERIC[root]
+
+
+def _module_callback(func: ast.FunctionDef) -> bool:
+    """A function of one module (``def init_func(m):``), the shape
+    ``nn.Module.apply`` calls: what it does to ``m`` it does to every module
+    of the model it is applied to."""
+    params = [*func.args.posonlyargs, *func.args.args]
+    return len(params) == 1 and params[0].arg not in ("self", "cls") and not func.args.kwonlyargs
 
 
 #: a loop over some module's parameters (``for _, p in self.mlp.named_parameters():``) with
