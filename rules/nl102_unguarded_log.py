@@ -23,8 +23,8 @@ from nanlint.probabilities import (
 LOG_OPS = ("log", "log2", "log10")
 # a guard anywhere in the operand: the log belongs to NL001 (a tiny eps) or is fine
 GUARD_OPS = frozenset(
-    {"clamp", "clamp_", "clamp_min", "clamp_min_", "clip", "clip_", "maximum", "fmax", "nan_to_num",
-     "nan_to_num_", "where", "masked_fill", "masked_fill_", "log1p", "softplus", "exp", "max"}
+    {"clamp", "clamp_", "clamp_min", "clamp_min_", "clip", "clip_", "maximum", "fmax", "minimum", "fmin",
+     "nan_to_num", "nan_to_num_", "where", "masked_fill", "masked_fill_", "log1p", "softplus", "exp", "max"}
 )
 # ops after which a -inf from the log is replaced (the gradient may still be NaN: NL109's business)
 SANITIZERS = frozenset({"where", "masked_fill", "masked_fill_", "nan_to_num", "nan_to_num_", "masked_scatter"})
@@ -103,8 +103,9 @@ class UnguardedLog(TracksLocals, Rule):
     line.
 
     Not flagged: any log whose operand has a guard, however small (`p + eps`,
-    `clamp`, `clamp_min`, `torch.maximum`, `log1p`; whether the eps survives
-    float16 is NL001's business); a log inside a `torch.where` branch,
+    `clamp`, `clamp_min`, `torch.maximum`, `log1p`, a cap that keeps `1 - p`
+    above 0: `torch.minimum(p, torch.ones_like(p) * 0.999)`; whether the eps
+    or the cap survives float16 is NL001's business); a log inside a `torch.where` branch,
     `masked_fill` or `nan_to_num` (a guarded-branch gradient is NL109's); a
     log NL101 reports (`log(softmax(x))`, `log(sigmoid(x))`).
 

@@ -65,3 +65,18 @@ def test_a_guard_before_a_renormalising_rebinding_is_seen():
     unguarded = guarded.replace("labels_s = labels + 1e-4", "labels_s = torch.softmax(labels, 1)")
     [finding] = lint(unguarded, ["NL102"])
     assert finding.line == 5
+
+
+def test_a_cap_on_the_probability_keeps_its_complement_above_zero():
+    """LMFlow's KL-DPO loss: `p = torch.minimum(p, torch.ones_like(p) * 0.999)` then
+    `log(1 - p)`: 0.999 is 0.99902 in float16, so `1 - p` >= 9.8e-4. The same
+    loss without the cap keeps the finding."""
+    def found(cap):
+        src = ("import torch\nimport torch.nn.functional as F\n\n\ndef kl(logits, beta):\n"
+               "    p = F.sigmoid(beta * logits)\n"
+               f"{cap}"
+               "    return p * torch.log(p + 1e-3) + (1 - p) * torch.log(1 - p)\n")
+        return [f.code for f in lint(src, ["NL101", "NL102"])]
+    assert found("    p = torch.minimum(p, torch.ones_like(p) * 0.999)\n") == []
+    assert found("    p = torch.fmin(p, torch.full_like(p, 0.999))\n") == []
+    assert found("") == ["NL101"]
