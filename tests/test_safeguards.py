@@ -108,15 +108,16 @@ def test_a_clipping_setting_handed_on_counts_unless_switched_off(tmp_path, value
     assert _check(tmp_path, source, "NL004") == ([(7, "high")] if reported else [])
 
 
-@pytest.mark.parametrize("setup,confidence", [
-    ("model = model.half()", "high"),
-    ("model = model.to(dtype=torch.float16)", "high"),
-    ("scaler = torch.amp.GradScaler('cuda')", "medium"),
-    ("ctx = torch.autocast('cuda', dtype=torch.float16)", "medium"),
-    ("ctx = torch.autocast('cuda', dtype=torch.bfloat16)", "low"),
-    ("pass", "low"),
+@pytest.mark.parametrize("setup,confidence,mixed", [
+    ("model = model.half()", "high", False),
+    ("model = model.to(dtype=torch.float16)", "high", False),
+    # mixed precision: float32 master weights, overflowing steps skipped (low, and says so)
+    ("scaler = torch.amp.GradScaler('cuda')", "low", True),
+    ("ctx = torch.autocast('cuda', dtype=torch.float16)", "low", True),
+    ("ctx = torch.autocast('cuda', dtype=torch.bfloat16)", "low", False),
+    ("pass", "low", False),
 ])
-def test_confidence_follows_the_float16_evidence(tmp_path, setup, confidence):
+def test_confidence_follows_the_float16_evidence(tmp_path, setup, confidence, mixed):
     source = f"""\
         import torch
         def train(model, x):
@@ -126,6 +127,12 @@ def test_confidence_follows_the_float16_evidence(tmp_path, setup, confidence):
             opt.step()
         """
     assert _check(tmp_path, source, "NL004") == [(6, confidence)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "nanlint", "check", "--no-cache", "--select", "NL004", "--min-confidence", "low",
+         "--output-format", "json", "--exit-zero", str(tmp_path / "train.py")],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    assert ("float32 master weights" in json.loads(proc.stdout)[0]["message"]) == mixed
 
 
 def test_a_benchmark_loop_is_low(tmp_path):
