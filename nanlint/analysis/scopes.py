@@ -365,7 +365,33 @@ def _unpacked(target, value) -> List[Optional[cst.BaseExpression]]:
         # ``m, _ = torch.max(x, dim)``: the values are what the call's value
         # facts describe (a max, sorted values); the indices stay unknown
         return [value, None]
+    if not starred and isinstance(value, cst.Call):
+        name = _call_name(value)
+        args = [a for a in value.args if a.keyword is None]
+        if name in _ONE_PER_INPUT and not any(a.star for a in args):
+            if len(args) == 1 and isinstance(args[0].value, (cst.List, cst.Tuple)):
+                # ``torch.meshgrid([xs, ys])``
+                elements = args[0].value.elements
+                if len(elements) == n and not any(isinstance(e, cst.StarredElement) for e in elements):
+                    return [e.value for e in elements]
+            elif len(args) == n and isinstance(value.func, cst.Attribute):
+                # ``gy, gx = torch.meshgrid(ys, xs)``: each output spreads one input over the grid
+                return [a.value for a in args]
+        if name in _PIECES and isinstance(value.func, cst.Attribute):
+            # ``q, k, v = qkv.chunk(3, -1)``: each piece holds values of the tensor cut
+            return [value] * n
     return [None] * n
+
+
+#: calls whose i-th output holds the values of their i-th input
+_ONE_PER_INPUT = frozenset({"meshgrid", "broadcast_tensors"})
+#: calls that cut a tensor into pieces (each the call's own values)
+_PIECES = frozenset({"chunk", "split", "unbind", "tensor_split"})
+
+
+def _call_name(call: cst.Call) -> str:
+    func = call.func
+    return func.attr.value if isinstance(func, cst.Attribute) else func.value if isinstance(func, cst.Name) else ""
 
 
 #: reductions that return a (values, indices) pair when given a dim

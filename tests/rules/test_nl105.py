@@ -165,3 +165,20 @@ def test_a_nested_helper_called_with_fresh_draws_carries_no_gradient(z1, reporte
         "        return [slerp(z1, z2, alpha[i]) for i in range(n)]\n"
     )
     assert bool(lint(source, ["NL105"])) == reported
+
+
+@pytest.mark.parametrize("grid, reported", [
+    # a grid of constants carries no gradient, whichever output of the unpacking is used
+    ("gy, gx = torch.meshgrid(torch.linspace(-1, 1, n), torch.linspace(-1, 1, n), indexing='ij')", False),
+    ("gy, gx = torch.meshgrid([torch.linspace(-1, 1, n), torch.arange(n) / 8.0])", False),
+    ("gy, gx = torch.randn(2, n).unbind(0)", False),
+    # look-alikes: one input of the grid is learned; a piece of a learned tensor
+    ("gy, gx = torch.meshgrid(torch.linspace(-1, 1, n), self.offsets, indexing='ij')", True),
+    ("gy, gx = self.angles.chunk(2)", True),
+])
+def test_what_an_unpacked_grid_or_piece_carries(grid, reported):
+    """nvdiffrec's cube map: `gy, gx = torch.meshgrid(torch.linspace(...), ...)`: each output
+    holds the values of one input, so a grid of constants carries no gradient."""
+    src = ("import torch\n\n\nclass Sphere(torch.nn.Module):\n    def forward(self, n):\n"
+           f"        {grid}\n        return torch.acos(torch.clamp(gx, min=-1, max=1))\n")
+    assert bool(lint(src, ["NL105"])) == reported
