@@ -173,7 +173,10 @@ class UninitializedParameter(Rule):
     instances it builds (`m = cls(...); m.bias = float_module.bias`, the QAT
     modules' `from_float`) is **low**: only a direct construction keeps it;
     so is a `to_empty()` after which the function assigns attributes of the
-    module (`q.weight = module.weight`, optimum-quanto's `from_module`).
+    module (`q.weight = module.weight`, optimum-quanto's `from_module`), and
+    a parameter that a method of its class other than `__init__` points at
+    another module's tensor (`def copy_from(self, m): self.bias = m.bias`,
+    adapters' LoRA layers built with `no_init_bias`).
     So is a parameter of an inference module -- a class named `*Inference*`
     or a file or package named for inference (`ops/inference/`,
     `moe_inference.py`), a name heuristic: such a layer serves a model
@@ -518,6 +521,9 @@ class UninitializedParameter(Rule):
         self.defined_hooks: Set[Tuple[str, str]] = set()
         #: (class, attribute) assigned on an instance after construction (`m = cls(...); m.bias = other.bias`)
         self.replaced: Set[Tuple[str, str]] = set()
+        #: (class, attribute) -> a method of the class (not ``__init__``) that points the
+        #: attribute at another module's tensor (``def copy_from(self, m): self.bias = m.bias``)
+        self.adopted: Dict[Tuple[str, str], str] = {}
 
     # -- structure -----------------------------------------------------------
     def visit_ClassDef(self, node: cst.ClassDef) -> None:
@@ -630,7 +636,14 @@ class UninitializedParameter(Rule):
                     "; skip_init defers initialisation on purpose, usually to a model-level loop over "
                     "parameters() or a checkpoint load elsewhere, which this file does not show"
                 )
-            low = loaded or replaced or c.kind == "skip_init" or c.replaces
+            adopter = next((self.adopted[(k, c.attr)] for k in self._lineage(c.cls)
+                            if c.attr is not None and (k, c.attr) in self.adopted), None)
+            if adopter is not None and not replaced:
+                message += (
+                    f"; `{adopter}` of the class points `self.{c.attr}` at another module's tensor "
+                    f"(`self.{c.attr} = module.{c.attr}`), so only an instance it is never called on keeps the garbage"
+                )
+            low = loaded or replaced or c.kind == "skip_init" or c.replaces or adopter is not None
             if c.replaces:
                 message += (
                     "; it is stored over a module's existing parameter (`module._parameters[name] = ...`), "
@@ -784,6 +797,13 @@ class UninitializedParameter(Rule):
                     self.child_types[(self._cls(), chain[1])] = built
         for target in node.targets:
             self._assign_target(target.target)
+        if len(node.targets) == 1 and isinstance(node.value, cst.Attribute):
+            chain = name_chain(node.targets[0].target)
+            frame = self.frames[-1]
+            if len(chain) == 2 and chain[0] == "self" and frame.cls is not None and frame.name != "__init__" \
+                    and name_chain(node.value)[:1] not in ([], ["self"]):
+                # `self.bias = module.bias` in `copy_from`: the layer adopts another module's tensor
+                self.adopted.setdefault((frame.cls, chain[1]), frame.name or "")
         if len(node.targets) == 1 and isinstance(node.value, cst.Name):
             chain = name_chain(node.targets[0].target)
             if len(chain) == 2 and chain[0] == "self":

@@ -245,3 +245,19 @@ def test_a_parameter_stored_over_an_existing_one_is_materialised_for_a_later_fil
     found = lint(src, ["NL110"])
     assert [f.confidence for f in found] == [confidence]
     assert ("stored over a module's existing parameter" in found[0].message) == (confidence == "low")
+
+
+@pytest.mark.parametrize("method, confidence", [
+    # adapters' LoRA layers: `copy_from` adopts the wrapped layer's bias
+    ("    def copy_from(self, module):\n        self.weight = module.weight\n        self.bias = module.bias\n", "low"),
+    # look-alikes: the method adopts another attribute; it points the bias at the layer's own tensor
+    ("    def copy_from(self, module):\n        self.weight = module.weight\n", "high"),
+    ("    def tie(self):\n        self.bias = self.shared\n", "high"),
+])
+def test_a_method_that_adopts_another_modules_tensor_replaces_the_parameter(method, confidence):
+    src = ("import torch\nfrom torch import nn\n\n\nclass LoRALinear(nn.Linear):\n"
+           "    def __init__(self, i, o, no_init_bias=False):\n        super().__init__(i, o, bias=not no_init_bias)\n"
+           "        if no_init_bias:\n            self.bias = nn.Parameter(torch.empty(o))\n\n" + method)
+    found = lint(src, ["NL110"])
+    assert [f.confidence for f in found] == [confidence]
+    assert ("points `self.bias` at another module's tensor" in found[0].message) == (confidence == "low")
