@@ -6,7 +6,7 @@ NL109 where-nan-grad).
 from __future__ import annotations
 
 import re
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, FrozenSet, Iterator, List, Optional, Tuple
 
 import libcst as cst
 
@@ -296,7 +296,8 @@ _INDEX_POSITIONS = {"sparse_coo_tensor": 0, "index_select": 2, "gather": 2, "sca
                     "index_add": 2, "take": 1, "take_along_dim": 1}
 
 
-def no_grad_value(ctx, node: cst.BaseExpression, depth: int = 0) -> bool:
+def no_grad_value(ctx, node: cst.BaseExpression, depth: int = 0, assume: FrozenSet[cst.CSTNode] = frozenset(),
+                  hops: int = 0) -> bool:
     """Proved to carry no gradient: literals and Python numbers, integer
     tensors, comparisons, counts of a comparison (``(m > 0).sum().float()``),
     fresh tensors (``torch.randn``, ``torch.arange``), ``.detach()``,
@@ -305,12 +306,18 @@ def no_grad_value(ctx, node: cst.BaseExpression, depth: int = 0) -> bool:
     ``ones``: a vertex degree), where an op's index, size, dtype and device
     arguments never carry a gradient -- following a name to every
     assignment that reaches it; a value assigned where no gradient flows
-    (inside ``with torch.no_grad():``) carries none wherever it is used."""
+    (inside ``with torch.no_grad():``) carries none wherever it is used. A
+    call of a function of this file carries none when its returns carry none
+    given what this call passes (``safe_normalize(cube_to_dir(s, gx, gy))``
+    of a grid of constants, however many other callers pass a learned
+    tensor): ``assume`` holds the parameters this reading takes to carry none;
+    each such function entered (``hops``, three at most) reads its returns
+    with a fresh depth budget."""
     if depth > 8:
         return False
     if number(node) is not None:
         return True
-    rec = lambda n: no_grad_value(ctx, n, depth + 1)  # noqa: E731
+    rec = lambda n: no_grad_value(ctx, n, depth + 1, assume, hops)  # noqa: E731
     facts = ctx.facts
     if isinstance(node, cst.Comparison):
         return True
@@ -333,7 +340,7 @@ def no_grad_value(ctx, node: cst.BaseExpression, depth: int = 0) -> bool:
                 # (rendered predictions, then post-processed)
                 return (b.value is not None and rec(b.value)) or not facts.grad_flows(b.node, depth + 1)
             if b.kind == "param":
-                return depth < 4 and _passed_without_grad(facts, b, depth)
+                return b.node in assume or depth < 4 and _passed_without_grad(facts, b, depth)
             return b.kind == "for" and _element_of(b, node.value, rec)
         return False
     if isinstance(node, cst.UnaryOperation):
@@ -360,10 +367,13 @@ def no_grad_value(ctx, node: cst.BaseExpression, depth: int = 0) -> bool:
         if op is None:
             # a function of this file whose every return carries no gradient
             # (`count = _participation(group)` that builds a torch.tensor and all-reduces it)
-            if isinstance(node.func, cst.Name) and ctx.resolve(node.func) is None and depth < 4:
+            if isinstance(node.func, cst.Name) and ctx.resolve(node.func) is None and hops < 3:
                 func = facts.scopes.function_named(node.func.value, node)
                 returns = facts.scopes.returns(func) if func is not None else []
-                return bool(returns) and len(returns) <= 4 and all(rec(r) for r in returns)
+                if not returns or len(returns) > 4:
+                    return False
+                given = _no_grad_params(func, node, rec)
+                return all(no_grad_value(ctx, r, 0, assume | (given or frozenset()), hops + 1) for r in returns)
             return False
         if op in METADATA:
             return True  # `x.size(0)`, `x.dim()`
@@ -382,6 +392,38 @@ def no_grad_value(ctx, node: cst.BaseExpression, depth: int = 0) -> bool:
             inputs.append(node.func.value)  # type: ignore[union-attr]
         return bool(inputs) and all(rec(i) for i in inputs)
     return False
+
+
+def _no_grad_params(func: cst.FunctionDef, call: cst.Call, rec) -> Optional[FrozenSet[cst.CSTNode]]:
+    """The parameters of ``func`` to which ``call`` passes a value without
+    gradient (an argument, or the default it leaves); None when the call
+    unpacks ``*args``/``**kwargs`` or ``func`` takes them."""
+    params = func.params
+    if params.star_arg not in (None, cst.MaybeSentinel.DEFAULT) and isinstance(params.star_arg, cst.Param) \
+            or params.star_kwarg is not None or any(a.star for a in call.args):
+        return None
+    positional = [*params.posonly_params, *params.params]
+    if positional and positional[0].name.value in ("self", "cls"):
+        return None  # a method named by a bare call: not this function's call shape
+    by_name = {p.name.value: p for p in (*positional, *params.kwonly_params)}
+    passed: Dict[cst.CSTNode, cst.BaseExpression] = {}
+    index = 0
+    for a in call.args:
+        if a.keyword is None:
+            if index >= len(positional):
+                return None
+            passed[positional[index]] = a.value
+            index += 1
+        elif a.keyword.value in by_name:
+            passed[by_name[a.keyword.value]] = a.value
+        else:
+            return None
+    out = set()
+    for p in by_name.values():
+        value = passed.get(p, p.default)
+        if value is not None and rec(value):
+            out.add(p)
+    return frozenset(out)
 
 
 def _passed_without_grad(facts, binding, depth: int) -> bool:

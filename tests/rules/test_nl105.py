@@ -182,3 +182,19 @@ def test_what_an_unpacked_grid_or_piece_carries(grid, reported):
     src = ("import torch\n\n\nclass Sphere(torch.nn.Module):\n    def forward(self, n):\n"
            f"        {grid}\n        return torch.acos(torch.clamp(gx, min=-1, max=1))\n")
     assert bool(lint(src, ["NL105"])) == reported
+
+
+def test_a_helper_called_with_a_constant_grid_carries_no_gradient_at_that_call():
+    """nvdiffrec: `v = safe_normalize(cube_to_dir(s, gx, gy))` of a linspace grid; the same
+    `safe_normalize` elsewhere normalises learned normals. Each call is read with what it
+    passes: the grid's acos is quiet, the learned one's is reported."""
+    src = ("import torch\n\n\ndef dot(x, y):\n    return torch.sum(x * y, -1, keepdim=True)\n\n\n"
+           "def length(x, eps=1e-20):\n    return torch.sqrt(torch.clamp(dot(x, x), min=eps))\n\n\n"
+           "def safe_normalize(x, eps=1e-20):\n    return x / length(x, eps)\n\n\n"
+           "def cube_to_dir(s, x, y):\n    if s == 0:\n        rx, ry, rz = torch.ones_like(x), -y, -x\n"
+           "    else:\n        rx, ry, rz = -x, -y, -torch.ones_like(x)\n    return torch.stack((rx, ry, rz), dim=-1)\n\n\n"
+           "def cubemap(n):\n    gy, gx = torch.meshgrid(torch.linspace(-1, 1, n), torch.linspace(-1, 1, n), indexing='ij')\n"
+           "    v = safe_normalize(cube_to_dir(0, gx, gy))\n    return torch.acos(torch.clamp(v[..., 1:2], min=-1, max=1))\n\n\n"
+           "class Shade(torch.nn.Module):\n    def forward(self, normals):\n        v = safe_normalize(self.proj(normals))\n"
+           "        return torch.acos(torch.clamp(v[..., 1:2], min=-1, max=1))\n")
+    assert [f.line for f in lint(src, ["NL105"])] == [33]
