@@ -646,14 +646,7 @@ def generically_initialised(root: str) -> FrozenSet[str]:
     for whatever module ``apply`` hands it)."""
     if root not in _GENERIC:
         names: Set[str] = set()
-        for path in _source_files(root)[:_SCAN_LIMIT]:
-            text = _read_text(path)
-            if _GENERIC_TEXT.search(text) is None:
-                continue
-            try:
-                tree = ast.parse(text)
-            except (SyntaxError, ValueError, RecursionError, MemoryError):
-                continue
+        for _, tree in _parsed_trees(root, lambda text: _GENERIC_TEXT.search(text) is not None):
             for node in ast.walk(tree):
                 if isinstance(node, ast.For) and isinstance(node.iter, ast.Call) \
                         and _short(node.iter.func) in ("modules", "named_modules"):
@@ -722,6 +715,16 @@ def _loops_over(root: str, methods: Sequence[str], wanted: Callable[[str], bool]
     """(file, loop) for every ``for ... in X.<method>()`` loop, ``method`` one
     of ``methods``, in the files below ``root`` whose text ``wanted`` accepts
     (test files left out with ``skip_tests``)."""
+    for path, tree in _parsed_trees(root, wanted, skip_tests):
+        for loop in ast.walk(tree):
+            if isinstance(loop, ast.For) and isinstance(loop.iter, ast.Call) and _short(loop.iter.func) in methods:
+                yield path, loop
+
+
+def _parsed_trees(root: str, wanted: Callable[[str], bool], skip_tests: bool = False) -> Iterator[Tuple[str, ast.Module]]:
+    """(file, Python's syntax tree) for the files below ``root`` whose text
+    ``wanted`` accepts (test files left out with ``skip_tests``; files Python
+    rejects left out)."""
     for path in _source_files(root)[:_SCAN_LIMIT]:
         if skip_tests and is_test_path(path, root):
             continue
@@ -732,9 +735,7 @@ def _loops_over(root: str, methods: Sequence[str], wanted: Callable[[str], bool]
             tree = ast.parse(text)
         except (SyntaxError, ValueError, RecursionError, MemoryError):
             continue
-        for loop in ast.walk(tree):
-            if isinstance(loop, ast.For) and isinstance(loop.iter, ast.Call) and _short(loop.iter.func) in methods:
-                yield path, loop
+        yield path, tree
 
 
 #: past this many modules, a module's imports say nothing about one class (it imports half a library)
