@@ -399,8 +399,7 @@ def _no_grad_params(func: cst.FunctionDef, call: cst.Call, rec) -> Optional[Froz
     gradient (an argument, or the default it leaves); None when the call
     unpacks ``*args``/``**kwargs`` or ``func`` takes them."""
     params = func.params
-    if params.star_arg not in (None, cst.MaybeSentinel.DEFAULT) and isinstance(params.star_arg, cst.Param) \
-            or params.star_kwarg is not None or any(a.star for a in call.args):
+    if isinstance(params.star_arg, cst.Param) or params.star_kwarg is not None or any(a.star for a in call.args):
         return None
     positional = [*params.posonly_params, *params.params]
     if positional and positional[0].name.value in ("self", "cls"):

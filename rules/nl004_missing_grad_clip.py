@@ -348,18 +348,15 @@ class MissingGradClip(Rule):
                 f" (low: `{adaptive}` divides by a gradient magnitude (a running one, or the layer's "
                 f"norm), so its step stays about the learning rate whatever the spike)"
             )
-        if precision == "mixed" and adaptive is None:
+        elif precision == "mixed":
             message += (
                 " (low: under mixed precision the scaler skips every step whose gradients overflow, and "
                 "the weights it steps are float32 master weights: only a finite spike large enough to push "
                 "the next forward's float16 activations past 65504 turns into inf)"
             )
-        if safeguards.benchmark(step) or precision is None or adaptive is not None or precision == "mixed":
-            # a timing loop, nothing shows float16, an adaptive optimizer, or mixed precision
-            # (float32 weights; the scaler skips overflowing steps)
-            confidence = LOW
-        else:
-            confidence = HIGH  # float16 weights and gradients, no loss-scale guard
+        # high only for float16 weights and gradients with no loss-scale guard; low for a timing
+        # loop, an adaptive optimizer, mixed precision or nothing that shows float16
+        confidence = HIGH if precision == "half" and adaptive is None and not safeguards.benchmark(step) else LOW
         self.report(step, message, self._fix(flow, step, state, kind, stmt), confidence=confidence)
 
     def _adaptive(self, flow: "_Flow", step: cst.Call, kind: str) -> Optional[str]:

@@ -447,13 +447,16 @@ class Safeguards:
         field = target.attr.value
         for n in self.scopes.reads.get(func, {}).get("self", []):
             owner = self.scopes.parent.get(n)
-            method = self.scopes.parent.get(owner)
-            if (isinstance(owner, cst.Attribute) and owner.value is n and owner.attr.value == field
-                    and isinstance(method, cst.Attribute) and method.value is owner
-                    and method.attr.value == "load_state_dict"
-                    and isinstance(self.scopes.parent.get(method), cst.Call)):
+            if isinstance(owner, cst.Attribute) and owner.value is n and owner.attr.value == field \
+                    and self._given_state_dict(owner):
                 return True
         return False
+
+    def _given_state_dict(self, node: cst.CSTNode) -> bool:
+        """``node.load_state_dict(...)``."""
+        method = self.scopes.parent.get(node)
+        return isinstance(method, cst.Attribute) and method.value is node and method.attr.value == "load_state_dict" \
+            and isinstance(self.scopes.parent.get(method), cst.Call)
 
     def _through_calls(self, node: cst.CSTNode) -> cst.CSTNode:
         """The outermost of ``node.to(...).cuda().eval()``: method calls on it."""
@@ -467,11 +470,8 @@ class Safeguards:
         """Whether the binding ``stmt`` makes of ``name`` is given a state dict
         (see :meth:`_state_loaded`); three hops at most."""
         reads = self.scopes.reads_of_statement(stmt, name)
-        for read in reads:
-            attr = self.scopes.parent.get(read)
-            if isinstance(attr, cst.Attribute) and attr.value is read and attr.attr.value == "load_state_dict" \
-                    and isinstance(self.scopes.parent.get(attr), cst.Call):
-                return True
+        if any(self._given_state_dict(read) for read in reads):
+            return True
         if depth >= 3:
             return False
         for read in reads:

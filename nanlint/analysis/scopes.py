@@ -401,11 +401,10 @@ VALUES_AND_INDICES = frozenset({"max", "min", "sort", "topk", "kthvalue", "media
 def _values_and_indices(value) -> bool:
     if not isinstance(value, cst.Call) or not value.args:
         return False
-    func = value.func
-    name = func.attr.value if isinstance(func, cst.Attribute) else func.value if isinstance(func, cst.Name) else ""
+    name = _call_name(value)
     if name not in VALUES_AND_INDICES:
         return False
-    if isinstance(func, cst.Name) and name in ("max", "min"):
+    if isinstance(value.func, cst.Name) and name in ("max", "min"):
         return False  # the builtin max/min
     return True
 
